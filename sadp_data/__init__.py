@@ -1,0 +1,33 @@
+"""sadp-data: spike-aware data pruning for spiking neural networks.
+
+Wrap a DataLoader with an importance sampler, score examples with a forward hook, and train on the
+examples that matter, with importance weights that keep the gradient unbiased::
+
+    store = sd.ScoreStore.create("scores.zarr", num_examples=len(train_set))
+    sampler = sd.SADPSampler(store, keep_ratio=0.7, epochs=E)
+    loader = sd.wrap(DataLoader(train_set, batch_size=B), sampler)
+    scorer = sd.SpikeAwareScorer(model, store)
+"""
+
+from .kernels import plan_epoch
+from .loader import SADPLoader, wrap
+from .sampler import EpochPlan, SADPSampler
+from .schedule import KeepRatioSchedule
+from .scorer import SpikeAwareScorer
+from .store import ScoreSnapshot, ScoreStore, ScoreStoreError, dataset_fingerprint
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EpochPlan",
+    "KeepRatioSchedule",
+    "SADPLoader",
+    "SADPSampler",
+    "ScoreSnapshot",
+    "ScoreStore",
+    "ScoreStoreError",
+    "SpikeAwareScorer",
+    "dataset_fingerprint",
+    "plan_epoch",
+    "wrap",
+]

@@ -1,0 +1,57 @@
+"""The ``sadp-data`` command line: ``demo`` (and, as they land, ``convert``, ``bench``, ``info``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, format_table, plot, run_demo, write_json
+
+    config = DemoConfig.quick() if args.quick else DemoConfig()
+    for name in ("epochs", "keep_ratio", "seed", "train_size", "batch_size"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(config, name, value)
+    result = run_demo(config, data_dir=args.data, show_progress=not args.no_progress)
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"figures written to {args.json}")
+    if args.plot:
+        plot(result, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sadp-data", description="Spike-aware data pruning for SNN training.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser(
+        "demo", help="train a conv SNN on Fashion-MNIST: full data vs random pruning vs SADP",
+        description="Train a spiking CNN on the Fashion-MNIST copy shipped in the repository with full "
+        "data, random dynamic pruning and SADP, and print accuracy, time and speedups.",
+    )
+    demo.add_argument("--quick", action="store_true", help="a ≤ 2 min run on a subset (4 epochs, 4,000 images)")
+    demo.add_argument("--data", help="IDX folder (default: the repository's data/fashion-mnist)")
+    demo.add_argument("--json", help="write all figures to this JSON file")
+    demo.add_argument("--plot", help="write accuracy vs training time to this PNG file")
+    demo.add_argument("--epochs", type=int, help="override the number of epochs")
+    demo.add_argument("--keep-ratio", type=float, help="fraction of examples per pruned epoch (default 0.7)")
+    demo.add_argument("--seed", type=int, help="seed of weights and sampling (default 0)")
+    demo.add_argument("--train-size", type=int, help="number of training images used")
+    demo.add_argument("--batch-size", type=int, help="batch size (default 128)")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

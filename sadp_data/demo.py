@@ -1,0 +1,240 @@
+"""The demo: train a spiking CNN on Fashion-MNIST with full data, random pruning and SADP.
+
+All three methods train the same model from the same initial weights with the same optimizer,
+learning-rate schedule and epochs. Their epochs are *interleaved* (epoch 1 of each method, then
+epoch 2 of each, ...) so that load from other processes on a shared machine affects all methods
+alike and the measured speedups stay honest. Training time excludes evaluation.
+
+* ``full``: the user's plain loop — ``DataLoader(shuffle=True)`` and mean cross-entropy;
+* ``random``: uniform dynamic pruning — a fresh random ``keep_ratio`` subset each pruned epoch;
+* ``sadp``: importance sampling by the spike-aware score, weighted loss, scores in a Zarr sidecar.
+
+Both pruned methods share the keep-ratio schedule (warm-up and anneal epochs on full data).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .datasets import FashionMNIST
+from .kernels import sample_size
+from .loader import wrap
+from .sampler import SADPSampler
+from .scorer import SpikeAwareScorer
+from .store import ScoreStore, dataset_fingerprint
+
+METHODS = ("full", "random", "sadp")
+
+
+@dataclass
+class DemoConfig:
+    """Settings of a demo run (the defaults are the documented ≤ 10 min run on 2 CPU cores)."""
+
+    train_size: int = 15000
+    test_size: int = 10000
+    eval_size: int = 2000
+    epochs: int = 8
+    keep_ratio: float = 0.7
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    warmup_epochs: int = 1
+    anneal_fraction: float = 0.125
+    smoothing: float = 0.1
+    time_steps: int = 4
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> DemoConfig:
+        """A ≤ 2 min run: a smaller subset and fewer epochs (accuracy is not the point here)."""
+        return cls(train_size=4000, test_size=2000, eval_size=1000, epochs=4)
+
+
+@dataclass
+class _Run:
+    """One method's model, optimiser and data path, trained an epoch at a time."""
+
+    name: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: Any
+    sampler: SADPSampler | None = None
+    scorer: SpikeAwareScorer | None = None
+    train_time_s: float = 0.0
+    examples_seen: int = 0
+    accuracy_per_epoch: list[float] = field(default_factory=list)
+    time_per_epoch: list[float] = field(default_factory=list)
+
+
+def _build_model(config: DemoConfig) -> torch.nn.Module:
+    from sadp_data.adapters.spikingjelly import ConvSNN
+
+    torch.manual_seed(config.seed)
+    return ConvSNN(time_steps=config.time_steps)
+
+
+def _learning_rate(config: DemoConfig, epoch: int) -> float:
+    return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+
+
+def _train_epoch(run: _Run, epoch: int, config: DemoConfig, progress: tqdm) -> None:
+    from sadp_data.adapters.spikingjelly import reset
+
+    for group in run.optimizer.param_groups:
+        group["lr"] = _learning_rate(config, epoch)
+    run.model.train()
+    start = time.perf_counter()
+    if run.sampler is not None:
+        run.sampler.set_epoch(epoch)
+    for batch in run.loader:
+        if run.sampler is None:
+            images, labels = batch
+            loss = F.cross_entropy(run.model(images), labels)
+        else:
+            images, labels, indices, weights = batch
+            outputs = run.model(images)
+            per_example = F.cross_entropy(outputs, labels, reduction="none")
+            if run.scorer is not None:
+                loss = run.scorer.step(indices, outputs, labels, per_example, weights)
+            else:
+                loss = (per_example * weights).mean()
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        reset(run.model)
+        run.examples_seen += int(labels.shape[0])
+        progress.update(int(labels.shape[0]))
+    elapsed = time.perf_counter() - start
+    run.train_time_s += elapsed
+    run.time_per_epoch.append(elapsed)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset: FashionMNIST, limit: int | None = None, batch_size: int = 500) -> float:
+    """Top-1 accuracy (a fraction) on the first ``limit`` examples of ``dataset``."""
+    from sadp_data.adapters.spikingjelly import reset
+
+    model.eval()
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    correct = 0
+    for start in range(0, count, batch_size):
+        stop = min(start + batch_size, count)
+        images = dataset.images[start:stop].unsqueeze(1).float().div_(255.0)
+        correct += int((model(images).argmax(1) == dataset.labels[start:stop]).sum())
+        reset(model)
+    return correct / count
+
+
+def run_demo(config: DemoConfig, data_dir: str | Path | None = None, workdir: str | Path | None = None,
+             show_progress: bool = True) -> dict[str, Any]:
+    """Train the three methods and return the figures (see ``README.md`` for the JSON shape)."""
+    train = FashionMNIST(data_dir, "train", limit=config.train_size)
+    test = FashionMNIST(data_dir, "test", limit=config.test_size)
+    with tempfile.TemporaryDirectory() as scratch:
+        store_path = Path(workdir or scratch) / "demo-scores.zarr"
+        store = ScoreStore.create(store_path, len(train), fingerprint=dataset_fingerprint(train), overwrite=True)
+        runs = []
+        for name in METHODS:
+            model = _build_model(config)
+            optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+            if name == "full":
+                generator = torch.Generator().manual_seed(config.seed)
+                loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=generator)
+                runs.append(_Run(name, model, optimizer, loader))
+                continue
+            sampler = SADPSampler(
+                store if name == "sadp" else None, config.keep_ratio, config.epochs, num_examples=len(train),
+                batch_size=config.batch_size, seed=config.seed, warmup_epochs=config.warmup_epochs,
+                anneal_fraction=config.anneal_fraction, smoothing=config.smoothing, method=name,
+            )
+            loader = wrap(DataLoader(train, batch_size=config.batch_size), sampler)
+            scorer = SpikeAwareScorer(model, store) if name == "sadp" else None
+            runs.append(_Run(name, model, optimizer, loader, sampler, scorer))
+        total = config.epochs * len(train) + sum(
+            sample_size(len(train), run.sampler.keep_ratio(e)) for run in runs[1:] for e in range(config.epochs)
+        )
+        with tqdm(total=total, unit="ex", desc="demo", disable=not show_progress, smoothing=0.05) as progress:
+            for epoch in range(config.epochs):
+                for run in runs:
+                    progress.set_postfix_str(f"epoch {epoch + 1}/{config.epochs} {run.name}")
+                    _train_epoch(run, epoch, config, progress)
+                    run.accuracy_per_epoch.append(evaluate(run.model, test, config.eval_size))
+        final = {run.name: evaluate(run.model, test) for run in runs}
+        store.close()
+        scored = int((store.seen() > 0).sum())
+    full = runs[0]
+    methods = {}
+    for run in runs:
+        theoretical = 1.0 if run.sampler is None else run.sampler.theoretical_speedup()
+        speedup = full.train_time_s / run.train_time_s
+        methods[run.name] = {
+            "test_accuracy": final[run.name],
+            "train_time_s": run.train_time_s,
+            "speedup": speedup,
+            "theoretical_speedup": theoretical,
+            "speedup_ratio": speedup / theoretical,
+            "examples_seen": run.examples_seen,
+            "accuracy_per_epoch": run.accuracy_per_epoch,
+            "time_per_epoch_s": run.time_per_epoch,
+        }
+    return {
+        "config": asdict(config),
+        "methods": methods,
+        "scored_examples": scored,
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The demo's result table (plain text, Markdown-compatible)."""
+    lines = [
+        "| method | test acc | train time (s) | speedup | theoretical | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, figures in result["methods"].items():
+        lines.append(
+            f"| {name} | {100 * figures['test_accuracy']:.2f} % | {figures['train_time_s']:.1f} | "
+            f"{figures['speedup']:.3f} | {figures['theoretical_speedup']:.3f} | {figures['speedup_ratio']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: str | Path) -> None:
+    """PNG of evaluation accuracy against cumulative training time, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, figures in result["methods"].items():
+        times, elapsed = [], 0.0
+        for seconds in figures["time_per_epoch_s"]:
+            elapsed += seconds
+            times.append(elapsed)
+        axis.plot(times, [100 * a for a in figures["accuracy_per_epoch"]], marker="o", label=name)
+    config = result["config"]
+    axis.set_xlabel("training time (s)")
+    axis.set_ylabel(f"accuracy on {config['eval_size']} test images (%)")
+    axis.set_title(f"Fashion-MNIST, conv SNN T={config['time_steps']}, keep ratio {config['keep_ratio']}")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_json(result: dict[str, Any], path: str | Path) -> None:
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")

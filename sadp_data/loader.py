@@ -1,0 +1,138 @@
+"""``wrap``: put an ``SADPSampler`` under an existing DataLoader, indices and weights riding along.
+
+The wrapped loader is a plain ``torch.utils.data.DataLoader`` built from the user's settings
+(``batch_size``, ``collate_fn``, ``num_workers``, ``pin_memory``, ``drop_last``, worker options), with
+two changes: the sampler is the ``SADPSampler``, and each worker returns the example indices next to
+the user's collated batch. The main process then looks up the importance weights of those indices in
+the epoch's plan (a gather of one float per example), so workers never hold a stale plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
+
+from .sampler import SADPSampler
+
+#: DataLoader settings carried over from the user's loader (sampling settings are replaced).
+_CARRIED = (
+    "batch_size", "num_workers", "collate_fn", "pin_memory", "drop_last", "timeout",
+    "worker_init_fn", "multiprocessing_context", "generator", "prefetch_factor",
+    "persistent_workers", "pin_memory_device", "in_order",
+)
+
+
+class IndexedDataset(Dataset):
+    """A map-style dataset whose items are ``(index, original_item)``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[int, Any]:
+        return index, self.dataset[index]
+
+
+class IndexedCollate:
+    """Collates ``(index, item)`` pairs into ``(user_batch, indices)`` with the user's ``collate_fn``."""
+
+    def __init__(self, collate_fn: Callable[[list[Any]], Any]) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, pairs: list[tuple[int, Any]]) -> tuple[Any, torch.Tensor]:
+        indices = torch.tensor([index for index, _ in pairs], dtype=torch.int64)
+        return self.collate_fn([item for _, item in pairs]), indices
+
+
+def _attach(batch: Any, indices: torch.Tensor, weights: torch.Tensor) -> Any:
+    if isinstance(batch, Mapping):
+        clash = {"index", "weight"} & set(batch)
+        if clash:
+            raise KeyError(f"batch already has keys {sorted(clash)}; rename them to use sadp_data.wrap")
+        return {**batch, "index": indices, "weight": weights}
+    if isinstance(batch, (tuple, list)):
+        return (*batch, indices, weights)
+    return batch, indices, weights
+
+
+class SADPLoader:
+    """Iterates the user's batches with ``indices`` (int64) and ``weights`` (float32) appended.
+
+    Tuples/lists gain two trailing elements (``x, y, idx, w``); dicts gain keys ``"index"`` and
+    ``"weight"``; anything else becomes ``(batch, idx, w)``. ``len`` is exact for the epoch.
+    """
+
+    def __init__(self, loader: DataLoader, sampler: SADPSampler) -> None:
+        self.loader = loader
+        self.sampler = sampler
+        self._consumed = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Shortcut for ``sampler.set_epoch``."""
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        self._consumed = self.sampler.resume_position
+        plan = self.sampler.plan
+        for batch, indices in self.loader:
+            weights = torch.from_numpy(plan.weights_of(indices))
+            if self.loader.pin_memory:
+                weights = weights.pin_memory()
+            self._consumed += int(indices.shape[0])
+            yield _attach(batch, indices, weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's state with ``position`` = examples delivered to the training loop so far."""
+        return {**self.sampler.state_dict(), "position": self._consumed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: the next iteration continues the saved epoch after the delivered examples."""
+        self.sampler.load_state_dict(state)
+
+
+def wrap(loader_or_dataset: DataLoader | Dataset, sampler: SADPSampler, **loader_kwargs: Any) -> SADPLoader:
+    """Wrap a ``DataLoader`` (or a map-style dataset plus DataLoader kwargs) to sample with ``sampler``.
+
+    The user's loader settings are kept; its ``sampler``/``shuffle`` are replaced by ``sampler``.
+    ``loader_kwargs`` override carried settings. Raises ``TypeError`` for iterable-style datasets
+    (use an adapter such as ``sadp_data.adapters.webdataset``) and for loaders built with a custom
+    ``batch_sampler``, and ``ValueError`` when the dataset size differs from the sampler's.
+    """
+    if isinstance(loader_or_dataset, DataLoader):
+        loader = loader_or_dataset
+        if loader.batch_size is None:
+            raise TypeError(
+                "the DataLoader uses a custom batch_sampler (batch_size=None); wrap a loader built "
+                "with batch_size=..., or pass the dataset and batch_size to wrap()"
+            )
+        settings = {name: getattr(loader, name) for name in _CARRIED if hasattr(loader, name)}
+        if loader.num_workers == 0:
+            settings.pop("prefetch_factor", None)
+        dataset = loader.dataset
+    else:
+        dataset = loader_or_dataset
+        settings = {"batch_size": sampler.batch_size or 1}
+    settings.update(loader_kwargs)
+    if isinstance(dataset, IterableDataset):
+        raise TypeError(
+            "wrap() needs a map-style dataset (with __getitem__ and __len__); for streaming data use "
+            "an adapter such as sadp_data.adapters.webdataset"
+        )
+    if len(dataset) != sampler.num_examples:  # type: ignore[arg-type]
+        raise ValueError(
+            f"the dataset has {len(dataset)} examples but the sampler/score store has "  # type: ignore[arg-type]
+            f"{sampler.num_examples}: they must describe the same data"
+        )
+    for name in ("sampler", "shuffle", "batch_sampler"):
+        if name in settings:
+            raise TypeError(f"wrap() sets {name!r} itself; do not pass it")
+    settings["collate_fn"] = IndexedCollate(settings.get("collate_fn") or default_collate)
+    return SADPLoader(DataLoader(IndexedDataset(dataset), sampler=sampler, **settings), sampler)

@@ -1,0 +1,254 @@
+"""``SADPSampler``: a torch ``Sampler`` that draws each epoch's examples by importance.
+
+Each epoch gets an ``EpochPlan``: the exact list of example indices to visit, in order, and their
+importance weights. The plan is a pure function of (score snapshot, seed, epoch, settings): the
+snapshot is taken from the ``ScoreStore`` once, the first time the epoch's plan is needed, and its
+version is recorded, so every process that plans the same epoch from the same snapshot visits the
+same examples in the same order.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from torch.utils.data import BatchSampler, Sampler
+
+from .kernels import Backend, plan_epoch, sample_size
+from .schedule import KeepRatioSchedule, Shape
+from .store import ScoreStore
+
+Method = Literal["sadp", "random"]
+METHODS: tuple[str, ...] = ("sadp", "random")
+
+
+@dataclass
+class EpochPlan:
+    """The examples of one epoch in visiting order, with their importance weights."""
+
+    epoch: int
+    keep_ratio: float
+    order: np.ndarray
+    weights: np.ndarray
+    num_examples: int
+    snapshot_version: int
+    _lookup: np.ndarray | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.order.shape[0])
+
+    def weights_of(self, indices: Any) -> np.ndarray:
+        """Weights of ``indices`` (float32); raises if an index is not part of this epoch's plan."""
+        index = np.asarray(indices.detach().cpu().numpy() if hasattr(indices, "detach") else indices)
+        index = index.astype(np.int64, copy=False).reshape(-1)
+        if self._lookup is None:
+            lookup = np.full(self.num_examples, np.nan, dtype=np.float32)
+            lookup[self.order] = self.weights
+            self._lookup = lookup
+        if index.size and (index.min() < 0 or index.max() >= self.num_examples):
+            raise IndexError(f"indices out of range [0, {self.num_examples}) for epoch {self.epoch}")
+        found = self._lookup[index]
+        missing = np.flatnonzero(np.isnan(found))
+        if missing.size:
+            raise KeyError(
+                f"examples {index[missing[:5]].tolist()} are not in the plan of epoch {self.epoch}; "
+                "was set_epoch called on the sampler that feeds this loader?"
+            )
+        return found
+
+
+class SADPSampler(Sampler[int]):
+    """Yields the example indices of the current epoch's plan; exact ``len`` per epoch.
+
+    Args:
+        store: the ``ScoreStore`` whose scores drive sampling (required for ``method="sadp"``).
+        keep_ratio: fraction of examples per pruned epoch, in (0, 1].
+        epochs: total epochs of the run; enables the anneal tail and ``theoretical_speedup``.
+        batch_size: needed only for ``num_batches``/``total_steps``/``batch_sampler``.
+        num_examples: dataset size when no store is given (``method="random"``).
+        seed: base seed; epoch ``e`` uses the stream ``(seed, e)``.
+        warmup_epochs, anneal_fraction, schedule: see ``KeepRatioSchedule``.
+        smoothing: uniform mixing λ (DESIGN §1.2); every weight is at most 1/λ.
+        method: ``"sadp"`` (importance sampling) or ``"random"`` (uniform dynamic pruning
+            baseline: a fresh simple random sample every epoch, weights 1).
+        backend: kernel backend for ``plan_epoch`` (``auto`` = fastest available).
+
+    Like ``DistributedSampler``, call ``set_epoch(e)`` before each epoch.
+    """
+
+    def __init__(
+        self,
+        store: ScoreStore | None = None,
+        keep_ratio: float = 0.7,
+        epochs: int | None = None,
+        *,
+        batch_size: int | None = None,
+        num_examples: int | None = None,
+        seed: int = 0,
+        warmup_epochs: int = 1,
+        anneal_fraction: float = 0.125,
+        schedule: Shape = "constant",
+        smoothing: float = 0.1,
+        method: Method = "sadp",
+        backend: Backend = "auto",
+    ) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if store is None and method == "sadp":
+            raise ValueError("method='sadp' needs a ScoreStore (store=...)")
+        if store is not None and num_examples is not None and num_examples != store.num_examples:
+            raise ValueError(f"num_examples={num_examples} but the store holds {store.num_examples} examples")
+        if store is None and (num_examples is None or num_examples <= 0):
+            raise ValueError("without a store, pass num_examples > 0")
+        if batch_size is not None and batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not 0.0 <= smoothing <= 1.0:
+            raise ValueError(f"smoothing must be in [0, 1], got {smoothing}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.store = store
+        self.num_examples = store.num_examples if store is not None else int(num_examples)
+        self.schedule = KeepRatioSchedule(keep_ratio, epochs, warmup_epochs, anneal_fraction, schedule)
+        self.batch_size = batch_size
+        self.seed = int(seed)
+        self.smoothing = float(smoothing)
+        self.method = method
+        self.backend = backend
+        self.epoch = 0
+        self._plan: EpochPlan | None = None
+        self._start = 0
+        self._position = 0
+
+    @property
+    def epochs(self) -> int | None:
+        return self.schedule.epochs
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch to iterate next; its plan is made on first use from a fresh snapshot."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if epoch != self.epoch:
+            self._plan = None
+            self._start = 0
+            self._position = 0
+        self.epoch = int(epoch)
+        if self.store is not None:
+            self.store.set_epoch(self.epoch)
+
+    @property
+    def resume_position(self) -> int:
+        """Position in the current epoch where the next ``__iter__`` starts (0 unless resuming)."""
+        return self._start
+
+    def keep_ratio(self, epoch: int | None = None) -> float:
+        """Keep ratio of ``epoch`` (default: the current one)."""
+        return self.schedule(self.epoch if epoch is None else epoch)
+
+    @property
+    def plan(self) -> EpochPlan:
+        """The current epoch's plan (made once per epoch)."""
+        if self._plan is None:
+            self._plan = self._make_plan(self.epoch)
+        return self._plan
+
+    def _make_plan(self, epoch: int) -> EpochPlan:
+        keep = self.schedule(epoch)
+        if self.store is not None and self.method == "sadp":
+            snapshot = self.store.snapshot()
+            scores, seen, version = snapshot.scores, snapshot.seen, snapshot.version
+        else:
+            scores, seen = np.ones(self.num_examples, dtype=np.float32), None
+            version = self.store.version if self.store is not None else 0
+        order, weights = plan_epoch(
+            scores, keep, self.seed, epoch, seen=seen, smoothing=self.smoothing,
+            uniform=self.method == "random", backend=self.backend,
+        )
+        if self.store is not None and not self.store.read_only:
+            self.store.record_keep_ratio(epoch, keep)
+        return EpochPlan(epoch, keep, order, weights, self.num_examples, version)
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.plan.order
+        start, self._start = self._start, 0
+        for position in range(start, order.shape[0]):
+            self._position = position + 1
+            yield int(order[position])
+
+    def __len__(self) -> int:
+        """Examples this epoch yields (``round(keep_ratio·N)``), known before the plan is made."""
+        return sample_size(self.num_examples, self.keep_ratio()) - self._start
+
+    def weights(self, indices: Any) -> np.ndarray:
+        """Importance weights of ``indices`` in the current epoch (float32)."""
+        return self.plan.weights_of(indices)
+
+    def num_batches(self, epoch: int | None = None, drop_last: bool = False) -> int:
+        """Batches in ``epoch`` for ``batch_size`` (known in advance for every epoch)."""
+        if self.batch_size is None:
+            raise ValueError("num_batches needs batch_size set on the sampler")
+        count = sample_size(self.num_examples, self.keep_ratio(epoch))
+        return count // self.batch_size if drop_last else -(-count // self.batch_size)
+
+    def total_steps(self, drop_last: bool = False) -> int:
+        """Optimizer steps over the whole run: pass to step-based LR schedulers (e.g. OneCycleLR).
+
+        Every epoch's length is fixed by the schedule before training starts, so this is exact.
+        """
+        if self.epochs is None:
+            raise ValueError("total_steps needs epochs set on the sampler")
+        return sum(self.num_batches(e, drop_last) for e in range(self.epochs))
+
+    def theoretical_speedup(self) -> float:
+        """Run length in epochs divided by the data-epochs actually visited: ``E / Σ_e k_e``."""
+        return self.schedule.theoretical_speedup()
+
+    def batch_sampler(self, drop_last: bool = False) -> BatchSampler:
+        """A ``BatchSampler`` over this sampler (for ``DataLoader(batch_sampler=...)``)."""
+        if self.batch_size is None:
+            raise ValueError("batch_sampler needs batch_size set on the sampler")
+        return BatchSampler(self, self.batch_size, drop_last)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Small, JSON-able state: where in which epoch, with which seed and score snapshot."""
+        return {
+            "epoch": self.epoch,
+            "position": self._position,
+            "seed": self.seed,
+            "num_examples": self.num_examples,
+            "method": self.method,
+            "snapshot_version": self._plan.snapshot_version if self._plan is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()``: the next ``__iter__`` resumes the saved epoch at the saved position.
+
+        The remaining order is identical when the epoch's plan is rebuilt from the same score
+        snapshot (always true for ``method="random"`` and for warm-up/anneal epochs). When the
+        store has moved past the saved snapshot version, the plan is rebuilt from the current
+        scores and a ``RuntimeWarning`` says so.
+        """
+        if state["num_examples"] != self.num_examples:
+            raise ValueError(
+                f"state is for {state['num_examples']} examples, this sampler has {self.num_examples}"
+            )
+        if state["seed"] != self.seed or state["method"] != self.method:
+            raise ValueError(
+                f"state was saved with seed={state['seed']}, method={state['method']!r}; "
+                f"this sampler has seed={self.seed}, method={self.method!r}"
+            )
+        self.set_epoch(int(state["epoch"]))
+        self._plan = None
+        self._start = self._position = int(state["position"])
+        saved = state.get("snapshot_version")
+        if (
+            saved is not None and self.method == "sadp" and self.keep_ratio() < 1.0
+            and self.store is not None and self.store.version != saved
+        ):
+            warnings.warn(
+                f"resuming epoch {self.epoch} from score snapshot version {self.store.version}, "
+                f"not the saved {saved}: the remaining order of this epoch will differ",
+                RuntimeWarning, stacklevel=2,
+            )

@@ -1,0 +1,186 @@
+"""``SpikeAwareScorer``: per-example importance scores from tensors the forward pass already has.
+
+The score of example ``i`` is the exact norm of its loss gradient with respect to the classifier
+(readout) layer, weights and bias together (DESIGN §1.1):
+
+    ‖∂ℓ_i/∂W‖² + ‖∂ℓ_i/∂b‖² = Σ_{t,t'} (δ_t·δ_t')(s_t·s_t') + ‖Σ_t δ_t‖²
+
+where ``s_t`` is the classifier's input at time step ``t`` (the spikes of the last hidden layer) and
+``δ_t = ∂ℓ_i/∂z_t`` the gradient at its output ``z_t``. For the common non-spiking readout
+``o = mean_t z_t``, ``δ_t = δ/T`` and this reduces to ``‖δ‖·sqrt(‖r̄‖² + 1)`` with ``r̄`` the
+firing-rate vector: binary spikes make ``‖r̄‖² ≤ spike count / T``, so silent examples get small
+scores. When the readout itself spikes (or any loss follows it), ``δ_t`` carries the surrogate
+derivative of the output neurons, so saturated examples with a large loss but no gradient score low.
+
+Cost: ``δ_t`` comes from one ``torch.autograd.grad`` of the summed per-example loss with respect to
+the classifier output only — a backward through the loss and readout, not the network — and the
+norm from two ``[B, T, T]`` Gram matrices. Nothing is recomputed and the model is untouched: a
+forward hook records the classifier's inputs and outputs while the model is in training mode with
+gradients enabled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from .store import ScoreStore
+
+_MAX_PENDING_CALLS = 4096
+
+
+class SpikeAwareScorer:
+    """Scores each training batch and sends the scores to a ``ScoreStore``.
+
+    Args:
+        model: the SNN; only forward hooks are added (``remove()`` takes them off).
+        store: where scores go (``None``: scores are computed and returned by ``last_scores`` only).
+        layer: the classifier (an ``nn.Linear``) or its name in ``model.named_modules()``. By
+            default the ``nn.Linear`` that runs last in the first training forward pass is used;
+            pass ``layer=`` when the model has several heads.
+
+    The readout may be applied once to ``[T, B, H]`` or ``[T·B, H]`` inputs (spikingjelly
+    multi-step, ``SeqToANNContainer``) or once per time step to ``[B, H]`` (single-step models);
+    time-major order is assumed in the flattened case.
+    """
+
+    def __init__(self, model: nn.Module, store: ScoreStore | None = None, layer: nn.Module | str | None = None) -> None:
+        self.model = model
+        self.store = store
+        self.last_scores: torch.Tensor | None = None
+        self._calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+        self._handles: list[RemovableHandle] = []
+        self.layer: nn.Module | None = None
+        if layer is not None:
+            self.layer = self._resolve(layer)
+            candidates = [self.layer]
+        else:
+            candidates = [m for m in model.modules() if isinstance(m, nn.Linear)]
+            if not candidates:
+                raise ValueError(
+                    f"{type(model).__name__} has no nn.Linear layer to use as the classifier; "
+                    "pass layer=<module or name> to SpikeAwareScorer"
+                )
+            if len(candidates) == 1:
+                self.layer = candidates[0]
+        self._handles = [m.register_forward_hook(self._record) for m in candidates]
+
+    def _resolve(self, layer: nn.Module | str) -> nn.Module:
+        if isinstance(layer, str):
+            try:
+                return self.model.get_submodule(layer)
+            except AttributeError as error:
+                names = [name for name, m in self.model.named_modules() if isinstance(m, nn.Linear)]
+                raise ValueError(f"no layer named {layer!r} in the model; linear layers: {names}") from error
+        if not any(m is layer for m in self.model.modules()):
+            raise ValueError("layer= must be a submodule of the model")
+        return layer
+
+    def _record(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        if not (module.training and torch.is_grad_enabled()) or not isinstance(output, torch.Tensor):
+            return
+        self._calls.append((module, inputs[0].detach(), output))
+        if len(self._calls) > _MAX_PENDING_CALLS:
+            del self._calls[0]
+
+    def remove(self) -> None:
+        """Remove the forward hooks; the model is as it was before."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._calls.clear()
+
+    def _lock_layer(self) -> nn.Module:
+        if self.layer is None:
+            self.layer = self._calls[-1][0]
+            for handle in self._handles:
+                handle.remove()
+            self._handles = [self.layer.register_forward_hook(self._record)]
+        return self.layer
+
+    def scores(self, per_sample_loss: torch.Tensor) -> torch.Tensor:
+        """Exact classifier-layer gradient norm of each example's loss (float32 ``[B]``, detached)."""
+        if not self._calls:
+            raise RuntimeError(
+                "no classifier forward pass was recorded since the last step: run the model in "
+                "training mode with gradients enabled before calling step()"
+            )
+        layer = self._lock_layer()
+        calls = [(x, z) for module, x, z in self._calls if module is layer]
+        self._calls.clear()
+        batch = per_sample_loss.shape[0]
+        outputs = [z for _, z in calls]
+        grads = torch.autograd.grad(per_sample_loss.sum(), outputs, retain_graph=True, allow_unused=True)
+        connected = [(x, g) for (x, _), g in zip(calls, grads) if g is not None]
+        if not connected:
+            raise RuntimeError(
+                f"the classifier {type(layer).__name__} does not feed this loss; pass "
+                "layer=<the readout layer> to SpikeAwareScorer"
+            )
+        spikes = torch.cat([_time_major(x, batch) for x, _ in connected])
+        deltas = torch.cat([_time_major(g, batch) for _, g in connected])
+        spikes = spikes.to(torch.float32).transpose(0, 1)
+        deltas = deltas.to(torch.float32).transpose(0, 1)
+        gram_spikes = spikes @ spikes.transpose(1, 2)
+        gram_deltas = deltas @ deltas.transpose(1, 2)
+        norm2 = (gram_spikes * gram_deltas).sum(dim=(1, 2))
+        if getattr(layer, "bias", None) is not None:
+            norm2 = norm2 + deltas.sum(dim=1).pow(2).sum(dim=1)
+        return norm2.clamp_min(0).sqrt().detach()
+
+    def step(
+        self,
+        indices: torch.Tensor,
+        outputs: torch.Tensor,
+        targets: torch.Tensor,
+        per_sample_loss: torch.Tensor,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Score the batch, queue the scores for the store, return ``mean(weights * loss)``.
+
+        ``per_sample_loss`` must be unreduced (one value per example, e.g.
+        ``F.cross_entropy(out, y, reduction="none")``); the returned scalar is what to call
+        ``backward()`` on — with SADP weights it is an unbiased estimate of the full-data mean loss.
+        """
+        if per_sample_loss.dim() == 0:
+            raise ValueError(
+                "per_sample_loss is a scalar: compute the loss with reduction='none' so each example "
+                "keeps its own value, e.g. F.cross_entropy(out, y, reduction='none')"
+            )
+        batch = int(indices.shape[0])
+        if per_sample_loss.dim() != 1 or per_sample_loss.shape[0] != batch:
+            raise ValueError(
+                f"per_sample_loss must have shape [{batch}] (one value per index), got "
+                f"{list(per_sample_loss.shape)}; reduce the other dimensions, e.g. "
+                "F.mse_loss(out, target, reduction='none').mean(1)"
+            )
+        for name, tensor in (("outputs", outputs), ("targets", targets)):
+            if tensor.shape[0] != batch:
+                raise ValueError(f"{name} has {tensor.shape[0]} rows but there are {batch} indices")
+        if weights is not None and weights.shape != (batch,):
+            raise ValueError(f"weights must have shape [{batch}], got {list(weights.shape)}")
+        scores = self.scores(per_sample_loss)
+        self.last_scores = scores
+        if self.store is not None:
+            self.store.update(indices.detach().cpu().numpy(), scores.cpu().numpy())
+        if weights is None:
+            return per_sample_loss.mean()
+        return (per_sample_loss * weights.to(per_sample_loss.device, per_sample_loss.dtype)).mean()
+
+
+def _time_major(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+    """Reshape one recorded call to ``[T, B, F]`` (time-major), validating against the batch size."""
+    if tensor.dim() == 3 and tensor.shape[1] == batch:
+        return tensor
+    if tensor.dim() == 3 and tensor.shape[0] == batch:
+        return tensor.transpose(0, 1)
+    rows = tensor.reshape(-1, tensor.shape[-1])
+    if rows.shape[0] % batch:
+        raise ValueError(
+            f"the classifier saw {rows.shape[0]} rows, not a multiple of the batch size {batch}: "
+            "are indices, outputs and the forward pass from the same batch?"
+        )
+    return rows.reshape(-1, batch, rows.shape[-1])

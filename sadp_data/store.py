@@ -1,0 +1,428 @@
+"""Per-example score store: an in-memory mirror persisted to a Zarr v3 sidecar by a writer thread.
+
+Layout of the sidecar (a Zarr v3 group, one directory):
+
+* ``score``  float32[N]: the latest importance score of each example (0 until scored);
+* ``seen``   uint32[N]: how many times each example has been scored;
+* ``epoch``  int32[N]: the epoch of the latest score (-1: never scored);
+* attributes: ``num_examples``, ``fingerprint``, ``format_version``, ``version`` (number of
+  update batches applied when the arrays were last persisted) and ``keep_ratio_history``.
+
+Design and trade-offs:
+
+* ``update`` writes into the in-memory mirror (O(batch), under a lock held for microseconds) and
+  marks the touched chunks dirty. It never waits for disk. The writer thread persists dirty chunks,
+  copying each chunk under the lock so a chunk on disk always holds values that were really in
+  memory together. Pending work is a set of chunk ids, so memory is bounded by the number of
+  chunks however fast updates arrive: the backpressure is structural, and training never blocks.
+* Zarr's local store writes every chunk and metadata file through a temporary file and an atomic
+  rename, so a process killed at any instant leaves a sidecar that opens cleanly: each chunk is
+  either its previous or its new version. At most the updates since the last persisted round
+  (``flush_interval`` seconds) are lost.
+* Errors in the writer thread are kept and raised in the caller on its next call to ``update``,
+  ``flush`` or ``close``, so a full or read-only disk never fails silently.
+* Open stores are flushed and closed at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import threading
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import zarr
+
+FORMAT_VERSION = 1
+DEFAULT_CHUNK_SIZE = 1 << 18
+
+_OPEN_STORES: weakref.WeakSet[ScoreStore] = weakref.WeakSet()
+
+
+class ScoreStoreError(RuntimeError):
+    """The sidecar is missing, malformed, or does not belong to this dataset."""
+
+
+@dataclass(frozen=True)
+class ScoreSnapshot:
+    """An immutable copy of the scores at one instant, tagged with the store's update version."""
+
+    scores: np.ndarray
+    seen: np.ndarray
+    version: int
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.scores.shape[0])
+
+
+def _as_index_array(indices: Any, num_examples: int) -> np.ndarray:
+    array = indices.detach().cpu().numpy() if hasattr(indices, "detach") else np.asarray(indices)
+    if array.ndim != 1:
+        raise ValueError(f"indices must be 1-D, got shape {array.shape}")
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"indices must be an integer array, got dtype {array.dtype}")
+    bad = np.flatnonzero((array < 0) | (array >= num_examples))
+    if bad.size:
+        shown = ", ".join(f"position {p}: {int(array[p])}" for p in bad[:5])
+        raise IndexError(
+            f"{bad.size} indices out of range [0, {num_examples}) ({shown}"
+            f"{', ...' if bad.size > 5 else ''})"
+        )
+    return array.astype(np.int64, copy=False)
+
+
+def _as_score_array(scores: Any, length: int) -> np.ndarray:
+    array = scores.detach().cpu().numpy() if hasattr(scores, "detach") else np.asarray(scores)
+    if array.ndim != 1 or array.shape[0] != length:
+        raise ValueError(f"scores must be 1-D with one value per index ({length}), got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise TypeError(f"scores must be numeric, got dtype {array.dtype}")
+    array = array.astype(np.float32, copy=False)
+    bad = np.flatnonzero(~np.isfinite(array) | (array < 0))
+    if bad.size:
+        shown = ", ".join(f"position {p}: {array[p]}" for p in bad[:5])
+        raise ValueError(
+            f"{bad.size} scores are NaN, infinite or negative ({shown}{', ...' if bad.size > 5 else ''})"
+        )
+    return array
+
+
+class ScoreStore:
+    """Scores of N examples, in memory for the trainer and on disk as a Zarr sidecar.
+
+    Create with ``ScoreStore.create(path, num_examples)``, reopen with ``ScoreStore.open(path)``.
+    Use as a context manager, or call ``close()``; both flush.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        group: zarr.Group,
+        *,
+        read_only: bool,
+        flush_interval: float,
+    ) -> None:
+        self.path = path
+        self.read_only = read_only
+        self.flush_interval = float(flush_interval)
+        self._group = group
+        self._arrays = {name: group[name] for name in ("score", "seen", "epoch")}
+        attrs = dict(group.attrs)
+        self.num_examples = int(attrs["num_examples"])
+        self.fingerprint: str | None = attrs.get("fingerprint")
+        self._keep_ratio_history: list[list[float]] = list(attrs.get("keep_ratio_history", []))
+        self._chunk = int(self._arrays["score"].chunks[0])
+        self._scores = np.asarray(self._arrays["score"][:], dtype=np.float32)
+        self._seen = np.asarray(self._arrays["seen"][:], dtype=np.uint32)
+        self._epochs = np.asarray(self._arrays["epoch"][:], dtype=np.int32)
+        self._version = int(attrs.get("version", 0))
+        self._persisted_version = self._version
+        self._current_epoch = -1
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._dirty: set[int] = set()
+        self._attrs_dirty = False
+        self._writing = False
+        self._flush_requested = False
+        self._stop = False
+        self._error: BaseException | None = None
+        self._closed = False
+        self._writer: threading.Thread | None = None
+        if not read_only:
+            self._writer = threading.Thread(target=self._write_loop, name=f"sadp-store-writer:{path.name}", daemon=True)
+            self._writer.start()
+        _OPEN_STORES.add(self)
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        num_examples: int,
+        fingerprint: str | None = None,
+        *,
+        overwrite: bool = False,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        flush_interval: float = 1.0,
+    ) -> ScoreStore:
+        """Create an empty sidecar for ``num_examples`` examples and open it for writing.
+
+        Refuses to replace an existing sidecar unless ``overwrite=True`` (scores are costly to
+        recompute). ``fingerprint`` identifies the dataset (see ``dataset_fingerprint``); opening
+        with a different one later is refused.
+        """
+        path = Path(path)
+        if not isinstance(num_examples, (int, np.integer)) or isinstance(num_examples, bool) or num_examples <= 0:
+            raise ValueError(f"num_examples must be a positive integer, got {num_examples!r}")
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists; open it with ScoreStore.open or pass overwrite=True")
+        group = zarr.open_group(zarr.storage.LocalStore(path), mode="w")
+        chunks = (min(int(chunk_size), int(num_examples)),)
+        for name, dtype, fill in (("score", "float32", 0.0), ("seen", "uint32", 0), ("epoch", "int32", -1)):
+            group.create_array(name, shape=(num_examples,), chunks=chunks, dtype=dtype, fill_value=fill, compressors=None)
+        group.attrs.update(
+            {
+                "num_examples": int(num_examples),
+                "fingerprint": fingerprint,
+                "format_version": FORMAT_VERSION,
+                "version": 0,
+                "keep_ratio_history": [],
+            }
+        )
+        return cls(path, group, read_only=False, flush_interval=flush_interval)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        mode: Literal["r", "r+"] = "r+",
+        *,
+        num_examples: int | None = None,
+        fingerprint: str | None = None,
+        flush_interval: float = 1.0,
+    ) -> ScoreStore:
+        """Open an existing sidecar; ``mode="r"`` is read-only (no writer thread).
+
+        When ``num_examples`` or ``fingerprint`` are given they must match the sidecar's, so
+        scores of one dataset are never applied to another.
+        """
+        path = Path(path)
+        if mode not in ("r", "r+"):
+            raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+        if not (path / "zarr.json").is_file():
+            raise ScoreStoreError(f"{path} is not a score sidecar (no zarr.json); create one with ScoreStore.create")
+        try:
+            group = zarr.open_group(zarr.storage.LocalStore(path, read_only=mode == "r"), mode=mode)
+            attrs = dict(group.attrs)
+            names = set(group.array_keys())
+        except (json.JSONDecodeError, ValueError, KeyError) as error:
+            raise ScoreStoreError(f"{path} is not a readable score sidecar: {error}") from error
+        missing = {"score", "seen", "epoch"} - names
+        if missing or "num_examples" not in attrs:
+            raise ScoreStoreError(f"{path} is not a score sidecar: missing {sorted(missing) or ['num_examples']}")
+        if attrs.get("format_version", 0) > FORMAT_VERSION:
+            raise ScoreStoreError(
+                f"{path} has format version {attrs['format_version']}; this sadp-data reads up to {FORMAT_VERSION}"
+            )
+        if num_examples is not None and int(attrs["num_examples"]) != num_examples:
+            raise ScoreStoreError(
+                f"{path} holds scores for {attrs['num_examples']} examples, but the dataset has {num_examples}"
+            )
+        if fingerprint is not None and attrs.get("fingerprint") != fingerprint:
+            raise ScoreStoreError(
+                f"{path} was created for dataset fingerprint {attrs.get('fingerprint')!r}, "
+                f"not {fingerprint!r}: these scores belong to another dataset"
+            )
+        return cls(path, group, read_only=mode == "r", flush_interval=flush_interval)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def scores(self) -> np.ndarray:
+        """Read-only view of the in-memory scores (float32[N]); changes as updates arrive."""
+        return self._readonly_view(self._scores)
+
+    def seen(self) -> np.ndarray:
+        """Read-only view of how often each example was scored (uint32[N])."""
+        return self._readonly_view(self._seen)
+
+    def last_epoch(self) -> np.ndarray:
+        """Read-only view of the epoch of each example's latest score (int32[N], -1: never)."""
+        return self._readonly_view(self._epochs)
+
+    @property
+    def version(self) -> int:
+        """Number of update batches applied so far (monotone; persisted with the arrays)."""
+        return self._version
+
+    @property
+    def keep_ratio_history(self) -> list[tuple[int, float]]:
+        """``(epoch, keep_ratio)`` pairs recorded by samplers, oldest first."""
+        return [(int(e), float(k)) for e, k in self._keep_ratio_history]
+
+    def snapshot(self) -> ScoreSnapshot:
+        """A consistent copy of scores and seen counts, tagged with the current version."""
+        with self._lock:
+            return ScoreSnapshot(self._scores.copy(), self._seen.copy(), self._version)
+
+    @staticmethod
+    def _readonly_view(array: np.ndarray) -> np.ndarray:
+        view = array.view()
+        view.flags.writeable = False
+        return view
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch recorded with subsequent updates (samplers call this from ``set_epoch``)."""
+        self._current_epoch = int(epoch)
+
+    def record_keep_ratio(self, epoch: int, keep_ratio: float) -> None:
+        """Append ``(epoch, keep_ratio)`` to the history attribute (replacing an entry for that epoch)."""
+        self._check_writable()
+        with self._lock:
+            self._keep_ratio_history = [h for h in self._keep_ratio_history if int(h[0]) != epoch]
+            self._keep_ratio_history.append([int(epoch), float(keep_ratio)])
+            self._attrs_dirty = True
+            self._wake.notify()
+
+    def update(self, indices: Any, scores: Any, epoch: int | None = None) -> None:
+        """Record new scores for ``indices`` (numpy arrays or tensors); returns without waiting for disk.
+
+        Validates everything first and changes nothing on bad input: indices must be a 1-D
+        integer array within ``[0, N)``; scores one finite, non-negative number per index.
+        Repeated indices in one call: the last score wins and each occurrence counts as seen.
+        """
+        self._check_writable()
+        index = _as_index_array(indices, self.num_examples)
+        values = _as_score_array(scores, index.shape[0])
+        stamp = self._current_epoch if epoch is None else int(epoch)
+        chunks = set(np.unique(index // self._chunk).tolist())
+        with self._lock:
+            self._scores[index] = values
+            np.add.at(self._seen, index, 1)
+            self._epochs[index] = stamp
+            self._version += 1
+            self._dirty |= chunks
+            self._wake.notify()
+
+    def flush(self) -> None:
+        """Block until every update made so far is on disk; raise the writer's error if it failed."""
+        self._check_error()
+        if self.read_only or self._closed:
+            return
+        with self._lock:
+            target = self._version
+            self._flush_requested = True
+            self._wake.notify()
+            while self._error is None and (
+                self._dirty or self._attrs_dirty or self._writing or self._persisted_version < target
+            ):
+                self._wake.wait(timeout=0.1)
+            self._flush_requested = False
+        self._check_error()
+
+    def close(self) -> None:
+        """Flush, stop the writer thread, and release the sidecar. Idempotent."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            with self._lock:
+                self._stop = True
+                self._wake.notify()
+            if self._writer is not None:
+                self._writer.join()
+            _OPEN_STORES.discard(self)
+
+    def __enter__(self) -> ScoreStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        scored = int(np.count_nonzero(self._seen))
+        return (
+            f"ScoreStore({str(self.path)!r}, num_examples={self.num_examples}, scored={scored}, "
+            f"version={self._version}{', read-only' if self.read_only else ''})"
+        )
+
+    def _check_writable(self) -> None:
+        self._check_error()
+        if self.read_only:
+            raise PermissionError(f"{self.path} was opened read-only (mode='r')")
+        if self._closed:
+            raise RuntimeError(f"{self.path} is closed")
+
+    def _check_error(self) -> None:
+        if self._error is not None:
+            raise ScoreStoreError(f"writing scores to {self.path} failed: {self._error!r}") from self._error
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not (self._dirty or self._attrs_dirty or self._stop):
+                    self._wake.wait()
+                if not (self._dirty or self._attrs_dirty):
+                    return
+                chunks = sorted(self._dirty)
+                version = self._version  # every update up to here lands in this round
+                self._dirty.clear()
+                self._attrs_dirty = False
+                self._writing = True
+            try:
+                for chunk in chunks:
+                    start = chunk * self._chunk
+                    stop = min(start + self._chunk, self.num_examples)
+                    with self._lock:
+                        parts = {
+                            "score": self._scores[start:stop].copy(),
+                            "seen": self._seen[start:stop].copy(),
+                            "epoch": self._epochs[start:stop].copy(),
+                        }
+                    for name, values in parts.items():
+                        self._arrays[name][start:stop] = values
+                with self._lock:
+                    history = [list(h) for h in self._keep_ratio_history]
+                self._group.attrs.update({"version": version, "keep_ratio_history": history})
+            except BaseException as error:  # surfaced in the caller's thread by _check_error
+                with self._lock:
+                    self._error = error
+                    self._writing = False
+                    self._wake.notify_all()
+                return
+            with self._lock:
+                self._writing = False
+                self._persisted_version = max(self._persisted_version, version)
+                self._wake.notify_all()
+                wait = not (self._flush_requested or self._stop)
+            if wait:
+                with self._lock:
+                    self._wake.wait_for(lambda: self._flush_requested or self._stop, timeout=self.flush_interval)
+
+
+def dataset_fingerprint(dataset: Any, probes: int = 8) -> str:
+    """A short hash identifying a map-style dataset: its length and a few evenly spaced samples.
+
+    Cheap (reads ``probes`` samples), deterministic, and sensitive to reordering or replacing the
+    data; it does not prove two datasets equal. Pass it to ``ScoreStore.create``/``open``.
+    """
+    import hashlib
+    import pickle
+
+    length = len(dataset)
+    digest = hashlib.sha256(str(length).encode())
+    positions = sorted({int(p) for p in np.linspace(0, length - 1, num=min(probes, length))}) if length else []
+    for position in positions:
+        sample = dataset[position]
+        digest.update(pickle.dumps(_to_plain(sample), protocol=4))
+    return digest.hexdigest()[:16]
+
+
+def _to_plain(value: Any) -> Any:
+    if hasattr(value, "detach"):
+        return value.detach().cpu().numpy().tobytes()
+    if isinstance(value, np.ndarray):
+        return value.tobytes()
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+@atexit.register
+def _close_open_stores() -> None:
+    for store in list(_OPEN_STORES):
+        try:
+            store.close()
+        except Exception:  # noqa: BLE001 - exiting: nothing left to raise into
+            pass
