@@ -21,16 +21,28 @@ def _lif() -> nn.Module:
 class ConvSNN(nn.Module):
     """Two conv–BN–LIF–pool blocks and a linear readout; input ``[B, C, H, W]``, output mean logits ``[B, classes]``."""
 
-    def __init__(self, in_channels: int = 1, channels: tuple[int, int] = (16, 32), num_classes: int = 10,
-                 time_steps: int = 4, image_size: int = 28) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        channels: tuple[int, int] = (16, 32),
+        num_classes: int = 10,
+        time_steps: int = 4,
+        image_size: int = 28,
+    ) -> None:
         super().__init__()
         from spikingjelly.activation_based import functional, layer
 
         first, second = channels
         self.time_steps = time_steps
         self.features = nn.Sequential(
-            layer.Conv2d(in_channels, first, 3, padding=1, bias=False), layer.BatchNorm2d(first), _lif(), layer.MaxPool2d(2),
-            layer.Conv2d(first, second, 3, padding=1, bias=False), layer.BatchNorm2d(second), _lif(), layer.MaxPool2d(2),
+            layer.Conv2d(in_channels, first, 3, padding=1, bias=False),
+            layer.BatchNorm2d(first),
+            _lif(),
+            layer.MaxPool2d(2),
+            layer.Conv2d(first, second, 3, padding=1, bias=False),
+            layer.BatchNorm2d(second),
+            _lif(),
+            layer.MaxPool2d(2),
             layer.Flatten(),
         )
         self.classifier = layer.Linear(second * (image_size // 4) ** 2, num_classes)

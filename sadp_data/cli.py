@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sadp-data", description="Spike-aware data pruning for SNN training.")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
-        "demo", help="train a conv SNN on Fashion-MNIST: full data vs random pruning vs SADP",
+        "demo",
+        help="train a conv SNN on Fashion-MNIST: full data vs random pruning vs SADP",
         description="Train a spiking CNN on the Fashion-MNIST copy shipped in the repository with full "
         "data, random dynamic pruning and SADP, and print accuracy, time and speedups.",
     )

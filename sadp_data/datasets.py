@@ -13,7 +13,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_TYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -73,7 +80,7 @@ class FashionMNIST(Dataset):
             if limit <= 0:
                 raise ValueError(f"limit must be positive, got {limit}")
             images, labels = images[:limit], labels[:limit]
-        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        self.images = torch.from_numpy(images.copy())
         self.labels = torch.from_numpy(labels.astype(np.int64))
 
     def __len__(self) -> int:

@@ -1,9 +1,11 @@
 """The demo: train a spiking CNN on Fashion-MNIST with full data, random pruning and SADP.
 
 All three methods train the same model from the same initial weights with the same optimizer,
-learning-rate schedule and epochs. Their epochs are *interleaved* (epoch 1 of each method, then
-epoch 2 of each, ...) so that load from other processes on a shared machine affects all methods
-alike and the measured speedups stay honest. Training time excludes evaluation.
+learning-rate schedule and epochs. Their training steps are *interleaved* so that all methods move
+through each epoch together (see ``_train_interleaved``): load from other processes on a shared
+machine then slows all methods alike and the measured speedups stay honest. Each method's training
+time is the sum of its own steps (data loading, forward, scoring, backward, optimizer), planning
+included; evaluation is excluded.
 
 * ``full``: the user's plain loop — ``DataLoader(shuffle=True)`` and mean cross-entropy;
 * ``random``: uniform dynamic pruning — a fresh random ``keep_ratio`` subset each pruned epoch;
@@ -19,6 +21,7 @@ import math
 import platform
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,15 +91,13 @@ def _learning_rate(config: DemoConfig, epoch: int) -> float:
     return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
 
 
-def _train_epoch(run: _Run, epoch: int, config: DemoConfig, progress: tqdm) -> None:
+def _epoch_steps(run: _Run, epoch: int, config: DemoConfig) -> Iterator[int]:
+    """Train ``run`` for one epoch, one optimizer step per ``next()``; yields the batch size."""
     from sadp_data.adapters.spikingjelly import reset
 
     for group in run.optimizer.param_groups:
         group["lr"] = _learning_rate(config, epoch)
     run.model.train()
-    start = time.perf_counter()
-    if run.sampler is not None:
-        run.sampler.set_epoch(epoch)
     for batch in run.loader:
         if run.sampler is None:
             images, labels = batch
@@ -113,11 +114,41 @@ def _train_epoch(run: _Run, epoch: int, config: DemoConfig, progress: tqdm) -> N
         loss.backward()
         run.optimizer.step()
         reset(run.model)
-        run.examples_seen += int(labels.shape[0])
-        progress.update(int(labels.shape[0]))
-    elapsed = time.perf_counter() - start
-    run.train_time_s += elapsed
-    run.time_per_epoch.append(elapsed)
+        yield int(labels.shape[0])
+
+
+def _train_interleaved(runs: list[_Run], epoch: int, config: DemoConfig, progress: tqdm) -> None:
+    """One epoch of every run, steps interleaved so all runs advance through the epoch together.
+
+    The next step always goes to the run with the smallest fraction of its epoch done, so a burst
+    of load from elsewhere on the machine slows every method in proportion to its work, and each
+    run's time (the sum of its own steps) stays comparable.
+    """
+    steps: dict[str, Iterator[int]] = {}
+    totals: dict[str, int] = {}
+    done = dict.fromkeys((run.name for run in runs), 0)
+    elapsed = dict.fromkeys(done, 0.0)
+    for run in runs:
+        if run.sampler is not None:
+            run.sampler.set_epoch(epoch)
+        steps[run.name], totals[run.name] = _epoch_steps(run, epoch, config), len(run.loader)
+    by_name = {run.name: run for run in runs}
+    active = [run.name for run in runs]
+    while active:
+        name = min(active, key=lambda n: done[n] / totals[n])
+        start = time.perf_counter()
+        try:
+            count = next(steps[name])
+        except StopIteration:
+            active.remove(name)
+            count = 0
+        elapsed[name] += time.perf_counter() - start
+        done[name] += 1
+        by_name[name].examples_seen += count
+        progress.update(count)
+    for run in runs:
+        run.train_time_s += elapsed[run.name]
+        run.time_per_epoch.append(elapsed[run.name])
 
 
 @torch.no_grad()
@@ -136,8 +167,12 @@ def evaluate(model: torch.nn.Module, dataset: FashionMNIST, limit: int | None = 
     return correct / count
 
 
-def run_demo(config: DemoConfig, data_dir: str | Path | None = None, workdir: str | Path | None = None,
-             show_progress: bool = True) -> dict[str, Any]:
+def run_demo(
+    config: DemoConfig,
+    data_dir: str | Path | None = None,
+    workdir: str | Path | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
     """Train the three methods and return the figures (see ``README.md`` for the JSON shape)."""
     train = FashionMNIST(data_dir, "train", limit=config.train_size)
     test = FashionMNIST(data_dir, "test", limit=config.test_size)
@@ -154,9 +189,16 @@ def run_demo(config: DemoConfig, data_dir: str | Path | None = None, workdir: st
                 runs.append(_Run(name, model, optimizer, loader))
                 continue
             sampler = SADPSampler(
-                store if name == "sadp" else None, config.keep_ratio, config.epochs, num_examples=len(train),
-                batch_size=config.batch_size, seed=config.seed, warmup_epochs=config.warmup_epochs,
-                anneal_fraction=config.anneal_fraction, smoothing=config.smoothing, method=name,
+                store if name == "sadp" else None,
+                config.keep_ratio,
+                config.epochs,
+                num_examples=len(train),
+                batch_size=config.batch_size,
+                seed=config.seed,
+                warmup_epochs=config.warmup_epochs,
+                anneal_fraction=config.anneal_fraction,
+                smoothing=config.smoothing,
+                method=name,
             )
             loader = wrap(DataLoader(train, batch_size=config.batch_size), sampler)
             scorer = SpikeAwareScorer(model, store) if name == "sadp" else None
@@ -166,10 +208,17 @@ def run_demo(config: DemoConfig, data_dir: str | Path | None = None, workdir: st
         )
         with tqdm(total=total, unit="ex", desc="demo", disable=not show_progress, smoothing=0.05) as progress:
             for epoch in range(config.epochs):
+                progress.set_postfix_str(f"epoch {epoch + 1}/{config.epochs}")
+                _train_interleaved(runs, epoch, config, progress)
                 for run in runs:
-                    progress.set_postfix_str(f"epoch {epoch + 1}/{config.epochs} {run.name}")
-                    _train_epoch(run, epoch, config, progress)
                     run.accuracy_per_epoch.append(evaluate(run.model, test, config.eval_size))
+                progress.write(
+                    f"epoch {epoch + 1}/{config.epochs}: "
+                    + ", ".join(
+                        f"{run.name} {run.time_per_epoch[-1]:.1f} s {100 * run.accuracy_per_epoch[-1]:.2f} %"
+                        for run in runs
+                    )
+                )
         final = {run.name: evaluate(run.model, test) for run in runs}
         store.close()
         scored = int((store.seen() > 0).sum())
@@ -192,8 +241,12 @@ def run_demo(config: DemoConfig, data_dir: str | Path | None = None, workdir: st
         "config": asdict(config),
         "methods": methods,
         "scored_examples": scored,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
     }
 
 

@@ -19,9 +19,19 @@ from .sampler import SADPSampler
 
 #: DataLoader settings carried over from the user's loader (sampling settings are replaced).
 _CARRIED = (
-    "batch_size", "num_workers", "collate_fn", "pin_memory", "drop_last", "timeout",
-    "worker_init_fn", "multiprocessing_context", "generator", "prefetch_factor",
-    "persistent_workers", "pin_memory_device", "in_order",
+    "batch_size",
+    "num_workers",
+    "collate_fn",
+    "pin_memory",
+    "drop_last",
+    "timeout",
+    "worker_init_fn",
+    "multiprocessing_context",
+    "generator",
+    "prefetch_factor",
+    "persistent_workers",
+    "pin_memory_device",
+    "in_order",
 )
 
 

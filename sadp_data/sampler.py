@@ -163,8 +163,14 @@ class SADPSampler(Sampler[int]):
             scores, seen = np.ones(self.num_examples, dtype=np.float32), None
             version = self.store.version if self.store is not None else 0
         order, weights = plan_epoch(
-            scores, keep, self.seed, epoch, seen=seen, smoothing=self.smoothing,
-            uniform=self.method == "random", backend=self.backend,
+            scores,
+            keep,
+            self.seed,
+            epoch,
+            seen=seen,
+            smoothing=self.smoothing,
+            uniform=self.method == "random",
+            backend=self.backend,
         )
         if self.store is not None and not self.store.read_only:
             self.store.record_keep_ratio(epoch, keep)
@@ -231,9 +237,7 @@ class SADPSampler(Sampler[int]):
         scores and a ``RuntimeWarning`` says so.
         """
         if state["num_examples"] != self.num_examples:
-            raise ValueError(
-                f"state is for {state['num_examples']} examples, this sampler has {self.num_examples}"
-            )
+            raise ValueError(f"state is for {state['num_examples']} examples, this sampler has {self.num_examples}")
         if state["seed"] != self.seed or state["method"] != self.method:
             raise ValueError(
                 f"state was saved with seed={state['seed']}, method={state['method']!r}; "
@@ -244,11 +248,15 @@ class SADPSampler(Sampler[int]):
         self._start = self._position = int(state["position"])
         saved = state.get("snapshot_version")
         if (
-            saved is not None and self.method == "sadp" and self.keep_ratio() < 1.0
-            and self.store is not None and self.store.version != saved
+            saved is not None
+            and self.method == "sadp"
+            and self.keep_ratio() < 1.0
+            and self.store is not None
+            and self.store.version != saved
         ):
             warnings.warn(
                 f"resuming epoch {self.epoch} from score snapshot version {self.store.version}, "
                 f"not the saved {saved}: the remaining order of this epoch will differ",
-                RuntimeWarning, stacklevel=2,
+                RuntimeWarning,
+                stacklevel=2,
             )

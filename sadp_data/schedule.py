@@ -48,7 +48,7 @@ class KeepRatioSchedule:
         """Number of full-data epochs at the end of the run."""
         if self.epochs is None:
             return 0
-        return int(math.floor(self.anneal_fraction * self.epochs + 0.5))
+        return math.floor(self.anneal_fraction * self.epochs + 0.5)
 
     def phase(self, epoch: int) -> Literal["warmup", "prune", "anneal"]:
         """Which phase ``epoch`` (0-based) is in."""

@@ -114,7 +114,7 @@ class SpikeAwareScorer:
         batch = per_sample_loss.shape[0]
         outputs = [z for _, z in calls]
         grads = torch.autograd.grad(per_sample_loss.sum(), outputs, retain_graph=True, allow_unused=True)
-        connected = [(x, g) for (x, _), g in zip(calls, grads) if g is not None]
+        connected = [(x, g) for (x, _), g in zip(calls, grads, strict=True) if g is not None]
         if not connected:
             raise RuntimeError(
                 f"the classifier {type(layer).__name__} does not feed this loss; pass "

@@ -16,9 +16,10 @@ Design and trade-offs:
   memory together. Pending work is a set of chunk ids, so memory is bounded by the number of
   chunks however fast updates arrive: the backpressure is structural, and training never blocks.
 * Zarr's local store writes every chunk and metadata file through a temporary file and an atomic
-  rename, so a process killed at any instant leaves a sidecar that opens cleanly: each chunk is
-  either its previous or its new version. At most the updates since the last persisted round
-  (``flush_interval`` seconds) are lost.
+  rename, so a process killed at any instant leaves a sidecar that opens cleanly: each chunk file is
+  either its previous or its new version. Nothing flushed is lost; of later updates, those not yet
+  persisted are (at most ``flush_interval`` seconds' worth). The three arrays are separate files, so
+  after a kill a chunk of ``seen`` may be one round ahead of the same chunk of ``score``.
 * Errors in the writer thread are kept and raised in the caller on its next call to ``update``,
   ``flush`` or ``close``, so a full or read-only disk never fails silently.
 * Open stores are flushed and closed at interpreter exit.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import sys
 import threading
 import weakref
 from dataclasses import dataclass
@@ -70,8 +72,7 @@ def _as_index_array(indices: Any, num_examples: int) -> np.ndarray:
     if bad.size:
         shown = ", ".join(f"position {p}: {int(array[p])}" for p in bad[:5])
         raise IndexError(
-            f"{bad.size} indices out of range [0, {num_examples}) ({shown}"
-            f"{', ...' if bad.size > 5 else ''})"
+            f"{bad.size} indices out of range [0, {num_examples}) ({shown}{', ...' if bad.size > 5 else ''})"
         )
     return array.astype(np.int64, copy=False)
 
@@ -86,9 +87,7 @@ def _as_score_array(scores: Any, length: int) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(array) | (array < 0))
     if bad.size:
         shown = ", ".join(f"position {p}: {array[p]}" for p in bad[:5])
-        raise ValueError(
-            f"{bad.size} scores are NaN, infinite or negative ({shown}{', ...' if bad.size > 5 else ''})"
-        )
+        raise ValueError(f"{bad.size} scores are NaN, infinite or negative ({shown}{', ...' if bad.size > 5 else ''})")
     return array
 
 
@@ -137,6 +136,7 @@ class ScoreStore:
             self._writer = threading.Thread(target=self._write_loop, name=f"sadp-store-writer:{path.name}", daemon=True)
             self._writer.start()
         _OPEN_STORES.add(self)
+        _register_exit_flush()
 
     @classmethod
     def create(
@@ -165,7 +165,9 @@ class ScoreStore:
         group = zarr.open_group(zarr.storage.LocalStore(path), mode="w")
         chunks = (min(int(chunk_size), int(num_examples)),)
         for name, dtype, fill in (("score", "float32", 0.0), ("seen", "uint32", 0), ("epoch", "int32", -1)):
-            group.create_array(name, shape=(num_examples,), chunks=chunks, dtype=dtype, fill_value=fill, compressors=None)
+            group.create_array(
+                name, shape=(num_examples,), chunks=chunks, dtype=dtype, fill_value=fill, compressors=None
+            )
         group.attrs.update(
             {
                 "num_examples": int(num_examples),
@@ -419,10 +421,28 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-@atexit.register
+_EXIT_FLUSH_REGISTERED = False
+
+
+def _register_exit_flush() -> None:
+    """Flush open stores when the interpreter exits, while zarr can still do I/O.
+
+    zarr writes through a ``concurrent.futures`` thread pool, which refuses new work once the
+    interpreter starts shutting down — before ordinary ``atexit`` handlers run. The threading
+    module's own exit hooks run before that pool shuts down (last registered, first run), so the
+    final flush is registered there, with plain ``atexit`` as the fallback.
+    """
+    global _EXIT_FLUSH_REGISTERED
+    if _EXIT_FLUSH_REGISTERED:
+        return
+    register = getattr(threading, "_register_atexit", atexit.register)
+    register(_close_open_stores)
+    _EXIT_FLUSH_REGISTERED = True
+
+
 def _close_open_stores() -> None:
     for store in list(_OPEN_STORES):
         try:
             store.close()
-        except Exception:  # noqa: BLE001 - exiting: nothing left to raise into
-            pass
+        except Exception as error:
+            print(f"sadp-data: could not save scores to {store.path} at exit: {error}", file=sys.stderr)

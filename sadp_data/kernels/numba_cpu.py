@@ -146,8 +146,10 @@ def systematic_select(quantized: np.ndarray, permutation: np.ndarray, offset: in
     total = int(quantized.sum(dtype=np.uint64))
     sample_size = (total + int(offset)) >> 32
     return _select(
-        np.ascontiguousarray(quantized), np.ascontiguousarray(permutation, dtype=np.int64),
-        np.uint64(offset), sample_size,
+        np.ascontiguousarray(quantized),
+        np.ascontiguousarray(permutation, dtype=np.int64),
+        np.uint64(offset),
+        sample_size,
     )
 
 

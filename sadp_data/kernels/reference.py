@@ -128,7 +128,7 @@ def importance_weights(quantized: np.ndarray, picks: np.ndarray, sample_size: in
     """Horvitz–Thompson weights ``K / (N π_i)`` of the picked examples, as float32.
 
     With batches drawn from the picks, ``mean(w_i * loss_i)`` over the picks is an unbiased
-    estimate of the full-data mean loss. A uniform design gives weights of exactly 1.
+    estimate of the full-data mean loss.
     """
     num_examples = quantized.shape[0]
     probabilities = quantized[picks].astype(np.float64) / float(ONE)

@@ -1,0 +1,146 @@
+"""SADPSampler and keep-ratio schedules."""
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sadp_data import KeepRatioSchedule, SADPSampler, ScoreStore
+from sadp_data.kernels import sample_size
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ScoreStore:
+    store = ScoreStore.create(tmp_path / "s.zarr", 1000)
+    rng = np.random.default_rng(0)
+    store.update(np.arange(1000), rng.gamma(0.5, size=1000))
+    yield store
+    store.close()
+
+
+def test_schedule_phases_and_speedup() -> None:
+    schedule = KeepRatioSchedule(0.5, epochs=8, warmup_epochs=1, anneal_fraction=0.125)
+    assert [schedule(e) for e in range(8)] == [1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 1.0]
+    assert [schedule.phase(e) for e in (0, 1, 7)] == ["warmup", "prune", "anneal"]
+    assert schedule.theoretical_speedup() == pytest.approx(8 / 5)
+    linear = KeepRatioSchedule(0.4, epochs=6, warmup_epochs=1, anneal_fraction=0.0, shape="linear")
+    assert [linear(e) for e in range(6)] == pytest.approx([1.0, 0.88, 0.76, 0.64, 0.52, 0.4])
+    cosine = KeepRatioSchedule(0.4, epochs=6, warmup_epochs=1, anneal_fraction=0.0, shape="cosine")
+    ratios = [cosine(e) for e in range(6)]
+    assert ratios[-1] == pytest.approx(0.4) and all(a >= b for a, b in itertools.pairwise(ratios))
+    assert KeepRatioSchedule(0.7, epochs=None)(1000) == 0.7
+    with pytest.raises(ValueError, match="keep_ratio"):
+        KeepRatioSchedule(1.5)
+    with pytest.raises(ValueError, match="shape"):
+        KeepRatioSchedule(0.5, shape="step")
+
+
+def test_len_is_exact_and_iteration_matches_plan(store: ScoreStore) -> None:
+    sampler = SADPSampler(store, 0.7, epochs=5, batch_size=64, seed=3)
+    for epoch in range(5):
+        sampler.set_epoch(epoch)
+        drawn = list(sampler)
+        assert len(drawn) == len(sampler) == sample_size(1000, sampler.keep_ratio())
+        assert len(set(drawn)) == len(drawn)
+        np.testing.assert_array_equal(drawn, sampler.plan.order)
+    assert sampler.num_batches(1) == 11 and sampler.num_batches(0) == 16
+    assert sampler.total_steps() == 16 + 3 * 11 + 16
+    assert sampler.theoretical_speedup() == pytest.approx(5 / (2 + 3 * 0.7))
+    assert store.keep_ratio_history == [(e, 1.0 if e in (0, 4) else 0.7) for e in range(5)]
+
+
+def test_plan_is_a_pure_function_of_snapshot_seed_and_epoch(tmp_path: Path, store: ScoreStore) -> None:
+    a = SADPSampler(store, 0.5, epochs=4, seed=1)
+    b = SADPSampler(store, 0.5, epochs=4, seed=1)
+    c = SADPSampler(store, 0.5, epochs=4, seed=2)
+    for sampler in (a, b, c):
+        sampler.set_epoch(2)
+    np.testing.assert_array_equal(a.plan.order, b.plan.order)
+    assert not np.array_equal(a.plan.order, c.plan.order)
+    assert a.plan.snapshot_version == store.version
+    first = a.plan.order.copy()
+    store.update(np.arange(1000), np.ones(1000))  # a new snapshot changes later plans, not this one
+    np.testing.assert_array_equal(a.plan.order, first)
+    a.set_epoch(2)
+    np.testing.assert_array_equal(a.plan.order, first)
+
+
+def test_high_scores_are_drawn_more_and_weighted_less(store: ScoreStore) -> None:
+    sampler = SADPSampler(store, 0.3, epochs=None, warmup_epochs=0, seed=0)
+    counts = np.zeros(1000)
+    for epoch in range(50):
+        sampler.set_epoch(epoch)
+        counts[sampler.plan.order] += 1
+    scores = store.scores()
+    top, bottom = np.argsort(scores)[-100:], np.argsort(scores)[:100]
+    assert counts[top].mean() > 2 * counts[bottom].mean()
+    weights = sampler.weights(sampler.plan.order)
+    order = sampler.plan.order
+    assert np.corrcoef(scores[order], weights)[0, 1] < 0
+
+
+def test_weights_lookup(store: ScoreStore) -> None:
+    sampler = SADPSampler(store, 0.5, epochs=3)
+    sampler.set_epoch(1)
+    plan = sampler.plan
+    np.testing.assert_array_equal(sampler.weights(plan.order[::-1]), plan.weights[::-1])
+    missing = np.setdiff1d(np.arange(1000), plan.order)[:2]
+    with pytest.raises(KeyError, match="not in the plan of epoch 1"):
+        sampler.weights(missing)
+
+
+def test_random_method_is_uniform_with_unit_weights() -> None:
+    sampler = SADPSampler(None, 0.25, epochs=4, num_examples=400, method="random", seed=5)
+    sampler.set_epoch(1)
+    assert len(list(sampler)) == 100
+    np.testing.assert_array_equal(sampler.plan.weights, 1.0)
+
+
+def test_state_dict_resumes_the_identical_remaining_order(store: ScoreStore) -> None:
+    sampler = SADPSampler(store, 0.6, epochs=4, seed=9)
+    sampler.set_epoch(2)
+    iterator = iter(sampler)
+    head = [next(iterator) for _ in range(123)]
+    state = sampler.state_dict()
+    assert state["position"] == 123 and state["epoch"] == 2
+    resumed = SADPSampler(store, 0.6, epochs=4, seed=9)
+    resumed.load_state_dict(state)
+    assert len(resumed) == 600 - 123
+    tail = list(resumed)
+    np.testing.assert_array_equal(head + tail, sampler.plan.order)
+    with pytest.raises(ValueError, match="seed=9"):
+        SADPSampler(store, 0.6, epochs=4, seed=1).load_state_dict(state)
+
+
+def test_resume_after_scores_moved_warns(store: ScoreStore) -> None:
+    sampler = SADPSampler(store, 0.6, epochs=4, seed=9)
+    sampler.set_epoch(1)
+    _ = sampler.plan
+    state = sampler.state_dict()
+    store.update([0], [1.0])
+    with pytest.warns(RuntimeWarning, match="remaining order of this epoch will differ"):
+        SADPSampler(store, 0.6, epochs=4, seed=9).load_state_dict(state)
+
+
+def test_batch_sampler(store: ScoreStore) -> None:
+    sampler = SADPSampler(store, 0.5, epochs=3, batch_size=64)
+    sampler.set_epoch(1)
+    batches = list(sampler.batch_sampler())
+    assert len(batches) == sampler.num_batches() == 8
+    assert sum(len(b) for b in batches) == 500
+
+
+def test_bad_configuration_is_refused(store: ScoreStore) -> None:
+    with pytest.raises(ValueError, match="needs a ScoreStore"):
+        SADPSampler(None, 0.5, num_examples=10)
+    with pytest.raises(ValueError, match="method must be one of"):
+        SADPSampler(store, 0.5, method="infobatch")
+    with pytest.raises(ValueError, match="num_examples=10 but the store holds 1000"):
+        SADPSampler(store, 0.5, num_examples=10)
+    with pytest.raises(ValueError, match="keep_ratio"):
+        SADPSampler(store, 0.0)
+    with pytest.raises(ValueError, match="total_steps needs epochs"):
+        SADPSampler(store, 0.5, batch_size=4).total_steps()
+    with pytest.raises(ValueError, match="batch_size"):
+        SADPSampler(store, 0.5).num_batches()

@@ -1,0 +1,167 @@
+"""SpikeAwareScorer: the score is the exact readout gradient norm of each example's loss."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sadp_data import ScoreStore, SpikeAwareScorer
+
+sj = pytest.importorskip("spikingjelly.activation_based")
+from spikingjelly.activation_based import functional, layer, neuron, surrogate  # noqa: E402
+
+T, B, H, C = 4, 6, 12, 5
+
+
+def _lif(step_mode: str = "m") -> nn.Module:
+    return neuron.LIFNode(surrogate_function=surrogate.ATan(), step_mode=step_mode)
+
+
+class MultiStepMLP(nn.Module):
+    """[B, D] -> repeat T -> Linear -> LIF -> Linear readout (optionally -> LIF) -> mean over T."""
+
+    def __init__(self, spiking_readout: bool = False) -> None:
+        super().__init__()
+        self.hidden = nn.Sequential(layer.Linear(8, H), _lif())
+        self.readout = layer.Linear(H, C)
+        self.output_neurons = _lif() if spiking_readout else None
+        functional.set_step_mode(self, "m")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.readout(self.hidden(x.unsqueeze(0).repeat(T, 1, 1)))
+        if self.output_neurons is not None:
+            z = self.output_neurons(z)
+        return z.mean(0)
+
+
+class SingleStepMLP(nn.Module):
+    """The same network stepped through time by a Python loop (single-step mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.lif, self.fc2 = nn.Linear(8, H), _lif("s"), nn.Linear(H, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.fc2(self.lif(self.fc1(x))) for _ in range(T)]).mean(0)
+
+
+def _exact_readout_norms(model: nn.Module, readout: nn.Linear, x, y, loss_fn) -> np.ndarray:
+    norms = []
+    for i in range(x.shape[0]):
+        model.zero_grad()
+        loss_fn(model(x[i : i + 1]), y[i : i + 1]).sum().backward()
+        functional.reset_net(model)
+        norms.append(float(torch.sqrt(readout.weight.grad.pow(2).sum() + readout.bias.grad.pow(2).sum())))
+    return np.asarray(norms)
+
+
+def _ce(out, y):
+    return F.cross_entropy(out, y, reduction="none")
+
+
+def _mse_rates(out, y):
+    return F.mse_loss(out, F.one_hot(y, C).float(), reduction="none").mean(1)
+
+
+@pytest.mark.parametrize(
+    ("model_factory", "loss_fn"),
+    [
+        (lambda: MultiStepMLP(), _ce),
+        (lambda: MultiStepMLP(spiking_readout=True), _mse_rates),
+        (lambda: MultiStepMLP(spiking_readout=True), _ce),
+        (SingleStepMLP, _ce),
+    ],
+    ids=["multistep-ce", "spiking-readout-mse", "spiking-readout-ce", "singlestep-ce"],
+)
+def test_score_equals_exact_readout_gradient_norm(model_factory, loss_fn) -> None:
+    torch.manual_seed(0)
+    model = model_factory()
+    x, y = torch.rand(B, 8) * 3, torch.randint(0, C, (B,))
+    readout = model.readout if hasattr(model, "readout") else model.fc2
+    expected = _exact_readout_norms(model, readout, x, y, loss_fn)
+    scorer = SpikeAwareScorer(model)
+    out = model(x)
+    scorer.step(torch.arange(B), out, y, loss_fn(out, y))
+    functional.reset_net(model)
+    assert scorer.layer is readout
+    np.testing.assert_allclose(scorer.last_scores.numpy(), expected, rtol=1e-4, atol=1e-7)
+
+
+def test_nonspiking_readout_matches_design_closed_form() -> None:
+    """‖δ‖·sqrt(1 + ‖r̄‖²) with δ = softmax(o) − onehot(y) and r̄ the hidden firing rates (DESIGN §1.1)."""
+    torch.manual_seed(1)
+    model = MultiStepMLP()
+    x, y = torch.rand(B, 8) * 3, torch.randint(0, C, (B,))
+    rates = {}
+
+    def record_rates(module, inputs, output) -> None:
+        rates["r"] = inputs[0].mean(0).detach()
+
+    model.readout.register_forward_hook(record_rates)
+    scorer = SpikeAwareScorer(model)
+    out = model(x)
+    scores = scorer.scores(_ce(out, y))
+    delta = torch.softmax(out, 1) - F.one_hot(y, C)
+    closed = delta.norm(dim=1) * torch.sqrt(1 + rates["r"].pow(2).sum(1))
+    torch.testing.assert_close(scores, closed.detach(), rtol=1e-5, atol=1e-7)
+
+
+def test_step_returns_weighted_mean_and_feeds_the_store(tmp_path: Path) -> None:
+    model = MultiStepMLP()
+    with ScoreStore.create(tmp_path / "s.zarr", 100) as store:
+        scorer = SpikeAwareScorer(model, store)
+        x, y = torch.rand(B, 8), torch.randint(0, C, (B,))
+        idx, w = torch.arange(10, 10 + B), torch.linspace(0.5, 2.0, B)
+        out = model(x)
+        per_example = _ce(out, y)
+        loss = scorer.step(idx, out, y, per_example, w)
+        torch.testing.assert_close(loss, (per_example * w).mean())
+        loss.backward()
+        store.flush()
+        np.testing.assert_allclose(store.scores()[10 : 10 + B], scorer.last_scores.numpy())
+        assert store.seen()[10 : 10 + B].tolist() == [1] * B
+
+
+def test_eval_and_no_grad_passes_are_ignored() -> None:
+    model = MultiStepMLP()
+    scorer = SpikeAwareScorer(model, layer="readout")
+    with torch.no_grad():
+        model(torch.rand(B, 8))
+    model.eval()
+    model(torch.rand(B, 8))
+    model.train()
+    with pytest.raises(RuntimeError, match="no classifier forward pass was recorded"):
+        scorer.scores(torch.ones(B, requires_grad=True))
+
+
+def test_errors_explain_what_to_do() -> None:
+    model = MultiStepMLP()
+    scorer = SpikeAwareScorer(model)
+    x, y = torch.rand(B, 8), torch.randint(0, C, (B,))
+    out = model(x)
+    with pytest.raises(ValueError, match="reduction='none'"):
+        scorer.step(torch.arange(B), out, y, F.cross_entropy(out, y))
+    with pytest.raises(ValueError, match=r"mean\(1\)"):
+        scorer.step(torch.arange(B), out, y, F.mse_loss(out, torch.zeros_like(out), reduction="none"))
+    with pytest.raises(ValueError, match="outputs has 6 rows but there are 3 indices"):
+        scorer.step(torch.arange(3), out, y[:3], _ce(out, y)[:3])
+    with pytest.raises(ValueError, match=r"no nn\.Linear"):
+        SpikeAwareScorer(nn.Sequential(nn.Conv2d(1, 1, 1)))
+    with pytest.raises(ValueError, match="no layer named 'head'"):
+        SpikeAwareScorer(model, layer="head")
+    detached = SpikeAwareScorer(model, layer="hidden.0")
+    out = model(x)
+    loss = _ce(out.detach().requires_grad_(), y)
+    with pytest.raises(RuntimeError, match="does not feed this loss"):
+        detached.scores(loss)
+
+
+def test_remove_takes_the_hooks_off() -> None:
+    model = MultiStepMLP()
+    scorer = SpikeAwareScorer(model)
+    scorer.remove()
+    model(torch.rand(B, 8))
+    assert not model.readout._forward_hooks
