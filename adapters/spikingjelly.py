@@ -18,8 +18,63 @@ def _lif() -> nn.Module:
     return neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan(), detach_reset=True, step_mode="m")
 
 
+class _Readout(nn.Module):
+    """Linear readout applied at every step, then averaged over time; optionally through LIF neurons.
+
+    Non-spiking: the output is the mean logit ``(1/T) Σ_t z_t``. Spiking: the output is the firing
+    rate of LIF output neurons driven by ``z_t`` (as in spikingjelly's examples trained with MSE on
+    rates).
+    """
+
+    def __init__(self, features: int, num_classes: int, spiking: bool) -> None:
+        super().__init__()
+        from spikingjelly.activation_based import layer
+
+        self.classifier = layer.Linear(features, num_classes)
+        self.output_neurons = _lif() if spiking else None
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        z = self.classifier(hidden)
+        if self.output_neurons is not None:
+            z = self.output_neurons(z)
+        return z.mean(0)
+
+
+class MlpSNN(nn.Module):
+    """Fully connected SNN: flatten, ``Linear–LIF`` hidden layers, readout; input ``[B, ...]``."""
+
+    def __init__(
+        self,
+        in_features: int = 784,
+        hidden: tuple[int, ...] = (256,),
+        num_classes: int = 10,
+        time_steps: int = 4,
+        spiking_readout: bool = False,
+    ) -> None:
+        super().__init__()
+        from spikingjelly.activation_based import functional, layer
+
+        self.time_steps = time_steps
+        blocks: list[nn.Module] = [layer.Flatten()]
+        width = in_features
+        for size in hidden:
+            blocks += [layer.Linear(width, size), _lif()]
+            width = size
+        self.features = nn.Sequential(*blocks)
+        self.readout = _Readout(width, num_classes, spiking_readout)
+        functional.set_step_mode(self, "m")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        frames = images.unsqueeze(0).expand(self.time_steps, *images.shape)
+        return self.readout(self.features(frames))
+
+
 class ConvSNN(nn.Module):
-    """Two conv–BN–LIF–pool blocks and a linear readout; input ``[B, C, H, W]``, output mean logits ``[B, classes]``."""
+    """Two conv–BN–LIF–pool blocks and a readout; input ``[B, C, H, W]``, output ``[B, classes]``.
+
+    The output is the mean logit over time, or with ``spiking_readout=True`` the firing rate of LIF
+    output neurons.
+    """
 
     def __init__(
         self,
@@ -28,6 +83,7 @@ class ConvSNN(nn.Module):
         num_classes: int = 10,
         time_steps: int = 4,
         image_size: int = 28,
+        spiking_readout: bool = False,
     ) -> None:
         super().__init__()
         from spikingjelly.activation_based import functional, layer
@@ -45,12 +101,12 @@ class ConvSNN(nn.Module):
             layer.MaxPool2d(2),
             layer.Flatten(),
         )
-        self.classifier = layer.Linear(second * (image_size // 4) ** 2, num_classes)
+        self.readout = _Readout(second * (image_size // 4) ** 2, num_classes, spiking_readout)
         functional.set_step_mode(self, "m")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         frames = images.unsqueeze(0).expand(self.time_steps, *images.shape)
-        return self.classifier(self.features(frames)).mean(0)
+        return self.readout(self.features(frames))
 
 
 def reset(model: nn.Module) -> None:

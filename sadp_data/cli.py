@@ -1,4 +1,4 @@
-"""The ``sadp-data`` command line: ``demo`` (and, as they land, ``convert``, ``bench``, ``info``)."""
+"""The ``sadp-data`` command line: ``demo`` and ``bench`` (``convert`` and ``info`` are planned)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,26 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    if args.suite == "score":
+        from sadp_data.bench.score import ScoreBenchConfig, format_score_table, plot_scores, run_score_bench
+
+        config = ScoreBenchConfig.quick() if args.quick else ScoreBenchConfig()
+        result = run_score_bench(config, data_dir=args.data, show_progress=not args.no_progress)
+        print(format_score_table(result))
+        if args.plot:
+            plot_scores(result, args.plot)
+            print(f"plot written to {args.plot}")
+        result = {key: value for key, value in result.items() if not key.startswith("_")}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"figures written to {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sadp-data", description="Spike-aware data pruning for SNN training.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=int, help="batch size (default 128)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     demo.set_defaults(handler=_demo)
+
+    bench = commands.add_parser(
+        "bench", help="run a benchmark suite", description="Run a benchmark suite and print its figures."
+    )
+    bench.add_argument("suite", choices=["score"], help="score: fidelity of the importance scores and their overhead")
+    bench.add_argument("--quick", action="store_true", help="a small, fast version (a smoke test)")
+    bench.add_argument("--json", help="write all figures to this JSON file")
+    bench.add_argument("--plot", help="write the suite's figure to this PNG file")
+    bench.add_argument("--data", help="Fashion-MNIST IDX folder (default: the repository's copy)")
+    bench.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    bench.set_defaults(handler=_bench)
     return parser
 
 

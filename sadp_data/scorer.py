@@ -27,9 +27,13 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .score_kernels import cross_entropy_scores
 from .store import ScoreStore
 
 _MAX_PENDING_CALLS = 4096
+
+#: The importance scores a ``SpikeAwareScorer`` can compute.
+SCORE_VARIANTS: tuple[str, ...] = ("spike_aware", "rate", "grad_bound", "loss")
 
 
 class SpikeAwareScorer:
@@ -41,13 +45,36 @@ class SpikeAwareScorer:
         layer: the classifier (an ``nn.Linear``) or its name in ``model.named_modules()``. By
             default the ``nn.Linear`` that runs last in the first training forward pass is used;
             pass ``layer=`` when the model has several heads.
+        score: which importance score to use (see ``SCORE_VARIANTS`` and ``docs/score.md``):
+            ``spike_aware`` (default) the exact readout-layer gradient norm, through the output
+            neurons' surrogate derivative when the readout spikes; ``rate`` the firing-rate form
+            ``‖δ‖·sqrt(1 + ‖r̄‖²)`` with ``δ`` the gradient at the outputs (equal to
+            ``spike_aware`` for a non-spiking readout of mean logits, blind to output spiking);
+            ``grad_bound`` ``‖δ‖`` (Katharopoulos & Fleuret 2018); ``loss`` the loss itself.
+        loss: ``"cross_entropy"`` declares that the per-example loss is plain cross-entropy on
+            ``outputs`` with class-index targets: ``rate`` and ``grad_bound`` then use the closed
+            form ``δ = softmax(outputs) − onehot(targets)`` (a fused numba.cuda kernel on GPU)
+            instead of autograd.
 
     The readout may be applied once to ``[T, B, H]`` or ``[T·B, H]`` inputs (spikingjelly
     multi-step, ``SeqToANNContainer``) or once per time step to ``[B, H]`` (single-step models);
     time-major order is assumed in the flattened case.
     """
 
-    def __init__(self, model: nn.Module, store: ScoreStore | None = None, layer: nn.Module | str | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        store: ScoreStore | None = None,
+        layer: nn.Module | str | None = None,
+        score: str = "spike_aware",
+        loss: str | None = None,
+    ) -> None:
+        if score not in SCORE_VARIANTS:
+            raise ValueError(f"score must be one of {SCORE_VARIANTS}, got {score!r}")
+        if loss not in (None, "cross_entropy"):
+            raise ValueError(f"loss must be None or 'cross_entropy', got {loss!r}")
+        self.score = score
+        self.loss = loss
         self.model = model
         self.store = store
         self.last_scores: torch.Tensor | None = None
@@ -101,35 +128,86 @@ class SpikeAwareScorer:
             self._handles = [self.layer.register_forward_hook(self._record)]
         return self.layer
 
-    def scores(self, per_sample_loss: torch.Tensor) -> torch.Tensor:
-        """Exact classifier-layer gradient norm of each example's loss (float32 ``[B]``, detached)."""
-        if not self._calls:
-            raise RuntimeError(
-                "no classifier forward pass was recorded since the last step: run the model in "
-                "training mode with gradients enabled before calling step()"
-            )
-        layer = self._lock_layer()
-        calls = [(x, z) for module, x, z in self._calls if module is layer]
-        self._calls.clear()
+    def compute(
+        self,
+        per_sample_loss: torch.Tensor,
+        outputs: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        variants: tuple[str, ...] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Score variants of the last recorded forward pass (float32 ``[B]`` each, detached).
+
+        ``variants`` defaults to this scorer's ``score``; ``outputs`` (the tensor the loss was
+        computed from) is needed by ``grad_bound`` and ``rate``, and ``targets`` (class indices)
+        by the closed-form path of ``loss="cross_entropy"``. All requested variants share one
+        ``torch.autograd.grad`` call. Consumes the recorded forward pass.
+        """
+        variants = (self.score,) if variants is None else tuple(variants)
+        unknown = set(variants) - set(SCORE_VARIANTS)
+        if unknown:
+            raise ValueError(f"unknown score variants {sorted(unknown)}; choose from {SCORE_VARIANTS}")
+        needs_outputs = {"grad_bound", "rate"} & set(variants)
+        needs_readout = {"spike_aware", "rate"} & set(variants)
+        if needs_outputs and outputs is None:
+            raise ValueError(f"score variants {sorted(needs_outputs)} need the outputs the loss was computed from")
         batch = per_sample_loss.shape[0]
-        outputs = [z for _, z in calls]
-        grads = torch.autograd.grad(per_sample_loss.sum(), outputs, retain_graph=True, allow_unused=True)
-        connected = [(x, g) for (x, _), g in zip(calls, grads, strict=True) if g is not None]
-        if not connected:
-            raise RuntimeError(
-                f"the classifier {type(layer).__name__} does not feed this loss; pass "
-                "layer=<the readout layer> to SpikeAwareScorer"
+        calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if needs_readout:
+            if not self._calls:
+                raise RuntimeError(
+                    "no classifier forward pass was recorded since the last step: run the model in "
+                    "training mode with gradients enabled before calling step()"
+                )
+            layer = self._lock_layer()
+            calls = [(x, z) for module, x, z in self._calls if module is layer]
+        self._calls.clear()
+        closed_form = self.loss == "cross_entropy" and "spike_aware" not in variants
+        if closed_form and targets is None:
+            raise ValueError("loss='cross_entropy' needs the targets (class indices)")
+        wrt = ([] if closed_form or not needs_outputs else [outputs]) + (
+            [z for _, z in calls] if "spike_aware" in variants else []
+        )
+        grads = torch.autograd.grad(per_sample_loss.sum(), wrt, retain_graph=True, allow_unused=True) if wrt else ()
+        result: dict[str, torch.Tensor] = {}
+        if "loss" in variants:
+            result["loss"] = per_sample_loss.detach().to(torch.float32)
+        if needs_outputs:
+            if closed_form:
+                output_grad = None
+            else:
+                output_grad, grads = grads[0], grads[1:]
+                if output_grad is None:
+                    raise RuntimeError("the outputs passed to step() do not feed this loss")
+        if "spike_aware" in variants:
+            connected = [(x, g) for (x, _), g in zip(calls, grads, strict=True) if g is not None]
+            if not connected:
+                raise RuntimeError(
+                    f"the classifier {type(self.layer).__name__} does not feed this loss; pass "
+                    "layer=<the readout layer> to SpikeAwareScorer"
+                )
+            result["spike_aware"] = _readout_gradient_norm(
+                [x for x, _ in connected],
+                [g for _, g in connected],
+                batch,
+                getattr(self.layer, "bias", None) is not None,
             )
-        spikes = torch.cat([_time_major(x, batch) for x, _ in connected])
-        deltas = torch.cat([_time_major(g, batch) for _, g in connected])
-        spikes = spikes.to(torch.float32).transpose(0, 1)
-        deltas = deltas.to(torch.float32).transpose(0, 1)
-        gram_spikes = spikes @ spikes.transpose(1, 2)
-        gram_deltas = deltas @ deltas.transpose(1, 2)
-        norm2 = (gram_spikes * gram_deltas).sum(dim=(1, 2))
-        if getattr(layer, "bias", None) is not None:
-            norm2 = norm2 + deltas.sum(dim=1).pow(2).sum(dim=1)
-        return norm2.clamp_min(0).sqrt().detach()
+        if needs_outputs:
+            rate_sq = _firing_rate_sq_norm([x for x, _ in calls], batch) if "rate" in variants else None
+            if closed_form:
+                result.update(cross_entropy_scores(outputs.detach(), targets, rate_sq))
+            else:
+                delta_norm = output_grad.detach().reshape(batch, -1).to(torch.float32).norm(dim=1)
+                if "grad_bound" in variants:
+                    result["grad_bound"] = delta_norm
+                if rate_sq is not None:
+                    result["rate"] = delta_norm * torch.sqrt(1.0 + rate_sq)
+        return {name: result[name] for name in variants}
+
+    def scores(
+        self, per_sample_loss: torch.Tensor, outputs: torch.Tensor | None = None, targets: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """This scorer's ``score`` variant for the last recorded forward pass (float32 ``[B]``, detached)."""
+        return self.compute(per_sample_loss, outputs, targets)[self.score]
 
     def step(
         self,
@@ -162,13 +240,37 @@ class SpikeAwareScorer:
                 raise ValueError(f"{name} has {tensor.shape[0]} rows but there are {batch} indices")
         if weights is not None and weights.shape != (batch,):
             raise ValueError(f"weights must have shape [{batch}], got {list(weights.shape)}")
-        scores = self.scores(per_sample_loss)
+        scores = self.scores(per_sample_loss, outputs, targets)
         self.last_scores = scores
         if self.store is not None:
             self.store.update(indices.detach().cpu().numpy(), scores.cpu().numpy())
         if weights is None:
             return per_sample_loss.mean()
         return (per_sample_loss * weights.to(per_sample_loss.device, per_sample_loss.dtype)).mean()
+
+
+def _readout_gradient_norm(
+    inputs: list[torch.Tensor], output_grads: list[torch.Tensor], batch: int, has_bias: bool
+) -> torch.Tensor:
+    """``sqrt(Σ_{t,t'} (δ_t·δ_t')(s_t·s_t') [+ ‖Σ_t δ_t‖²])`` per example: the exact ‖∂ℓ/∂(W, b)‖."""
+    spikes = _stack_time_major(inputs, batch).transpose(0, 1)
+    deltas = _stack_time_major(output_grads, batch).transpose(0, 1)
+    norm2 = ((spikes @ spikes.transpose(1, 2)) * (deltas @ deltas.transpose(1, 2))).sum(dim=(1, 2))
+    if has_bias:
+        norm2 = norm2 + deltas.sum(dim=1).pow(2).sum(dim=1)
+    return norm2.clamp_min(0).sqrt().detach()
+
+
+def _firing_rate_sq_norm(inputs: list[torch.Tensor], batch: int) -> torch.Tensor:
+    """``‖r̄‖²`` per example, ``r̄`` the time-averaged input of the readout."""
+    return _stack_time_major(inputs, batch).mean(dim=0).pow(2).sum(dim=1)
+
+
+def _stack_time_major(tensors: list[torch.Tensor], batch: int) -> torch.Tensor:
+    """All recorded calls as one float32 ``[T, B, F]`` tensor (no copy for a single multi-step call)."""
+    parts = [_time_major(t, batch) for t in tensors]
+    stacked = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return stacked.to(torch.float32)
 
 
 def _time_major(tensor: torch.Tensor, batch: int) -> torch.Tensor:
