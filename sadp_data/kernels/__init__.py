@@ -1,18 +1,19 @@
 """Epoch planning: turn N scores into an exact-size weighted sample in shuffled order.
 
 ``plan_epoch`` is the single entry point. It is a pure function of its arguments: the same scores,
-seed and epoch give the same order and weights on every machine, process and backend (backends
-differ only in speed). The steps, each a kernel with a numpy reference (``reference``) and compiled
-twins (``numba_cpu``):
+seed and epoch give the same order and weights on every machine, process and backend. The steps
+(see ``reference`` for the algorithm and its trade-offs):
 
-1. ``smooth_scores``: mix with uniform so every example keeps a chance and weights stay bounded;
-2. ``inclusion_probabilities``: ``π_i = min(1, c·s̃_i)`` with ``Σ π = K`` exactly;
-3. ``quantize_probabilities``: 32.32 fixed point, integer total ``K·2**32``;
-4. ``systematic_select``: systematic PPS over a random permutation — exactly K distinct picks;
-5. shuffle of the picks; ``importance_weights``: ``K / (N π_i)``.
+1. smoothing: mix scores with uniform so every example keeps a chance and weights stay bounded;
+2. inclusion probabilities ``π_i = min(1, c·s̃_i)`` with ``Σ π = K`` (capping iteration), in 32.32
+   fixed point with an integer total of exactly ``K·2**32``;
+3. systematic PPS over a randomised block walk order: exactly K distinct picks, each with
+   probability exactly ``π_i``;
+4. a keyed Feistel shuffle of the picks; importance weights ``K / (N π_i)``.
 
-Randomness comes from one ``numpy.random.Generator`` seeded by ``(seed, epoch)`` (see
-``epoch_rng``), used in a fixed order: permutation of N, then the offset, then the shuffle of K.
+All randomness is counter-based (``reference.random_bits``) with keys from ``(seed, epoch)``, so
+parallel backends reproduce the reference bit for bit: ``numpy`` (reference) and ``numba``
+(parallel CPU) are identical; see each backend's module for its own guarantees.
 """
 
 from __future__ import annotations
@@ -50,17 +51,6 @@ def get_backend(name: str = "auto") -> ModuleType:
     raise ValueError(f"unknown kernel backend {name!r}; choose from 'auto', 'numpy', 'numba'")
 
 
-def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
-    """The random stream of one epoch: PCG64 seeded by the pair ``(seed, epoch)``.
-
-    Streams of different epochs (or seeds) are statistically independent; the same pair always
-    gives the same stream.
-    """
-    if seed < 0 or epoch < 0:
-        raise ValueError(f"seed and epoch must be non-negative, got seed={seed}, epoch={epoch}")
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch])))
-
-
 def sample_size(num_examples: int, keep_ratio: float) -> int:
     """``K = round(keep_ratio * N)``, at least 1: the exact number of examples an epoch draws."""
     if not 0.0 < keep_ratio <= 1.0:
@@ -84,7 +74,7 @@ def plan_epoch(
     Args:
         scores: float[N] importance scores, non-negative (only their ratios matter).
         keep_ratio: fraction of examples drawn, in (0, 1]; ``K = round(keep_ratio·N)`` exactly.
-        seed, epoch: select the random stream (``epoch_rng``).
+        seed, epoch: select the random stream (``reference.epoch_keys``).
         seen: counts per example; unseen examples (0) are treated as of mean importance. ``None``
             means all seen.
         smoothing: λ in [0, 1], the uniform share of the sampling weights. Every weight is at most
@@ -103,23 +93,8 @@ def plan_epoch(
     scores = np.asarray(scores)
     if scores.ndim != 1 or scores.shape[0] == 0:
         raise ValueError(f"scores must be a non-empty 1-D array, got shape {scores.shape}")
-    num_examples = scores.shape[0]
-    size = sample_size(num_examples, keep_ratio)
-    rng = epoch_rng(seed, epoch)
-    if size == num_examples:
-        return rng.permutation(num_examples).astype(np.int64), np.ones(num_examples, np.float32)
-    kernels = get_backend(backend)
-    if uniform:
-        relative = np.ones(num_examples, dtype=np.float64)
-    else:
-        counts = np.ones(num_examples, dtype=np.uint32) if seen is None else np.asarray(seen)
-        relative = kernels.smooth_scores(scores, counts, smoothing)
-    probabilities = kernels.inclusion_probabilities(relative, size)
-    quantized = kernels.quantize_probabilities(probabilities, size)
-    permutation = rng.permutation(num_examples)
-    offset = int(rng.integers(0, 1 << 32, dtype=np.uint64))
-    picks = kernels.systematic_select(quantized, permutation, offset)
-    rng.shuffle(picks)
-    if uniform:
-        return picks, np.ones(size, np.float32)
-    return picks, kernels.importance_weights(quantized, picks, size)
+    if seen is not None and np.shape(seen) != scores.shape:
+        raise ValueError(f"seen must have the shape of scores {scores.shape}, got {np.shape(seen)}")
+    keys = reference.epoch_keys(seed, epoch)
+    size = sample_size(scores.shape[0], keep_ratio)
+    return get_backend(backend).plan(scores, seen, size, float(smoothing), uniform, keys)

@@ -1,169 +1,432 @@
-"""Numba CPU backend: the reference kernels as compiled single-pass loops.
+"""Numba CPU backend: the reference plan as parallel compiled loops, bit-identical to ``reference``.
 
-Each function has the signature and the exact semantics of its twin in ``reference``: sums are
-sequential, the selection walks exact uint64 prefix sums, so for the same inputs the outputs are
-bit-identical (the tests check this). The gain over numpy is memory and passes: no temporary arrays
-for prefix sums, masks or levels, which matters at N = 10^8.
+Parallel over fixed blocks (``prange``): float totals are per-block sequential sums combined in
+block order, exactly as ``reference.blocked_sum``; integer prefix sums over walk blocks are split
+into a per-block total pass, a short sequential pass over blocks, and a per-block walk; the shuffle
+is a stable counting-sort scatter (per-thread histograms, so the result does not depend on the
+thread count) and per-bucket Fisher–Yates. Probabilities are kept as uint32 plus a capped mask and
+the smoothed weights are freed before the walk, so N = 10^8 plans in under 4 GB.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import prange
 
-from .reference import ONE
+from .reference import GUESS_MARGIN, GUESS_MIN, GUESS_SAMPLE, ONE, SUM_BLOCK, WALK_BLOCK, shuffle_buckets
 
 _ONE = np.uint64(ONE)
+_TOP = np.uint64(ONE - 1)
 _ZERO = np.uint64(0)
-_SHIFT = np.uint64(32)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_MASK = np.uint64(WALK_BLOCK - 1)
+_HALF = np.uint64(32)
+#: Candidate window of the capping shortcut (see ``_capping``).
+_WINDOW = 0.99
+
+_OPTIONS = {"cache": True, "nogil": True}
 
 
-@numba.njit(cache=True)
-def _smooth(scores, seen, smoothing):
+@numba.njit(inline="always", **_OPTIONS)
+def _random_bits(key, counter):
+    x = key + (counter + np.uint64(1)) * _GOLDEN
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+@numba.njit(parallel=True, **_OPTIONS)
+def _seen_mean(scores, seen, all_seen):
     n = scores.shape[0]
-    out = np.ones(n, dtype=np.float64)
-    total = 0.0
-    count = 0
-    for i in range(n):
-        if seen[i] > 0:
-            total += np.float64(scores[i])
-            count += 1
-    if count == 0:
-        return out
-    mean = total / count
-    if mean <= 0.0:
-        return out
-    for i in range(n):
-        relative = np.float64(scores[i]) / mean if seen[i] > 0 else 1.0
-        out[i] = (1.0 - smoothing) * relative + smoothing
-    return out
-
-
-def smooth_scores(scores: np.ndarray, seen: np.ndarray, smoothing: float) -> np.ndarray:
-    """See ``reference.smooth_scores``."""
-    return _smooth(np.ascontiguousarray(scores), np.ascontiguousarray(seen), float(smoothing))
-
-
-@numba.njit(cache=True)
-def _capped_probabilities(weights, sample_size):
-    n = weights.shape[0]
-    capped = np.zeros(n, dtype=np.bool_)
-    remaining = np.float64(sample_size)
-    scale = 0.0
-    while True:
+    blocks = (n + SUM_BLOCK - 1) // SUM_BLOCK
+    partial = np.zeros(blocks, dtype=np.float64)
+    counts = np.zeros(blocks, dtype=np.int64)
+    for b in prange(blocks):
         total = 0.0
-        for i in range(n):
-            if not capped[i]:
-                total += weights[i]
-        scale = remaining / total
         count = 0
-        for i in range(n):
-            if not capped[i] and scale * weights[i] >= 1.0:
-                capped[i] = True
+        for i in range(b * SUM_BLOCK, min(n, (b + 1) * SUM_BLOCK)):
+            if all_seen or seen[i] > 0:
+                total += np.float64(scores[i])
                 count += 1
+        partial[b] = total
+        counts[b] = count
+    total = 0.0
+    for b in range(blocks):
+        total += partial[b]
+    return total, counts.sum()
+
+
+@numba.njit(parallel=True, **_OPTIONS)
+def _smooth(scores, seen, all_seen, mean, smoothing):
+    """Smoothed float32 weights and their blocked float64 total (one pass)."""
+    n = scores.shape[0]
+    blocks = (n + SUM_BLOCK - 1) // SUM_BLOCK
+    out = np.empty(n, dtype=np.float32)
+    partial = np.zeros(blocks, dtype=np.float64)
+    for b in prange(blocks):
+        total = 0.0
+        for i in range(b * SUM_BLOCK, min(n, (b + 1) * SUM_BLOCK)):
+            relative = np.float64(scores[i]) / mean if (all_seen or seen[i] > 0) else 1.0
+            value = np.float32((1.0 - smoothing) * relative + smoothing)
+            out[i] = value
+            total += np.float64(value)
+        partial[b] = total
+    total = 0.0
+    for b in range(blocks):
+        total += partial[b]
+    return out, total
+
+
+@numba.njit(parallel=True, **_OPTIONS)
+def _total(weights):
+    n = weights.shape[0]
+    blocks = (n + SUM_BLOCK - 1) // SUM_BLOCK
+    partial = np.zeros(blocks, dtype=np.float64)
+    for b in prange(blocks):
+        total = 0.0
+        for i in range(b * SUM_BLOCK, min(n, (b + 1) * SUM_BLOCK)):
+            total += np.float64(weights[i])
+        partial[b] = total
+    total = 0.0
+    for b in range(blocks):
+        total += partial[b]
+    return total
+
+
+@numba.njit(parallel=True, **_OPTIONS)
+def _cap_pass(weights, capped, scale):
+    """Cap every uncapped entry with ``scale·w ≥ 1``; returns (newly capped, their blocked sum).
+
+    ``capped`` is uint8 and the update branch-free so the loop vectorises; adding ``weight * 0``
+    leaves a float sum unchanged, so the blocked sums equal the reference's.
+    """
+    n = weights.shape[0]
+    blocks = (n + SUM_BLOCK - 1) // SUM_BLOCK
+    partial = np.zeros(blocks, dtype=np.float64)
+    counts = np.zeros(blocks, dtype=np.int64)
+    for b in prange(blocks):
+        count = 0
+        newly = 0.0
+        for i in range(b * SUM_BLOCK, min(n, (b + 1) * SUM_BLOCK)):
+            weight = np.float64(weights[i])
+            hit = np.uint8(capped[i] == 0) & np.uint8(scale * weight >= 1.0)
+            capped[i] |= hit
+            count += hit
+            newly += weight * hit
+        counts[b] = count
+        partial[b] = newly
+    newly = 0.0
+    for b in range(blocks):
+        newly += partial[b]
+    return counts.sum(), newly
+
+
+def _capping(weights: np.ndarray, sample_size: int, total: float | None = None) -> tuple[float, np.ndarray]:
+    """``reference.capping_scale`` (same rounds, same guess, same float operations).
+
+    ``total`` is the blocked sum of ``weights`` when the caller already has it. After the guessed
+    pass, later rounds only touch *candidates* — entries within ``_WINDOW`` of being capped at the
+    guessed scale, collected in index order — for as long as the scale stays below
+    ``guess / _WINDOW`` (no other entry can be capped before that). Their blocked sums equal the
+    full pass's, since every other entry would add exactly 0; beyond the window it falls back to
+    full passes, so results never depend on the shortcut.
+    """
+    capped = np.zeros(weights.shape[0], dtype=np.uint8)
+    remaining = float(sample_size)
+    total = _total(weights) if total is None else total
+    guess = _capping_guess(weights, sample_size, total)
+    candidates = np.empty(0, dtype=np.int64)
+    limit = 0.0
+    if guess is not None:
+        count, hit_sum, per_block = _guess_pass(weights, capped, guess, _WINDOW)
+        uncapped = total - hit_sum
+        if count < sample_size and (sample_size - count) / uncapped >= guess:
+            remaining, total = float(sample_size - count), uncapped
+            candidates = _collect_candidates(weights, capped, guess, _WINDOW, per_block)
+            limit = guess / _WINDOW
+        else:
+            capped[:] = 0
+    while True:
+        scale = remaining / total
+        if scale < limit:
+            count, newly = _candidate_pass(weights, capped, candidates, scale)
+        else:
+            count, newly = _cap_pass(weights, capped, scale)
         if count == 0:
-            break
+            return scale, capped
         remaining -= count
         if remaining == 0.0:
-            scale = 0.0
-            break
-    out = np.empty(n, dtype=np.float64)
-    for i in range(n):
-        out[i] = 1.0 if capped[i] else scale * weights[i]
+            return 0.0, capped
+        total -= newly
+
+
+@numba.njit(parallel=True, **_OPTIONS)
+def _guess_pass(weights, capped, scale, window):
+    """``_cap_pass`` from nothing, also counting per block the entries with ``window ≤ scale·w < 1``."""
+    n = weights.shape[0]
+    blocks = (n + SUM_BLOCK - 1) // SUM_BLOCK
+    partial = np.zeros(blocks, dtype=np.float64)
+    counts = np.zeros(blocks, dtype=np.int64)
+    near = np.zeros(blocks, dtype=np.int64)
+    for b in prange(blocks):
+        count = 0
+        close = 0
+        newly = 0.0
+        for i in range(b * SUM_BLOCK, min(n, (b + 1) * SUM_BLOCK)):
+            weight = np.float64(weights[i])
+            value = scale * weight
+            hit = np.uint8(value >= 1.0)
+            capped[i] = hit
+            count += hit
+            close += np.uint8(value >= window) & (1 - hit)
+            newly += weight * hit
+        counts[b] = count
+        near[b] = close
+        partial[b] = newly
+    newly = 0.0
+    for b in range(blocks):
+        newly += partial[b]
+    return counts.sum(), newly, near
+
+
+@numba.njit(parallel=True, **_OPTIONS)
+def _collect_candidates(weights, capped, scale, window, near):
+    n = weights.shape[0]
+    blocks = near.shape[0]
+    starts = np.zeros(blocks + 1, dtype=np.int64)
+    for b in range(blocks):
+        starts[b + 1] = starts[b] + near[b]
+    out = np.empty(starts[blocks], dtype=np.int64)
+    for b in prange(blocks):
+        slot = starts[b]
+        for i in range(b * SUM_BLOCK, min(n, (b + 1) * SUM_BLOCK)):
+            if capped[i] == 0 and scale * np.float64(weights[i]) >= window:
+                out[slot] = i
+                slot += 1
     return out
 
 
-def inclusion_probabilities(weights: np.ndarray, sample_size: int) -> np.ndarray:
-    """See ``reference.inclusion_probabilities``."""
-    weights = np.ascontiguousarray(weights, dtype=np.float64)
-    positive = int(np.count_nonzero(weights > 0))
+@numba.njit(**_OPTIONS)
+def _candidate_pass(weights, capped, candidates, scale):
+    """``_cap_pass`` restricted to ``candidates`` (ascending), with the same blocked float sums."""
+    count = 0
+    total = 0.0
+    partial = 0.0
+    block = -1
+    for k in range(candidates.shape[0]):
+        i = candidates[k]
+        if i // SUM_BLOCK != block:
+            total += partial
+            partial = 0.0
+            block = i // SUM_BLOCK
+        weight = np.float64(weights[i])
+        if capped[i] == 0 and scale * weight >= 1.0:
+            capped[i] = 1
+            count += 1
+            partial += weight
+    total += partial
+    return count, total
+
+
+def _capping_guess(weights: np.ndarray, sample_size: int, total: float) -> float | None:
+    """``reference.capping_guess`` on the same strided sample."""
+    count = weights.shape[0]
+    if count < GUESS_MIN:
+        return None
+    sample = np.ascontiguousarray(weights[:: count // GUESS_SAMPLE][:GUESS_SAMPLE])
+    if sample.min() <= 0.0:
+        return None
+    size = len(sample)
+    sample_k = min(size - 1, max(1, int(np.floor(sample_size * size / count + 0.5))))
+    sample_scale, _ = _capping(sample, sample_k)
+    factor = sample_scale * _total(sample) / sample_k
+    return GUESS_MARGIN * factor * sample_size / total
+
+
+@numba.njit(parallel=True, **_OPTIONS)
+def _quantize(weights, scale, capped, sample_size):
+    """``reference.quantize`` as uint32 plus the capped mask; also returns the walk-block totals."""
+    n = weights.shape[0]
+    blocks = (n + SUM_BLOCK - 1) // SUM_BLOCK
+    walk_blocks = (n + WALK_BLOCK - 1) // WALK_BLOCK
+    per_block = SUM_BLOCK // WALK_BLOCK
+    fixed = np.empty(n, dtype=np.uint32)
+    walk_totals = np.zeros(walk_blocks, dtype=np.uint64)
+    one = np.float64(_ONE)
+    top = np.float64(_TOP)
+    for b in prange(blocks):
+        for w in range(b * per_block, min(walk_blocks, (b + 1) * per_block)):
+            total = _ZERO
+            for i in range(w * WALK_BLOCK, min(n, (w + 1) * WALK_BLOCK)):
+                if capped[i] != 0:
+                    fixed[i] = 0
+                    total += _ONE
+                else:
+                    value = np.floor(scale * np.float64(weights[i]) * one)
+                    value = min(max(value, 0.0), top)
+                    fixed[i] = np.uint32(value)
+                    total += np.uint64(fixed[i])
+            walk_totals[w] = total
+    current = _ZERO
+    for w in range(walk_blocks):
+        current += walk_totals[w]
+    target = np.uint64(sample_size) * _ONE
+    if current == target:
+        return fixed, walk_totals
+    adding = current < target
+    amount = target - current if adding else current - target
+    # Greedy in index order: the first blocks almost always absorb the remainder, so walk them
+    # sequentially and stop as soon as it is spread.
+    i = 0
+    while amount > _ZERO:
+        if capped[i] == 0:
+            value = np.uint64(fixed[i])
+            step = min(_TOP - value if adding else value, amount)
+            fixed[i] = np.uint32(value + step if adding else value - step)
+            if adding:
+                walk_totals[i // WALK_BLOCK] += step
+            else:
+                walk_totals[i // WALK_BLOCK] -= step
+            amount -= step
+        i += 1
+    return fixed, walk_totals
+
+
+@numba.njit(inline="always", **_OPTIONS)
+def _fixed_value(fixed, capped, i):
+    # ``fixed`` is 0 where capped, so this is ``2**32`` for capped entries, branch-free.
+    return np.uint64(fixed[i]) | (np.uint64(capped[i]) << _HALF)
+
+
+@numba.njit(parallel=True, **_OPTIONS)
+def _walk(fixed, capped, totals, keys, sample_size, with_weights):
+    n = fixed.shape[0]
+    blocks = (n + WALK_BLOCK - 1) // WALK_BLOCK
+    sort_keys = np.empty(blocks, dtype=np.uint64)
+    multipliers = np.empty(blocks, dtype=np.uint64)
+    offsets = np.empty(blocks, dtype=np.uint64)
+    for b in prange(blocks):
+        block = np.uint64(b)
+        sort_keys[b] = _random_bits(keys[0], block) >> np.uint64(1)
+        multipliers[b] = _random_bits(keys[1], np.uint64(2) * block) & _MASK | np.uint64(1)
+        offsets[b] = _random_bits(keys[1], np.uint64(2) * block + np.uint64(1)) & _MASK
+    order = np.argsort(sort_keys, kind="mergesort")
+    offset = _random_bits(keys[2], _ZERO) >> np.uint64(32)
+    starts = np.empty(blocks, dtype=np.uint64)
+    first_pick = np.empty(blocks, dtype=np.int64)
+    walk = offset
+    picked = 0
+    for p in range(blocks):
+        b = order[p]
+        starts[b] = walk
+        first_pick[b] = picked
+        picked += np.int64(((walk + totals[b]) >> np.uint64(32)) - (walk >> np.uint64(32)))
+        walk += totals[b]
+    picks = np.empty(sample_size, dtype=np.int64)
+    weights = np.ones(sample_size, dtype=np.float32)
+    one = np.float64(_ONE)
+    for b in prange(blocks):
+        walk = starts[b]
+        level = walk >> np.uint64(32)
+        slot = first_pick[b]
+        base = b * WALK_BLOCK
+        for j in range(WALK_BLOCK):
+            index = base + np.int64((multipliers[b] * np.uint64(j) + offsets[b]) & _MASK)
+            if index < n:
+                value = _fixed_value(fixed, capped, index)
+                walk += value
+                if (walk >> np.uint64(32)) > level:
+                    picks[slot] = index
+                    if with_weights:
+                        weights[slot] = np.float32(sample_size / (n * (np.float64(value) / one)))
+                    slot += 1
+                    level = walk >> np.uint64(32)
+    return picks, weights
+
+
+@numba.njit(parallel=True, **_OPTIONS)
+def _scatter_shuffle(items, weights, key, buckets, chunks):
+    """Stable scatter by hashed bucket, then Fisher–Yates per bucket (``reference.shuffle_permutation``)."""
+    size = items.shape[0]
+    bucket_key = _random_bits(key, _ZERO)
+    swap_key = _random_bits(key, np.uint64(1))
+    nb = np.uint64(buckets)
+    per_chunk = (size + chunks - 1) // chunks
+    counts = np.zeros((chunks, buckets), dtype=np.int64)
+    bucket_of = np.empty(size, dtype=np.uint32)
+    for c in prange(chunks):
+        for i in range(c * per_chunk, min(size, (c + 1) * per_chunk)):
+            t = np.uint32(((_random_bits(bucket_key, np.uint64(i)) >> _HALF) * nb) >> _HALF)
+            bucket_of[i] = t
+            counts[c, t] += 1
+    starts = np.empty(buckets, dtype=np.int64)
+    cursor = np.empty((chunks, buckets), dtype=np.int64)
+    position = 0
+    for t in range(buckets):
+        starts[t] = position
+        for c in range(chunks):
+            cursor[c, t] = position
+            position += counts[c, t]
+    out_items = np.empty_like(items)
+    out_weights = np.empty_like(weights)
+    for c in prange(chunks):
+        for i in range(c * per_chunk, min(size, (c + 1) * per_chunk)):
+            t = bucket_of[i]
+            slot = cursor[c, t]
+            out_items[slot] = items[i]
+            out_weights[slot] = weights[i]
+            cursor[c, t] = slot + 1
+    for t in prange(buckets):
+        start = starts[t]
+        stop = starts[t + 1] if t + 1 < buckets else size
+        for i in range(stop - start - 1, 0, -1):
+            here = start + i
+            there = start + np.int64(((_random_bits(swap_key, np.uint64(here)) >> _HALF) * np.uint64(i + 1)) >> _HALF)
+            out_items[here], out_items[there] = out_items[there], out_items[here]
+            out_weights[here], out_weights[there] = out_weights[there], out_weights[here]
+    return out_items, out_weights
+
+
+def shuffle_permutation(size: int, key: np.uint64) -> np.ndarray:
+    """See ``reference.shuffle_permutation``."""
+    items, _ = _scatter_shuffle(
+        np.arange(size, dtype=np.int64), np.ones(size, np.float32), key, shuffle_buckets(size), numba.get_num_threads()
+    )
+    return items
+
+
+def plan(
+    scores: np.ndarray, seen: np.ndarray | None, sample_size: int, smoothing: float, uniform: bool, keys: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """See ``reference.plan``; bit-identical results."""
+    num_examples = scores.shape[0]
+    if sample_size == num_examples:
+        return shuffle_permutation(num_examples, keys[3]), np.ones(num_examples, np.float32)
+    weights, total = None, None
+    if not uniform:
+        scores = np.ascontiguousarray(scores)
+        all_seen = seen is None
+        counts = np.zeros(1, np.uint32) if all_seen else np.ascontiguousarray(seen)
+        seen_total, count = _seen_mean(scores, counts, all_seen)
+        if count > 0 and seen_total / count > 0.0:
+            weights, total = _smooth(scores, counts, all_seen, seen_total / count, float(smoothing))
+    if weights is None:
+        weights = np.ones(num_examples, dtype=np.float32)
+    positive = num_examples if smoothing > 0 else int(np.count_nonzero(weights > 0))
     if positive < sample_size:
         raise ValueError(
-            f"only {positive} of {weights.shape[0]} weights are positive, fewer than the sample "
+            f"only {positive} of {num_examples} weights are positive, fewer than the sample "
             f"size {sample_size}; use smoothing > 0 so every example keeps a chance"
         )
-    return _capped_probabilities(weights, int(sample_size))
-
-
-@numba.njit(cache=True)
-def _quantize(probabilities, target):
-    n = probabilities.shape[0]
-    out = np.empty(n, dtype=np.uint64)
-    one = np.float64(_ONE)
-    current = _ZERO
-    for i in range(n):
-        value = np.floor(probabilities[i] * one)
-        if value < 0.0:
-            value = 0.0
-        elif value > one:
-            value = one
-        out[i] = np.uint64(value)
-        current += out[i]
-    if current < target:
-        amount = target - current
-        for i in range(n):
-            if amount == _ZERO:
-                break
-            step = min(_ONE - out[i], amount)
-            out[i] += step
-            amount -= step
-    elif current > target:
-        amount = current - target
-        for i in range(n):
-            if amount == _ZERO:
-                break
-            step = min(out[i], amount)
-            out[i] -= step
-            amount -= step
-    return out
-
-
-def quantize_probabilities(probabilities: np.ndarray, sample_size: int) -> np.ndarray:
-    """See ``reference.quantize_probabilities``."""
-    target = np.uint64(sample_size) * _ONE
-    return _quantize(np.ascontiguousarray(probabilities, dtype=np.float64), target)
-
-
-@numba.njit(cache=True)
-def _select(quantized, permutation, offset, sample_size):
-    picks = np.empty(sample_size, dtype=np.int64)
-    walk = offset
-    previous = _ZERO
-    count = 0
-    for j in range(permutation.shape[0]):
-        index = permutation[j]
-        walk += quantized[index]
-        level = walk >> _SHIFT
-        if level > previous:
-            picks[count] = index
-            count += 1
-            previous = level
-    return picks[:count]
-
-
-def systematic_select(quantized: np.ndarray, permutation: np.ndarray, offset: int) -> np.ndarray:
-    """See ``reference.systematic_select``."""
-    total = int(quantized.sum(dtype=np.uint64))
-    sample_size = (total + int(offset)) >> 32
-    return _select(
-        np.ascontiguousarray(quantized),
-        np.ascontiguousarray(permutation, dtype=np.int64),
-        np.uint64(offset),
-        sample_size,
-    )
-
-
-@numba.njit(cache=True)
-def _weights(quantized, picks, sample_size):
-    n = quantized.shape[0]
-    out = np.empty(picks.shape[0], dtype=np.float32)
-    one = np.float64(_ONE)
-    for j in range(picks.shape[0]):
-        probability = np.float64(quantized[picks[j]]) / one
-        out[j] = np.float32(sample_size / (n * probability))
-    return out
-
-
-def importance_weights(quantized: np.ndarray, picks: np.ndarray, sample_size: int) -> np.ndarray:
-    """See ``reference.importance_weights``."""
-    return _weights(quantized, np.ascontiguousarray(picks, dtype=np.int64), int(sample_size))
+    if positive == sample_size:  # as in the reference: every positive weight is drawn
+        scale, capped = 0.0, (weights > 0).view(np.uint8)
+    else:
+        scale, capped = _capping(weights, sample_size, total)
+    fixed, totals = _quantize(weights, scale, capped, sample_size)
+    del weights
+    picks, pick_weights = _walk(fixed, capped, totals, keys, sample_size, not uniform)
+    del fixed, capped
+    return _scatter_shuffle(picks, pick_weights, keys[3], shuffle_buckets(sample_size), numba.get_num_threads())

@@ -1,18 +1,28 @@
-"""Numpy reference implementation of the epoch-planning kernels.
+"""Numpy reference implementation of epoch planning; every other backend reproduces it.
 
-Every other backend (``numba_cpu``, and later CUDA/torch) implements exactly these functions with
-exactly these semantics and is tested against this module. Three choices make the results
-bit-reproducible across backends:
+The plan is built from parts chosen so that a parallel CPU or GPU implementation can give
+*bit-identical* results to this sequential-looking numpy code:
 
-* Floating-point totals are *sequential* left-to-right sums (``np.cumsum``), which a plain loop in
-  any backend reproduces exactly. Numpy's pairwise ``np.sum`` would be slightly more accurate but
-  cannot be matched by a compiled loop.
-* Inclusion probabilities are turned into 32.32 fixed-point integers (``quantize_probabilities``)
-  whose total is exactly ``K * 2**32``. The systematic draw then works on exact integer prefix sums,
-  so it always picks exactly ``K`` examples, never picks one twice, and has no float drift at any
-  ``N`` (no 2**24 limit: totals stay below 2**64 for ``K`` < 4e9).
-* All randomness (the permutation, the offset, the final shuffle) is drawn by the caller from one
-  ``numpy.random.Generator`` and passed in, so kernels are deterministic functions of their inputs.
+* **Counter-based randomness.** Every random number is ``hash(key, counter)`` (a SplitMix64
+  finaliser), with four 64-bit keys derived from ``(seed, epoch)``. Any thread can compute any
+  random number without a shared generator state.
+* **Blocked float sums.** Float totals (mean score, capping totals) are sums of sequential sums over
+  fixed blocks of ``SUM_BLOCK`` elements, added in block order: one thread per block reproduces them.
+* **Fixed-point probabilities.** Inclusion probabilities become integers in units of 2**-32 whose
+  total is exactly ``K * 2**32``; all later arithmetic is on exact integers, so the draw picks exactly
+  ``K`` distinct examples at any N (no float drift, no 2**24 category limit).
+* **Block walk order.** Systematic sampling visits examples in *walk blocks* of ``WALK_BLOCK``
+  consecutive indices. Blocks are visited in a random order; inside a block the visit order is a
+  random affine bijection ``j -> (a·j + c) mod WALK_BLOCK``. Block totals are order-free integer
+  sums, so each block can be walked independently once the running total at its start is known;
+  and a block's data stays in cache. First-order inclusion probabilities are exact for *any*
+  order; the random order only decorrelates which examples are drawn together (second order).
+  Trade-off: examples in one walk block are visited with a stride pattern, not a fully random
+  order, so their joint inclusion is less random than under a full permutation.
+* **Scatter shuffle.** The picks are put in training order by a random bucket scatter (a stable
+  counting sort on hashed bucket ids) followed by a Fisher–Yates shuffle inside each bucket.
+
+The reference is written for clarity, not speed; ``numba_cpu`` is the fast CPU implementation.
 """
 
 from __future__ import annotations
@@ -20,116 +30,268 @@ from __future__ import annotations
 import numpy as np
 
 #: Fixed-point scale of quantised inclusion probabilities: a probability of 1 is ``ONE``.
-ONE = np.uint64(1 << 32)
+ONE = 1 << 32
+#: Elements per block of a float sum.
+SUM_BLOCK = 1 << 16
+#: Elements per walk block (a power of two).
+WALK_BLOCK = 1 << 12
+#: Sizes from which the capping iteration starts from a sampled guess, and the sample's size.
+GUESS_MIN = 1 << 20
+GUESS_SAMPLE = 1 << 16
+#: The guess is shrunk by this factor so that it rarely overshoots the solution.
+GUESS_MARGIN = 0.995
+#: Target items per bucket of the final shuffle.
+SHUFFLE_BUCKET = 1 << 15
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def epoch_keys(seed: int, epoch: int) -> np.ndarray:
+    """Four independent 64-bit keys of the epoch: block order, affine maps, offset, shuffle."""
+    if seed < 0 or epoch < 0:
+        raise ValueError(f"seed and epoch must be non-negative, got seed={seed}, epoch={epoch}")
+    return np.random.SeedSequence([seed, epoch]).generate_state(4, dtype=np.uint64)
+
+
+def mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic)."""
+    x = np.asarray(x, dtype=np.uint64)
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def random_bits(key: np.uint64, counter: np.ndarray) -> np.ndarray:
+    """64 pseudo-random bits for each counter value under ``key``: ``mix(key + (counter+1)·φ)``."""
+    counter = np.asarray(counter, dtype=np.uint64)
+    return mix(np.uint64(key) + (counter + np.uint64(1)) * _GOLDEN)
+
+
+def bounded(bits: np.ndarray, limit: int) -> np.ndarray:
+    """Map random 64-bit values to ``[0, limit)`` by multiplying their top 32 bits (no division).
+
+    Bias at most ``limit / 2**32`` per value (Lemire's multiply-shift); ``limit`` < 2**32.
+    """
+    return ((bits >> np.uint64(32)) * np.uint64(limit)) >> np.uint64(32)
+
+
+def blocked_sum(values: np.ndarray) -> float:
+    """Sum of sequential per-block sums (blocks of ``SUM_BLOCK``), added in block order."""
+    values = np.asarray(values, dtype=np.float64)
+    total = 0.0
+    for start in range(0, values.shape[0], SUM_BLOCK):
+        total += float(np.cumsum(values[start : start + SUM_BLOCK])[-1])
+    return total
 
 
 def smooth_scores(scores: np.ndarray, seen: np.ndarray, smoothing: float) -> np.ndarray:
-    """Mix scores with the uniform distribution: ``(1 - λ) * s / mean(s_seen) + λ``.
+    """Mix scores with uniform: ``(1 - λ) * s / mean(s_seen) + λ``, computed in float64, stored as float32.
 
-    Examples never scored (``seen == 0``) take the mean seen score, i.e. a relative weight of 1,
-    so they keep being explored. When nothing has been seen yet, or every seen score is 0, the
-    result is uniform (all ones). The output is float64, strictly positive when ``λ > 0``; with
-    ``λ = 0`` zero scores stay zero (such examples are then never drawn).
+    Float32 halves the memory traffic of the capping passes; the relative rounding (2**-24) is far
+    below any statistical resolution, and all sums stay float64.
+
+    Never-scored examples (``seen == 0``) take the mean seen score (relative weight 1) so they keep
+    being explored. With nothing seen, or a zero mean, the result is uniform (all ones). With
+    ``λ = 0`` zero scores stay zero and such examples are never drawn.
     """
     scores = np.asarray(scores)
     seen_mask = np.asarray(seen) > 0
     count = int(np.count_nonzero(seen_mask))
     if count == 0:
-        return np.ones(scores.shape[0], dtype=np.float64)
-    total = np.cumsum(np.where(seen_mask, scores.astype(np.float64), 0.0))[-1]
-    mean = total / count
+        return np.ones(scores.shape[0], dtype=np.float32)
+    mean = blocked_sum(np.where(seen_mask, scores.astype(np.float64), 0.0)) / count
     if mean <= 0.0:
-        return np.ones(scores.shape[0], dtype=np.float64)
+        return np.ones(scores.shape[0], dtype=np.float32)
     relative = np.where(seen_mask, scores.astype(np.float64) / mean, 1.0)
-    return (1.0 - smoothing) * relative + smoothing
+    return ((1.0 - smoothing) * relative + smoothing).astype(np.float32)
 
 
-def inclusion_probabilities(weights: np.ndarray, sample_size: int) -> np.ndarray:
-    """Capped inclusion probabilities ``π_i = min(1, c·w_i)`` with ``Σ π_i = sample_size``.
+def capping_guess(weights: np.ndarray, sample_size: int, total: float) -> float | None:
+    """A scale just below the final capping scale, from a strided sample; ``None`` when not useful.
 
-    ``c`` is found by the classic capping iteration: scale the uncapped weights to the remaining
-    sample size, cap every entry that reaches 1, repeat until nothing new is capped. Each round caps
-    at least one entry, so it terminates; in practice a handful of rounds, each O(N).
-
-    Raises ``ValueError`` when fewer than ``sample_size`` weights are positive (no design with that
-    sample size exists).
+    Only for N ≥ ``GUESS_MIN`` with positive weights: the capping iteration runs on every
+    ``N // GUESS_SAMPLE``-th weight, its capping factor (final scale over uncapped scale) is
+    transferred to the full data and shrunk by ``GUESS_MARGIN`` so it usually stays below the solution.
     """
-    weights = np.asarray(weights, dtype=np.float64)
+    count = weights.shape[0]
+    if count < GUESS_MIN:
+        return None
+    sample = np.ascontiguousarray(weights[:: count // GUESS_SAMPLE][:GUESS_SAMPLE])
+    if sample.min() <= 0.0:
+        return None
+    size = len(sample)
+    sample_k = min(size - 1, max(1, int(np.floor(sample_size * size / count + 0.5))))
+    sample_scale, _ = capping_scale(sample, sample_k)
+    factor = sample_scale * blocked_sum(sample) / sample_k
+    return GUESS_MARGIN * factor * sample_size / total
+
+
+def capping_scale(weights: np.ndarray, sample_size: int) -> tuple[float, np.ndarray]:
+    """``(c, capped)`` such that ``π_i = 1 if capped_i else c·w_i`` sums to ``sample_size``.
+
+    The capping iteration: scale the uncapped weights to the remaining sample size, cap every
+    entry that reaches 1, repeat until nothing new is capped (each round caps at least one entry;
+    each round is one O(N) pass; the uncapped total is kept by subtracting the newly capped
+    weights' blocked sum). For large N it starts from ``capping_guess`` instead of nothing: one
+    pass caps everything the guess caps, and if the scale that follows is not below the guess
+    (the guess did not overshoot) the iteration continues from there, usually finishing in one or
+    two more rounds; otherwise it starts from nothing. Raises ``ValueError`` when fewer than
+    ``sample_size`` weights are positive.
+    """
+    weights = np.asarray(weights, dtype=np.float32).astype(np.float64)
     positive = int(np.count_nonzero(weights > 0))
     if positive < sample_size:
         raise ValueError(
             f"only {positive} of {weights.shape[0]} weights are positive, fewer than the sample "
             f"size {sample_size}; use smoothing > 0 so every example keeps a chance"
         )
+    if positive == sample_size:  # every positive weight is drawn; no float rounding may say otherwise
+        return 0.0, weights > 0
     capped = np.zeros(weights.shape[0], dtype=bool)
     remaining = float(sample_size)
+    total = blocked_sum(weights)
+    guess = capping_guess(weights, sample_size, total)
+    if guess is not None:
+        hits = guess * weights >= 1.0
+        count = int(np.count_nonzero(hits))
+        if count < sample_size:
+            uncapped = total - blocked_sum(np.where(hits, weights, 0.0))
+            if (sample_size - count) / uncapped >= guess:
+                capped, remaining, total = hits, float(sample_size - count), uncapped
     while True:
-        total = np.cumsum(np.where(capped, 0.0, weights))[-1]
         scale = remaining / total
         newly = ~capped & (scale * weights >= 1.0)
         count = int(np.count_nonzero(newly))
         if count == 0:
-            break
+            return scale, capped
         capped |= newly
         remaining -= count
         if remaining == 0.0:
-            scale = 0.0
-            break
-    return np.where(capped, 1.0, scale * weights)
+            return 0.0, capped
+        total -= blocked_sum(np.where(newly, weights, 0.0))
 
 
-def quantize_probabilities(probabilities: np.ndarray, sample_size: int) -> np.ndarray:
-    """Turn probabilities into uint64 fixed point (units of 2**-32) summing to exactly ``K * 2**32``.
+def inclusion_probabilities(weights: np.ndarray, sample_size: int) -> np.ndarray:
+    """Capped inclusion probabilities ``π_i = min(1, c·w_i)`` with ``Σ π_i = sample_size`` (float64)."""
+    scale, capped = capping_scale(weights, sample_size)
+    return np.where(capped, 1.0, scale * np.asarray(weights, dtype=np.float32).astype(np.float64))
 
-    Entries are floored; the small remaining deficit (or excess, from float rounding in ``π``) is
-    spread over entries in index order, each moved by at most what keeps it within ``[0, 2**32]``.
-    The change per entry is at most a few units of 2**-32, far below any statistical resolution,
-    and the quantised values are the *exact* inclusion probabilities of the draw that follows.
+
+def quantize(weights: np.ndarray, scale: float, capped: np.ndarray, sample_size: int) -> np.ndarray:
+    """Fixed-point probabilities (uint64, units of 2**-32) summing to exactly ``sample_size · 2**32``.
+
+    Capped entries are exactly ``2**32``; others ``floor(c·w·2**32)`` clipped to ``2**32 - 1``. The
+    remainder (at most one unit per entry plus float rounding) is spread greedily in index order
+    over uncapped entries within ``[0, 2**32 - 1]``. The result *is* the design's inclusion
+    probabilities; it differs from ``c·w`` by a few units of 2**-32 at most.
     """
-    scaled = np.floor(np.asarray(probabilities, dtype=np.float64) * float(ONE))
-    quantized = np.clip(scaled, 0.0, float(ONE)).astype(np.uint64)
-    target = np.uint64(sample_size) * ONE
-    current = np.cumsum(quantized, dtype=np.uint64)[-1]
+    probabilities = scale * np.asarray(weights, dtype=np.float32).astype(np.float64)
+    fixed = np.clip(np.floor(probabilities * float(ONE)), 0.0, float(ONE - 1)).astype(np.uint64)
+    fixed[capped] = ONE
+    target = sample_size * ONE
+    current = int(fixed.sum(dtype=np.uint64))
     if current < target:
-        _spread(quantized, target - current, ONE - quantized, +1)
+        room = np.where(capped, 0, np.uint64(ONE - 1) - fixed).astype(np.uint64)
+        fixed += _greedy_take(room, target - current)
     elif current > target:
-        _spread(quantized, current - target, quantized.copy(), -1)
-    return quantized
+        room = np.where(capped, 0, fixed).astype(np.uint64)
+        fixed -= _greedy_take(room, current - target)
+    return fixed
 
 
-def _spread(values: np.ndarray, amount: np.uint64, capacity: np.ndarray, sign: int) -> None:
-    """Add (sign=+1) or remove (sign=-1) ``amount`` units, greedily in index order, within capacity."""
-    taken_before = np.cumsum(capacity, dtype=np.uint64) - capacity
-    open_slots = taken_before < amount
-    step = np.where(open_slots, np.minimum(capacity, amount - np.where(open_slots, taken_before, 0)), 0)
-    step = step.astype(np.uint64)
-    if sign > 0:
-        values += step
-    else:
-        values -= step
+def _greedy_take(room: np.ndarray, amount: int) -> np.ndarray:
+    """Take ``amount`` units from ``room`` in index order, as much as possible from each entry."""
+    before = np.cumsum(room, dtype=np.uint64) - room
+    wanted = np.uint64(amount)
+    return np.where(before < wanted, np.minimum(room, wanted - np.minimum(before, wanted)), 0).astype(np.uint64)
 
 
-def systematic_select(quantized: np.ndarray, permutation: np.ndarray, offset: int) -> np.ndarray:
-    """Systematic PPS: walk ``quantized`` in ``permutation`` order and pick where ``⌊(C + u)/2³²⌋`` steps.
+def walk_order(num_examples: int, keys: np.ndarray) -> np.ndarray:
+    """The order in which systematic sampling visits examples (int64 permutation of ``[0, N)``)."""
+    blocks = -(-num_examples // WALK_BLOCK)
+    block_ids = np.arange(blocks, dtype=np.uint64)
+    order = np.argsort(random_bits(keys[0], block_ids) >> np.uint64(1), kind="stable")
+    mask = np.uint64(WALK_BLOCK - 1)
+    multipliers = random_bits(keys[1], 2 * block_ids) & mask | np.uint64(1)
+    offsets = random_bits(keys[1], 2 * block_ids + np.uint64(1)) & mask
+    steps = np.arange(WALK_BLOCK, dtype=np.uint64)
+    visits = []
+    for block in order:
+        local = (multipliers[block] * steps + offsets[block]) & mask
+        index = np.int64(block) * WALK_BLOCK + local.astype(np.int64)
+        visits.append(index[index < num_examples])
+    return np.concatenate(visits)
 
-    ``C`` is the exact integer prefix sum and ``u = offset`` a uniform integer in ``[0, 2**32)``.
-    Example ``i`` is picked with probability exactly ``quantized[i] / 2**32``; the number of picks is
-    exactly ``Σ quantized / 2**32``. Returns the picked example indices in permutation order (int64).
+
+def walk_offset(keys: np.ndarray) -> int:
+    """The systematic sample's random start ``u`` in ``[0, 2**32)``."""
+    return int(random_bits(keys[2], np.zeros(1, np.uint64))[0] >> np.uint64(32))
+
+
+def systematic_select(fixed: np.ndarray, visit: np.ndarray, offset: int) -> np.ndarray:
+    """Systematic PPS: pick ``visit[j]`` where ``⌊(C_j + u)/2³²⌋`` steps up (C: integer prefix sums).
+
+    Example i is picked with probability exactly ``fixed[i] / 2**32`` and at most once; exactly
+    ``Σ fixed / 2**32`` examples are picked. Returns them in visiting order (int64).
     """
-    walk = np.cumsum(quantized[permutation], dtype=np.uint64) + np.uint64(offset)
+    walk = np.cumsum(fixed[visit], dtype=np.uint64) + np.uint64(offset)
     level = walk >> np.uint64(32)
-    previous = np.empty_like(level)
-    previous[0] = 0
-    previous[1:] = level[:-1]
-    return np.asarray(permutation[level > previous], dtype=np.int64)
+    previous = np.concatenate([np.zeros(1, np.uint64), level[:-1]])
+    return np.asarray(visit[level > previous], dtype=np.int64)
 
 
-def importance_weights(quantized: np.ndarray, picks: np.ndarray, sample_size: int) -> np.ndarray:
-    """Horvitz–Thompson weights ``K / (N π_i)`` of the picked examples, as float32.
+def shuffle_buckets(size: int) -> int:
+    """Number of buckets of the shuffle of ``size`` items (about ``SHUFFLE_BUCKET`` items each)."""
+    return max(1, -(-size // SHUFFLE_BUCKET))
 
-    With batches drawn from the picks, ``mean(w_i * loss_i)`` over the picks is an unbiased
-    estimate of the full-data mean loss.
+
+def shuffle_permutation(size: int, key: np.uint64) -> np.ndarray:
+    """A keyed random permutation of ``[0, size)`` (int64): output position i takes item ``perm[i]``.
+
+    Scatter shuffle: each item goes to a random bucket (a stable counting sort by bucket), then
+    each bucket is Fisher–Yates shuffled with counter-based random numbers. With independent
+    uniform buckets and uniform in-bucket shuffles the result is a uniform random permutation
+    (up to the quality of the hash); buckets of ``SHUFFLE_BUCKET`` items stay in cache, which is
+    what makes it faster than one global Fisher–Yates.
     """
-    num_examples = quantized.shape[0]
-    probabilities = quantized[picks].astype(np.float64) / float(ONE)
-    return (sample_size / (num_examples * probabilities)).astype(np.float32)
+    bucket_key, swap_key = random_bits(key, np.arange(2, dtype=np.uint64))
+    buckets = shuffle_buckets(size)
+    bucket = bounded(random_bits(bucket_key, np.arange(size, dtype=np.uint64)), buckets)
+    perm = np.argsort(bucket, kind="stable").astype(np.int64)
+    sizes = np.bincount(bucket.astype(np.int64), minlength=buckets)
+    starts = np.cumsum(sizes) - sizes
+    for i in range(int(sizes.max()) - 1, 0, -1):
+        active = np.flatnonzero(sizes > i)
+        here = starts[active] + i
+        there = starts[active] + bounded(random_bits(swap_key, here.astype(np.uint64)), i + 1).astype(np.int64)
+        perm[here], perm[there] = perm[there], perm[here].copy()
+    return perm
+
+
+def importance_weights(fixed: np.ndarray, picks: np.ndarray, sample_size: int) -> np.ndarray:
+    """Horvitz–Thompson weights ``K / (N π_i)`` of the picks (float32): ``mean(w·ℓ)`` is unbiased."""
+    probabilities = fixed[picks].astype(np.float64) / float(ONE)
+    return (sample_size / (fixed.shape[0] * probabilities)).astype(np.float32)
+
+
+def plan(
+    scores: np.ndarray, seen: np.ndarray | None, sample_size: int, smoothing: float, uniform: bool, keys: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The whole epoch plan ``(order, weights)``; see ``sadp_data.kernels.plan_epoch``."""
+    num_examples = scores.shape[0]
+    if sample_size == num_examples:
+        return shuffle_permutation(num_examples, keys[3]), np.ones(num_examples, np.float32)
+    if uniform:
+        weights = np.ones(num_examples, dtype=np.float32)
+    else:
+        counts = np.ones(num_examples, np.uint32) if seen is None else seen
+        weights = smooth_scores(scores, counts, smoothing)
+    scale, capped = capping_scale(weights, sample_size)
+    fixed = quantize(weights, scale, capped, sample_size)
+    picks = systematic_select(fixed, walk_order(num_examples, keys), walk_offset(keys))
+    order = picks[shuffle_permutation(sample_size, keys[3])]
+    if uniform:
+        return order, np.ones(sample_size, np.float32)
+    return order, importance_weights(fixed, order, sample_size)
