@@ -25,30 +25,48 @@ import numpy as np
 
 from . import reference
 
-Backend = Literal["auto", "numpy", "numba"]
+Backend = Literal["auto", "numpy", "numba", "cuda", "torch"]
 
 
 def available_backends() -> list[str]:
-    """Names of the backends that can run here (``numpy`` always; ``numba`` when installed)."""
-    names = ["numpy"]
+    """Names of the backends that can run here: ``numpy``, ``torch``, and ``numba``/``cuda`` when usable."""
+    names = ["numpy", "torch"]
     try:
         import numba  # noqa: F401
     except ImportError:
         return names
-    return [*names, "numba"]
+    names.append("numba")
+    from numba import cuda
+
+    if cuda.is_available():
+        names.append("cuda")
+    return names
 
 
-def get_backend(name: str = "auto") -> ModuleType:
-    """The kernel module for ``name``; ``auto`` picks the fastest available CPU backend."""
+def get_backend(name: str = "auto", scores: object = None) -> ModuleType:
+    """The kernel module for ``name``.
+
+    ``auto`` picks ``torch`` for scores held in a CUDA tensor (the plan stays on that device) and
+    otherwise the fastest CPU backend (``numba``, else ``numpy``).
+    """
     if name == "auto":
-        name = "numba" if "numba" in available_backends() else "numpy"
+        on_gpu = getattr(scores, "is_cuda", False)
+        name = "torch" if on_gpu else ("numba" if "numba" in available_backends() else "numpy")
     if name == "numpy":
         return reference
     if name == "numba":
         from . import numba_cpu
 
         return numba_cpu
-    raise ValueError(f"unknown kernel backend {name!r}; choose from 'auto', 'numpy', 'numba'")
+    if name == "torch":
+        from . import torch_backend
+
+        return torch_backend
+    if name == "cuda":
+        from . import cuda
+
+        return cuda
+    raise ValueError(f"unknown kernel backend {name!r}; choose from 'auto', 'numpy', 'numba', 'cuda', 'torch'")
 
 
 def sample_size(num_examples: int, keep_ratio: float) -> int:
@@ -68,6 +86,7 @@ def plan_epoch(
     smoothing: float = 0.1,
     uniform: bool = False,
     backend: Backend = "auto",
+    device: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plan one epoch: ``(order, weights)``, ``order`` int64[K] distinct indices, ``weights`` float32[K].
 
@@ -80,7 +99,11 @@ def plan_epoch(
         smoothing: λ in [0, 1], the uniform share of the sampling weights. Every weight is at most
             1/λ; larger λ trades focus on high-score examples for lower weight variance.
         uniform: ignore scores and draw a simple random sample (the random-pruning baseline).
-        backend: kernel backend; all give identical results.
+        backend: ``numpy`` (reference), ``numba`` (parallel CPU), ``cuda`` (numba.cuda; device
+            arrays out), ``torch`` (any device; tensors out) or ``auto``. ``numpy``, ``numba`` and
+            ``cuda`` give bit-identical plans; ``torch`` the identical selection and weights with
+            its own uniform shuffle (see ``torch_backend``).
+        device: for ``torch``/``cuda``, where the plan is computed (default: the scores' device).
 
     Guarantees: exactly K distinct indices; example i is drawn with probability π_i (as
     quantised, see ``reference.quantize_probabilities``); ``weights = K / (N π_i)`` so that the
@@ -90,11 +113,21 @@ def plan_epoch(
     """
     if not 0.0 <= smoothing <= 1.0:
         raise ValueError(f"smoothing must be in [0, 1], got {smoothing}")
-    scores = np.asarray(scores)
-    if scores.ndim != 1 or scores.shape[0] == 0:
-        raise ValueError(f"scores must be a non-empty 1-D array, got shape {scores.shape}")
-    if seen is not None and np.shape(seen) != scores.shape:
-        raise ValueError(f"seen must have the shape of scores {scores.shape}, got {np.shape(seen)}")
+    kernels = get_backend(backend, scores)
+    if not hasattr(scores, "shape"):
+        scores = np.asarray(scores)
+    if len(scores.shape) != 1 or scores.shape[0] == 0:
+        raise ValueError(f"scores must be a non-empty 1-D array, got shape {tuple(scores.shape)}")
+    if seen is not None and tuple(seen.shape if hasattr(seen, "shape") else np.shape(seen)) != tuple(scores.shape):
+        raise ValueError(f"seen must have the shape of scores {tuple(scores.shape)}, got {np.shape(seen)}")
     keys = reference.epoch_keys(seed, epoch)
     size = sample_size(scores.shape[0], keep_ratio)
-    return get_backend(backend).plan(scores, seen, size, float(smoothing), uniform, keys)
+    if kernels.__name__.endswith(("torch_backend", "cuda")):
+        return kernels.plan(scores, seen, size, float(smoothing), uniform, keys, device=device)
+    if hasattr(scores, "detach"):
+        scores = scores.detach().cpu().numpy()
+    if seen is not None and hasattr(seen, "detach"):
+        seen = seen.detach().cpu().numpy()
+    return kernels.plan(
+        np.asarray(scores), None if seen is None else np.asarray(seen), size, float(smoothing), uniform, keys
+    )

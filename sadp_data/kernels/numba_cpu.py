@@ -236,7 +236,12 @@ def _capping_guess(weights: np.ndarray, sample_size: int, total: float) -> float
     count = weights.shape[0]
     if count < GUESS_MIN:
         return None
-    sample = np.ascontiguousarray(weights[:: count // GUESS_SAMPLE][:GUESS_SAMPLE])
+    return capping_guess_from_sample(weights[:: count // GUESS_SAMPLE][:GUESS_SAMPLE], count, sample_size, total)
+
+
+def capping_guess_from_sample(sample: np.ndarray, count: int, sample_size: int, total: float) -> float | None:
+    """The guess of ``reference.capping_guess`` given its strided sample of ``count`` weights."""
+    sample = np.ascontiguousarray(sample)
     if sample.min() <= 0.0:
         return None
     size = len(sample)
