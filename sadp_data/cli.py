@@ -40,6 +40,13 @@ def _bench(args: argparse.Namespace) -> int:
             plot_scores(result, args.plot)
             print(f"plot written to {args.plot}")
         result = {key: value for key, value in result.items() if not key.startswith("_")}
+    else:
+        from sadp_data.bench.kernels import SIZES, format_kernel_table, run_kernel_bench
+
+        sizes = (10**5, 10**6) if args.quick else SIZES
+        backends = tuple(name.strip() for name in args.backends.split(",") if name.strip())
+        result = run_kernel_bench(sizes, backends, device=args.device, progress=not args.no_progress)
+        print(format_kernel_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"figures written to {args.json}")
@@ -70,7 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="run a benchmark suite", description="Run a benchmark suite and print its figures."
     )
-    bench.add_argument("suite", choices=["score"], help="score: fidelity of the importance scores and their overhead")
+    bench.add_argument(
+        "suite",
+        choices=["score", "kernels"],
+        help="score: fidelity of the importance scores and their overhead; kernels: plan_epoch time and memory "
+        "per backend against torch.randperm, numpy choice and torch.multinomial",
+    )
+    bench.add_argument(
+        "--backends", default="numba,numpy,torch", help="kernels: comma-separated backends (numba, numpy, torch, cuda)"
+    )
+    bench.add_argument("--device", default="cpu", help="kernels: device of the torch backend and baselines")
     bench.add_argument("--quick", action="store_true", help="a small, fast version (a smoke test)")
     bench.add_argument("--json", help="write all figures to this JSON file")
     bench.add_argument("--plot", help="write the suite's figure to this PNG file")

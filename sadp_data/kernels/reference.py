@@ -36,7 +36,7 @@ SUM_BLOCK = 1 << 16
 #: Elements per walk block (a power of two).
 WALK_BLOCK = 1 << 12
 #: Sizes from which the capping iteration starts from a sampled guess, and the sample's size.
-GUESS_MIN = 1 << 20
+GUESS_MIN = 1 << 18
 GUESS_SAMPLE = 1 << 16
 #: The guess is shrunk by this factor so that it rarely overshoots the solution.
 GUESS_MARGIN = 0.995
