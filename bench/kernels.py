@@ -54,6 +54,10 @@ def _child(task: str, count: int, repeats: int, device: str) -> dict[str, float]
     def sync() -> None:
         if on_gpu:
             torch.cuda.synchronize()
+            if task == "cuda":
+                from numba import cuda
+
+                cuda.synchronize()
 
     if task.startswith("baseline:"):
         name = task.split(":", 1)[1]
@@ -69,8 +73,13 @@ def _child(task: str, count: int, repeats: int, device: str) -> dict[str, float]
         call()
     else:
         backend = task
-        data = torch.from_numpy(scores).to(device) if backend == "torch" else scores
-        warm = torch.from_numpy(scores[:1000]).to(device) if backend == "torch" else scores[:1000]
+        data, warm = scores, scores[:1000]
+        if backend == "torch":
+            data, warm = torch.from_numpy(scores).to(device), torch.from_numpy(warm).to(device)
+        elif backend == "cuda":  # device arrays in, as a GPU training loop would hold them
+            from numba import cuda
+
+            data, warm = cuda.to_device(scores), cuda.to_device(warm)
         begin = time.perf_counter()
         plan_epoch(warm, KEEP_RATIO, 0, 0, backend=backend)
         sync()
