@@ -75,6 +75,9 @@ class SADPSampler(Sampler[int]):
         method: ``"sadp"`` (importance sampling) or ``"random"`` (uniform dynamic pruning
             baseline: a fresh simple random sample every epoch, weights 1).
         backend: kernel backend for ``plan_epoch`` (``auto`` = fastest available).
+        shard_size, window: for sharded stores, visit shards of ``shard_size`` consecutive examples
+            in random order, shuffled within windows of ``window`` shards (see
+            ``kernels.reference.locality_order``), instead of a full shuffle.
 
     Like ``DistributedSampler``, call ``set_epoch(e)`` before each epoch.
     """
@@ -94,6 +97,8 @@ class SADPSampler(Sampler[int]):
         smoothing: float = 0.1,
         method: Method = "sadp",
         backend: Backend = "auto",
+        shard_size: int | None = None,
+        window: int = 4,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -117,6 +122,8 @@ class SADPSampler(Sampler[int]):
         self.smoothing = float(smoothing)
         self.method = method
         self.backend = backend
+        self.shard_size = shard_size
+        self.window = window
         self.epoch = 0
         self._plan: EpochPlan | None = None
         self._start = 0
@@ -171,6 +178,8 @@ class SADPSampler(Sampler[int]):
             smoothing=self.smoothing,
             uniform=self.method == "random",
             backend=self.backend,
+            shard_size=self.shard_size,
+            window=self.window,
         )
         if self.store is not None and not self.store.read_only:
             self.store.record_keep_ratio(epoch, keep)

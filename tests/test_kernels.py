@@ -189,3 +189,28 @@ def test_bad_arguments_are_refused() -> None:
         plan_epoch(np.ones(5), 0.5, -1, 0)
     with pytest.raises(ValueError, match="seen must have the shape"):
         plan_epoch(np.ones(5), 0.5, 0, 0, seen=np.ones(4))
+
+
+def test_locality_order_keeps_the_plan_and_groups_shards() -> None:
+    scores = np.random.default_rng(5).random(2000).astype(np.float32)
+    order, weights = plan_epoch(scores, 0.5, 0, 1)
+    local, local_weights = plan_epoch(scores, 0.5, 0, 1, shard_size=100, window=3)
+    plan = dict(zip(order.tolist(), weights.tolist(), strict=True))
+    assert plan == dict(zip(local.tolist(), local_weights.tolist(), strict=True))
+    shards = local // 100
+    # Every window of 3 shards is contiguous in the order, and each shard is read within one window.
+    seen: list[int] = []
+    for shard in shards:
+        if shard not in seen:
+            seen.append(int(shard))
+    windows = [set(seen[i : i + 3]) for i in range(0, len(seen), 3)]
+    position = 0
+    for members in windows:
+        count = int(np.isin(shards, list(members)).sum())
+        assert set(shards[position : position + count].tolist()) == members
+        position += count
+    assert position == len(local)
+    other, _ = plan_epoch(scores, 0.5, 0, 2, shard_size=100, window=3)
+    assert not np.array_equal(local // 100, other // 100)
+    with pytest.raises(ValueError, match="shard_size and window must be positive"):
+        plan_epoch(scores, 0.5, 0, 1, shard_size=0)

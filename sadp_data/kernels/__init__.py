@@ -87,6 +87,8 @@ def plan_epoch(
     uniform: bool = False,
     backend: Backend = "auto",
     device: str | None = None,
+    shard_size: int | None = None,
+    window: int = 4,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plan one epoch: ``(order, weights)``, ``order`` int64[K] distinct indices, ``weights`` float32[K].
 
@@ -104,6 +106,9 @@ def plan_epoch(
             ``cuda`` give bit-identical plans; ``torch`` the identical selection and weights with
             its own uniform shuffle (see ``torch_backend``).
         device: for ``torch``/``cuda``, where the plan is computed (default: the scores' device).
+        shard_size, window: for sharded stores, order the picks by ``reference.locality_order``
+            (shards in random order, shuffled within windows of ``window`` shards of
+            ``shard_size`` consecutive examples) instead of a full shuffle.
 
     Guarantees: exactly K distinct indices; example i is drawn with probability π_i (as
     quantised, see ``reference.quantize_probabilities``); ``weights = K / (N π_i)`` so that the
@@ -123,11 +128,29 @@ def plan_epoch(
     keys = reference.epoch_keys(seed, epoch)
     size = sample_size(scores.shape[0], keep_ratio)
     if kernels.__name__.endswith(("torch_backend", "cuda")):
-        return kernels.plan(scores, seen, size, float(smoothing), uniform, keys, device=device)
-    if hasattr(scores, "detach"):
-        scores = scores.detach().cpu().numpy()
-    if seen is not None and hasattr(seen, "detach"):
-        seen = seen.detach().cpu().numpy()
-    return kernels.plan(
-        np.asarray(scores), None if seen is None else np.asarray(seen), size, float(smoothing), uniform, keys
-    )
+        order, weights = kernels.plan(scores, seen, size, float(smoothing), uniform, keys, device=device)
+    else:
+        if hasattr(scores, "detach"):
+            scores = scores.detach().cpu().numpy()
+        if seen is not None and hasattr(seen, "detach"):
+            seen = seen.detach().cpu().numpy()
+        host_seen = None if seen is None else np.asarray(seen)
+        order, weights = kernels.plan(np.asarray(scores), host_seen, size, float(smoothing), uniform, keys)
+    if shard_size is None:
+        return order, weights
+    return _localize(order, weights, shard_size, window, keys[3])
+
+
+def _localize(order, weights, shard_size: int, window: int, key: np.uint64):
+    """Apply ``reference.locality_order`` whatever the backend's array type (results stay on their device)."""
+    if hasattr(order, "copy_to_host"):
+        from numba import cuda
+
+        host = reference.locality_order(order.copy_to_host(), weights.copy_to_host(), shard_size, window, key)
+        return cuda.to_device(host[0]), cuda.to_device(host[1])
+    if hasattr(order, "detach"):
+        import torch
+
+        host = reference.locality_order(order.cpu().numpy(), weights.cpu().numpy(), shard_size, window, key)
+        return torch.from_numpy(host[0]).to(order.device), torch.from_numpy(host[1]).to(order.device)
+    return reference.locality_order(order, weights, shard_size, window, key)
