@@ -14,7 +14,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from .reference import GUESS_MARGIN, GUESS_MIN, GUESS_SAMPLE, ONE, SUM_BLOCK, WALK_BLOCK, shuffle_buckets
+from . import reference
+from .reference import GUESS_MIN, GUESS_SAMPLE, ONE, SUM_BLOCK, WALK_BLOCK, shuffle_buckets
 
 _ONE = np.uint64(ONE)
 _TOP = np.uint64(ONE - 1)
@@ -38,6 +39,15 @@ def _random_bits(key, counter):
     return x ^ (x >> np.uint64(31))
 
 
+@numba.njit(**_OPTIONS)
+def _ordered_sum(partial):
+    """Per-block partial sums added in block order (the outer level of ``reference.blocked_sum``)."""
+    total = 0.0
+    for b in range(partial.shape[0]):
+        total += partial[b]
+    return total
+
+
 @numba.njit(parallel=True, **_OPTIONS)
 def _seen_mean(scores, seen, all_seen):
     n = scores.shape[0]
@@ -53,10 +63,7 @@ def _seen_mean(scores, seen, all_seen):
                 count += 1
         partial[b] = total
         counts[b] = count
-    total = 0.0
-    for b in range(blocks):
-        total += partial[b]
-    return total, counts.sum()
+    return _ordered_sum(partial), counts.sum()
 
 
 @numba.njit(parallel=True, **_OPTIONS)
@@ -74,10 +81,7 @@ def _smooth(scores, seen, all_seen, mean, smoothing):
             out[i] = value
             total += np.float64(value)
         partial[b] = total
-    total = 0.0
-    for b in range(blocks):
-        total += partial[b]
-    return out, total
+    return out, _ordered_sum(partial)
 
 
 @numba.njit(parallel=True, **_OPTIONS)
@@ -90,10 +94,7 @@ def _total(weights):
         for i in range(b * SUM_BLOCK, min(n, (b + 1) * SUM_BLOCK)):
             total += np.float64(weights[i])
         partial[b] = total
-    total = 0.0
-    for b in range(blocks):
-        total += partial[b]
-    return total
+    return _ordered_sum(partial)
 
 
 @numba.njit(parallel=True, **_OPTIONS)
@@ -118,10 +119,7 @@ def _cap_pass(weights, capped, scale):
             newly += weight * hit
         counts[b] = count
         partial[b] = newly
-    newly = 0.0
-    for b in range(blocks):
-        newly += partial[b]
-    return counts.sum(), newly
+    return counts.sum(), _ordered_sum(partial)
 
 
 def _capping(weights: np.ndarray, sample_size: int, total: float | None = None) -> tuple[float, np.ndarray]:
@@ -232,7 +230,7 @@ def _candidate_pass(weights, capped, candidates, scale):
 
 
 def _capping_guess(weights: np.ndarray, sample_size: int, total: float) -> float | None:
-    """``reference.capping_guess`` on the same strided sample."""
+    """``reference.capping_guess`` on the same strided sample, with this backend's kernels."""
     count = weights.shape[0]
     if count < GUESS_MIN:
         return None
@@ -240,15 +238,8 @@ def _capping_guess(weights: np.ndarray, sample_size: int, total: float) -> float
 
 
 def capping_guess_from_sample(sample: np.ndarray, count: int, sample_size: int, total: float) -> float | None:
-    """The guess of ``reference.capping_guess`` given its strided sample of ``count`` weights."""
-    sample = np.ascontiguousarray(sample)
-    if sample.min() <= 0.0:
-        return None
-    size = len(sample)
-    sample_k = min(size - 1, max(1, int(np.floor(sample_size * size / count + 0.5))))
-    sample_scale, _ = _capping(sample, sample_k)
-    factor = sample_scale * _total(sample) / sample_k
-    return GUESS_MARGIN * factor * sample_size / total
+    """``reference.guess_from_sample`` with this backend's capping and sums."""
+    return reference.guess_from_sample(np.ascontiguousarray(sample), count, sample_size, total, _capping, _total)
 
 
 @numba.njit(parallel=True, **_OPTIONS)

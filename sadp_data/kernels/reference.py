@@ -118,13 +118,23 @@ def capping_guess(weights: np.ndarray, sample_size: int, total: float) -> float 
     count = weights.shape[0]
     if count < GUESS_MIN:
         return None
-    sample = np.ascontiguousarray(weights[:: count // GUESS_SAMPLE][:GUESS_SAMPLE])
-    if sample.min() <= 0.0:
+    return guess_from_sample(weights[:: count // GUESS_SAMPLE][:GUESS_SAMPLE], count, sample_size, total)
+
+
+def guess_from_sample(sample, count: int, sample_size: int, total: float, capping=None, summing=None):
+    """The guess of ``capping_guess`` from its strided ``sample`` of ``count`` weights.
+
+    ``capping`` and ``summing`` are a backend's own ``capping_scale`` and ``blocked_sum`` (default:
+    this module's), so every backend computes the guess with its own, identical, arithmetic.
+    """
+    capping = capping or capping_scale
+    summing = summing or blocked_sum
+    if float(sample.min()) <= 0.0:
         return None
-    size = len(sample)
+    size = sample.shape[0]
     sample_k = min(size - 1, max(1, int(np.floor(sample_size * size / count + 0.5))))
-    sample_scale, _ = capping_scale(sample, sample_k)
-    factor = sample_scale * blocked_sum(sample) / sample_k
+    sample_scale, _ = capping(sample, sample_k)
+    factor = sample_scale * summing(sample) / sample_k
     return GUESS_MARGIN * factor * sample_size / total
 
 

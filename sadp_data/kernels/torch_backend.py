@@ -97,13 +97,7 @@ def _guess(weights: torch.Tensor, sample_size: int, total: float) -> float | Non
     if count < reference.GUESS_MIN:
         return None
     sample = weights[:: count // reference.GUESS_SAMPLE][: reference.GUESS_SAMPLE]
-    if float(sample.min()) <= 0.0:
-        return None
-    size = sample.shape[0]
-    sample_k = min(size - 1, max(1, int(np.floor(sample_size * size / count + 0.5))))
-    sample_scale, _ = _capping(sample, sample_k)
-    factor = sample_scale * blocked_sum(sample) / sample_k
-    return reference.GUESS_MARGIN * factor * sample_size / total
+    return reference.guess_from_sample(sample, count, sample_size, total, _capping, blocked_sum)
 
 
 def _quantize(weights: torch.Tensor, scale: float, capped: torch.Tensor, sample_size: int) -> torch.Tensor:
