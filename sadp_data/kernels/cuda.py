@@ -303,11 +303,7 @@ def plan(scores, seen, sample_size: int, smoothing: float, uniform: bool, keys: 
         positive = num_examples
     else:
         positive = int(np.count_nonzero(weights.copy_to_host() > 0))
-    if positive < sample_size:
-        raise ValueError(
-            f"only {positive} of {num_examples} weights are positive, fewer than the sample "
-            f"size {sample_size}; use smoothing > 0 so every example keeps a chance"
-        )
+    reference.check_feasible(positive, num_examples, sample_size)
     if positive == sample_size:
         scale, capped = 0.0, cuda.to_device((weights.copy_to_host() > 0).view(np.uint8))
     else:

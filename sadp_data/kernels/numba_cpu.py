@@ -412,11 +412,7 @@ def plan(
     if weights is None:
         weights = np.ones(num_examples, dtype=np.float32)
     positive = num_examples if smoothing > 0 else int(np.count_nonzero(weights > 0))
-    if positive < sample_size:
-        raise ValueError(
-            f"only {positive} of {num_examples} weights are positive, fewer than the sample "
-            f"size {sample_size}; use smoothing > 0 so every example keeps a chance"
-        )
+    reference.check_feasible(positive, num_examples, sample_size)
     if positive == sample_size:  # as in the reference: every positive weight is drawn
         scale, capped = 0.0, (weights > 0).view(np.uint8)
     else:

@@ -108,6 +108,15 @@ def smooth_scores(scores: np.ndarray, seen: np.ndarray, smoothing: float) -> np.
     return ((1.0 - smoothing) * relative + smoothing).astype(np.float32)
 
 
+def check_feasible(positive: int, count: int, sample_size: int) -> None:
+    """Refuse a sample size larger than the number of examples with a positive weight."""
+    if positive < sample_size:
+        raise ValueError(
+            f"only {positive} of {count} weights are positive, fewer than the sample "
+            f"size {sample_size}; use smoothing > 0 so every example keeps a chance"
+        )
+
+
 def capping_guess(weights: np.ndarray, sample_size: int, total: float) -> float | None:
     """A scale just below the final capping scale, from a strided sample; ``None`` when not useful.
 
@@ -152,11 +161,7 @@ def capping_scale(weights: np.ndarray, sample_size: int) -> tuple[float, np.ndar
     """
     weights = np.asarray(weights, dtype=np.float32).astype(np.float64)
     positive = int(np.count_nonzero(weights > 0))
-    if positive < sample_size:
-        raise ValueError(
-            f"only {positive} of {weights.shape[0]} weights are positive, fewer than the sample "
-            f"size {sample_size}; use smoothing > 0 so every example keeps a chance"
-        )
+    check_feasible(positive, weights.shape[0], sample_size)
     if positive == sample_size:  # every positive weight is drawn; no float rounding may say otherwise
         return 0.0, weights > 0
     capped = np.zeros(weights.shape[0], dtype=bool)

@@ -61,11 +61,7 @@ def blocked_sum(values: torch.Tensor) -> float:
 def _capping(weights: torch.Tensor, sample_size: int) -> tuple[float, torch.Tensor]:
     """``reference.capping_scale`` on a float64 tensor (same rounds, same guess)."""
     positive = int((weights > 0).sum())
-    if positive < sample_size:
-        raise ValueError(
-            f"only {positive} of {weights.shape[0]} weights are positive, fewer than the sample "
-            f"size {sample_size}; use smoothing > 0 so every example keeps a chance"
-        )
+    reference.check_feasible(positive, weights.shape[0], sample_size)
     if positive == sample_size:
         return 0.0, weights > 0
     capped = torch.zeros(weights.shape[0], dtype=torch.bool, device=weights.device)
