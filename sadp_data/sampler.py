@@ -60,6 +60,15 @@ class EpochPlan:
         return found
 
 
+def _host(array: Any) -> np.ndarray:
+    """A backend's output as a host numpy array (torch tensors and numba.cuda arrays included)."""
+    if hasattr(array, "copy_to_host"):
+        return array.copy_to_host()
+    if hasattr(array, "detach"):
+        return array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
 class SADPSampler(Sampler[int]):
     """Yields the example indices of the current epoch's plan; exact ``len`` per epoch.
 
@@ -183,7 +192,7 @@ class SADPSampler(Sampler[int]):
         )
         if self.store is not None and not self.store.read_only:
             self.store.record_keep_ratio(epoch, keep)
-        return EpochPlan(epoch, keep, order, weights, self.num_examples, version)
+        return EpochPlan(epoch, keep, _host(order), _host(weights), self.num_examples, version)
 
     def __iter__(self) -> Iterator[int]:
         order = self.plan.order

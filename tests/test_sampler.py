@@ -144,3 +144,14 @@ def test_bad_configuration_is_refused(store: ScoreStore) -> None:
         SADPSampler(store, 0.5, batch_size=4).total_steps()
     with pytest.raises(ValueError, match="batch_size"):
         SADPSampler(store, 0.5).num_batches()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "cuda"])
+def test_every_backend_drives_the_sampler(store: ScoreStore, backend: str) -> None:
+    reference = SADPSampler(store, 0.3, epochs=3, seed=2, backend="numba")
+    sampler = SADPSampler(store, 0.3, epochs=3, seed=2, backend=backend)
+    for each in (reference, sampler):
+        each.set_epoch(1)
+    drawn = list(sampler)
+    assert sorted(drawn) == sorted(reference.plan.order.tolist())
+    np.testing.assert_array_equal(sampler.weights(drawn), reference.weights(drawn))
