@@ -97,8 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.handler(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        parser.exit(2, f"sadp-data {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -96,3 +96,23 @@ def test_demo_writes_the_documented_json(tmp_path: Path) -> None:
     assert result["methods"]["sadp"]["theoretical_speedup"] == pytest.approx(3 / 2.4)  # warm-up, 0.7, 0.7
     assert result["scored_examples"] == 256
     assert plot.stat().st_size > 1000
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path: Path, capsys) -> None:
+    from sadp_data.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--quick", "--no-progress", "--data", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "missing train-images-idx3-ubyte" in capsys.readouterr().err
+
+
+def test_bench_kernels_writes_the_documented_json(tmp_path: Path) -> None:
+    from sadp_data.bench.kernels import run_kernel_bench
+
+    result = run_kernel_bench(sizes=(2000,), backends=("numba",), progress=False)
+    assert [(r["n"], r["backend"]) for r in result["results"]] == [(2000, "numba")]
+    assert {b["name"] for b in result["baselines"]} == {"torch.randperm", "numpy.choice", "torch.multinomial"}
+    row = result["results"][0]
+    assert row["plan_epoch_s"] > 0 and row["peak_rss_mb"] > 0
+    assert result["ratios"][0]["vs_randperm"] > 0 and result["ratios"][0]["choice_speedup"] > 0
