@@ -1,4 +1,4 @@
-"""The ``sadp-data`` command line: ``demo`` and ``bench`` (``convert`` and ``info`` are planned)."""
+"""The ``sadp-data`` command line: ``demo``, ``convert``, ``info`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -53,6 +53,66 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from .shards import write_shards
+    from .sources import open_source
+
+    if args.format != "webdataset":
+        raise ValueError(f"--format {args.format} is not supported yet; use webdataset")
+    source = open_source(args.source, split=args.split)
+    index = write_shards(
+        source,
+        args.out,
+        shard_size=args.shard_size,
+        name=args.name,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
+    total = sum(shard["bytes"] for shard in index.shards)
+    print(
+        f"{index.num_examples} examples in {len(index.shards)} shards ({total / 1e6:.1f} MB) at {args.out}; "
+        f"fingerprint {index.fingerprint}; score sidecar {args.out}/scores.zarr"
+    )
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .shards import ShardIndex
+
+    index = ShardIndex.load(args.path)
+    store = index.open_store("r")
+    shards = index.shards
+    sizes = [shard["bytes"] for shard in shards]
+    seen = store.seen()
+    scored = seen > 0
+    print(f"{args.path}: {index.meta['name']} from {index.meta['source']}")
+    print(f"  examples     {index.num_examples:,}   fields {', '.join(index.meta['fields'])}")
+    print(
+        f"  shards       {len(shards)} x up to {index.shard_size:,} samples, {sum(sizes) / 1e6:.1f} MB "
+        f"(min {min(sizes) / 1e6:.2f}, max {max(sizes) / 1e6:.2f} MB per shard)"
+    )
+    print(f"  fingerprint  {index.fingerprint}")
+    print(
+        f"  scored       {int(scored.sum()):,} of {index.num_examples:,} ({100 * scored.mean():.1f} %), "
+        f"score updates {int(seen.sum()):,}, store version {store.version}"
+    )
+    if scored.any():
+        values = store.scores()[scored]
+        q05, q50, q95 = np.quantile(values, [0.05, 0.5, 0.95])
+        print(
+            f"  scores       mean {values.mean():.4g}  p5 {q05:.4g}  median {q50:.4g}  p95 {q95:.4g}  "
+            f"max {values.max():.4g}"
+        )
+        print(f"  last epoch   {int(store.last_epoch().max())}")
+    history = store.keep_ratio_history
+    if history:
+        print("  keep ratios  " + ", ".join(f"e{epoch}:{ratio:g}" for epoch, ratio in history[-8:]))
+    store.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sadp-data", description="Spike-aware data pruning for SNN training.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -73,6 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=int, help="batch size (default 128)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     demo.set_defaults(handler=_demo)
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert a dataset to scored shards (tar shards + index + score sidecar)",
+        description="Convert an IDX folder, a .npz file (arrays x, y) or module:callable (a map-style "
+        "dataset) into WebDataset shards with a byte-offset index and a Zarr score sidecar.",
+    )
+    convert.add_argument("source", help="IDX folder, file.npz, or module:callable")
+    convert.add_argument("out", help="output folder (must be new or empty)")
+    convert.add_argument("--format", default="webdataset", choices=["webdataset"], help="output format")
+    convert.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (default 10000)")
+    convert.add_argument("--name", default="train", help="shard name prefix (default train)")
+    convert.add_argument("--split", default="train", choices=["train", "test"], help="split of an IDX folder")
+    convert.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
+    convert.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    convert.set_defaults(handler=_convert)
+
+    info = commands.add_parser("info", help="summarise scored shards and their scores")
+    info.add_argument("path", help="a scored-shards folder written by `sadp-data convert`")
+    info.set_defaults(handler=_info)
 
     bench = commands.add_parser(
         "bench", help="run a benchmark suite", description="Run a benchmark suite and print its figures."
@@ -101,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as error:
         parser.exit(2, f"sadp-data {args.command}: error: {error}\n")
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import sys
 import threading
 import weakref
@@ -441,6 +442,19 @@ def _register_exit_flush() -> None:
     register = getattr(threading, "_register_atexit", atexit.register)
     register(_close_open_stores)
     _EXIT_FLUSH_REGISTERED = True
+
+
+def _forget_stores_in_child() -> None:
+    """A forked child (e.g. a DataLoader worker) holds copies of open stores but not their writer
+    threads: its copies must never try to flush (that would wait for a thread that does not exist).
+    The parent process keeps owning and persisting the store."""
+    for store in list(_OPEN_STORES):
+        store._closed = True
+    _OPEN_STORES.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_stores_in_child)
 
 
 def _close_open_stores() -> None:

@@ -195,3 +195,17 @@ def test_dataset_fingerprint_tracks_content() -> None:
     assert dataset_fingerprint(a) == dataset_fingerprint(list(a))
     assert dataset_fingerprint(a) != dataset_fingerprint(b)
     assert dataset_fingerprint(a) != dataset_fingerprint(a[:19])
+
+
+def test_forked_children_do_not_flush_the_parents_store(tmp_path: Path) -> None:
+    """A DataLoader worker is a fork: its copy of the store has no writer thread and must not wait for one."""
+    import multiprocessing
+
+    store = ScoreStore.create(tmp_path / "s.zarr", 100, flush_interval=3600)
+    store.update([1, 2], [1.0, 2.0])  # dirty, not yet persisted
+    child = multiprocessing.get_context("fork").Process(target=store.flush)
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    store.close()
+    assert ScoreStore.open(tmp_path / "s.zarr", "r").scores()[2] == 2.0

@@ -10,9 +10,17 @@ the smoothed weights are freed before the walk, so N = 10^8 plans in under 4 GB.
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 from numba import prange
+
+# GNU OpenMP, numba's default parallel layer when TBB is absent, kills processes forked after it
+# has run — which is what a DataLoader with workers does. The work-queue layer is fork-safe and as
+# fast here; a user's explicit NUMBA_THREADING_LAYER still wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 from . import reference
 from .reference import GUESS_MIN, GUESS_SAMPLE, ONE, SUM_BLOCK, WALK_BLOCK, shuffle_buckets

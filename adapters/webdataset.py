@@ -1,0 +1,206 @@
+"""WebDataset integration: stream importance-sampled epochs from scored shards.
+
+``ScoredShards(root, sampler)`` is a torch ``IterableDataset``. Each epoch it takes the sampler's plan
+(which examples, in which order, with which weights), splits it across DDP ranks and DataLoader
+workers, and reads *only the planned samples*, each with one seek and one read at the byte offset
+recorded by ``sadp-data convert``: pruned samples are neither read nor decoded. Build the sampler
+with ``shard_size=index.shard_size`` (``ScoredShards.sampler_for`` does) so the plan visits shards
+in random order, shuffled within windows of a few shards: each worker keeps at most ``window``
+shards open and reads them nearly sequentially.
+
+Decoding and transforms plug in as in webdataset: ``.decode(*handlers)`` (webdataset's own
+``autodecode.Decoder``; default handlers decode ``.npy`` and ``.cls``), ``.map(fn)``, and
+``.to_tuple("x.npy", "y.cls")``, which yields ``(x, y, index, weight)``. Without ``to_tuple``,
+samples are dicts with ``"__key__"``, ``"__index__"`` and ``"__weight__"`` added.
+
+Splitting: ranks take equal contiguous slices of the plan (the last ones padded by repeating the
+first planned examples, so every rank runs the same number of steps and nothing is dropped); each
+rank's slice is split into contiguous parts per worker. ``len`` is this rank's exact count.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from sadp_data.sampler import SADPSampler
+from sadp_data.shards import ShardError, ShardIndex, parse_sample
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class ShardLoader:
+    """Iterates a DataLoader over ``ScoredShards`` after making the epoch's plan in this process."""
+
+    def __init__(self, dataset: ScoredShards, loader: Any) -> None:
+        self.dataset = dataset
+        self.loader = loader
+
+    def set_epoch(self, epoch: int) -> None:
+        """Shortcut for ``sampler.set_epoch``."""
+        self.dataset.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        batch = self.loader.batch_size or 1
+        count = len(self.dataset)
+        workers = max(1, self.loader.num_workers)
+        if workers == 1:
+            return -(-count // batch) if not self.loader.drop_last else count // batch
+        parts = [len(part) for part in np.array_split(np.arange(count), workers)]
+        return sum((p // batch) if self.loader.drop_last else -(-p // batch) for p in parts)
+
+    def __iter__(self) -> Iterator[Any]:
+        _ = self.dataset.sampler.plan
+        yield from self.loader
+
+
+def split_plan(count: int, rank: int, world: int) -> np.ndarray:
+    """Positions of the plan this rank visits: equal contiguous slices, padded by wrapping around."""
+    per_rank = -(-count // world)
+    return np.arange(rank * per_rank, (rank + 1) * per_rank) % count
+
+
+class ScoredShards(IterableDataset):
+    """The planned samples of the current epoch, read by byte offset (see the module docstring)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        sampler: SADPSampler,
+        *,
+        window: int | None = None,
+        on_error: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.index = ShardIndex.load(root)
+        if sampler.num_examples != self.index.num_examples:
+            raise ValueError(
+                f"the sampler covers {sampler.num_examples} examples but {root} holds {self.index.num_examples}"
+            )
+        self.sampler = sampler
+        self.window = window or sampler.window
+        self.on_error = on_error
+        self.skipped: list[str] = []
+        self._stages: list[Callable[[Any], Any]] = []
+        self._decoder: Callable[[dict], dict] | None = None
+        self._tuple: tuple[str, ...] | None = None
+
+    @staticmethod
+    def sampler_for(root: str | Path, store=None, **sampler_kwargs: Any) -> SADPSampler:
+        """An ``SADPSampler`` over the shards' sidecar with shard-local ordering set up."""
+        index = ShardIndex.load(root)
+        store = store if store is not None else index.open_store()
+        return SADPSampler(store, shard_size=index.shard_size, **sampler_kwargs)
+
+    def decode(self, *handlers: Any) -> ScoredShards:
+        """Decode fields with webdataset's ``autodecode.Decoder`` (default: ``.npy`` and ``.cls``)."""
+        from webdataset import autodecode
+
+        self._decoder = autodecode.Decoder(list(handlers) or [autodecode.basichandlers])
+        return self
+
+    def map(self, function: Callable[[Any], Any]) -> ScoredShards:
+        """Apply ``function`` to each (decoded) sample."""
+        self._stages.append(function)
+        return self
+
+    def to_tuple(self, *fields: str) -> ScoredShards:
+        """Yield ``(*fields, index, weight)`` tuples instead of dicts."""
+        self._tuple = fields
+        return self
+
+    def _positions(self) -> np.ndarray:
+        rank, world = _rank_and_world()
+        positions = split_plan(len(self.sampler.plan), rank, world)
+        info = get_worker_info()
+        if info is None:
+            return positions
+        return np.array_split(positions, info.num_workers)[info.id]
+
+    def __len__(self) -> int:
+        _, world = _rank_and_world()
+        return -(-len(self.sampler.plan) // world)
+
+    def loader(self, batch_size: int, **loader_kwargs: Any) -> ShardLoader:
+        """A DataLoader over this dataset that makes each epoch's plan in the main process.
+
+        DataLoader workers are started per epoch as copies of the main process; making the plan
+        first means they inherit it instead of each recomputing it.
+        """
+        from torch.utils.data import DataLoader
+
+        return ShardLoader(self, DataLoader(self, batch_size=batch_size, **loader_kwargs))
+
+    def __iter__(self) -> Iterator[Any]:
+        plan = self.sampler.plan
+        handles: OrderedDict[int, Any] = OrderedDict()
+        self.skipped = []
+        try:
+            for position in self._positions():
+                example = int(plan.order[position])
+                sample = self._read(example, handles)
+                if sample is None:
+                    continue
+                sample["__index__"] = example
+                sample["__weight__"] = float(plan.weights[position])
+                yield self._finish(sample)
+        finally:
+            for handle in handles.values():
+                handle.close()
+        if self.skipped:
+            import warnings
+
+            warnings.warn(
+                f"epoch {plan.epoch}: skipped {len(self.skipped)} unreadable samples: {self.skipped[:5]}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def _read(self, example: int, handles: OrderedDict[int, Any]) -> dict[str, Any] | None:
+        shard, start, length = (int(v) for v in self.index.offsets[example])
+        path = self.index.shard_path(shard)
+        where = f"shard {path}, sample {example:09d} at byte {start}"
+        try:
+            handle = handles.get(shard)
+            if handle is None:
+                handle = handles[shard] = open(path, "rb")
+                if len(handles) > self.window:
+                    handles.popitem(last=False)[1].close()
+            else:
+                handles.move_to_end(shard)
+            handle.seek(start)
+            buffer = handle.read(length)
+            if len(buffer) != length:
+                raise ShardError(f"{where}: truncated ({len(buffer)} of {length} bytes)")
+            sample = parse_sample(buffer, where)
+            if sample.get("__key__") != f"{example:09d}":
+                raise ShardError(f"{where}: found key {sample.get('__key__')!r}: the index does not match the shard")
+            return sample
+        except (OSError, ShardError) as error:
+            if self.on_error == "raise":
+                raise ShardError(str(error)) from error
+            self.skipped.append(where)
+            return None
+
+    def _finish(self, sample: dict[str, Any]) -> Any:
+        if self._decoder is not None:
+            sample = self._decoder(sample)
+        for stage in self._stages:
+            sample = stage(sample)
+        if self._tuple is None:
+            return sample
+        missing = [field for field in self._tuple if field not in sample]
+        if missing:
+            raise KeyError(f"sample {sample.get('__key__')} has no fields {missing}; it has {sorted(sample)}")
+        return (*(sample[field] for field in self._tuple), sample["__index__"], sample["__weight__"])

@@ -1,0 +1,209 @@
+"""Scored shards: WebDataset tar shards plus a byte-offset index and a Zarr score sidecar.
+
+Layout of a scored-shards folder ``OUT``:
+
+* ``{name}-000000.tar`` …: tar shards written by webdataset's ``ShardWriter`` (mtime 0, fixed owner,
+  so the same input always gives byte-identical shards). Sample ``i`` has key ``%09d`` and fields
+  such as ``x.npy``, ``y.cls`` and ``index.cls`` (its global index).
+* ``index.json``: name, ``num_examples``, ``fingerprint`` (from the shards' SHA-256), fields, and per
+  shard ``url``, ``nsamples``, ``first_index``, ``bytes``, ``sha256``.
+* ``offsets.npy``: int64 ``[N, 3]`` = (shard, byte offset of the sample's first tar header, byte
+  length of all its members): random access to any sample with one seek and one read.
+* ``{name}.wids.json``: the shard list in the format of the ``wids`` package.
+* ``scores.zarr``: the ``ScoreStore`` sidecar, created for N examples with the same fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .store import ScoreStore
+
+INDEX = "index.json"
+OFFSETS = "offsets.npy"
+SIDECAR = "scores.zarr"
+FORMAT = "sadp-data scored shards"
+
+
+class ShardError(RuntimeError):
+    """A shard is missing, truncated or does not match the index; the message names it."""
+
+
+@dataclass
+class ShardIndex:
+    """The parsed ``index.json`` and ``offsets.npy`` of a scored-shards folder."""
+
+    root: Path
+    meta: dict[str, Any]
+    offsets: np.ndarray
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.meta["num_examples"])
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.meta["fingerprint"])
+
+    @property
+    def shards(self) -> list[dict[str, Any]]:
+        return list(self.meta["shards"])
+
+    @property
+    def shard_size(self) -> int:
+        return int(self.meta["shard_size"])
+
+    def shard_path(self, shard: int) -> Path:
+        return self.root / self.meta["shards"][shard]["url"]
+
+    def open_store(self, mode: str = "r+") -> ScoreStore:
+        """The score sidecar, checked against this index's size and fingerprint."""
+        return ScoreStore.open(self.root / SIDECAR, mode, num_examples=self.num_examples, fingerprint=self.fingerprint)
+
+    @classmethod
+    def load(cls, root: str | Path, verify: bool = True) -> ShardIndex:
+        """Read the index; with ``verify``, check every shard exists with the indexed size."""
+        root = Path(root)
+        index_path = root / INDEX
+        if not index_path.is_file():
+            raise FileNotFoundError(f"{root}: no {INDEX}; convert data with `sadp-data convert SRC {root}`")
+        meta = json.loads(index_path.read_text())
+        if meta.get("format") != FORMAT:
+            raise ShardError(f"{index_path}: not a scored-shards index (format {meta.get('format')!r})")
+        offsets = np.load(root / OFFSETS)
+        if offsets.shape != (meta["num_examples"], 3):
+            raise ShardError(f"{root / OFFSETS}: shape {offsets.shape}, expected ({meta['num_examples']}, 3)")
+        index = cls(root, meta, offsets)
+        if verify:
+            for shard, entry in enumerate(meta["shards"]):
+                path = index.shard_path(shard)
+                if not path.is_file():
+                    raise ShardError(f"shard {path} is missing")
+                if path.stat().st_size != entry["bytes"]:
+                    raise ShardError(
+                        f"shard {path} has {path.stat().st_size} bytes but the index says {entry['bytes']}: "
+                        "it was truncated or rewritten; convert again"
+                    )
+        return index
+
+
+def _encode_fields(index: int, fields: dict[str, Any]) -> dict[str, Any]:
+    sample = {"__key__": f"{index:09d}", "index.cls": index}
+    for name, value in fields.items():
+        if "." not in name:
+            raise ValueError(f"field {name!r} of example {index} needs an extension (e.g. {name}.npy) to be encoded")
+        sample[name] = value
+    return sample
+
+
+def write_shards(
+    source,
+    out: str | Path,
+    shard_size: int = 10_000,
+    name: str = "train",
+    progress: bool = True,
+    overwrite: bool = False,
+) -> ShardIndex:
+    """Convert ``source`` (a ``sources.Source``) into scored shards in ``out``; returns the index."""
+    import webdataset as wds
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    if shard_size <= 0:
+        raise ValueError(f"--shard-size must be positive, got {shard_size}")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} is not empty; choose a new folder (scores are never overwritten silently)")
+    out.mkdir(parents=True, exist_ok=True)
+    count = len(source)
+    if count == 0:
+        raise ValueError(f"{source.name}: the source has no examples")
+    fields: set[str] = set()
+    with wds.ShardWriter(str(out / f"{name}-%06d.tar"), maxcount=shard_size, verbose=0, mtime=0) as writer:
+        for index in tqdm(range(count), desc=f"convert {name}", unit="ex", disable=not progress):
+            sample = _encode_fields(index, source[index])
+            fields.update(key for key in sample if not key.startswith("__"))
+            writer.write(sample)
+    shard_files = sorted(out.glob(f"{name}-*.tar"))
+    offsets = np.zeros((count, 3), dtype=np.int64)
+    shards, digests = [], []
+    first = 0
+    for shard, path in enumerate(shard_files):
+        spans = _sample_spans(path)
+        for key, (start, stop) in spans.items():
+            offsets[int(key)] = (shard, start, stop - start)
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        digests.append(digest)
+        shards.append(
+            {"url": path.name, "nsamples": len(spans), "first_index": first, "bytes": len(data), "sha256": digest}
+        )
+        first += len(spans)
+    if first != count:
+        raise ShardError(f"{out}: wrote {first} samples for {count} examples")
+    fingerprint = hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
+    meta = {
+        "format": FORMAT,
+        "version": 1,
+        "name": name,
+        "num_examples": count,
+        "fingerprint": fingerprint,
+        "source": source.name,
+        "shard_size": shard_size,
+        "fields": sorted(fields),
+        "shards": shards,
+    }
+    (out / INDEX).write_text(json.dumps(meta, indent=1) + "\n")
+    np.save(out / OFFSETS, offsets)
+    wids = {
+        "__kind__": "wids-shard-index-v1",
+        "wids_version": 1,
+        "name": name,
+        "shardlist": [{"url": s["url"], "nsamples": s["nsamples"]} for s in shards],
+    }
+    (out / f"{name}.wids.json").write_text(json.dumps(wids, indent=1) + "\n")
+    ScoreStore.create(out / SIDECAR, count, fingerprint=fingerprint).close()
+    return ShardIndex(out, meta, offsets)
+
+
+def _sample_spans(path: Path) -> dict[str, tuple[int, int]]:
+    """Byte range ``[first header, end of last member's data blocks)`` of every sample in a shard."""
+    spans: dict[str, tuple[int, int]] = {}
+    with tarfile.open(path, "r:") as archive:
+        for member in archive:
+            key = member.name.split(".", 1)[0]
+            end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            start = spans[key][0] if key in spans else member.offset
+            spans[key] = (start, end)
+    return spans
+
+
+def parse_sample(buffer: bytes, where: str) -> dict[str, bytes]:
+    """Split the bytes of one sample's tar members into ``{"__key__": key, field: bytes}``.
+
+    ``where`` (shard and offset) is used in error messages.
+    """
+    sample: dict[str, Any] = {}
+    position = 0
+    while position < len(buffer):
+        header = buffer[position : position + tarfile.BLOCKSIZE]
+        try:
+            info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+        except tarfile.TarError as error:
+            raise ShardError(f"{where}: corrupt tar header at +{position}: {error}") from error
+        start = position + tarfile.BLOCKSIZE
+        data = buffer[start : start + info.size]
+        if len(data) != info.size:
+            raise ShardError(f"{where}: member {info.name} is truncated ({len(data)} of {info.size} bytes)")
+        key, _, field = info.name.partition(".")
+        if sample.setdefault("__key__", key) != key:
+            raise ShardError(f"{where}: member {info.name} belongs to another sample than {sample['__key__']}")
+        sample[field] = data
+        position = start + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    return sample

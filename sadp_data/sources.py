@@ -1,0 +1,102 @@
+"""Data sources for ``sadp-data convert``: anything that yields N examples as field dictionaries.
+
+A source spec is one of
+
+* a folder of MNIST/Fashion-MNIST IDX files (``train-images-idx3-ubyte[.gz]`` and labels; ``--split``
+  picks train or test);
+* a ``.npz`` file with arrays ``x`` (examples) and ``y`` (labels);
+* ``module:callable``, a function returning a map-style dataset whose items are ``(x, y)`` pairs or
+  dicts of arrays/numbers.
+
+Every example becomes ``{"x.npy": array, "y.cls": int}`` (or ``"y.npy"`` for non-integer targets;
+dict items keep their own keys), which webdataset's decoders understand.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Source:
+    """``len(source)`` examples; ``source[i]`` is a dict of field name → numpy array or int."""
+
+    name: str
+    data: Any
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return _fields(self.data[index], index, self.name)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for index in range(len(self)):
+            yield self[index]
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    return value
+
+
+def _fields(item: Any, index: int, name: str) -> dict[str, Any]:
+    if isinstance(item, dict):
+        return {key: _plain(value) for key, value in item.items()}
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        x, y = (_plain(v) for v in item)
+        label = "y.cls" if isinstance(y, (int, np.integer)) else "y.npy"
+        return {"x.npy": np.asarray(x), label: y if label == "y.cls" else np.asarray(y)}
+    raise TypeError(f"{name}: item {index} is a {type(item).__name__}; expected an (x, y) pair or a dict of fields")
+
+
+class _Pairs:
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        return self.x[index], int(self.y[index])
+
+
+def open_source(spec: str, split: str = "train") -> Source:
+    """Resolve a source spec (see the module docstring); errors name the spec and what is wrong."""
+    path = Path(spec)
+    if path.is_dir():
+        from .datasets import FashionMNIST
+
+        data = FashionMNIST(path, split)
+        return Source(f"idx:{path.resolve()}:{split}", _Pairs(data.images.numpy(), data.labels.numpy()))
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise FileNotFoundError(f"{spec}: no such .npz file")
+        with np.load(path) as arrays:
+            missing = {"x", "y"} - set(arrays.files)
+            if missing:
+                raise ValueError(f"{spec}: missing arrays {sorted(missing)} (found {arrays.files})")
+            x, y = arrays["x"], arrays["y"]
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"{spec}: x has {x.shape[0]} examples but y has {y.shape[0]}")
+        return Source(f"npz:{path.resolve()}", _Pairs(x, y))
+    if ":" in spec and not path.exists():
+        module_name, _, attribute = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(f"{spec}: cannot import {attribute!r} from {module_name!r}: {error}") from error
+        dataset = factory()
+        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            raise TypeError(f"{spec}: {attribute}() returned a {type(dataset).__name__}, not a map-style dataset")
+        return Source(spec, dataset)
+    raise FileNotFoundError(f"{spec}: not an IDX folder, a .npz file or a module:callable")
