@@ -1,0 +1,141 @@
+"""Scored shards: convert, info, and the importance-sampled WebDataset adapter."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("webdataset")
+from sadp_data.adapters.webdataset import ScoredShards, split_plan
+
+from sadp_data.cli import main
+from sadp_data.shards import ShardError, ShardIndex
+from sadp_data.store import ScoreStore, ScoreStoreError
+
+N, SHARD = 250, 64
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (N, 5, 4), dtype=np.uint8)
+    y = rng.integers(0, 10, N)
+    path = tmp_path / "data.npz"
+    np.savez(path, x=x, y=y)
+    return path, x, y
+
+
+@pytest.fixture
+def shards(tmp_path: Path, source) -> Path:
+    out = tmp_path / "shards"
+    assert main(["convert", str(source[0]), str(out), "--shard-size", str(SHARD), "--no-progress"]) == 0
+    return out
+
+
+def _epoch(root: Path, keep: float, epoch: int, workers: int = 0, store=None):
+    sampler = ScoredShards.sampler_for(root, store=store, keep_ratio=keep, epochs=10, warmup_epochs=0, seed=3)
+    sampler.set_epoch(epoch)
+    loader = ScoredShards(root, sampler).decode().to_tuple("x.npy", "y.cls").loader(16, num_workers=workers)
+    batches = list(loader)
+    assert len(batches) == len(loader)
+    return sampler, batches
+
+
+def test_convert_round_trip_and_index(shards: Path, source) -> None:
+    _, x, y = source
+    index = ShardIndex.load(shards)
+    assert index.num_examples == N and [s["nsamples"] for s in index.shards] == [64, 64, 64, 58]
+    wids = json.loads((shards / "train.wids.json").read_text())
+    assert [s["nsamples"] for s in wids["shardlist"]] == [64, 64, 64, 58]
+    sampler, batches = _epoch(shards, 1.0, 0)
+    indices = torch.cat([b[2] for b in batches]).numpy()
+    assert sorted(indices.tolist()) == list(range(N))
+    images = np.concatenate([b[0].numpy() for b in batches])
+    labels = torch.cat([b[1] for b in batches]).numpy()
+    np.testing.assert_array_equal(images, x[indices])
+    np.testing.assert_array_equal(labels, y[indices])
+    sampler.store.close()
+
+
+def test_convert_is_deterministic(tmp_path: Path, source, shards: Path) -> None:
+    again = tmp_path / "again"
+    main(["convert", str(source[0]), str(again), "--shard-size", str(SHARD), "--no-progress"])
+    for path in sorted(shards.glob("*.tar")):
+        assert (again / path.name).read_bytes() == path.read_bytes()
+    assert ShardIndex.load(again).fingerprint == ShardIndex.load(shards).fingerprint
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_pruned_epochs_deliver_exactly_the_plan(shards: Path, workers: int) -> None:
+    for epoch in (1, 2):
+        sampler, batches = _epoch(shards, 0.5, epoch, workers)
+        indices = torch.cat([b[2] for b in batches]).numpy()
+        weights = torch.cat([b[3] for b in batches]).numpy()
+        assert sorted(indices.tolist()) == sorted(sampler.plan.order.tolist())
+        np.testing.assert_allclose(weights, sampler.weights(indices))
+        sampler.store.close()
+
+
+def test_rank_split_has_no_misses_and_equal_counts() -> None:
+    for count, world in ((10, 3), (7, 7), (100, 4)):
+        parts = [split_plan(count, rank, world) for rank in range(world)]
+        assert len({len(p) for p in parts}) == 1
+        assert set(np.concatenate(parts).tolist()) == set(range(count))
+
+
+def test_info_is_readable(shards: Path, capsys) -> None:
+    with ScoreStore.open(shards / "scores.zarr", num_examples=N) as store:
+        store.update(np.arange(10), np.linspace(0.1, 1.0, 10), epoch=0)
+    assert main(["info", str(shards)]) == 0
+    text = capsys.readouterr().out
+    assert "examples     250" in text and "4 x up to 64 samples" in text and "scored       10 of 250" in text
+
+
+def test_bad_shards_are_named(shards: Path) -> None:
+    victim = shards / "train-000001.tar"
+    data = bytearray(victim.read_bytes())
+    index = ShardIndex.load(shards)
+    start = int(index.offsets[70, 1])
+    data[start : start + 100] = b"\xff" * 100  # a corrupt header, same size
+    victim.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=r"train-000001.tar, sample 000000070"):
+        _epoch(shards, 1.0, 0)
+    sampler = ScoredShards.sampler_for(shards, keep_ratio=1.0, warmup_epochs=0)
+    sampler.set_epoch(0)
+    dataset = ScoredShards(shards, sampler, on_error="skip").decode()
+    with pytest.warns(RuntimeWarning, match="skipped 1 unreadable samples"):
+        assert len(list(dataset)) == N - 1
+    sampler.store.close()
+    victim.write_bytes(bytes(data[:-2000]))
+    with pytest.raises(ShardError, match=r"train-000001\.tar has .* bytes but the index says"):
+        ShardIndex.load(shards)
+    victim.unlink()
+    with pytest.raises(ShardError, match=r"train-000001\.tar is missing"):
+        ShardIndex.load(shards)
+
+
+def test_sidecar_of_another_dataset_is_refused(shards: Path, tmp_path: Path) -> None:
+    other = ScoreStore.create(tmp_path / "other.zarr", N, fingerprint="not-these-shards")
+    other.close()
+    (shards / "scores.zarr").rename(tmp_path / "moved.zarr")
+    (tmp_path / "other.zarr").rename(shards / "scores.zarr")
+    with pytest.raises(ScoreStoreError, match="another dataset"):
+        ShardIndex.load(shards).open_store()
+
+
+def test_module_callable_source_and_errors(tmp_path: Path, monkeypatch) -> None:
+    module = tmp_path / "my_data.py"
+    module.write_text(
+        "import numpy as np\ndef build():\n    return [(np.full(3, i, np.float32), i % 2) for i in range(20)]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("my_data", None)
+    assert main(["convert", "my_data:build", str(tmp_path / "out"), "--shard-size", "8", "--no-progress"]) == 0
+    assert ShardIndex.load(tmp_path / "out").num_examples == 20
+    with pytest.raises(SystemExit):
+        main(["convert", "my_data:build", str(tmp_path / "out"), "--no-progress"])  # not empty
+    with pytest.raises(SystemExit):
+        main(["convert", "nowhere:nothing", str(tmp_path / "o2"), "--no-progress"])
