@@ -40,6 +40,15 @@ def _bench(args: argparse.Namespace) -> int:
             plot_scores(result, args.plot)
             print(f"plot written to {args.plot}")
         result = {key: value for key, value in result.items() if not key.startswith("_")}
+    elif args.suite == "loader":
+        from sadp_data.bench.loader import format_loader_table, run_loader_bench
+
+        if args.backend != "webdataset":
+            raise ValueError(f"--backend {args.backend} is not available yet; use webdataset")
+        result = run_loader_bench(
+            args.data, rounds=1 if args.quick else 3, limit=6000 if args.quick else None, progress=not args.no_progress
+        )
+        print(format_loader_table(result))
     else:
         from sadp_data.bench.kernels import SIZES, format_kernel_table, run_kernel_bench
 
@@ -159,13 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "suite",
-        choices=["score", "kernels"],
+        choices=["score", "kernels", "loader"],
         help="score: fidelity of the importance scores and their overhead; kernels: plan_epoch time and memory "
-        "per backend against torch.randperm, numpy choice and torch.multinomial",
+        "per backend against torch.randperm, numpy choice and torch.multinomial; loader: epoch time and samples/s "
+        "of importance-sampled shards against a raw webdataset pipeline",
     )
     bench.add_argument(
         "--backends", default="numba,numpy,torch", help="kernels: comma-separated backends (numba, numpy, torch, cuda)"
     )
+    bench.add_argument("--backend", default="webdataset", help="loader: the data backend (webdataset)")
     bench.add_argument("--device", default="cpu", help="kernels: device of the torch backend and baselines")
     bench.add_argument("--quick", action="store_true", help="a small, fast version (a smoke test)")
     bench.add_argument("--json", help="write all figures to this JSON file")

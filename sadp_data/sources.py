@@ -29,12 +29,19 @@ class Source:
 
     name: str
     data: Any
+    limit: int | None = None
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self.data) if self.limit is None else min(self.limit, len(self.data))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return _fields(self.data[index], index, self.name)
+
+    def head(self, count: int) -> Source:
+        """The first ``count`` examples of this source."""
+        if count <= 0:
+            raise ValueError(f"limit must be positive, got {count}")
+        return Source(f"{self.name}[:{count}]", self.data, count)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for index in range(len(self)):

@@ -139,3 +139,13 @@ def test_module_callable_source_and_errors(tmp_path: Path, monkeypatch) -> None:
         main(["convert", "my_data:build", str(tmp_path / "out"), "--no-progress"])  # not empty
     with pytest.raises(SystemExit):
         main(["convert", "nowhere:nothing", str(tmp_path / "o2"), "--no-progress"])
+
+
+def test_bench_loader_writes_the_documented_json() -> None:
+    from sadp_data.bench.loader import run_loader_bench
+
+    result = run_loader_bench(rounds=1, workers=(0,), limit=600, progress=False)
+    assert result["backend"] == "webdataset"
+    assert set(result["raw"]) == {"samples_per_s", "epoch_time_s"}
+    assert [(r["keep_ratio"], r["num_workers"]) for r in result["results"]] == [(1.0, 0), (0.7, 0), (0.5, 0)]
+    assert all(r["samples_per_s"] > 0 and r["epoch_time_s"] > 0 for r in result["results"])
