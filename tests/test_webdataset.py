@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-pytest.importorskip("webdataset")
 from sadp_data.adapters.webdataset import ScoredShards, split_plan
 
 from sadp_data.cli import main
