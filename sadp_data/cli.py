@@ -68,7 +68,9 @@ def _convert(args: argparse.Namespace) -> int:
 
     if args.format != "webdataset":
         raise ValueError(f"--format {args.format} is not supported yet; use webdataset")
-    source = open_source(args.source, split=args.split)
+    source = open_source(args.source, split=args.split, frames=args.frames)
+    if args.limit is not None:
+        source = source.head(args.limit)
     index = write_shards(
         source,
         args.out,
@@ -149,12 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert an IDX folder, a .npz file (arrays x, y) or module:callable (a map-style "
         "dataset) into WebDataset shards with a byte-offset index and a Zarr score sidecar.",
     )
-    convert.add_argument("source", help="IDX folder, file.npz, or module:callable")
+    convert.add_argument("source", help="IDX folder, file.npz, module:callable, or nmnist:PATH")
     convert.add_argument("out", help="output folder (must be new or empty)")
     convert.add_argument("--format", default="webdataset", choices=["webdataset"], help="output format")
     convert.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (default 10000)")
     convert.add_argument("--name", default="train", help="shard name prefix (default train)")
     convert.add_argument("--split", default="train", choices=["train", "test"], help="split of an IDX folder")
+    convert.add_argument("--frames", type=int, help="event sources: store T integrated frames instead of raw events")
+    convert.add_argument("--limit", type=int, help="convert only the first N examples")
     convert.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
     convert.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     convert.set_defaults(handler=_convert)
