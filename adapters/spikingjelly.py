@@ -73,7 +73,8 @@ class ConvSNN(nn.Module):
     """Two conv–BN–LIF–pool blocks and a readout; input ``[B, C, H, W]``, output ``[B, classes]``.
 
     The output is the mean logit over time, or with ``spiking_readout=True`` the firing rate of LIF
-    output neurons.
+    output neurons. Static images are repeated over ``time_steps``; with ``sequence_input=True`` the
+    input is already a sequence ``[B, T, C, H, W]`` (e.g. event frames) and is fed one step at a time.
     """
 
     def __init__(
@@ -84,12 +85,14 @@ class ConvSNN(nn.Module):
         time_steps: int = 4,
         image_size: int = 28,
         spiking_readout: bool = False,
+        sequence_input: bool = False,
     ) -> None:
         super().__init__()
         from spikingjelly.activation_based import functional, layer
 
         first, second = channels
         self.time_steps = time_steps
+        self.sequence_input = sequence_input
         self.features = nn.Sequential(
             layer.Conv2d(in_channels, first, 3, padding=1, bias=False),
             layer.BatchNorm2d(first),
@@ -105,7 +108,10 @@ class ConvSNN(nn.Module):
         functional.set_step_mode(self, "m")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        frames = images.unsqueeze(0).expand(self.time_steps, *images.shape)
+        if self.sequence_input:
+            frames = images.transpose(0, 1)
+        else:
+            frames = images.unsqueeze(0).expand(self.time_steps, *images.shape)
         return self.readout(self.features(frames))
 
 

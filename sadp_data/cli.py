@@ -10,7 +10,7 @@ from collections.abc import Sequence
 def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, format_table, plot, run_demo, write_json
 
-    config = DemoConfig.quick() if args.quick else DemoConfig()
+    config = DemoConfig.for_dataset(args.dataset, quick=args.quick)
     for name in ("epochs", "keep_ratio", "seed", "train_size", "batch_size"):
         value = getattr(args, name)
         if value is not None:
@@ -134,7 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
         "data, random dynamic pruning and SADP, and print accuracy, time and speedups.",
     )
     demo.add_argument("--quick", action="store_true", help="a ≤ 2 min run on a subset (4 epochs, 4,000 images)")
-    demo.add_argument("--data", help="IDX folder (default: the repository's data/fashion-mnist)")
+    demo.add_argument(
+        "--dataset",
+        default="fashion-mnist",
+        choices=["fashion-mnist", "nmnist"],
+        help="fashion-mnist (shipped) or nmnist (an N-MNIST folder given with --data)",
+    )
+    demo.add_argument("--data", help="data folder (default for fashion-mnist: the repository's data/fashion-mnist)")
     demo.add_argument("--json", help="write all figures to this JSON file")
     demo.add_argument("--plot", help="write accuracy vs training time to this PNG file")
     demo.add_argument("--epochs", type=int, help="override the number of epochs")

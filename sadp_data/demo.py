@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -57,11 +58,29 @@ class DemoConfig:
     smoothing: float = 0.1
     time_steps: int = 4
     seed: int = 0
+    dataset: str = "fashion-mnist"
 
     @classmethod
     def quick(cls) -> DemoConfig:
         """A ≤ 2 min run: a smaller subset and fewer epochs (accuracy is not the point here)."""
         return cls(train_size=4000, test_size=2000, eval_size=1000, epochs=4)
+
+    @classmethod
+    def for_dataset(cls, dataset: str, quick: bool = False) -> DemoConfig:
+        """Defaults per dataset: Fashion-MNIST (above) or the N-MNIST subset (1,000 recordings, 8 frames)."""
+        if dataset == "fashion-mnist":
+            return cls.quick() if quick else cls()
+        if dataset == "nmnist":
+            return cls(
+                train_size=1000,
+                test_size=100,
+                eval_size=100,
+                epochs=6 if quick else 12,
+                batch_size=32,
+                time_steps=8,
+                dataset="nmnist",
+            )
+        raise ValueError(f"unknown demo dataset {dataset!r}; choose fashion-mnist or nmnist")
 
 
 @dataclass
@@ -78,13 +97,6 @@ class _Run:
     examples_seen: int = 0
     accuracy_per_epoch: list[float] = field(default_factory=list)
     time_per_epoch: list[float] = field(default_factory=list)
-
-
-def _build_model(config: DemoConfig) -> torch.nn.Module:
-    from sadp_data.adapters.spikingjelly import ConvSNN
-
-    torch.manual_seed(config.seed)
-    return ConvSNN(time_steps=config.time_steps)
 
 
 def _learning_rate(config: DemoConfig, epoch: int) -> float:
@@ -152,19 +164,98 @@ def _train_interleaved(runs: list[_Run], epoch: int, config: DemoConfig, progres
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: FashionMNIST, limit: int | None = None, batch_size: int = 500) -> float:
-    """Top-1 accuracy (a fraction) on the first ``limit`` examples of ``dataset``."""
+def evaluate(
+    model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, limit: int | None = None, batch_size: int = 500
+) -> float:
+    """Top-1 accuracy (a fraction) on the first ``limit`` of ``inputs``/``labels``."""
     from sadp_data.adapters.spikingjelly import reset
 
     model.eval()
-    count = len(dataset) if limit is None else min(limit, len(dataset))
+    count = len(labels) if limit is None else min(limit, len(labels))
     correct = 0
     for start in range(0, count, batch_size):
         stop = min(start + batch_size, count)
-        images = dataset.images[start:stop].unsqueeze(1).float().div_(255.0)
-        correct += int((model(images).argmax(1) == dataset.labels[start:stop]).sum())
+        correct += int((model(inputs[start:stop]).argmax(1) == labels[start:stop]).sum())
         reset(model)
     return correct / count
+
+
+@dataclass
+class _DemoData:
+    """What a dataset contributes to the demo: sizes, test tensors, and loaders per sampler."""
+
+    train_size: int
+    test_inputs: torch.Tensor
+    test_labels: torch.Tensor
+    store: ScoreStore
+    make_loader: Any
+    make_model: Any
+    shard_size: int | None = None
+
+
+def _fashion_data(config: DemoConfig, data_dir: str | Path | None, scratch: Path) -> _DemoData:
+    from sadp_data.adapters.spikingjelly import ConvSNN
+
+    train = FashionMNIST(data_dir, "train", limit=config.train_size)
+    test = FashionMNIST(data_dir, "test", limit=config.test_size)
+    store = ScoreStore.create(scratch / "demo-scores.zarr", len(train), fingerprint=dataset_fingerprint(train))
+
+    def make_loader(sampler: SADPSampler | None) -> Any:
+        if sampler is None:
+            generator = torch.Generator().manual_seed(config.seed)
+            return DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=generator)
+        return wrap(DataLoader(train, batch_size=config.batch_size), sampler)
+
+    return _DemoData(
+        len(train),
+        test.images.unsqueeze(1).float().div(255.0),
+        test.labels,
+        store,
+        make_loader,
+        lambda: ConvSNN(time_steps=config.time_steps),
+    )
+
+
+def _nmnist_data(config: DemoConfig, data_dir: str | Path | None, scratch: Path) -> _DemoData:
+    """N-MNIST through scored shards and the WebDataset adapter; events integrated at load time."""
+    from sadp_data.adapters.spikingjelly import ConvSNN
+    from sadp_data.adapters.webdataset import ScoredShards
+    from sadp_data.events.frames import integrate
+    from sadp_data.events.nmnist import NMNIST, SENSOR_SIZE
+
+    if data_dir is None:
+        raise ValueError("--dataset nmnist needs --data PATH (an N-MNIST folder such as nmnist-small)")
+    from .shards import write_shards
+    from .sources import open_source
+
+    source = open_source(f"nmnist:{data_dir}", "train")
+    if config.train_size < len(source):
+        source = source.head(config.train_size)
+    shard_size = 250
+    index = write_shards(source, scratch / "shards", shard_size=shard_size, progress=False)
+    steps = config.time_steps
+
+    def to_frames(sample: dict) -> dict:
+        frames = integrate(sample["events.npy"], SENSOR_SIZE, steps).astype(np.float32)
+        return {**sample, "x": torch.from_numpy(frames)}
+
+    def make_loader(sampler: SADPSampler | None) -> Any:
+        dataset = ScoredShards(index.root, sampler).decode().map(to_frames).to_tuple("x", "y.cls")
+        return dataset.loader(config.batch_size)
+
+    test = NMNIST(data_dir, "test")
+    count = min(config.test_size, len(test))
+    inputs = torch.stack([torch.from_numpy(to_frames({"events.npy": test[i][0]})["x"].numpy()) for i in range(count)])
+    labels = torch.tensor([test[i][1] for i in range(count)])
+    return _DemoData(
+        index.num_examples,
+        inputs,
+        labels,
+        index.open_store(),
+        make_loader,
+        lambda: ConvSNN(in_channels=2, image_size=34, time_steps=steps, sequence_input=True),
+        shard_size,
+    )
 
 
 def run_demo(
@@ -174,44 +265,45 @@ def run_demo(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Train the three methods and return the figures (see ``README.md`` for the JSON shape)."""
-    train = FashionMNIST(data_dir, "train", limit=config.train_size)
-    test = FashionMNIST(data_dir, "test", limit=config.test_size)
     with tempfile.TemporaryDirectory() as scratch:
-        store_path = Path(workdir or scratch) / "demo-scores.zarr"
-        store = ScoreStore.create(store_path, len(train), fingerprint=dataset_fingerprint(train), overwrite=True)
+        folder = Path(workdir or scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        data = (_nmnist_data if config.dataset == "nmnist" else _fashion_data)(config, data_dir, folder)
+        store = data.store
         runs = []
         for name in METHODS:
-            model = _build_model(config)
+            torch.manual_seed(config.seed)
+            model = data.make_model()
             optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-            if name == "full":
-                generator = torch.Generator().manual_seed(config.seed)
-                loader = DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=generator)
-                runs.append(_Run(name, model, optimizer, loader))
-                continue
-            sampler = SADPSampler(
-                store if name == "sadp" else None,
-                config.keep_ratio,
-                config.epochs,
-                num_examples=len(train),
-                batch_size=config.batch_size,
-                seed=config.seed,
-                warmup_epochs=config.warmup_epochs,
-                anneal_fraction=config.anneal_fraction,
-                smoothing=config.smoothing,
-                method=name,
-            )
-            loader = wrap(DataLoader(train, batch_size=config.batch_size), sampler)
+            sampler = None
+            if name != "full" or data.shard_size is not None:
+                sampler = SADPSampler(
+                    store if name == "sadp" else None,
+                    config.keep_ratio if name != "full" else 1.0,
+                    config.epochs,
+                    num_examples=data.train_size,
+                    batch_size=config.batch_size,
+                    seed=config.seed,
+                    warmup_epochs=config.warmup_epochs,
+                    anneal_fraction=config.anneal_fraction,
+                    smoothing=config.smoothing,
+                    method="sadp" if name == "sadp" else "random",
+                    shard_size=data.shard_size,
+                )
             scorer = SpikeAwareScorer(model, store) if name == "sadp" else None
-            runs.append(_Run(name, model, optimizer, loader, sampler, scorer))
-        total = config.epochs * len(train) + sum(
-            sample_size(len(train), run.sampler.keep_ratio(e)) for run in runs[1:] for e in range(config.epochs)
+            runs.append(_Run(name, model, optimizer, data.make_loader(sampler), sampler, scorer))
+        train_size = data.train_size
+        total = config.epochs * train_size + sum(
+            sample_size(train_size, run.sampler.keep_ratio(e)) for run in runs[1:] for e in range(config.epochs)
         )
         with tqdm(total=total, unit="ex", desc="demo", disable=not show_progress, smoothing=0.05) as progress:
             for epoch in range(config.epochs):
                 progress.set_postfix_str(f"epoch {epoch + 1}/{config.epochs}")
                 _train_interleaved(runs, epoch, config, progress)
                 for run in runs:
-                    run.accuracy_per_epoch.append(evaluate(run.model, test, config.eval_size))
+                    run.accuracy_per_epoch.append(
+                        evaluate(run.model, data.test_inputs, data.test_labels, config.eval_size)
+                    )
                 progress.write(
                     f"epoch {epoch + 1}/{config.epochs}: "
                     + ", ".join(
@@ -219,7 +311,7 @@ def run_demo(
                         for run in runs
                     )
                 )
-        final = {run.name: evaluate(run.model, test) for run in runs}
+        final = {run.name: evaluate(run.model, data.test_inputs, data.test_labels) for run in runs}
         store.close()
         scored = int((store.seen() > 0).sum())
     full = runs[0]
@@ -280,8 +372,8 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
         axis.plot(times, [100 * a for a in figures["accuracy_per_epoch"]], marker="o", label=name)
     config = result["config"]
     axis.set_xlabel("training time (s)")
-    axis.set_ylabel(f"accuracy on {config['eval_size']} test images (%)")
-    axis.set_title(f"Fashion-MNIST, conv SNN T={config['time_steps']}, keep ratio {config['keep_ratio']}")
+    axis.set_ylabel(f"accuracy on {config['eval_size']} test examples (%)")
+    axis.set_title(f"{config['dataset']}, conv SNN T={config['time_steps']}, keep ratio {config['keep_ratio']}")
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()

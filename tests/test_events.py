@@ -97,3 +97,30 @@ def test_convert_nmnist_round_trip(tmp_path: Path, frames: int | None) -> None:
         else:
             np.testing.assert_array_equal(value, integrate(events, SENSOR_SIZE, frames))
     sampler.store.close()
+
+
+def test_nmnist_demo_through_scored_shards(tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "nmnist.json"
+    argv = [
+        "demo",
+        "--dataset",
+        "nmnist",
+        "--data",
+        str(ROOT),
+        "--quick",
+        "--train-size",
+        "96",
+        "--epochs",
+        "2",
+        "--no-progress",
+        "--json",
+        str(out),
+    ]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert set(result["methods"]) == {"full", "random", "sadp"} and result["config"]["dataset"] == "nmnist"
+    assert result["methods"]["full"]["examples_seen"] == 2 * 96
+    assert result["methods"]["sadp"]["examples_seen"] == 96 + round(0.7 * 96)
+    assert result["scored_examples"] == 96
