@@ -43,8 +43,19 @@ def _bench(args: argparse.Namespace) -> int:
     elif args.suite == "loader":
         from sadp_data.bench.loader import format_loader_table, run_loader_bench
 
+        if args.backend == "dvs":
+            from sadp_data.bench.loader import run_dvs_bench
+
+            if not args.data:
+                raise ValueError("--backend dvs needs --data PATH (an N-MNIST folder)")
+            result = run_dvs_bench(args.data, rounds=1 if args.quick else 3, limit=100 if args.quick else None)
+            for name, figures in result["integration"].items():
+                print(f"{name:>6}: {figures['events_per_s'] / 1e6:7.1f} M events/s")
+            if args.json:
+                Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+            return 0
         if args.backend != "webdataset":
-            raise ValueError(f"--backend {args.backend} is not available yet; use webdataset")
+            raise ValueError(f"--backend {args.backend} is not available yet; use webdataset or dvs")
         result = run_loader_bench(
             args.data, rounds=1 if args.quick else 3, limit=6000 if args.quick else None, progress=not args.no_progress
         )
@@ -186,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--backends", default="numba,numpy,torch", help="kernels: comma-separated backends (numba, numpy, torch, cuda)"
     )
-    bench.add_argument("--backend", default="webdataset", help="loader: the data backend (webdataset)")
+    bench.add_argument(
+        "--backend", default="webdataset", help="loader: webdataset, or dvs (event-to-frame integration)"
+    )
     bench.add_argument("--device", default="cpu", help="kernels: device of the torch backend and baselines")
     bench.add_argument("--quick", action="store_true", help="a small, fast version (a smoke test)")
     bench.add_argument("--json", help="write all figures to this JSON file")

@@ -124,3 +124,12 @@ def test_nmnist_demo_through_scored_shards(tmp_path: Path) -> None:
     assert result["methods"]["full"]["examples_seen"] == 2 * 96
     assert result["methods"]["sadp"]["examples_seen"] == 96 + round(0.7 * 96)
     assert result["scored_examples"] == 96
+
+
+def test_bench_dvs_reports_events_per_second() -> None:
+    from sadp_data.bench.loader import run_dvs_bench
+
+    result = run_dvs_bench(ROOT, rounds=1, limit=20)
+    assert result["backend"] == "dvs" and result["recordings"] == 20
+    assert {"numba", "numpy"} <= set(result["integration"])
+    assert all(v["events_per_s"] > 0 for v in result["integration"].values())
