@@ -77,11 +77,18 @@ def _convert(args: argparse.Namespace) -> int:
     from .shards import write_shards
     from .sources import open_source
 
-    if args.format != "webdataset":
-        raise ValueError(f"--format {args.format} is not supported yet; use webdataset")
     source = open_source(args.source, split=args.split, frames=args.frames)
     if args.limit is not None:
         source = source.head(args.limit)
+    if args.format == "ffcv":
+        from sadp_data.adapters.ffcv import beton_fingerprint, sidecar_path, write_beton
+
+        beton = write_beton(source, args.out, overwrite=args.overwrite)
+        print(
+            f"{len(source)} examples in {beton} ({beton.stat().st_size / 1e6:.1f} MB); fingerprint "
+            f"{beton_fingerprint(beton)}; score sidecar {sidecar_path(beton)}"
+        )
+        return 0
     index = write_shards(
         source,
         args.out,
@@ -170,7 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("source", help="IDX folder, file.npz, module:callable, or nmnist:PATH")
     convert.add_argument("out", help="output folder (must be new or empty)")
-    convert.add_argument("--format", default="webdataset", choices=["webdataset"], help="output format")
+    convert.add_argument(
+        "--format",
+        default="webdataset",
+        choices=["webdataset", "ffcv"],
+        help="webdataset (OUT is a folder) or ffcv (OUT is a .beton file)",
+    )
     convert.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (default 10000)")
     convert.add_argument("--name", default="train", help="shard name prefix (default train)")
     convert.add_argument("--split", default="train", choices=["train", "test"], help="split of an IDX folder")

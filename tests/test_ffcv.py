@@ -1,0 +1,93 @@
+"""FFCV: .beton conversion with an index field, and the importance-sampled traversal order."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sadp_data.cli import main
+from sadp_data.sampler import SADPSampler
+
+if os.environ.get("CI") != "true":  # CI installs ffcv and must run these tests, never skip them
+    pytest.importorskip("ffcv")
+from ffcv.fields.decoders import IntDecoder, NDArrayDecoder  # noqa: E402
+from sadp_data.adapters.ffcv import importance_loader, open_sidecar, weights_for  # noqa: E402
+
+from sadp_data.store import ScoreStoreError  # noqa: E402
+
+N = 300
+
+
+@pytest.fixture
+def beton(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 255, (N, 6, 5), dtype=np.uint8)
+    y = rng.integers(0, 10, N)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    out = tmp_path / "data.beton"
+    assert main(["convert", str(tmp_path / "data.npz"), str(out), "--format", "ffcv", "--no-progress"]) == 0
+    return out, x, y
+
+
+def _pipelines() -> dict:
+    return {"x": [NDArrayDecoder()], "y": [IntDecoder()], "index": [IntDecoder()]}
+
+
+def _epochs(path: Path, sampler: SADPSampler, epochs: int, workers: int = 1) -> list[tuple]:
+    loader = importance_loader(path, sampler, batch_size=32, num_workers=workers, pipelines=_pipelines())
+    delivered = []
+    for _ in range(epochs):
+        xs, ys, indices, weights = [], [], [], []
+        for x, y, index in loader:  # ffcv reuses its batch buffers: copy what is kept
+            xs.append(torch.as_tensor(x).clone())
+            ys.append(torch.as_tensor(y).reshape(-1).clone())
+            indices.append(torch.as_tensor(index).reshape(-1).clone())
+            weights.append(weights_for(sampler, torch.as_tensor(index)))
+        delivered.append((torch.cat(xs), torch.cat(ys), torch.cat(indices), torch.cat(weights), sampler.plan))
+    return delivered
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_planned_index_once_per_epoch_with_its_weights(beton, workers: int) -> None:
+    path, x, y = beton
+    store = open_sidecar(path)
+    store.update(np.arange(N), np.random.default_rng(0).random(N) + 0.01)
+    sampler = SADPSampler(store, keep_ratio=0.5, epochs=4, seed=2)
+    runs = _epochs(path, sampler, 4, workers)
+    assert [len(run[2]) for run in runs] == [300, 150, 150, 300]  # warm-up, pruned, anneal
+    for xs, ys, indices, weights, plan in runs:
+        assert sorted(indices.tolist()) == sorted(plan.order.tolist())
+        np.testing.assert_array_equal(xs.numpy(), x[indices.numpy()])
+        np.testing.assert_array_equal(ys.numpy(), y[indices.numpy()])
+        np.testing.assert_allclose(weights.numpy(), plan.weights_of(indices.numpy()))
+    assert runs[1][2].tolist() != runs[2][2].tolist()  # the order changes every epoch, as planned
+    store.close()
+
+
+def test_determinism(beton) -> None:
+    path, _, _ = beton
+    orders = []
+    for _ in range(2):
+        store = open_sidecar(path, "r")
+        orders.append(_epochs(path, SADPSampler(store, keep_ratio=0.5, epochs=3, seed=5), 2)[1][2].tolist())
+    assert orders[0] == orders[1]
+
+
+def test_bad_input(beton, tmp_path: Path) -> None:
+    path, _, _ = beton
+    with pytest.raises(FileNotFoundError, match=r"no such \.beton"):
+        open_sidecar(tmp_path / "missing.beton")
+    other = tmp_path / "other.beton"
+    other.write_bytes(path.read_bytes())
+    (tmp_path / "other.scores.zarr").symlink_to(tmp_path / "data.scores.zarr")
+    with open(other, "r+b") as handle:
+        handle.seek(200)
+        handle.write(b"\x01")
+    with pytest.raises((ScoreStoreError, ValueError)):
+        open_sidecar(other)
+    truncated = tmp_path / "cut.beton"
+    truncated.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"cut\.beton"):
+        open_sidecar(truncated)
