@@ -12,10 +12,10 @@ from sadp_data.sampler import SADPSampler
 
 if os.environ.get("CI") != "true":  # CI installs ffcv and must run these tests, never skip them
     pytest.importorskip("ffcv")
-from ffcv.fields.decoders import IntDecoder, NDArrayDecoder  # noqa: E402
-from sadp_data.adapters.ffcv import importance_loader, open_sidecar, weights_for  # noqa: E402
+from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
+from sadp_data.adapters.ffcv import importance_loader, open_sidecar, weights_for
 
-from sadp_data.store import ScoreStoreError  # noqa: E402
+from sadp_data.store import ScoreStoreError
 
 N = 300
 
