@@ -84,41 +84,28 @@ def run_loader_bench(
                     bar.update(1)
         store.close()
 
-    def figures(config: tuple) -> dict[str, float]:
-        seconds = statistics.median(times[config])
-        return {"samples_per_s": counts[config] / seconds, "epoch_time_s": seconds}
-
-    raw = {w: figures(("raw", 1.0, w)) for w in workers}
-    results = []
-    for w in workers:
-        for keep in KEEP_RATIOS:
-            row = {"keep_ratio": keep, "num_workers": w, **figures(("ours", keep, w))}
-            row["samples_per_s_vs_raw"] = row["samples_per_s"] / raw[w]["samples_per_s"]
-            row["epoch_time_vs_raw"] = row["epoch_time_s"] / raw[w]["epoch_time_s"]
-            results.append(row)
-    return {
-        "backend": "webdataset",
-        "raw": raw[workers[0]],
-        "raw_by_workers": [{"num_workers": w, **raw[w]} for w in workers],
-        "results": results,
-        "settings": {"samples": counts[configs[0]], "batch_size": BATCH, "rounds": rounds, "shard_size": shard_size},
-    }
+    settings = {"samples": counts[configs[0]], "batch_size": BATCH, "rounds": rounds, "shard_size": shard_size}
+    return _shape("webdataset", configs, times, counts, workers, settings)
 
 
 def format_loader_table(result: dict[str, Any]) -> str:
+    raw_name, ours_name = {
+        "webdataset": ("raw webdataset", "ScoredShards"),
+        "ffcv": ("ffcv Loader RANDOM", "importance_loader"),
+    }[result["backend"]]
     lines = [
         "| workers | pipeline | keep | samples/s | epoch (s) | samples/s vs raw | epoch vs raw |",
         "|---|---|---|---|---|---|---|",
     ]
     for raw in result["raw_by_workers"]:
         lines.append(
-            f"| {raw['num_workers']} | raw webdataset | 1.0 | {raw['samples_per_s']:.0f} | "
+            f"| {raw['num_workers']} | {raw_name} | 1.0 | {raw['samples_per_s']:.0f} | "
             f"{raw['epoch_time_s']:.2f} | 1.00 | 1.00 |"
         )
         for row in result["results"]:
             if row["num_workers"] == raw["num_workers"]:
                 lines.append(
-                    f"| {row['num_workers']} | ScoredShards | {row['keep_ratio']} | {row['samples_per_s']:.0f} | "
+                    f"| {row['num_workers']} | {ours_name} | {row['keep_ratio']} | {row['samples_per_s']:.0f} | "
                     f"{row['epoch_time_s']:.2f} | {row['samples_per_s_vs_raw']:.2f} | {row['epoch_time_vs_raw']:.2f} |"
                 )
     return "\n".join(lines)
@@ -160,3 +147,93 @@ def run_dvs_bench(data_dir: str | Path, rounds: int = 3, limit: int | None = Non
             times.append(time.perf_counter() - start)
         results[name] = {"events_per_s": total / statistics.median(times), "seconds": statistics.median(times)}
     return {"backend": "dvs", "recordings": count, "events": total, "integration": results}
+
+
+def run_ffcv_bench(
+    data_dir: str | Path | None = None,
+    rounds: int = 3,
+    workers: tuple[int, ...] = (1, 2),
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The loader bench for FFCV: raw ``Loader(order=RANDOM)`` vs ``importance_loader`` at each keep ratio.
+
+    Same fields and pipelines for both. ffcv compiles its pipeline when a loader first iterates, so
+    each measurement times the *second* epoch of a fresh loader. Same JSON shape as the WebDataset
+    bench, with ``"backend": "ffcv"``.
+    """
+    from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
+    from ffcv.loader import Loader, OrderOption
+    from sadp_data.adapters.ffcv import importance_loader, open_sidecar, write_beton
+    from tqdm.auto import tqdm
+
+    from sadp_data.datasets import default_data_dir
+    from sadp_data.sampler import SADPSampler
+    from sadp_data.sources import open_source
+
+    source = open_source(str(data_dir or default_data_dir()))
+    if limit is not None:
+        source = source.head(limit)
+
+    def pipelines() -> dict:
+        return {"x": [NDArrayDecoder()], "y": [IntDecoder()], "index": [IntDecoder()]}
+
+    def second_epoch(loader) -> tuple[int, float]:
+        for _ in loader:
+            pass
+        start = time.perf_counter()
+        count = sum(int(batch[1].shape[0]) for batch in loader)
+        return count, time.perf_counter() - start
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = write_beton(source, Path(scratch) / "data.beton")
+        store = open_sidecar(path)
+        configs = [("raw", 1.0, w) for w in workers] + [("ours", k, w) for w in workers for k in KEEP_RATIOS]
+        times: dict[tuple, list[float]] = {config: [] for config in configs}
+        counts: dict[tuple, int] = {}
+        with tqdm(total=rounds * len(configs), desc="bench loader ffcv", disable=not progress) as bar:
+            for _ in range(rounds):
+                for config in configs:
+                    kind, keep, count_workers = config
+                    options = {"batch_size": BATCH, "num_workers": count_workers, "pipelines": pipelines()}
+                    if kind == "raw":
+                        loader = Loader(str(path), order=OrderOption.RANDOM, drop_last=False, **options)
+                    else:
+                        sampler = SADPSampler(store, keep_ratio=keep, warmup_epochs=0, anneal_fraction=0.0)
+                        loader = importance_loader(path, sampler, **options)
+                    counts[config], seconds = second_epoch(loader)
+                    times[config].append(seconds)
+                    bar.update(1)
+        store.close()
+    return _shape(
+        "ffcv",
+        configs,
+        times,
+        counts,
+        workers,
+        {"samples": len(source), "batch_size": BATCH, "rounds": rounds, "timed": "second epoch"},
+    )
+
+
+def _shape(backend: str, configs, times, counts, workers, settings) -> dict[str, Any]:
+    """The loader bench's JSON from per-configuration times (medians) and counts."""
+
+    def figures(config: tuple) -> dict[str, float]:
+        seconds = statistics.median(times[config])
+        return {"samples_per_s": counts[config] / seconds, "epoch_time_s": seconds}
+
+    raw = {w: figures(("raw", 1.0, w)) for w in workers}
+    results = []
+    for w in workers:
+        for keep in KEEP_RATIOS:
+            row = {"keep_ratio": keep, "num_workers": w, **figures(("ours", keep, w))}
+            row["samples_per_s_vs_raw"] = row["samples_per_s"] / raw[w]["samples_per_s"]
+            row["epoch_time_vs_raw"] = row["epoch_time_s"] / raw[w]["epoch_time_s"]
+            results.append(row)
+    return {
+        "backend": backend,
+        "raw": raw[workers[0]],
+        "raw_by_workers": [{"num_workers": w, **raw[w]} for w in workers],
+        "results": results,
+        "settings": settings,
+    }

@@ -54,8 +54,10 @@ def _bench(args: argparse.Namespace) -> int:
             if args.json:
                 Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
             return 0
-        if args.backend != "webdataset":
-            raise ValueError(f"--backend {args.backend} is not available yet; use webdataset or dvs")
+        if args.backend not in ("webdataset", "ffcv"):
+            raise ValueError(f"--backend {args.backend} is not available; use webdataset, ffcv or dvs")
+        if args.backend == "ffcv":
+            from sadp_data.bench.loader import run_ffcv_bench as run_loader_bench
         result = run_loader_bench(
             args.data, rounds=1 if args.quick else 3, limit=6000 if args.quick else None, progress=not args.no_progress
         )
