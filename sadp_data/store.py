@@ -274,8 +274,7 @@ class ScoreStore:
         with self._lock:
             self._keep_ratio_history = [h for h in self._keep_ratio_history if int(h[0]) != epoch]
             self._keep_ratio_history.append([int(epoch), float(keep_ratio)])
-            self._attrs_dirty = True
-            self._wake.notify()
+            self._attrs_dirty = True  # persisted with the next round of chunks, or by flush/close
 
     def update(self, indices: Any, scores: Any, epoch: int | None = None) -> None:
         """Record new scores for ``indices`` (numpy arrays or tensors); returns without waiting for disk.
@@ -355,7 +354,7 @@ class ScoreStore:
     def _write_loop(self) -> None:
         while True:
             with self._lock:
-                while not (self._dirty or self._attrs_dirty or self._stop):
+                while not (self._dirty or self._stop or (self._attrs_dirty and self._flush_requested)):
                     self._wake.wait()
                 if not (self._dirty or self._attrs_dirty):
                     return
