@@ -11,6 +11,7 @@ the smoothed weights are freed before the walk, so N = 10^8 plans in under 4 GB.
 from __future__ import annotations
 
 import os
+import types
 
 import numba
 import numpy as np
@@ -37,6 +38,31 @@ _HALF = np.uint64(32)
 _WINDOW = 0.99
 
 _OPTIONS = {"cache": True, "nogil": True}
+#: Below this many elements the serial twin of a kernel runs: starting parallel work costs more.
+SERIAL_BELOW = 1 << 18
+
+
+class _Kernel:
+    """A kernel compiled twice: parallel (``prange`` across threads) and serial (``prange`` as ``range``).
+
+    Both come from one Python function and give identical results; ``for_size(n)`` picks the serial
+    one for small inputs, where thread start-up dominates (0.3 ms vs 0.9 ms for a 60,000-item
+    shuffle here). The serial twin gets its own name so numba caches the two separately.
+    """
+
+    def __init__(self, function) -> None:
+        self.parallel = numba.njit(parallel=True, **_OPTIONS)(function)
+        twin = types.FunctionType(function.__code__, function.__globals__, function.__name__ + "_serial")
+        twin.__qualname__ = function.__qualname__ + "_serial"
+        twin.__doc__ = function.__doc__
+        self.serial = numba.njit(**_OPTIONS)(twin)
+        self.__doc__ = function.__doc__
+
+    def __call__(self, *args):
+        return self.parallel(*args)
+
+    def for_size(self, size: int):
+        return self.serial if size < SERIAL_BELOW else self.parallel
 
 
 @numba.njit(inline="always", **_OPTIONS)
@@ -56,7 +82,7 @@ def _ordered_sum(partial):
     return total
 
 
-@numba.njit(parallel=True, **_OPTIONS)
+@_Kernel
 def _seen_mean(scores, seen, all_seen):
     n = scores.shape[0]
     blocks = (n + SUM_BLOCK - 1) // SUM_BLOCK
@@ -74,7 +100,7 @@ def _seen_mean(scores, seen, all_seen):
     return _ordered_sum(partial), counts.sum()
 
 
-@numba.njit(parallel=True, **_OPTIONS)
+@_Kernel
 def _smooth(scores, seen, all_seen, mean, smoothing):
     """Smoothed float32 weights and their blocked float64 total (one pass)."""
     n = scores.shape[0]
@@ -92,7 +118,7 @@ def _smooth(scores, seen, all_seen, mean, smoothing):
     return out, _ordered_sum(partial)
 
 
-@numba.njit(parallel=True, **_OPTIONS)
+@_Kernel
 def _total(weights):
     n = weights.shape[0]
     blocks = (n + SUM_BLOCK - 1) // SUM_BLOCK
@@ -105,7 +131,7 @@ def _total(weights):
     return _ordered_sum(partial)
 
 
-@numba.njit(parallel=True, **_OPTIONS)
+@_Kernel
 def _cap_pass(weights, capped, scale):
     """Cap every uncapped entry with ``scale·w ≥ 1``; returns (newly capped, their blocked sum).
 
@@ -142,16 +168,17 @@ def _capping(weights: np.ndarray, sample_size: int, total: float | None = None) 
     """
     capped = np.zeros(weights.shape[0], dtype=np.uint8)
     remaining = float(sample_size)
-    total = _total(weights) if total is None else total
+    size = weights.shape[0]
+    total = _total.for_size(size)(weights) if total is None else total
     guess = _capping_guess(weights, sample_size, total)
     candidates = np.empty(0, dtype=np.int64)
     limit = 0.0
     if guess is not None:
-        count, hit_sum, per_block = _guess_pass(weights, capped, guess, _WINDOW)
+        count, hit_sum, per_block = _guess_pass.for_size(size)(weights, capped, guess, _WINDOW)
         uncapped = total - hit_sum
         if count < sample_size and (sample_size - count) / uncapped >= guess:
             remaining, total = float(sample_size - count), uncapped
-            candidates = _collect_candidates(weights, capped, guess, _WINDOW, per_block)
+            candidates = _collect_candidates.for_size(size)(weights, capped, guess, _WINDOW, per_block)
             limit = guess / _WINDOW
         else:
             capped[:] = 0
@@ -160,7 +187,7 @@ def _capping(weights: np.ndarray, sample_size: int, total: float | None = None) 
         if scale < limit:
             count, newly = _candidate_pass(weights, capped, candidates, scale)
         else:
-            count, newly = _cap_pass(weights, capped, scale)
+            count, newly = _cap_pass.for_size(size)(weights, capped, scale)
         if count == 0:
             return scale, capped
         remaining -= count
@@ -169,7 +196,7 @@ def _capping(weights: np.ndarray, sample_size: int, total: float | None = None) 
         total -= newly
 
 
-@numba.njit(parallel=True, **_OPTIONS)
+@_Kernel
 def _guess_pass(weights, capped, scale, window):
     """``_cap_pass`` from nothing, also counting per block the entries with ``window ≤ scale·w < 1``."""
     n = weights.shape[0]
@@ -198,7 +225,7 @@ def _guess_pass(weights, capped, scale, window):
     return counts.sum(), newly, near
 
 
-@numba.njit(parallel=True, **_OPTIONS)
+@_Kernel
 def _collect_candidates(weights, capped, scale, window, near):
     n = weights.shape[0]
     blocks = near.shape[0]
@@ -250,7 +277,7 @@ def capping_guess_from_sample(sample: np.ndarray, count: int, sample_size: int, 
     return reference.guess_from_sample(np.ascontiguousarray(sample), count, sample_size, total, _capping, _total)
 
 
-@numba.njit(parallel=True, **_OPTIONS)
+@_Kernel
 def _quantize(weights, scale, capped, sample_size):
     """``reference.quantize`` as uint32 plus the capped mask; also returns the walk-block totals."""
     n = weights.shape[0]
@@ -305,7 +332,7 @@ def _fixed_value(fixed, capped, i):
     return np.uint64(fixed[i]) | (np.uint64(capped[i]) << _HALF)
 
 
-@numba.njit(parallel=True, **_OPTIONS)
+@_Kernel
 def _walk(fixed, capped, totals, keys, sample_size, with_weights):
     n = fixed.shape[0]
     blocks = (n + WALK_BLOCK - 1) // WALK_BLOCK
@@ -351,7 +378,7 @@ def _walk(fixed, capped, totals, keys, sample_size, with_weights):
     return picks, weights
 
 
-@numba.njit(parallel=True, **_OPTIONS)
+@_Kernel
 def _scatter_shuffle(items, weights, key, buckets, chunks):
     """Stable scatter by hashed bucket, then Fisher–Yates per bucket (``reference.shuffle_permutation``)."""
     size = items.shape[0]
@@ -396,7 +423,7 @@ def _scatter_shuffle(items, weights, key, buckets, chunks):
 
 def shuffle_permutation(size: int, key: np.uint64) -> np.ndarray:
     """See ``reference.shuffle_permutation``."""
-    items, _ = _scatter_shuffle(
+    items, _ = _scatter_shuffle.for_size(size)(
         np.arange(size, dtype=np.int64), np.ones(size, np.float32), key, shuffle_buckets(size), numba.get_num_threads()
     )
     return items
@@ -414,9 +441,11 @@ def plan(
         scores = np.ascontiguousarray(scores)
         all_seen = seen is None
         counts = np.zeros(1, np.uint32) if all_seen else np.ascontiguousarray(seen)
-        seen_total, count = _seen_mean(scores, counts, all_seen)
+        seen_total, count = _seen_mean.for_size(num_examples)(scores, counts, all_seen)
         if count > 0 and seen_total / count > 0.0:
-            weights, total = _smooth(scores, counts, all_seen, seen_total / count, float(smoothing))
+            weights, total = _smooth.for_size(num_examples)(
+                scores, counts, all_seen, seen_total / count, float(smoothing)
+            )
     if weights is None:
         weights = np.ones(num_examples, dtype=np.float32)
     positive = num_examples if smoothing > 0 else int(np.count_nonzero(weights > 0))
@@ -425,8 +454,9 @@ def plan(
         scale, capped = 0.0, (weights > 0).view(np.uint8)
     else:
         scale, capped = _capping(weights, sample_size, total)
-    fixed, totals = _quantize(weights, scale, capped, sample_size)
+    fixed, totals = _quantize.for_size(num_examples)(weights, scale, capped, sample_size)
     del weights
-    picks, pick_weights = _walk(fixed, capped, totals, keys, sample_size, not uniform)
+    picks, pick_weights = _walk.for_size(num_examples)(fixed, capped, totals, keys, sample_size, not uniform)
     del fixed, capped
-    return _scatter_shuffle(picks, pick_weights, keys[3], shuffle_buckets(sample_size), numba.get_num_threads())
+    shuffle = _scatter_shuffle.for_size(sample_size)
+    return shuffle(picks, pick_weights, keys[3], shuffle_buckets(sample_size), numba.get_num_threads())
