@@ -44,6 +44,34 @@ def _our_epoch(root: Path, store, keep: float, workers: int, epoch: int) -> tupl
     return count, time.perf_counter() - start
 
 
+def _load_source(data_dir: str | Path | None, limit: int | None):
+    from sadp_data.datasets import default_data_dir
+    from sadp_data.sources import open_source
+
+    source = open_source(str(data_dir or default_data_dir()))
+    return source if limit is None else source.head(limit)
+
+
+def _configurations(workers: tuple[int, ...]) -> list[tuple[str, float, int]]:
+    """``(pipeline, keep ratio, workers)``: the raw pipeline, then ours at every keep ratio, per worker count."""
+    return [("raw", 1.0, w) for w in workers] + [("ours", k, w) for w in workers for k in KEEP_RATIOS]
+
+
+def _measure_rounds(configs: list[tuple], rounds: int, measure, desc: str, progress: bool) -> tuple[dict, dict]:
+    """Run every configuration once per round (``measure(config, round) -> (count, seconds)``)."""
+    from tqdm.auto import tqdm
+
+    times: dict[tuple, list[float]] = {config: [] for config in configs}
+    counts: dict[tuple, int] = {}
+    with tqdm(total=rounds * len(configs), desc=desc, disable=not progress) as bar:
+        for round_number in range(rounds):
+            for config in configs:
+                counts[config], seconds = measure(config, round_number)
+                times[config].append(seconds)
+                bar.update(1)
+    return times, counts
+
+
 def run_loader_bench(
     data_dir: str | Path | None = None,
     rounds: int = 3,
@@ -52,15 +80,9 @@ def run_loader_bench(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Returns ``{"backend": "webdataset", "raw": {...}, "results": [...]}`` (see the README)."""
-    from tqdm.auto import tqdm
-
-    from sadp_data.datasets import default_data_dir
     from sadp_data.shards import write_shards
-    from sadp_data.sources import open_source
 
-    source = open_source(str(data_dir or default_data_dir()))
-    if limit is not None:
-        source = source.head(limit)
+    source = _load_source(data_dir, limit)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch) / "shards"
         shard_size = -(-len(source) // 12)  # 12 shards: 5,000 samples each for Fashion-MNIST
@@ -69,20 +91,15 @@ def run_loader_bench(
             index.shard_path(shard).read_bytes()
         store = index.open_store()
         _our_epoch(root, store, 0.5, 0, 0)  # warm-up: loads the compiled planning kernels once
-        configs = [("raw", 1.0, w) for w in workers] + [("ours", k, w) for w in workers for k in KEEP_RATIOS]
-        times: dict[tuple, list[float]] = {config: [] for config in configs}
-        counts: dict[tuple, int] = {}
-        with tqdm(total=rounds * len(configs), desc="bench loader", disable=not progress) as bar:
-            for round_number in range(rounds):
-                for config in configs:
-                    kind, keep, count_workers = config
-                    if kind == "raw":
-                        count, seconds = _raw_epoch(index, count_workers)
-                    else:
-                        count, seconds = _our_epoch(root, store, keep, count_workers, round_number + 1)
-                    times[config].append(seconds)
-                    counts[config] = count
-                    bar.update(1)
+
+        def measure(config: tuple, round_number: int) -> tuple[int, float]:
+            kind, keep, count_workers = config
+            if kind == "raw":
+                return _raw_epoch(index, count_workers)
+            return _our_epoch(root, store, keep, count_workers, round_number + 1)
+
+        configs = _configurations(workers)
+        times, counts = _measure_rounds(configs, rounds, measure, "bench loader", progress)
         store.close()
 
     settings = {"samples": counts[configs[0]], "batch_size": BATCH, "rounds": rounds, "shard_size": shard_size}
@@ -167,20 +184,12 @@ def run_ffcv_bench(
     from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
     from ffcv.loader import Loader, OrderOption
     from sadp_data.adapters.ffcv import importance_loader, open_sidecar, write_beton
-    from tqdm.auto import tqdm
 
-    from sadp_data.datasets import default_data_dir
     from sadp_data.sampler import SADPSampler
-    from sadp_data.sources import open_source
 
-    source = open_source(str(data_dir or default_data_dir()))
-    if limit is not None:
-        source = source.head(limit)
+    source = _load_source(data_dir, limit)
 
-    def pipelines() -> dict:
-        return {"x": [NDArrayDecoder()], "y": [IntDecoder()], "index": [IntDecoder()]}
-
-    def second_epoch(loader) -> tuple[int, float]:
+    def timed_epochs(loader) -> tuple[int, float]:
         """Mean over ``EPOCHS_TIMED`` epochs after a warm-up epoch (one epoch here lasts milliseconds)."""
         for _ in loader:
             pass
@@ -193,31 +202,29 @@ def run_ffcv_bench(
     with tempfile.TemporaryDirectory() as scratch:
         path = write_beton(source, Path(scratch) / "data.beton")
         store = open_sidecar(path)
-        configs = [("raw", 1.0, w) for w in workers] + [("ours", k, w) for w in workers for k in KEEP_RATIOS]
-        times: dict[tuple, list[float]] = {config: [] for config in configs}
-        counts: dict[tuple, int] = {}
-        with tqdm(total=rounds * len(configs), desc="bench loader ffcv", disable=not progress) as bar:
-            for _ in range(rounds):
-                for config in configs:
-                    kind, keep, count_workers = config
-                    options = {"batch_size": BATCH, "num_workers": count_workers, "pipelines": pipelines()}
-                    if kind == "raw":
-                        loader = Loader(str(path), order=OrderOption.RANDOM, drop_last=False, **options)
-                    else:
-                        sampler = SADPSampler(store, keep_ratio=keep, warmup_epochs=0, anneal_fraction=0.0)
-                        loader = importance_loader(path, sampler, **options)
-                    counts[config], seconds = second_epoch(loader)
-                    times[config].append(seconds)
-                    bar.update(1)
+
+        def measure(config: tuple, round_number: int) -> tuple[int, float]:
+            kind, keep, count_workers = config
+            options = {
+                "batch_size": BATCH,
+                "num_workers": count_workers,
+                "pipelines": {"x": [NDArrayDecoder()], "y": [IntDecoder()], "index": [IntDecoder()]},
+            }
+            if kind == "raw":
+                return timed_epochs(Loader(str(path), order=OrderOption.RANDOM, drop_last=False, **options))
+            sampler = SADPSampler(store, keep_ratio=keep, warmup_epochs=0, anneal_fraction=0.0)
+            return timed_epochs(importance_loader(path, sampler, **options))
+
+        configs = _configurations(workers)
+        times, counts = _measure_rounds(configs, rounds, measure, "bench loader ffcv", progress)
         store.close()
-    return _shape(
-        "ffcv",
-        configs,
-        times,
-        counts,
-        workers,
-        {"samples": len(source), "batch_size": BATCH, "rounds": rounds, "timed": "second epoch"},
-    )
+    settings = {
+        "samples": len(source),
+        "batch_size": BATCH,
+        "rounds": rounds,
+        "timed": f"mean of {EPOCHS_TIMED} epochs after a warm-up",
+    }
+    return _shape("ffcv", configs, times, counts, workers, settings)
 
 
 def _shape(backend: str, configs, times, counts, workers, settings) -> dict[str, Any]:
