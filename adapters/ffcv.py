@@ -1,16 +1,26 @@
-"""FFCV integration: ``.beton`` conversion and an importance-sampled ``TraversalOrder``.
+"""FFCV integration: ``.beton`` conversion and an importance-sampled traversal order.
 
-``importance_loader(path, sampler, **loader_kwargs)`` returns an ``ffcv.loader.Loader`` whose order
-each epoch is the ``SADPSampler``'s plan for that epoch (keep ratio, schedule and all). ffcv 1.0.2
-rejects ``TraversalOrder`` subclasses passed as ``order=`` (a bug in its type check), so the helper
-registers a small subclass bound to the sampler in ``ffcv.loader.loader.ORDER_MAP`` and passes that
-key — users never see this.
+``importance_loader(path, sampler, **loader_kwargs)`` returns an ``ImportanceLoader``, a subclass
+of ``ffcv.loader.Loader`` whose order each epoch is the ``SADPSampler``'s plan for that epoch (keep
+ratio, schedule and all). ffcv 1.0.2 rejects ``TraversalOrder`` subclasses passed as ``order=`` (a
+bug in its type check), so this module registers its order class in ``ffcv.loader.loader.ORDER_MAP``
+and passes that key — users never see this.
 
-Epoch length: ffcv computes ``len(loader)`` once, from the first epoch's order; later epochs yield
-exactly their planned examples (``sampler.num_batches(epoch)`` batches), so use
-``sampler.num_batches(epoch)`` or ``sampler.total_steps()`` rather than ``len(loader)`` for
-schedules. With ``distributed=True`` every rank takes an equal contiguous slice of the same plan
-(padded by repetition, as in the WebDataset adapter).
+Epoch length: ffcv's own ``Loader`` fixes ``len`` from the order it computes at construction and
+cuts every later epoch to that length, which would silently drop examples when an epoch is longer
+than the first (an anneal epoch after pruned ones). ``ImportanceLoader`` computes ``len`` per epoch
+instead: ``len(loader)`` is the number of batches of the epoch the next ``iter(loader)`` runs,
+``ceil(round(k_e·N) / world / batch_size)`` — equal to ``sampler.num_batches(epoch)`` on one rank —
+and nothing planned is dropped (``drop_last`` defaults to ``False`` here; ffcv's default drops).
+For step-based LR schedules use ``sampler.total_steps()``.
+
+Data-parallel runs: pass ``distributed=True`` as with any ffcv loader; every rank visits its equal
+slice of the same plan (``sadp_data.distributed``). Resuming: a sampler restored with
+``load_state_dict`` makes the loader continue at the saved epoch and position.
+
+Page locality: ``sampler_for(path, page_window=W)`` builds a sampler whose plan visits the file's
+pages in random order, shuffled within windows of ``W`` pages (like ffcv's ``QUASI_RANDOM``), so an
+epoch reads each page once — for datasets larger than memory (``os_cache=False``).
 
 Batches carry the example index as an ``index`` field; ``weights_for(sampler, index_batch)`` looks
 up the importance weights.
@@ -19,6 +29,7 @@ up the importance weights.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +55,14 @@ def beton_fingerprint(beton: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def write_beton(source, out: str | Path, overwrite: bool = False, num_workers: int = 1) -> Path:
-    """Write ``source`` (a ``sources.Source``) to a ``.beton`` with an ``index`` field, plus its sidecar."""
+def write_beton(
+    source, out: str | Path, overwrite: bool = False, num_workers: int = 1, page_size: int = 1 << 23
+) -> Path:
+    """Write ``source`` (a ``sources.Source``) to a ``.beton`` with an ``index`` field, plus its sidecar.
+
+    ``page_size`` is ffcv's allocation unit (default 8 MiB, ffcv's own): the granularity of reads
+    and of page-local ordering (``sampler_for(..., page_window=)``).
+    """
     from ffcv.fields import FloatField, IntField, NDArrayField
     from ffcv.writer import DatasetWriter
 
@@ -77,60 +94,140 @@ def write_beton(source, out: str | Path, overwrite: bool = False, num_workers: i
             return (*(sample[key] for key in names), index)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    DatasetWriter(str(out), fields, num_workers=num_workers).from_indexed_dataset(_Rows())
+    DatasetWriter(str(out), fields, num_workers=num_workers, page_size=page_size).from_indexed_dataset(_Rows())
     store = ScoreStore.create(sidecar_path(out), len(source), fingerprint=beton_fingerprint(out), overwrite=overwrite)
     store.close()
     return out
 
 
-def open_sidecar(beton: str | Path, mode: str = "r+") -> ScoreStore:
-    """The sidecar of ``beton``, refused if it was written for another file."""
-    beton = Path(beton)
-    if not beton.is_file():
-        raise FileNotFoundError(f"{beton}: no such .beton file")
+def _reader(beton: str | Path):
+    """ffcv's ``Reader`` of ``beton``, with a clear error for a missing, truncated or corrupt file."""
     from ffcv.reader import Reader
 
+    if not Path(beton).is_file():
+        raise FileNotFoundError(f"{beton}: no such .beton file")
     try:
-        count = Reader(str(beton)).num_samples
+        return Reader(str(beton))
     except Exception as error:  # ffcv raises assorted errors on damaged files
         raise ValueError(f"{beton}: not a readable .beton file (truncated or corrupt?): {error!r}") from error
+
+
+def open_sidecar(beton: str | Path, mode: str = "r+") -> ScoreStore:
+    """The sidecar of ``beton``, refused if it was written for another file."""
+    count = _reader(beton).num_samples
     return ScoreStore.open(sidecar_path(beton), mode, num_examples=count, fingerprint=beton_fingerprint(beton))
 
 
-def _split(order: np.ndarray, rank: int, world: int) -> np.ndarray:
-    per_rank = -(-len(order) // world)
-    return order[np.arange(rank * per_rank, (rank + 1) * per_rank) % len(order)]
+def page_groups(path: str | Path) -> np.ndarray:
+    """The page of every sample of a ``.beton`` (int64[N]): where its first allocation starts.
+
+    Samples whose fields all live in the metadata table (only ints and floats) have no page and
+    are put in page ``-1``, one group.
+    """
+    reader = _reader(path)
+    pages = np.full(reader.num_samples, -1, dtype=np.int64)
+    table = reader.alloc_table
+    order = np.argsort(table["ptr"], kind="stable")[::-1]  # the first allocation of a sample wins
+    pages[table["sample_id"][order].astype(np.int64)] = (table["ptr"][order] // reader.page_size).astype(np.int64)
+    return pages
 
 
-def importance_loader(path: str | Path, sampler: SADPSampler, **loader_kwargs: Any):
-    """An ``ffcv.loader.Loader`` over ``path`` whose every epoch follows ``sampler``'s plan."""
-    from ffcv.loader import Loader
+def sampler_for(
+    path: str | Path, store: ScoreStore | None = None, page_window: int | None = None, **sampler_kwargs: Any
+) -> SADPSampler:
+    """An ``SADPSampler`` over a ``.beton``'s sidecar; ``page_window`` turns on page-local ordering."""
+    store = store if store is not None else open_sidecar(path)
+    if page_window is not None:
+        sampler_kwargs.update(groups=page_groups(path), window=page_window)
+    return SADPSampler(store, **sampler_kwargs)
+
+
+try:
+    from ffcv.loader import Loader as _Loader
     from ffcv.loader.loader import ORDER_MAP
-    from ffcv.traversal_order.base import TraversalOrder
+    from ffcv.traversal_order.base import TraversalOrder as _TraversalOrder
+except ImportError as _error:  # the rest of sadp_data works without ffcv
+    _Loader = _TraversalOrder = object
+    ORDER_MAP: dict = {}
+    _FFCV_MISSING: ImportError | None = _error
+else:
+    _FFCV_MISSING = None
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such .beton file")
 
-    class ImportanceOrder(TraversalOrder):
-        def sample_order(self, epoch: int):
-            sampler.set_epoch(epoch)
-            order = sampler.plan.order
-            if self.distributed:
-                order = _split(order, torch.distributed.get_rank(), torch.distributed.get_world_size())
-            return np.asarray(self.indices)[order]
+class ImportanceOrder(_TraversalOrder):
+    """ffcv traversal order that follows the ``SADPSampler`` of its ``ImportanceLoader``."""
 
-    ORDER_MAP[ImportanceOrder] = ImportanceOrder
-    loader_kwargs.setdefault("drop_last", False)  # deliver every planned example (ffcv's default drops)
-    try:
-        loader = Loader(str(path), order=ImportanceOrder, **loader_kwargs)
-    except Exception as error:
-        raise ValueError(f"{path}: ffcv could not open it (truncated or corrupt?): {error!r}") from error
-    if loader.reader.num_samples != sampler.num_examples:
-        raise ValueError(
-            f"{path} holds {loader.reader.num_samples} examples but the sampler covers {sampler.num_examples}"
-        )
-    return loader
+    def sample_order(self, epoch: int) -> np.ndarray:
+        loader = self.loader
+        if not loader.sampling:  # ffcv's construction-time call, only for the len this class replaces
+            return np.zeros(0, dtype=np.uint64)
+        sampler = loader.sampler
+        if (
+            self.distributed
+            and sampler.num_replicas == 1
+            and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1
+        ):
+            raise ValueError(
+                "distributed=True but the sampler has num_replicas=1: build the SADPSampler after "
+                "torch.distributed.init_process_group (or pass num_replicas= and rank=)"
+            )
+        sampler.set_epoch(epoch)
+        return np.asarray(self.indices)[sampler.remaining()]
+
+
+ORDER_MAP[ImportanceOrder] = ImportanceOrder
+
+
+class ImportanceLoader(_Loader):
+    """An ``ffcv.loader.Loader`` whose every epoch follows ``sampler``'s plan (see the module docstring)."""
+
+    def __init__(self, path: str | Path, sampler: SADPSampler, **loader_kwargs: Any) -> None:
+        if _FFCV_MISSING is not None:
+            raise ImportError("the FFCV adapter needs ffcv: pip install 'sadp-data[ffcv]' (see the README)")
+        if "order" in loader_kwargs:
+            raise TypeError("importance_loader sets order= itself; do not pass it")
+        _reader(path)
+        self.sampler = sampler
+        self.sampling = False
+        loader_kwargs.setdefault("drop_last", False)
+        super().__init__(str(path), order=ImportanceOrder, **loader_kwargs)
+        if self.reader.num_samples != sampler.num_examples:
+            raise ValueError(
+                f"{path} holds {self.reader.num_samples} examples but the sampler covers {sampler.num_examples}"
+            )
+        self.next_epoch = sampler.epoch
+        self.sampling = True
+        self._delivered = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        """One epoch of batches; counts what reaches the training loop, for ``state_dict``."""
+        batches = super().__iter__()
+        self._delivered = self.sampler.resume_position
+        for batch in batches:
+            self._delivered += len(batch[0])
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's state with ``position`` = examples delivered to the training loop this epoch."""
+        return {**self.sampler.state_dict(), "position": self._delivered}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: the next ``iter(loader)`` continues the saved epoch after the delivered examples."""
+        self.sampler.load_state_dict(state)
+        self.next_epoch = self.sampler.epoch
+
+    def __len__(self) -> int:
+        """Batches of the epoch the next ``iter(loader)`` runs (see the module docstring)."""
+        count = self.sampler.epoch_length(self.next_epoch)
+        if self.next_epoch == self.sampler.epoch:
+            count -= self.sampler.resume_position
+        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+
+
+def importance_loader(path: str | Path, sampler: SADPSampler, **loader_kwargs: Any) -> ImportanceLoader:
+    """An ``ImportanceLoader`` over ``path``: ``ffcv.loader.Loader`` settings go in ``loader_kwargs``."""
+    return ImportanceLoader(Path(path), sampler, **loader_kwargs)
 
 
 def weights_for(sampler: SADPSampler, index_batch: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 KEEP_RATIOS = (1.0, 0.7, 0.5)
 BATCH = 128
 EPOCHS_TIMED = 10
@@ -176,10 +178,13 @@ def run_ffcv_bench(
 ) -> dict[str, Any]:
     """The loader bench for FFCV: raw ``Loader(order=RANDOM)`` vs ``importance_loader`` at each keep ratio.
 
-    Same fields and pipelines for both. ffcv compiles its pipeline when a loader first iterates, so
-    each measurement is the mean epoch time over ``EPOCHS_TIMED`` epochs after a warm-up epoch (an
-    epoch of Fashion-MNIST takes only milliseconds with ffcv). Same JSON shape as the WebDataset
-    bench, with ``"backend": "ffcv"``.
+    Same fields and pipelines for both. Every configuration's loader is built once (as in training:
+    ffcv compiles its pipeline when a loader first iterates) and warmed up by one epoch; then the
+    configurations take turns, one epoch each, for ``rounds × EPOCHS_TIMED`` turns, and the fastest
+    epoch of each is reported, as ``timeit`` does (an epoch of Fashion-MNIST lasts ~30 ms with ffcv,
+    so a single burst of load from another process shifts it by several percent; the least disturbed
+    epoch is the cost of the configuration itself; medians are kept in the JSON too). Each of our
+    epochs includes making its plan. Same JSON shape as the WebDataset bench, with ``"backend": "ffcv"``.
     """
     from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
     from ffcv.loader import Loader, OrderOption
@@ -188,22 +193,12 @@ def run_ffcv_bench(
     from sadp_data.sampler import SADPSampler
 
     source = _load_source(data_dir, limit)
-
-    def timed_epochs(loader) -> tuple[int, float]:
-        """Mean over ``EPOCHS_TIMED`` epochs after a warm-up epoch (one epoch here lasts milliseconds)."""
-        for _ in loader:
-            pass
-        start = time.perf_counter()
-        count = 0
-        for _ in range(EPOCHS_TIMED):
-            count = sum(int(batch[1].shape[0]) for batch in loader)
-        return count, (time.perf_counter() - start) / EPOCHS_TIMED
-
     with tempfile.TemporaryDirectory() as scratch:
         path = write_beton(source, Path(scratch) / "data.beton")
         store = open_sidecar(path)
+        store.update(np.arange(len(source)), np.random.default_rng(0).random(len(source), dtype=np.float32) + 0.01)
 
-        def measure(config: tuple, round_number: int) -> tuple[int, float]:
+        def build(config: tuple):
             kind, keep, count_workers = config
             options = {
                 "batch_size": BATCH,
@@ -211,28 +206,47 @@ def run_ffcv_bench(
                 "pipelines": {"x": [NDArrayDecoder()], "y": [IntDecoder()], "index": [IntDecoder()]},
             }
             if kind == "raw":
-                return timed_epochs(Loader(str(path), order=OrderOption.RANDOM, drop_last=False, **options))
+                return Loader(str(path), order=OrderOption.RANDOM, drop_last=False, **options)
             sampler = SADPSampler(store, keep_ratio=keep, warmup_epochs=0, anneal_fraction=0.0)
-            return timed_epochs(importance_loader(path, sampler, **options))
+            return importance_loader(path, sampler, **options)
 
         configs = _configurations(workers)
-        times, counts = _measure_rounds(configs, rounds, measure, "bench loader ffcv", progress)
+        loaders = {config: build(config) for config in configs}
+        for loader in loaders.values():
+            for _ in loader:
+                pass
+
+        def measure(config: tuple, round_number: int) -> tuple[int, float]:
+            start = time.perf_counter()
+            count = sum(int(batch[1].shape[0]) for batch in loaders[config])
+            return count, time.perf_counter() - start
+
+        times, counts = _measure_rounds(configs, rounds * EPOCHS_TIMED, measure, "bench loader ffcv", progress)
+        loaders.clear()
         store.close()
     settings = {
         "samples": len(source),
         "batch_size": BATCH,
         "rounds": rounds,
-        "timed": f"mean of {EPOCHS_TIMED} epochs after a warm-up",
+        "timed": f"fastest of {rounds * EPOCHS_TIMED} interleaved epochs per configuration, loaders built once",
     }
-    return _shape("ffcv", configs, times, counts, workers, settings)
+    return _shape("ffcv", configs, times, counts, workers, settings, statistic=min)
 
 
-def _shape(backend: str, configs, times, counts, workers, settings) -> dict[str, Any]:
-    """The loader bench's JSON from per-configuration times (medians) and counts."""
+def _shape(backend: str, configs, times, counts, workers, settings, statistic=statistics.median) -> dict[str, Any]:
+    """The loader bench's JSON from per-configuration times and counts.
+
+    ``statistic`` (median, or min for the many short ffcv epochs) turns each configuration's epoch
+    times into the reported one; the median is always kept as ``epoch_time_median_s``.
+    """
 
     def figures(config: tuple) -> dict[str, float]:
-        seconds = statistics.median(times[config])
-        return {"samples_per_s": counts[config] / seconds, "epoch_time_s": seconds}
+        seconds = statistic(times[config])
+        return {
+            "samples_per_s": counts[config] / seconds,
+            "epoch_time_s": seconds,
+            "epoch_time_median_s": statistics.median(times[config]),
+        }
 
     raw = {w: figures(("raw", 1.0, w)) for w in workers}
     results = []

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from torch.utils.data import BatchSampler, Sampler
 
+from .distributed import per_rank, rank_and_world, rank_positions
 from .kernels import Backend, plan_epoch, sample_size
 from .schedule import KeepRatioSchedule, Shape
 from .store import ScoreStore
@@ -87,6 +88,11 @@ class SADPSampler(Sampler[int]):
         shard_size, window: for sharded stores, visit shards of ``shard_size`` consecutive examples
             in random order, shuffled within windows of ``window`` shards (see
             ``kernels.reference.locality_order``), instead of a full shuffle.
+        groups: instead of ``shard_size``, the storage group (shard, page) of every example, for
+            stores whose groups are not equal runs of consecutive examples (e.g. FFCV pages).
+        num_replicas, rank: data-parallel world size and this process's rank (default: from
+            ``torch.distributed`` when initialised, else 1 and 0). Every rank plans the same epoch
+            and iterates its own equal slice of it (``sadp_data.distributed``).
 
     Like ``DistributedSampler``, call ``set_epoch(e)`` before each epoch.
     """
@@ -108,6 +114,9 @@ class SADPSampler(Sampler[int]):
         backend: Backend = "auto",
         shard_size: int | None = None,
         window: int = 4,
+        groups: np.ndarray | None = None,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -123,6 +132,13 @@ class SADPSampler(Sampler[int]):
             raise ValueError(f"smoothing must be in [0, 1], got {smoothing}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
+        if shard_size is not None and groups is not None:
+            raise ValueError("pass shard_size or groups, not both")
+        default_rank, default_world = rank_and_world()
+        num_replicas = default_world if num_replicas is None else int(num_replicas)
+        rank = default_rank if rank is None else int(rank)
+        if num_replicas <= 0 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas), got rank={rank}, num_replicas={num_replicas}")
         self.store = store
         self.num_examples = store.num_examples if store is not None else int(num_examples)
         self.schedule = KeepRatioSchedule(keep_ratio, epochs, warmup_epochs, anneal_fraction, schedule)
@@ -133,6 +149,11 @@ class SADPSampler(Sampler[int]):
         self.backend = backend
         self.shard_size = shard_size
         self.window = window
+        self.groups = None if groups is None else np.asarray(groups)
+        if self.groups is not None and self.groups.shape != (self.num_examples,):
+            raise ValueError(f"groups must hold one group per example ({self.num_examples}), got {self.groups.shape}")
+        self.num_replicas = num_replicas
+        self.rank = rank
         self.epoch = 0
         self._plan: EpochPlan | None = None
         self._start = 0
@@ -189,21 +210,41 @@ class SADPSampler(Sampler[int]):
             backend=self.backend,
             shard_size=self.shard_size,
             window=self.window,
+            groups=self.groups,
         )
         if self.store is not None and not self.store.read_only:
             self.store.record_keep_ratio(epoch, keep)
         return EpochPlan(epoch, keep, _host(order), _host(weights), self.num_examples, version)
 
-    def __iter__(self) -> Iterator[int]:
-        order = self.plan.order
+    def rank_order(self) -> np.ndarray:
+        """This rank's examples of the current epoch in visiting order (its slice of the plan)."""
+        plan = self.plan
+        if self.num_replicas == 1:
+            return plan.order
+        return plan.order[rank_positions(len(plan), self.rank, self.num_replicas)]
+
+    def remaining(self) -> np.ndarray:
+        """This rank's examples still to visit this epoch (all of them unless resuming).
+
+        Like starting ``iter(sampler)``, this consumes the resume position: call it once per epoch.
+        """
         start, self._start = self._start, 0
-        for position in range(start, order.shape[0]):
-            self._position = position + 1
-            yield int(order[position])
+        self._position = start
+        return self.rank_order()[start:]
+
+    def __iter__(self) -> Iterator[int]:
+        start = self._start
+        for offset, index in enumerate(self.remaining().tolist(), start + 1):
+            self._position = offset
+            yield index
+
+    def epoch_length(self, epoch: int | None = None) -> int:
+        """Examples this rank visits in ``epoch`` (default: the current one), known before any plan."""
+        return per_rank(sample_size(self.num_examples, self.keep_ratio(epoch)), self.num_replicas)
 
     def __len__(self) -> int:
-        """Examples this epoch yields (``round(keep_ratio·N)``), known before the plan is made."""
-        return sample_size(self.num_examples, self.keep_ratio()) - self._start
+        """Examples this epoch still yields on this rank: ``ceil(round(keep_ratio·N) / num_replicas)``."""
+        return self.epoch_length() - self._start
 
     def weights(self, indices: Any) -> np.ndarray:
         """Importance weights of ``indices`` in the current epoch (float32)."""
@@ -213,7 +254,7 @@ class SADPSampler(Sampler[int]):
         """Batches in ``epoch`` for ``batch_size`` (known in advance for every epoch)."""
         if self.batch_size is None:
             raise ValueError("num_batches needs batch_size set on the sampler")
-        count = sample_size(self.num_examples, self.keep_ratio(epoch))
+        count = self.epoch_length(epoch)
         return count // self.batch_size if drop_last else -(-count // self.batch_size)
 
     def total_steps(self, drop_last: bool = False) -> int:
@@ -243,6 +284,7 @@ class SADPSampler(Sampler[int]):
             "seed": self.seed,
             "num_examples": self.num_examples,
             "method": self.method,
+            "num_replicas": self.num_replicas,
             "snapshot_version": self._plan.snapshot_version if self._plan is not None else None,
         }
 
@@ -260,6 +302,13 @@ class SADPSampler(Sampler[int]):
             raise ValueError(
                 f"state was saved with seed={state['seed']}, method={state['method']!r}; "
                 f"this sampler has seed={self.seed}, method={self.method!r}"
+            )
+        saved_world = int(state.get("num_replicas", 1))
+        if saved_world != self.num_replicas and int(state["position"]) > 0:
+            raise ValueError(
+                f"state was saved mid-epoch with {saved_world} ranks; this sampler has {self.num_replicas}. "
+                "Ranks' slices of an epoch depend on the world size: resume mid-epoch with the same world "
+                "size, or from a state saved at an epoch boundary (position 0), which works with any world size"
             )
         self.set_epoch(int(state["epoch"]))
         self._plan = None

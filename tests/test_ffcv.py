@@ -91,3 +91,80 @@ def test_bad_input(beton, tmp_path: Path) -> None:
     truncated.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ValueError, match=r"cut\.beton"):
         open_sidecar(truncated)
+
+
+def test_an_epoch_longer_than_the_first_is_delivered_whole(beton) -> None:
+    """ffcv's own Loader cuts every epoch to the first one's length; ours must not drop the anneal epoch."""
+    path, _, _ = beton
+    store = open_sidecar(path)
+    sampler = SADPSampler(store, keep_ratio=0.5, epochs=4, warmup_epochs=0, seed=1, batch_size=32)
+    loader = importance_loader(path, sampler, batch_size=32, num_workers=1, pipelines=_pipelines())
+    for epoch, expected in enumerate([150, 150, 150, 300]):
+        assert len(loader) == sampler.num_batches(epoch)
+        indices = np.concatenate([np.asarray(index).reshape(-1).copy() for _, _, index in loader])
+        assert sorted(indices.tolist()) == sorted(sampler.plan.order.tolist())
+        assert len(indices) == expected
+    store.close()
+
+
+def test_resume_mid_epoch_continues_the_identical_order(beton) -> None:
+    path, _, _ = beton
+    store = open_sidecar(path)
+    store.update(np.arange(N), np.random.default_rng(3).random(N) + 0.01)
+
+    def loader_for(sampler: SADPSampler):
+        return importance_loader(path, sampler, batch_size=32, num_workers=1, pipelines=_pipelines())
+
+    full = loader_for(SADPSampler(store, keep_ratio=0.5, epochs=4, seed=4))
+    list(full)
+    uninterrupted = np.concatenate([np.asarray(index).reshape(-1).copy() for _, _, index in full])
+    interrupted = loader_for(SADPSampler(store, keep_ratio=0.5, epochs=4, seed=4))
+    list(interrupted)
+    head = []
+    for _, _, index in interrupted:
+        head.append(np.asarray(index).reshape(-1).copy())
+        if len(head) == 2:
+            break
+    state = interrupted.state_dict()
+    assert state["epoch"] == 1 and state["position"] == 64
+    resumed = loader_for(SADPSampler(store, keep_ratio=0.5, epochs=4, seed=4))
+    resumed.load_state_dict(state)
+    assert len(resumed) == -(-(150 - 64) // 32)
+    tail = np.concatenate([np.asarray(index).reshape(-1).copy() for _, _, index in resumed])
+    np.testing.assert_array_equal(np.concatenate([*head, tail]), uninterrupted)
+    store.close()
+
+
+def test_ranks_take_equal_disjoint_slices_of_one_plan(beton) -> None:
+    path, _, _ = beton
+    store = open_sidecar(path, "r")
+    parts = []
+    for rank in range(3):
+        sampler = SADPSampler(store, keep_ratio=0.5, epochs=4, seed=7, num_replicas=3, rank=rank)
+        loader = importance_loader(path, sampler, batch_size=16, num_workers=1, pipelines=_pipelines())
+        list(loader)
+        parts.append(np.concatenate([np.asarray(index).reshape(-1).copy() for _, _, index in loader]))
+        plan = sampler.plan.order
+    assert [len(part) for part in parts] == [50, 50, 50]
+    np.testing.assert_array_equal(np.concatenate(parts), plan)
+
+
+def test_page_window_reads_pages_in_windows(tmp_path: Path) -> None:
+    from sadp_data.adapters.ffcv import page_groups, sampler_for, write_beton
+
+    from sadp_data.sources import open_source
+
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "big.npz", x=rng.integers(0, 255, (400, 50_000), dtype=np.uint8), y=rng.integers(0, 10, 400))
+    path = write_beton(open_source(str(tmp_path / "big.npz")), tmp_path / "big.beton", page_size=1 << 21)
+    pages = page_groups(path)
+    assert len(np.unique(pages)) >= 8 and np.all(np.diff(pages) >= 0)  # written in order, ~40 samples a page
+    sampler = sampler_for(path, page_window=2, keep_ratio=0.5, epochs=4, seed=1)
+    list(importance_loader(path, sampler, batch_size=16, num_workers=1, pipelines=_pipelines()))
+    visited = pages[sampler.plan.order]
+    assert len(np.unique(visited)) >= 8
+    # a page's examples lie within one window of 2 pages: each page's positions span few page switches
+    for page in np.unique(visited):
+        positions = np.flatnonzero(visited == page)
+        others = set(visited[positions.min() : positions.max() + 1].tolist()) - {page}
+        assert len(others) <= 1, (page, others)

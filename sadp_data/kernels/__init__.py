@@ -89,6 +89,7 @@ def plan_epoch(
     device: str | None = None,
     shard_size: int | None = None,
     window: int = 4,
+    groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plan one epoch: ``(order, weights)``, ``order`` int64[K] distinct indices, ``weights`` float32[K].
 
@@ -109,6 +110,7 @@ def plan_epoch(
         shard_size, window: for sharded stores, order the picks by ``reference.locality_order``
             (shards in random order, shuffled within windows of ``window`` shards of
             ``shard_size`` consecutive examples) instead of a full shuffle.
+        groups: instead of ``shard_size``, the group (shard, page) of every example, int[N].
 
     Guarantees: exactly K distinct indices; example i is drawn with probability π_i (as
     quantised, see ``reference.quantize_probabilities``); ``weights = K / (N π_i)`` so that the
@@ -136,21 +138,25 @@ def plan_epoch(
             seen = seen.detach().cpu().numpy()
         host_seen = None if seen is None else np.asarray(seen)
         order, weights = kernels.plan(np.asarray(scores), host_seen, size, float(smoothing), uniform, keys)
-    if shard_size is None:
+    if shard_size is None and groups is None:
         return order, weights
-    return _localize(order, weights, shard_size, window, keys[3])
+    return _localize(order, weights, shard_size, window, keys[3], groups)
 
 
-def _localize(order, weights, shard_size: int, window: int, key: np.uint64):
+def _localize(order, weights, shard_size: int | None, window: int, key: np.uint64, groups: np.ndarray | None):
     """Apply ``reference.locality_order`` whatever the backend's array type (results stay on their device)."""
+
+    def localize(host_order: np.ndarray, host_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return reference.locality_order(host_order, host_weights, shard_size, window, key, groups=groups)
+
     if hasattr(order, "copy_to_host"):
         from numba import cuda
 
-        host = reference.locality_order(order.copy_to_host(), weights.copy_to_host(), shard_size, window, key)
+        host = localize(order.copy_to_host(), weights.copy_to_host())
         return cuda.to_device(host[0]), cuda.to_device(host[1])
     if hasattr(order, "detach"):
         import torch
 
-        host = reference.locality_order(order.cpu().numpy(), weights.cpu().numpy(), shard_size, window, key)
+        host = localize(order.cpu().numpy(), weights.cpu().numpy())
         return torch.from_numpy(host[0]).to(order.device), torch.from_numpy(host[1]).to(order.device)
-    return reference.locality_order(order, weights, shard_size, window, key)
+    return localize(order, weights)
