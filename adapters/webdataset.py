@@ -13,9 +13,11 @@ Decoding and transforms plug in as in webdataset: ``.decode(*handlers)`` (webdat
 ``.to_tuple("x.npy", "y.cls")``, which yields ``(x, y, index, weight)``. Without ``to_tuple``,
 samples are dicts with ``"__key__"``, ``"__index__"`` and ``"__weight__"`` added.
 
-Splitting: ranks take equal contiguous slices of the plan (the last ones padded by repeating the
-first planned examples, so every rank runs the same number of steps and nothing is dropped); each
-rank's slice is split into contiguous parts per worker. ``len`` is this rank's exact count.
+Splitting: ranks take equal contiguous slices of the plan (``sadp_data.distributed``: the last ones
+padded by repeating the first planned examples, so every rank runs the same number of steps and
+nothing is dropped; rank and world size are the sampler's); each rank's slice is split into
+contiguous parts per worker. ``len`` is this rank's exact count. Resuming mid-epoch is supported by
+``sadp_data.wrap`` and the FFCV adapter; here, resume at epoch boundaries.
 """
 
 from __future__ import annotations
@@ -26,17 +28,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from sadp_data.distributed import rank_positions
 from sadp_data.sampler import SADPSampler
 from sadp_data.shards import ShardError, ShardIndex, parse_sample
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class ShardLoader:
@@ -62,12 +58,6 @@ class ShardLoader:
     def __iter__(self) -> Iterator[Any]:
         _ = self.dataset.sampler.plan
         yield from self.loader
-
-
-def split_plan(count: int, rank: int, world: int) -> np.ndarray:
-    """Positions of the plan this rank visits: equal contiguous slices, padded by wrapping around."""
-    per_rank = -(-count // world)
-    return np.arange(rank * per_rank, (rank + 1) * per_rank) % count
 
 
 class ScoredShards(IterableDataset):
@@ -121,16 +111,15 @@ class ScoredShards(IterableDataset):
         return self
 
     def _positions(self) -> np.ndarray:
-        rank, world = _rank_and_world()
-        positions = split_plan(len(self.sampler.plan), rank, world)
+        sampler = self.sampler
+        positions = rank_positions(len(sampler.plan), sampler.rank, sampler.num_replicas)
         info = get_worker_info()
         if info is None:
             return positions
         return np.array_split(positions, info.num_workers)[info.id]
 
     def __len__(self) -> int:
-        _, world = _rank_and_world()
-        return -(-len(self.sampler.plan) // world)
+        return self.sampler.epoch_length()
 
     def loader(self, batch_size: int, **loader_kwargs: Any) -> ShardLoader:
         """A DataLoader over this dataset that makes each epoch's plan in the main process.

@@ -10,7 +10,13 @@ trade-off: up to ``world - 1`` examples are visited twice in an epoch.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from .store import ScoreStore
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -39,3 +45,75 @@ def rank_positions(count: int, rank: int, world: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     size = per_rank(count, world)
     return np.arange(rank * size, (rank + 1) * size, dtype=np.int64) % count
+
+
+def open_store(path, **open_kwargs: Any) -> ScoreStore:
+    """Open a score sidecar for a data-parallel run: rank 0 for writing, every other rank as a mirror.
+
+    Only rank 0 writes the sidecar; the other ranks hold identical in-memory copies, kept in step
+    by the scorer's all-gathers (``ScoreExchange``). Without ``torch.distributed`` this is
+    ``ScoreStore.open(path, "r+")``.
+    """
+    from .store import ScoreStore
+
+    rank, _ = rank_and_world()
+    return ScoreStore.open(path, "r+" if rank == 0 else "mirror", **open_kwargs)
+
+
+class ScoreExchange:
+    """All-gathers every rank's ``(index, score)`` pairs so that every rank's store mirror is identical.
+
+    ``push`` buffers this rank's scores; every ``every`` pushes, ``sync`` all-gathers the buffers of
+    all ranks (two collectives: counts, then one packed int64 tensor of indices and score bits) and
+    applies them to the store in rank order, as one update, on every rank. The exchange registers
+    ``sync`` as a store sync hook, so the sampler flushes the buffers at each epoch boundary before it
+    takes the snapshot an epoch is planned from. Trade-off of ``every > 1``: fewer collectives, but
+    other ranks see a rank's scores up to ``every`` steps later (never later than the epoch's end).
+    Works with gloo (CPU tensors) and NCCL (tensors on the current CUDA device).
+    """
+
+    def __init__(self, store: ScoreStore, every: int = 1, group: Any = None) -> None:
+        if every <= 0:
+            raise ValueError(f"sync_every must be a positive number of steps, got {every}")
+        self.store = store
+        self.every = int(every)
+        self.group = group
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pushes = 0
+        store.add_sync_hook(self.sync)
+
+    def push(self, indices: torch.Tensor, scores: torch.Tensor) -> None:
+        """Queue one batch's scores; all-gathers when ``every`` batches have been queued."""
+        self._pending.append((indices.detach().reshape(-1).to(torch.int64), scores.detach().reshape(-1).float()))
+        self._pushes += 1
+        if self._pushes % self.every == 0:
+            self.sync()
+
+    def sync(self) -> None:
+        """Collective: every rank must call it at the same point (``push`` and the sampler do)."""
+        import torch.distributed as dist
+
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(self.group) == "nccl" else None
+        if self._pending:
+            indices = torch.cat([pair[0] for pair in self._pending]).to(device or "cpu")
+            scores = torch.cat([pair[1] for pair in self._pending]).to(device or "cpu")
+        else:
+            indices = torch.zeros(0, dtype=torch.int64, device=device)
+            scores = torch.zeros(0, dtype=torch.float32, device=device)
+        self._pending = []
+        packed = torch.stack([indices, scores.view(torch.int32).to(torch.int64)])
+        world = dist.get_world_size(self.group)
+        count = torch.tensor([packed.shape[1]], dtype=torch.int64, device=packed.device)
+        counts = [torch.zeros_like(count) for _ in range(world)]
+        dist.all_gather(counts, count, group=self.group)
+        sizes = [int(c.item()) for c in counts]
+        most = max(sizes)
+        if most == 0:
+            return
+        padded = torch.zeros((2, most), dtype=torch.int64, device=packed.device)
+        padded[:, : packed.shape[1]] = packed
+        gathered = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(gathered, padded, group=self.group)
+        merged = torch.cat([part[:, :size] for part, size in zip(gathered, sizes, strict=True)], dim=1).cpu()
+        all_scores = merged[1].to(torch.int32).view(torch.float32)
+        self.store.update(merged[0].numpy(), all_scores.numpy())

@@ -20,7 +20,7 @@ from torch.utils.data import BatchSampler, Sampler
 from .distributed import per_rank, rank_and_world, rank_positions
 from .kernels import Backend, plan_epoch, sample_size
 from .schedule import KeepRatioSchedule, Shape
-from .store import ScoreStore
+from .store import ScoreSnapshot, ScoreStore
 
 Method = Literal["sadp", "random"]
 METHODS: tuple[str, ...] = ("sadp", "random")
@@ -156,6 +156,7 @@ class SADPSampler(Sampler[int]):
         self.rank = rank
         self.epoch = 0
         self._plan: EpochPlan | None = None
+        self._resume_snapshot: ScoreSnapshot | None = None
         self._start = 0
         self._position = 0
 
@@ -193,12 +194,16 @@ class SADPSampler(Sampler[int]):
 
     def _make_plan(self, epoch: int) -> EpochPlan:
         keep = self.schedule(epoch)
-        if self.store is not None and self.method == "sadp":
-            snapshot = self.store.snapshot()
+        uses_scores = self.store is not None and self.method == "sadp"
+        if uses_scores:
+            snapshot = self._resume_snapshot or self._snapshot()
             scores, seen, version = snapshot.scores, snapshot.seen, snapshot.version
+            if keep < 1.0 and self._resume_snapshot is None and not self.store.read_only:
+                self.store.save_snapshot(snapshot)
         else:
             scores, seen = np.ones(self.num_examples, dtype=np.float32), None
             version = self.store.version if self.store is not None else 0
+        self._resume_snapshot = None
         order, weights = plan_epoch(
             scores,
             keep,
@@ -215,6 +220,20 @@ class SADPSampler(Sampler[int]):
         if self.store is not None and not self.store.read_only:
             self.store.record_keep_ratio(epoch, keep)
         return EpochPlan(epoch, keep, _host(order), _host(weights), self.num_examples, version)
+
+    def _snapshot(self):
+        """The store's scores at this epoch boundary; in a data-parallel run, the same on every rank.
+
+        Ranks first push their pending score exchanges (``store.synchronize``) and meet at a barrier,
+        so every rank's mirror holds the same updates when it is copied.
+        """
+        if self.num_replicas > 1:
+            import torch.distributed as dist
+
+            self.store.synchronize()
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+        return self.store.snapshot()
 
     def rank_order(self) -> np.ndarray:
         """This rank's examples of the current epoch in visiting order (its slice of the plan)."""
@@ -277,7 +296,13 @@ class SADPSampler(Sampler[int]):
         return BatchSampler(self, self.batch_size, drop_last)
 
     def state_dict(self) -> dict[str, Any]:
-        """Small, JSON-able state: where in which epoch, with which seed and score snapshot."""
+        """Small, JSON-able state: where in which epoch, with which seed and score snapshot.
+
+        Flushes the store first (a no-op on mirrors), so a checkpoint never refers to scores or a
+        snapshot that are not on disk yet.
+        """
+        if self.store is not None:
+            self.store.flush()
         return {
             "epoch": self.epoch,
             "position": self._position,
@@ -291,10 +316,13 @@ class SADPSampler(Sampler[int]):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict()``: the next ``__iter__`` resumes the saved epoch at the saved position.
 
-        The remaining order is identical when the epoch's plan is rebuilt from the same score
-        snapshot (always true for ``method="random"`` and for warm-up/anneal epochs). When the
-        store has moved past the saved snapshot version, the plan is rebuilt from the current
-        scores and a ``RuntimeWarning`` says so.
+        The remaining order is identical to the interrupted run's: the plan is rebuilt from the score
+        snapshot it was made from — the store's current scores if they are still at the saved
+        version, else the snapshot the sampler persisted when it planned the epoch
+        (``ScoreStore.save_snapshot``; warm-up/anneal epochs and ``method="random"`` do not depend on
+        scores). Only if that snapshot is missing (a crash before its first flush) is the plan rebuilt
+        from the current scores, with a ``RuntimeWarning``. A state saved mid-epoch needs the same
+        world size; one saved at an epoch boundary works with any.
         """
         if state["num_examples"] != self.num_examples:
             raise ValueError(f"state is for {state['num_examples']} examples, this sampler has {self.num_examples}")
@@ -314,16 +342,17 @@ class SADPSampler(Sampler[int]):
         self._plan = None
         self._start = self._position = int(state["position"])
         saved = state.get("snapshot_version")
-        if (
-            saved is not None
-            and self.method == "sadp"
-            and self.keep_ratio() < 1.0
-            and self.store is not None
-            and self.store.version != saved
-        ):
-            warnings.warn(
-                f"resuming epoch {self.epoch} from score snapshot version {self.store.version}, "
-                f"not the saved {saved}: the remaining order of this epoch will differ",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        if saved is None or self.method != "sadp" or self.keep_ratio() >= 1.0 or self.store is None:
+            return
+        if self.store.version == saved:
+            return
+        persisted = self.store.saved_snapshot()
+        if persisted is not None and persisted.version == saved:
+            self._resume_snapshot = persisted
+            return
+        warnings.warn(
+            f"resuming epoch {self.epoch} from score snapshot version {self.store.version}: the saved "
+            f"snapshot {saved} was not persisted, so the remaining order of this epoch will differ",
+            RuntimeWarning,
+            stacklevel=2,
+        )

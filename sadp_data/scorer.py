@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .distributed import ScoreExchange, rank_and_world
 from .score_kernels import cross_entropy_scores
 from .store import ScoreStore
 
@@ -55,6 +56,10 @@ class SpikeAwareScorer:
             ``outputs`` with class-index targets: ``rate`` and ``grad_bound`` then use the closed
             form ``δ = softmax(outputs) − onehot(targets)`` (a fused numba.cuda kernel on GPU)
             instead of autograd.
+        sync_every: in a data-parallel run (``torch.distributed`` initialised, world size > 1), the
+            scores of all ranks are all-gathered every ``sync_every`` steps and applied on every rank,
+            so every rank's store mirror stays identical (``sadp_data.distributed.ScoreExchange``);
+            open the store with ``sadp_data.distributed.open_store`` so only rank 0 writes it.
 
     The readout may be applied once to ``[T, B, H]`` or ``[T·B, H]`` inputs (spikingjelly
     multi-step, ``SeqToANNContainer``) or once per time step to ``[B, H]`` (single-step models);
@@ -68,6 +73,7 @@ class SpikeAwareScorer:
         layer: nn.Module | str | None = None,
         score: str = "spike_aware",
         loss: str | None = None,
+        sync_every: int = 1,
     ) -> None:
         if score not in SCORE_VARIANTS:
             raise ValueError(f"score must be one of {SCORE_VARIANTS}, got {score!r}")
@@ -77,6 +83,9 @@ class SpikeAwareScorer:
         self.loss = loss
         self.model = model
         self.store = store
+        self.exchange: ScoreExchange | None = None
+        if store is not None and rank_and_world()[1] > 1:
+            self.exchange = ScoreExchange(store, sync_every)
         self.last_scores: torch.Tensor | None = None
         self._calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
         self._handles: list[RemovableHandle] = []
@@ -242,7 +251,9 @@ class SpikeAwareScorer:
             raise ValueError(f"weights must have shape [{batch}], got {list(weights.shape)}")
         scores = self.scores(per_sample_loss, outputs, targets)
         self.last_scores = scores
-        if self.store is not None:
+        if self.exchange is not None:
+            self.exchange.push(indices, scores)
+        elif self.store is not None:
             self.store.update(indices.detach().cpu().numpy(), scores.cpu().numpy())
         if weights is None:
             return per_sample_loss.mean()

@@ -23,6 +23,14 @@ Design and trade-offs:
 * Errors in the writer thread are kept and raised in the caller on its next call to ``update``,
   ``flush`` or ``close``, so a full or read-only disk never fails silently.
 * Open stores are flushed and closed at interpreter exit.
+* Data-parallel runs: rank 0 opens the sidecar for writing; the other ranks open it with
+  ``mode="mirror"`` — an in-memory mirror that takes updates (the all-gathered scores) but never
+  writes, so exactly one process persists (``sadp_data.distributed.open_store`` picks the mode).
+* Resume: samplers save the score snapshot an epoch's plan was made from (``save_snapshot``,
+  arrays ``snapshot_score``/``snapshot_seen``, written by the writer thread; its version attribute
+  is cleared before and set after the arrays, so a kill never leaves a half-written snapshot that
+  claims to be whole). A run resumed mid-epoch rebuilds the identical plan from it. Cost: one more
+  copy of scores and seen counts on disk (8 bytes per example), rewritten once per pruned epoch.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import os
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -109,9 +118,11 @@ class ScoreStore:
         *,
         read_only: bool,
         flush_interval: float,
+        persist: bool = True,
     ) -> None:
         self.path = path
         self.read_only = read_only
+        self.persist = persist and not read_only
         self.flush_interval = float(flush_interval)
         self._group = group
         self._arrays = {name: group[name] for name in ("score", "seen", "epoch")}
@@ -136,7 +147,9 @@ class ScoreStore:
         self._error: BaseException | None = None
         self._closed = False
         self._writer: threading.Thread | None = None
-        if not read_only:
+        self._pending_snapshot: ScoreSnapshot | None = None
+        self._sync_hooks: list[Callable[[], None]] = []
+        if self.persist:
             self._writer = threading.Thread(target=self._write_loop, name=f"sadp-store-writer:{path.name}", daemon=True)
             self._writer.start()
         _OPEN_STORES.add(self)
@@ -187,24 +200,28 @@ class ScoreStore:
     def open(
         cls,
         path: str | Path,
-        mode: Literal["r", "r+"] = "r+",
+        mode: Literal["r", "r+", "mirror"] = "r+",
         *,
         num_examples: int | None = None,
         fingerprint: str | None = None,
         flush_interval: float = 1.0,
     ) -> ScoreStore:
-        """Open an existing sidecar; ``mode="r"`` is read-only (no writer thread).
+        """Open an existing sidecar; ``mode="r"`` is read-only (no writer thread); ``mode="mirror"``
+        takes updates in memory and never writes (the non-zero ranks of a data-parallel run).
 
         When ``num_examples`` or ``fingerprint`` are given they must match the sidecar's, so
         scores of one dataset are never applied to another.
         """
         path = Path(path)
-        if mode not in ("r", "r+"):
-            raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+        if mode not in ("r", "r+", "mirror"):
+            raise ValueError(f"mode must be 'r', 'r+' or 'mirror', got {mode!r}")
         if not (path / "zarr.json").is_file():
             raise ScoreStoreError(f"{path} is not a score sidecar (no zarr.json); create one with ScoreStore.create")
         try:
-            group = zarr.open_group(zarr.storage.LocalStore(path, read_only=mode == "r"), mode=mode)
+            writable = mode == "r+"
+            group = zarr.open_group(
+                zarr.storage.LocalStore(path, read_only=not writable), mode="r+" if writable else "r"
+            )
             attrs = dict(group.attrs)
             names = set(group.array_keys())
         except (json.JSONDecodeError, ValueError, KeyError) as error:
@@ -225,7 +242,7 @@ class ScoreStore:
                 f"{path} was created for dataset fingerprint {attrs.get('fingerprint')!r}, "
                 f"not {fingerprint!r}: these scores belong to another dataset"
             )
-        return cls(path, group, read_only=mode == "r", flush_interval=flush_interval)
+        return cls(path, group, read_only=mode == "r", flush_interval=flush_interval, persist=mode == "r+")
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -296,17 +313,57 @@ class ScoreStore:
             self._dirty |= chunks
             self._wake.notify()
 
+    def save_snapshot(self, snapshot: ScoreSnapshot) -> None:
+        """Persist ``snapshot`` (the one an epoch's plan was made from) for exact resume; returns at once.
+
+        The writer thread writes it with its next round; ``flush`` waits for it. A later snapshot
+        replaces one not yet written. No-op for read-only and mirror stores.
+        """
+        self._check_error()
+        if not self.persist:
+            return
+        with self._lock:
+            self._pending_snapshot = snapshot
+            self._wake.notify()
+
+    def saved_snapshot(self) -> ScoreSnapshot | None:
+        """The last snapshot saved with ``save_snapshot`` (pending or on disk), or ``None``."""
+        with self._lock:
+            if self._pending_snapshot is not None:
+                return self._pending_snapshot
+        version = dict(self._group.attrs).get("snapshot_version")
+        names = set(self._group.array_keys())
+        if version is None or not {"snapshot_score", "snapshot_seen"} <= names:
+            return None
+        scores = np.asarray(self._group["snapshot_score"][:], dtype=np.float32)
+        seen = np.asarray(self._group["snapshot_seen"][:], dtype=np.uint32)
+        return ScoreSnapshot(scores, seen, int(version))
+
+    def add_sync_hook(self, hook: Callable[[], None]) -> None:
+        """Register ``hook`` to run in ``synchronize`` (scorers push their pending all-gathers)."""
+        self._sync_hooks.append(hook)
+
+    def synchronize(self) -> None:
+        """Run the sync hooks. Samplers call this on every rank at each epoch boundary of a
+        data-parallel run, before taking the snapshot, so every rank's mirror holds the same scores."""
+        for hook in self._sync_hooks:
+            hook()
+
     def flush(self) -> None:
         """Block until every update made so far is on disk; raise the writer's error if it failed."""
         self._check_error()
-        if self.read_only or self._closed:
+        if not self.persist or self._closed:
             return
         with self._lock:
             target = self._version
             self._flush_requested = True
             self._wake.notify()
             while self._error is None and (
-                self._dirty or self._attrs_dirty or self._writing or self._persisted_version < target
+                self._dirty
+                or self._attrs_dirty
+                or self._writing
+                or self._pending_snapshot is not None
+                or self._persisted_version < target
             ):
                 self._wake.wait(timeout=0.1)
             self._flush_requested = False
@@ -354,16 +411,24 @@ class ScoreStore:
     def _write_loop(self) -> None:
         while True:
             with self._lock:
-                while not (self._dirty or self._stop or (self._attrs_dirty and self._flush_requested)):
+                while not (
+                    self._dirty
+                    or self._stop
+                    or self._pending_snapshot is not None
+                    or (self._attrs_dirty and self._flush_requested)
+                ):
                     self._wake.wait()
-                if not (self._dirty or self._attrs_dirty):
+                if not (self._dirty or self._attrs_dirty or self._pending_snapshot is not None):
                     return
+                snapshot, self._pending_snapshot = self._pending_snapshot, None
                 chunks = sorted(self._dirty)
                 version = self._version  # every update up to here lands in this round
                 self._dirty.clear()
                 self._attrs_dirty = False
                 self._writing = True
             try:
+                if snapshot is not None:
+                    self._write_snapshot(snapshot)
                 for chunk in chunks:
                     start = chunk * self._chunk
                     stop = min(start + self._chunk, self.num_examples)
@@ -392,6 +457,17 @@ class ScoreStore:
             if wait:
                 with self._lock:
                     self._wake.wait_for(lambda: self._flush_requested or self._stop, timeout=self.flush_interval)
+
+    def _write_snapshot(self, snapshot: ScoreSnapshot) -> None:
+        """Writer thread: invalidate, write both arrays, then stamp the version (kill-safe order)."""
+        self._group.attrs.update({"snapshot_version": None})
+        for name, values in (("snapshot_score", snapshot.scores), ("snapshot_seen", snapshot.seen)):
+            if name not in set(self._group.array_keys()):
+                self._group.create_array(
+                    name, shape=values.shape, chunks=(self._chunk,), dtype=values.dtype, compressors=None
+                )
+            self._group[name][:] = values
+        self._group.attrs.update({"snapshot_version": snapshot.version})
 
 
 def dataset_fingerprint(dataset: Any, probes: int = 8) -> str:

@@ -1,6 +1,7 @@
 """SADPSampler and keep-ratio schedules."""
 
 import itertools
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -113,14 +114,30 @@ def test_state_dict_resumes_the_identical_remaining_order(store: ScoreStore) -> 
         SADPSampler(store, 0.6, epochs=4, seed=1).load_state_dict(state)
 
 
-def test_resume_after_scores_moved_warns(store: ScoreStore) -> None:
+def test_resume_after_scores_moved_uses_the_persisted_snapshot(store: ScoreStore, tmp_path) -> None:
     sampler = SADPSampler(store, 0.6, epochs=4, seed=9)
     sampler.set_epoch(1)
-    _ = sampler.plan
-    state = sampler.state_dict()
-    store.update([0], [1.0])
+    planned = sampler.plan.order.copy()
+    state = {**sampler.state_dict(), "position": 100}
+    store.update(np.arange(500), np.linspace(5.0, 9.0, 500))  # training moves the scores on
+    store.close()
+    reopened = ScoreStore.open(store.path)
+    resumed = SADPSampler(reopened, 0.6, epochs=4, seed=9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed.load_state_dict(state)
+    assert list(resumed) == planned[100:].tolist()
+    fresh = SADPSampler(reopened, 0.6, epochs=4, seed=9)
+    fresh.set_epoch(1)
+    assert fresh.plan.order.tolist() != planned.tolist()  # without the snapshot the plan would differ
+    reopened.close()
+
+    other = ScoreStore.create(tmp_path / "other.zarr", store.num_examples)  # no snapshot saved there
+    for _ in range(3):
+        other.update(np.arange(10), np.ones(10))
     with pytest.warns(RuntimeWarning, match="remaining order of this epoch will differ"):
-        SADPSampler(store, 0.6, epochs=4, seed=9).load_state_dict(state)
+        SADPSampler(other, 0.6, epochs=4, seed=9).load_state_dict(state)
+    other.close()
 
 
 def test_batch_sampler(store: ScoreStore) -> None:

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sadp_data.adapters.webdataset import ScoredShards, split_plan
+from sadp_data.adapters.webdataset import ScoredShards
 
 from sadp_data.cli import main
+from sadp_data.distributed import rank_positions
 from sadp_data.shards import ShardError, ShardIndex
 from sadp_data.store import ScoreStore, ScoreStoreError
 
@@ -79,7 +80,7 @@ def test_pruned_epochs_deliver_exactly_the_plan(shards: Path, workers: int) -> N
 
 def test_rank_split_has_no_misses_and_equal_counts() -> None:
     for count, world in ((10, 3), (7, 7), (100, 4)):
-        parts = [split_plan(count, rank, world) for rank in range(world)]
+        parts = [rank_positions(count, rank, world) for rank in range(world)]
         assert len({len(p) for p in parts}) == 1
         assert set(np.concatenate(parts).tolist()) == set(range(count))
 
@@ -144,6 +145,6 @@ def test_bench_loader_writes_the_documented_json() -> None:
 
     result = run_loader_bench(rounds=1, workers=(0,), limit=600, progress=False)
     assert result["backend"] == "webdataset"
-    assert set(result["raw"]) == {"samples_per_s", "epoch_time_s"}
+    assert {"samples_per_s", "epoch_time_s"} <= set(result["raw"])
     assert [(r["keep_ratio"], r["num_workers"]) for r in result["results"]] == [(1.0, 0), (0.7, 0), (0.5, 0)]
     assert all(r["samples_per_s"] > 0 and r["epoch_time_s"] > 0 for r in result["results"])
