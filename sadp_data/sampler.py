@@ -12,18 +12,17 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from torch.utils.data import BatchSampler, Sampler
 
 from .distributed import per_rank, rank_and_world, rank_positions
-from .kernels import Backend, plan_epoch, sample_size
+from .kernels import Backend, localize, reference, sample_size
+from .methods import METHODS, PlanRequest, get_method
+from .methods.base import to_host
 from .schedule import KeepRatioSchedule, Shape
 from .store import ScoreSnapshot, ScoreStore
-
-Method = Literal["sadp", "random"]
-METHODS: tuple[str, ...] = ("sadp", "random")
 
 
 @dataclass
@@ -61,15 +60,6 @@ class EpochPlan:
         return found
 
 
-def _host(array: Any) -> np.ndarray:
-    """A backend's output as a host numpy array (torch tensors and numba.cuda arrays included)."""
-    if hasattr(array, "copy_to_host"):
-        return array.copy_to_host()
-    if hasattr(array, "detach"):
-        return array.detach().cpu().numpy()
-    return np.asarray(array)
-
-
 class SADPSampler(Sampler[int]):
     """Yields the example indices of the current epoch's plan; exact ``len`` per epoch.
 
@@ -82,8 +72,12 @@ class SADPSampler(Sampler[int]):
         seed: base seed; epoch ``e`` uses the stream ``(seed, e)``.
         warmup_epochs, anneal_fraction, schedule: see ``KeepRatioSchedule``.
         smoothing: uniform mixing λ (DESIGN §1.2); every weight is at most 1/λ.
-        method: ``"sadp"`` (importance sampling) or ``"random"`` (uniform dynamic pruning
-            baseline: a fresh simple random sample every epoch, weights 1).
+        method: ``"sadp"`` (spike-aware importance sampling) or a baseline from
+            ``sadp_data.methods`` (``full``, ``random`` — a fresh uniform sample every epoch —,
+            ``random_static``, ``infobatch``, ``ucb``, ``epsilon_greedy``, ``loss_proportional``; see
+            ``docs/baselines.md``). Methods that read scores need a store, filled by a
+            ``SpikeAwareScorer(score=sampler.score_kind)``. ``full`` always keeps every example.
+        method_options: options of the method (e.g. ``{"c": 0.5}`` for ``ucb``).
         backend: kernel backend for ``plan_epoch`` (``auto`` = fastest available).
         shard_size, window: for sharded stores, visit shards of ``shard_size`` consecutive examples
             in random order, shuffled within windows of ``window`` shards (see
@@ -110,7 +104,8 @@ class SADPSampler(Sampler[int]):
         anneal_fraction: float = 0.125,
         schedule: Shape = "constant",
         smoothing: float = 0.1,
-        method: Method = "sadp",
+        method: str = "sadp",
+        method_options: dict[str, Any] | None = None,
         backend: Backend = "auto",
         shard_size: int | None = None,
         window: int = 4,
@@ -119,9 +114,10 @@ class SADPSampler(Sampler[int]):
         rank: int | None = None,
     ) -> None:
         if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if store is None and method == "sadp":
-            raise ValueError("method='sadp' needs a ScoreStore (store=...)")
+            raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
+        self._method = get_method(method, **(method_options or {}))
+        if store is None and self._method.score is not None:
+            raise ValueError(f"method={method!r} needs a ScoreStore (store=...) holding {self._method.score!r} scores")
         if store is not None and num_examples is not None and num_examples != store.num_examples:
             raise ValueError(f"num_examples={num_examples} but the store holds {store.num_examples} examples")
         if store is None and (num_examples is None or num_examples <= 0):
@@ -141,6 +137,8 @@ class SADPSampler(Sampler[int]):
             raise ValueError(f"rank must be in [0, num_replicas), got rank={rank}, num_replicas={num_replicas}")
         self.store = store
         self.num_examples = store.num_examples if store is not None else int(num_examples)
+        if method == "full":
+            keep_ratio = 1.0
         self.schedule = KeepRatioSchedule(keep_ratio, epochs, warmup_epochs, anneal_fraction, schedule)
         self.batch_size = batch_size
         self.seed = int(seed)
@@ -192,34 +190,31 @@ class SADPSampler(Sampler[int]):
             self._plan = self._make_plan(self.epoch)
         return self._plan
 
+    @property
+    def score_kind(self) -> str | None:
+        """The score the method reads (``"spike_aware"``, ``"loss"``) or ``None``: what the scorer must record."""
+        return self._method.score
+
     def _make_plan(self, epoch: int) -> EpochPlan:
         keep = self.schedule(epoch)
-        uses_scores = self.store is not None and self.method == "sadp"
-        if uses_scores:
+        scores = seen = None
+        version = self.store.version if self.store is not None else 0
+        if self.store is not None and self._method.score is not None:
             snapshot = self._resume_snapshot or self._snapshot()
             scores, seen, version = snapshot.scores, snapshot.seen, snapshot.version
             if keep < 1.0 and self._resume_snapshot is None and not self.store.read_only:
                 self.store.save_snapshot(snapshot)
-        else:
-            scores, seen = np.ones(self.num_examples, dtype=np.float32), None
-            version = self.store.version if self.store is not None else 0
         self._resume_snapshot = None
-        order, weights = plan_epoch(
-            scores,
-            keep,
-            self.seed,
-            epoch,
-            seen=seen,
-            smoothing=self.smoothing,
-            uniform=self.method == "random",
-            backend=self.backend,
-            shard_size=self.shard_size,
-            window=self.window,
-            groups=self.groups,
+        request = PlanRequest(
+            scores, seen, self.num_examples, keep, self.seed, epoch, self.epochs, self.smoothing, self.backend
         )
+        order, weights = self._method.plan(request)
+        if self.shard_size is not None or self.groups is not None:
+            key = reference.epoch_keys(self.seed, epoch)[3]
+            order, weights = localize(order, weights, self.shard_size, self.window, key, self.groups)
         if self.store is not None and not self.store.read_only:
             self.store.record_keep_ratio(epoch, keep)
-        return EpochPlan(epoch, keep, _host(order), _host(weights), self.num_examples, version)
+        return EpochPlan(epoch, keep, to_host(order), to_host(weights), self.num_examples, version)
 
     def _snapshot(self):
         """The store's scores at this epoch boundary; in a data-parallel run, the same on every rank.
@@ -342,7 +337,7 @@ class SADPSampler(Sampler[int]):
         self._plan = None
         self._start = self._position = int(state["position"])
         saved = state.get("snapshot_version")
-        if saved is None or self.method != "sadp" or self.keep_ratio() >= 1.0 or self.store is None:
+        if saved is None or self._method.score is None or self.keep_ratio() >= 1.0 or self.store is None:
             return
         if self.store.version == saved:
             return

@@ -9,6 +9,7 @@ import pytest
 
 from sadp_data import KeepRatioSchedule, SADPSampler, ScoreStore
 from sadp_data.kernels import sample_size
+from sadp_data.methods import METHODS
 
 
 @pytest.fixture
@@ -152,7 +153,7 @@ def test_bad_configuration_is_refused(store: ScoreStore) -> None:
     with pytest.raises(ValueError, match="needs a ScoreStore"):
         SADPSampler(None, 0.5, num_examples=10)
     with pytest.raises(ValueError, match="method must be one of"):
-        SADPSampler(store, 0.5, method="infobatch")
+        SADPSampler(store, 0.5, method="no_such_method")
     with pytest.raises(ValueError, match="num_examples=10 but the store holds 1000"):
         SADPSampler(store, 0.5, num_examples=10)
     with pytest.raises(ValueError, match="keep_ratio"):
@@ -172,3 +173,24 @@ def test_every_backend_drives_the_sampler(store: ScoreStore, backend: str) -> No
     drawn = list(sampler)
     assert sorted(drawn) == sorted(reference.plan.order.tolist())
     np.testing.assert_array_equal(sampler.weights(drawn), reference.weights(drawn))
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_plans_through_the_sampler(store: ScoreStore, method: str) -> None:
+    needs_store = METHODS[method].score is not None
+    if needs_store:
+        with pytest.raises(ValueError, match="needs a ScoreStore"):
+            SADPSampler(None, 0.5, epochs=4, num_examples=1000, method=method)
+    sampler = SADPSampler(
+        store if needs_store else None, 0.5, epochs=4, num_examples=1000, method=method, shard_size=100, window=2
+    )
+    assert sampler.score_kind == METHODS[method].score
+    sampler.set_epoch(1)
+    order = np.asarray(list(sampler))
+    expected = 1000 if method == "full" else 500
+    assert len(order) == len(np.unique(order)) == expected == sampler.epoch_length()
+    shards = order // 100  # shard-local order: while a shard is being read, at most one other shard is
+    for shard in np.unique(shards):
+        span = np.flatnonzero(shards == shard)
+        assert len(set(shards[span.min() : span.max() + 1].tolist()) - {shard}) <= 1
+    np.testing.assert_allclose(sampler.weights(order), sampler.plan.weights_of(order))

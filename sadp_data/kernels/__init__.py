@@ -140,23 +140,24 @@ def plan_epoch(
         order, weights = kernels.plan(np.asarray(scores), host_seen, size, float(smoothing), uniform, keys)
     if shard_size is None and groups is None:
         return order, weights
-    return _localize(order, weights, shard_size, window, keys[3], groups)
+    return localize(order, weights, shard_size, window, keys[3], groups)
 
 
-def _localize(order, weights, shard_size: int | None, window: int, key: np.uint64, groups: np.ndarray | None):
-    """Apply ``reference.locality_order`` whatever the backend's array type (results stay on their device)."""
+def localize(order, weights, shard_size: int | None, window: int, key: np.uint64, groups: np.ndarray | None = None):
+    """Apply ``reference.locality_order`` to a plan whatever the backend's array type (results stay on
+    their device): for plans made elsewhere, e.g. by a ``sadp_data.methods`` baseline."""
 
-    def localize(host_order: np.ndarray, host_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def on_host(host_order: np.ndarray, host_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return reference.locality_order(host_order, host_weights, shard_size, window, key, groups=groups)
 
     if hasattr(order, "copy_to_host"):
         from numba import cuda
 
-        host = localize(order.copy_to_host(), weights.copy_to_host())
+        host = on_host(order.copy_to_host(), weights.copy_to_host())
         return cuda.to_device(host[0]), cuda.to_device(host[1])
     if hasattr(order, "detach"):
         import torch
 
-        host = localize(order.cpu().numpy(), weights.cpu().numpy())
+        host = on_host(order.cpu().numpy(), weights.cpu().numpy())
         return torch.from_numpy(host[0]).to(order.device), torch.from_numpy(host[1]).to(order.device)
-    return localize(order, weights)
+    return on_host(order, weights)
