@@ -194,3 +194,19 @@ def test_every_method_plans_through_the_sampler(store: ScoreStore, method: str) 
         span = np.flatnonzero(shards == shard)
         assert len(set(shards[span.min() : span.max() + 1].tolist()) - {shard}) <= 1
     np.testing.assert_allclose(sampler.weights(order), sampler.plan.weights_of(order))
+
+
+def test_resume_with_another_world_size(store: ScoreStore) -> None:
+    two = [SADPSampler(store, 0.5, epochs=4, seed=1, num_replicas=2, rank=rank) for rank in range(2)]
+    for sampler in two:
+        sampler.set_epoch(1)
+    assert sorted(np.concatenate([s.rank_order() for s in two]).tolist()) == sorted(two[0].plan.order.tolist())
+    mid_epoch = {**two[0].state_dict(), "position": 10}
+    with pytest.raises(ValueError, match="saved mid-epoch with 2 ranks; this sampler has 1"):
+        SADPSampler(store, 0.5, epochs=4, seed=1).load_state_dict(mid_epoch)
+    boundary = {**two[0].state_dict(), "epoch": 2, "position": 0}
+    single = SADPSampler(store, 0.5, epochs=4, seed=1)
+    single.load_state_dict(boundary)  # an epoch boundary works with any world size
+    assert len(single) == 500 and single.epoch == 2
+    with pytest.raises(ValueError, match="rank must be in"):
+        SADPSampler(store, 0.5, num_replicas=2, rank=2)

@@ -1,0 +1,74 @@
+"""A training run that checkpoints every step; the parent test kills it with SIGKILL and resumes it.
+
+Usage: python resume_train.py WORKDIR run|resume SECONDS_PER_STEP. Writes WORKDIR/progress (one line
+per step), WORKDIR/checkpoint.pt (atomically replaced every step) and, when it finishes,
+WORKDIR/final.json with every example index delivered to the training loop, in order.
+"""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import sadp_data as sd
+
+EPOCHS = 4
+
+
+def main(workdir: Path, mode: str, pause: float) -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    inputs = torch.from_numpy(rng.normal(size=(480, 20)).astype(np.float32))
+    labels = torch.from_numpy(rng.integers(0, 4, 480))
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 4))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    store = sd.ScoreStore.open(workdir / "scores.zarr", flush_interval=0.05)
+    sampler = sd.SADPSampler(store, keep_ratio=0.5, epochs=EPOCHS, batch_size=16, seed=1, anneal_fraction=0.25)
+    loader = sd.wrap(DataLoader(TensorDataset(inputs, labels), batch_size=16), sampler)
+    scorer = sd.SpikeAwareScorer(model, store)
+    delivered: list[int] = []
+    first_epoch = 0
+    if mode == "resume":
+        checkpoint = torch.load(workdir / "checkpoint.pt", weights_only=False)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        loader.load_state_dict(checkpoint["loader"])
+        delivered = checkpoint["delivered"]
+        first_epoch = checkpoint["loader"]["epoch"]
+    progress = open(workdir / "progress", "a")
+    for epoch in range(first_epoch, EPOCHS):
+        sampler.set_epoch(epoch)  # keeps a restored position within the restored epoch
+        for x, y, index, weight in loader:
+            out = model(x)
+            loss = scorer.step(index, out, y, F.cross_entropy(out, y, reduction="none"), weight)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            delivered.extend(index.tolist())
+            state = loader.state_dict()  # flushes the store: the checkpoint never runs ahead of the scores
+            checkpoint = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "loader": state,
+                "delivered": delivered,
+                "store_version": store.version,
+            }
+            torch.save(checkpoint, workdir / "checkpoint.tmp")
+            os.replace(workdir / "checkpoint.tmp", workdir / "checkpoint.pt")
+            progress.write(f"{epoch} {state['position']}\n")
+            progress.flush()
+            time.sleep(pause)
+    store.close()
+    (workdir / "final.json").write_text(json.dumps(delivered))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]))
