@@ -49,6 +49,8 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
+from .store_update import apply_update
+
 FORMAT_VERSION = 1
 DEFAULT_CHUNK_SIZE = 1 << 18
 
@@ -72,36 +74,37 @@ class ScoreSnapshot:
         return int(self.scores.shape[0])
 
 
-def _as_index_array(indices: Any, num_examples: int) -> np.ndarray:
+def _as_index_array(indices: Any) -> np.ndarray:
+    """``indices`` as a 1-D int64 array (values are checked by the update kernel)."""
     array = indices.detach().cpu().numpy() if hasattr(indices, "detach") else np.asarray(indices)
     if array.ndim != 1:
         raise ValueError(f"indices must be 1-D, got shape {array.shape}")
     if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
         raise TypeError(f"indices must be an integer array, got dtype {array.dtype}")
-    if array.size and (array.min() < 0 or array.max() >= num_examples):
-        bad = np.flatnonzero((array < 0) | (array >= num_examples))
-        shown = ", ".join(f"position {p}: {int(array[p])}" for p in bad[:5])
-        raise IndexError(
-            f"{bad.size} indices out of range [0, {num_examples}) ({shown}{', ...' if bad.size > 5 else ''})"
-        )
-    return array.astype(np.int64, copy=False)
+    return np.ascontiguousarray(array, dtype=np.int64)
 
 
 def _as_score_array(scores: Any, length: int) -> np.ndarray:
+    """``scores`` as a 1-D float32 array of ``length`` (values are checked by the update kernel)."""
     array = scores.detach().cpu().numpy() if hasattr(scores, "detach") else np.asarray(scores)
     if array.ndim != 1 or array.shape[0] != length:
         raise ValueError(f"scores must be 1-D with one value per index ({length}), got shape {array.shape}")
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise TypeError(f"scores must be numeric, got dtype {array.dtype}")
-    array = array.astype(np.float32, copy=False)
-    if array.size and not (np.isfinite(array.sum()) and array.min() >= 0):
-        bad = np.flatnonzero(~np.isfinite(array) | (array < 0))
-        if bad.size:  # (a huge but finite batch can overflow the quick sum check)
-            shown = ", ".join(f"position {p}: {array[p]}" for p in bad[:5])
-            raise ValueError(
-                f"{bad.size} scores are NaN, infinite or negative ({shown}{', ...' if bad.size > 5 else ''})"
-            )
-    return array
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _raise_bad_entries(index: np.ndarray, values: np.ndarray, num_examples: int) -> None:
+    """The error for a batch the update kernel refused, naming up to five bad positions and values."""
+    bad = np.flatnonzero((index < 0) | (index >= num_examples))
+    if bad.size:
+        shown = ", ".join(f"position {p}: {int(index[p])}" for p in bad[:5])
+        raise IndexError(
+            f"{bad.size} indices out of range [0, {num_examples}) ({shown}{', ...' if bad.size > 5 else ''})"
+        )
+    bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
+    shown = ", ".join(f"position {p}: {values[p]}" for p in bad[:5])
+    raise ValueError(f"{bad.size} scores are NaN, infinite or negative ({shown}{', ...' if bad.size > 5 else ''})")
 
 
 class ScoreStore:
@@ -139,7 +142,8 @@ class ScoreStore:
         self._current_epoch = -1
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._dirty: set[int] = set()
+        self._dirty = np.zeros(-(-self.num_examples // self._chunk), dtype=np.bool_)
+        self._has_dirty = False
         self._attrs_dirty = False
         self._writing = False
         self._flush_requested = False
@@ -301,17 +305,18 @@ class ScoreStore:
         Repeated indices in one call: the last score wins and each occurrence counts as seen.
         """
         self._check_writable()
-        index = _as_index_array(indices, self.num_examples)
+        index = _as_index_array(indices)
         values = _as_score_array(scores, index.shape[0])
         stamp = self._current_epoch if epoch is None else int(epoch)
-        chunks = set(np.unique(index // self._chunk).tolist())
         with self._lock:
-            self._scores[index] = values
-            np.add.at(self._seen, index, 1)
-            self._epochs[index] = stamp
-            self._version += 1
-            self._dirty |= chunks
-            self._wake.notify()
+            bad = apply_update(self._scores, self._seen, self._epochs, self._dirty, index, values, stamp, self._chunk)
+            if bad < 0:
+                self._version += 1
+                if not self._has_dirty:  # wake the writer on the first change only, not on every update
+                    self._has_dirty = True
+                    self._wake.notify()
+        if bad >= 0:
+            _raise_bad_entries(index, values, self.num_examples)
 
     def save_snapshot(self, snapshot: ScoreSnapshot) -> None:
         """Persist ``snapshot`` (the one an epoch's plan was made from) for exact resume; returns at once.
@@ -359,7 +364,7 @@ class ScoreStore:
             self._flush_requested = True
             self._wake.notify()
             while self._error is None and (
-                self._dirty
+                self._has_dirty
                 or self._attrs_dirty
                 or self._writing
                 or self._pending_snapshot is not None
@@ -412,18 +417,19 @@ class ScoreStore:
         while True:
             with self._lock:
                 while not (
-                    self._dirty
+                    self._has_dirty
                     or self._stop
                     or self._pending_snapshot is not None
                     or (self._attrs_dirty and self._flush_requested)
                 ):
                     self._wake.wait()
-                if not (self._dirty or self._attrs_dirty or self._pending_snapshot is not None):
+                if not (self._has_dirty or self._attrs_dirty or self._pending_snapshot is not None):
                     return
                 snapshot, self._pending_snapshot = self._pending_snapshot, None
-                chunks = sorted(self._dirty)
+                chunks = np.flatnonzero(self._dirty).tolist()
                 version = self._version  # every update up to here lands in this round
-                self._dirty.clear()
+                self._dirty[:] = False
+                self._has_dirty = False
                 self._attrs_dirty = False
                 self._writing = True
             try:

@@ -209,3 +209,30 @@ def test_forked_children_do_not_flush_the_parents_store(tmp_path: Path) -> None:
     assert child.exitcode == 0
     store.close()
     assert ScoreStore.open(tmp_path / "s.zarr", "r").scores()[2] == 2.0
+
+
+def test_update_kernel_matches_its_numpy_reference() -> None:
+    from sadp_data.store_update import apply_update, apply_update_reference
+
+    rng = np.random.default_rng(4)
+    for trial in range(20):
+        n, chunk = int(rng.integers(1, 500)), int(rng.integers(1, 64))
+        arrays = [
+            rng.random(n, dtype=np.float32),
+            rng.integers(0, 3, n).astype(np.uint32),
+            rng.integers(-1, 3, n).astype(np.int32),
+            np.zeros(-(-n // chunk), np.bool_),
+        ]
+        index = rng.integers(0, n, int(rng.integers(0, 300)))  # with repeats
+        values = rng.random(index.shape[0], dtype=np.float32)
+        if trial % 4 == 1 and index.size:
+            index[rng.integers(0, index.size)] = n + 3  # out of range
+        if trial % 4 == 2 and index.size:
+            values[rng.integers(0, index.size)] = np.nan
+        if trial % 4 == 3 and index.size:
+            values[rng.integers(0, index.size)] = -1.0
+        expected = [a.copy() for a in arrays]
+        got = [a.copy() for a in arrays]
+        assert apply_update(*got, index, values, 7, chunk) == apply_update_reference(*expected, index, values, 7, chunk)
+        for left, right in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(left, right)
