@@ -7,6 +7,7 @@ the *raw* baseline) and (b) ``ScoredShards`` at keep ratios 1.0, 0.7 and 0.5, al
 (every configuration once per round) and the median of the rounds is reported, so load from other
 processes spreads over all of them; files are read once beforehand so every configuration sees the
 same warm page cache, and one untimed epoch loads the compiled planning kernels first.
+``run_torch_bench`` and ``run_ffcv_bench`` measure the same for a plain PyTorch ``DataLoader`` and for FFCV.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 KEEP_RATIOS = (1.0, 0.7, 0.5)
 BATCH = 128
-EPOCHS_TIMED = 10
+EPOCHS_TIMED = 20
 
 
 def _raw_epoch(index, workers: int) -> tuple[int, float]:
@@ -108,10 +109,63 @@ def run_loader_bench(
     return _shape("webdataset", configs, times, counts, workers, settings)
 
 
+def _fill_scores(store, count: int) -> None:
+    """Give every example a positive score (uniform in [0.01, 1.01)), so plans carry unequal weights."""
+    store.update(np.arange(count), np.random.default_rng(0).random(count, dtype=np.float32) + 0.01)
+
+
+def run_torch_bench(
+    data_dir: str | Path | None = None,
+    rounds: int = 3,
+    workers: tuple[int, ...] = (0, 2),
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The loader bench for plain PyTorch: ``DataLoader(shuffle=True)`` vs ``sadp_data.wrap`` at each keep ratio.
+
+    Both read the same map-style Fashion-MNIST dataset (``sadp_data.datasets.FashionMNIST``: one
+    uint8 → float image per item) with batch size ``BATCH``; ours is ``wrap(DataLoader(dataset), sampler)``
+    over an ``SADPSampler`` whose store holds a score for every example. Each timed epoch includes
+    building the loader and, for ours, making the epoch's plan and looking up the weights. Rounds and
+    medians as for the WebDataset bench; same JSON shape, with ``"backend": "torch"``.
+    """
+    from torch.utils.data import DataLoader
+
+    from sadp_data.datasets import FashionMNIST
+    from sadp_data.loader import wrap
+    from sadp_data.sampler import SADPSampler
+    from sadp_data.store import ScoreStore
+
+    dataset = FashionMNIST(data_dir, "train", limit=limit)
+    with tempfile.TemporaryDirectory() as scratch:
+        store = ScoreStore.create(Path(scratch) / "scores.zarr", len(dataset))
+        _fill_scores(store, len(dataset))
+
+        def measure(config: tuple, round_number: int) -> tuple[int, float]:
+            kind, keep, count_workers = config
+            start = time.perf_counter()
+            if kind == "raw":
+                loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=count_workers)
+            else:
+                sampler = SADPSampler(store, keep_ratio=keep, warmup_epochs=0, anneal_fraction=0.0)
+                sampler.set_epoch(round_number + 1)
+                loader = wrap(DataLoader(dataset, batch_size=BATCH, num_workers=count_workers), sampler)
+            count = sum(int(batch[1].shape[0]) for batch in loader)
+            return count, time.perf_counter() - start
+
+        measure(("ours", 0.5, 0), -1)  # warm-up: loads the compiled planning kernels once
+        configs = _configurations(workers)
+        times, counts = _measure_rounds(configs, rounds, measure, "bench loader torch", progress)
+        store.close()
+    settings = {"samples": len(dataset), "batch_size": BATCH, "rounds": rounds, "dataset": "FashionMNIST (map-style)"}
+    return _shape("torch", configs, times, counts, workers, settings)
+
+
 def format_loader_table(result: dict[str, Any]) -> str:
     raw_name, ours_name = {
         "webdataset": ("raw webdataset", "ScoredShards"),
         "ffcv": ("ffcv Loader RANDOM", "importance_loader"),
+        "torch": ("DataLoader(shuffle=True)", "wrap(SADPSampler)"),
     }[result["backend"]]
     lines = [
         "| workers | pipeline | keep | samples/s | epoch (s) | samples/s vs raw | epoch vs raw |",
@@ -196,7 +250,7 @@ def run_ffcv_bench(
     with tempfile.TemporaryDirectory() as scratch:
         path = write_beton(source, Path(scratch) / "data.beton")
         store = open_sidecar(path)
-        store.update(np.arange(len(source)), np.random.default_rng(0).random(len(source), dtype=np.float32) + 0.01)
+        _fill_scores(store, len(source))
 
         def build(config: tuple):
             kind, keep, count_workers = config

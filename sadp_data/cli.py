@@ -26,52 +26,44 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(value: str | None) -> tuple[str, ...] | None:
+    """A comma-separated flag value as a tuple of names (``None`` when the flag was not given)."""
+    return None if value is None else tuple(name.strip() for name in value.split(",") if name.strip())
+
+
 def _bench(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
+    from sadp_data.bench.suite import BenchOptions, default_results_dir, resolve_suites, run_suites
 
-    if args.suite == "score":
-        from sadp_data.bench.score import ScoreBenchConfig, format_score_table, plot_scores, run_score_bench
+    if "report" in args.suite:
+        if args.suite != ["report"]:
+            raise ValueError("`bench report` runs alone: sadp-data bench report [--json DIR] [--out PATH]")
+        from sadp_data.bench.report import write_report
 
-        config = ScoreBenchConfig.quick() if args.quick else ScoreBenchConfig()
-        result = run_score_bench(config, data_dir=args.data, show_progress=not args.no_progress)
-        print(format_score_table(result))
-        if args.plot:
-            plot_scores(result, args.plot)
-            print(f"plot written to {args.plot}")
-        result = {key: value for key, value in result.items() if not key.startswith("_")}
-    elif args.suite == "loader":
-        from sadp_data.bench.loader import format_loader_table, run_loader_bench
-
-        if args.backend == "dvs":
-            from sadp_data.bench.loader import run_dvs_bench
-
-            if not args.data:
-                raise ValueError("--backend dvs needs --data PATH (an N-MNIST folder)")
-            result = run_dvs_bench(args.data, rounds=1 if args.quick else 3, limit=100 if args.quick else None)
-            for name, figures in result["integration"].items():
-                print(f"{name:>6}: {figures['events_per_s'] / 1e6:7.1f} M events/s")
-            if args.json:
-                Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-            return 0
-        if args.backend not in ("webdataset", "ffcv"):
-            raise ValueError(f"--backend {args.backend} is not available; use webdataset, ffcv or dvs")
-        if args.backend == "ffcv":
-            from sadp_data.bench.loader import run_ffcv_bench as run_loader_bench
-        result = run_loader_bench(
-            args.data, rounds=1 if args.quick else 3, limit=6000 if args.quick else None, progress=not args.no_progress
-        )
-        print(format_loader_table(result))
-    else:
-        from sadp_data.bench.kernels import SIZES, format_kernel_table, run_kernel_bench
-
-        sizes = (10**5, 10**6) if args.quick else SIZES
-        backends = tuple(name.strip() for name in args.backends.split(",") if name.strip())
-        result = run_kernel_bench(sizes, backends, device=args.device, progress=not args.no_progress)
-        print(format_kernel_table(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"figures written to {args.json}")
+        folder = args.json or str(default_results_dir())
+        out = write_report(folder, args.out, command=args.command_line)
+        print(f"report written to {out}")
+        return 0
+    if args.out:
+        raise ValueError("--out belongs to `bench report`")
+    if args.seeds is not None and args.seeds <= 0:
+        raise ValueError(f"--seeds must be positive, got {args.seeds}")
+    options = BenchOptions(
+        quick=args.quick,
+        data=args.data,
+        nmnist=args.nmnist,
+        backend=args.backend,
+        backends=args.backends,
+        device=args.device,
+        plot=args.plot,
+        progress=not args.no_progress,
+        methods=_names(args.methods),
+        datasets=_names(args.datasets),
+        seeds=args.seeds,
+        train_size=args.train_size,
+        epochs=args.epochs,
+        command=args.command_line,
+    )
+    run_suites(resolve_suites(args.suite), options, args.json)
     return 0
 
 
@@ -199,34 +191,59 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(handler=_info)
 
     bench = commands.add_parser(
-        "bench", help="run a benchmark suite", description="Run a benchmark suite and print its figures."
+        "bench",
+        help="run benchmark suites, or write their report",
+        description="Run benchmark suites and print their figures: sadp-data bench [SUITE ...] (default all), "
+        "or write the report from their JSON: sadp-data bench report [--json DIR] [--out PATH].",
     )
     bench.add_argument(
         "suite",
-        choices=["score", "kernels", "loader"],
-        help="score: fidelity of the importance scores and their overhead; kernels: plan_epoch time and memory "
-        "per backend against torch.randperm, numpy choice and torch.multinomial; loader: epoch time and samples/s "
-        "of importance-sampled shards against a raw webdataset pipeline",
+        nargs="*",
+        metavar="SUITE",
+        help="loader: epoch time and samples/s of importance-sampled loading against each backend's plain loader "
+        "(torch, webdataset, ffcv; dvs: event-to-frame integration); kernels: plan_epoch time and memory per "
+        "backend against torch.randperm, numpy choice and torch.multinomial; store: score-store update "
+        "throughput, memory per example, hook overhead; score: fidelity of the importance scores; train: "
+        "end-to-end accuracy and speedup of every method; all (default): every suite; report: write REPORT.md "
+        "and plots from the JSON in --json DIR",
     )
     bench.add_argument(
         "--backends", default="numba,numpy,torch", help="kernels: comma-separated backends (numba, numpy, torch, cuda)"
     )
     bench.add_argument(
-        "--backend", default="webdataset", help="loader: webdataset, or dvs (event-to-frame integration)"
+        "--backend",
+        help="loader: torch, webdataset, ffcv, dvs or all (default: webdataset alone; every available backend "
+        "when several suites run)",
     )
     bench.add_argument("--device", default="cpu", help="kernels: device of the torch backend and baselines")
     bench.add_argument("--quick", action="store_true", help="a small, fast version (a smoke test)")
-    bench.add_argument("--json", help="write all figures to this JSON file")
-    bench.add_argument("--plot", help="write the suite's figure to this PNG file")
-    bench.add_argument("--data", help="Fashion-MNIST IDX folder (default: the repository's copy)")
+    bench.add_argument(
+        "--json",
+        help="one suite: write its figures to this .json file; several suites (or a folder): write DIR/<suite>.json; "
+        "report: the folder to read (default bench/results)",
+    )
+    bench.add_argument("--out", help="report: the Markdown file to write (default: REPORT.md in the --json folder)")
+    bench.add_argument("--plot", help="score: write its figure to this PNG file")
+    bench.add_argument("--data", help="Fashion-MNIST IDX folder (default: the repository's copy); dvs: N-MNIST folder")
+    bench.add_argument(
+        "--nmnist", help="N-MNIST folder for the dvs loader and the train suite (default ../shared/data/nmnist-small)"
+    )
+    bench.add_argument("--methods", help="train: comma-separated methods (default: every registered method)")
+    bench.add_argument("--datasets", help="train: comma-separated datasets (default fashion-mnist,nmnist)")
+    bench.add_argument("--seeds", type=int, help="train: number of seeds (default 3, --quick 1)")
+    bench.add_argument("--train-size", type=int, help="train: training examples per dataset (override)")
+    bench.add_argument("--epochs", type=int, help="train: epochs (override)")
     bench.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     bench.set_defaults(handler=_bench)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import shlex
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["sadp-data", *(sys.argv[1:] if argv is None else argv)])
     try:
         return args.handler(args)
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as error:

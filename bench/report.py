@@ -1,0 +1,383 @@
+"""``sadp-data bench report``: turn the suites' JSON in a folder into ``REPORT.md`` with PNG plots.
+
+Reads whatever of ``train.json``, ``store.json``, ``loader-<backend>.json``, ``kernels.json`` and
+``score.json`` the folder holds (a missing suite gets a line saying so) and writes, next to the
+report: ``train-accuracy-<dataset>.png`` (accuracy vs training time per method), ``train-speedup.png``
+(measured vs theoretical speedup per keep ratio), ``train-score-histograms.png`` (SADP's score
+distribution after every epoch), ``loader-throughput.png`` and ``kernels-scaling.png`` (log-log).
+The report states the machine and the command line recorded with each result (results written
+before ``sadp-data bench`` recorded them are marked as such), the issue's targets with PASS/MISS,
+and the time budget: the whole suite ≤ 60 min, ``--quick`` ≤ 5 min.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+BUDGET_S = {False: 60 * 60, True: 5 * 60}
+LOADER_ORDER = ("torch", "webdataset", "ffcv", "dvs")
+
+
+def format_targets(targets: dict[str, dict[str, Any]]) -> str:
+    """One Markdown row per target: description, measured, required (``<=``/``>=`` target), PASS/MISS."""
+    lines = ["| target | measured | required | |", "|---|---|---|---|"]
+    for entry in targets.values():
+        relation = {"<=": "≤", ">=": "≥"}[entry["comparison"]]
+        lines.append(
+            f"| {entry['description']} | {entry['measured']:.4g} | {relation} {entry['target']:.4g} | "
+            f"{'PASS' if entry['pass'] else 'MISS'} |"
+        )
+    return "\n".join(lines)
+
+
+def load_results(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """Every ``*.json`` in ``folder`` by file stem; a file that is not valid JSON is an error naming it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder of bench results (write them: sadp-data bench --json DIR)")
+    results = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            results[path.stem] = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from error
+    if not results:
+        raise FileNotFoundError(f"{folder} holds no bench results (*.json); run sadp-data bench --json {folder}")
+    return results
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _mean_curve(runs: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """Mean cumulative training time and mean accuracy after each epoch, over seeds."""
+    epochs = min(len(run["accuracy_per_epoch"]) for run in runs)
+    times, accuracies, elapsed = [], [], 0.0
+    for epoch in range(epochs):
+        elapsed += statistics.fmean(run["time_per_epoch_s"][epoch] for run in runs)
+        times.append(elapsed)
+        accuracies.append(100 * statistics.fmean(run["accuracy_per_epoch"][epoch] for run in runs))
+    return times, accuracies
+
+
+def _groups(runs: list[dict[str, Any]], dataset: str) -> dict[tuple[str, float], list[dict[str, Any]]]:
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for run in runs:
+        if run["dataset"] == dataset:
+            groups.setdefault((run["method"], run["keep_ratio"]), []).append(run)
+    return groups
+
+
+def plot_accuracy_vs_time(train: dict[str, Any], dataset: str, path: Path) -> None:
+    """Mean accuracy after each epoch against mean cumulative training time; one panel per keep ratio."""
+    plt = _pyplot()
+    groups = _groups(train["runs"], dataset)
+    keeps = sorted({keep for method, keep in groups if method != "full"}) or [1.0]
+    figure, axes = plt.subplots(1, len(keeps), figsize=(6 * len(keeps), 4.2), squeeze=False, sharey=True)
+    for axis, keep in zip(axes[0], keeps, strict=True):
+        for (method, ratio), members in sorted(groups.items()):
+            if method == "full" or ratio == keep:
+                times, accuracies = _mean_curve(members)
+                style = {"color": "black", "linewidth": 2.2} if method == "full" else {}
+                axis.plot(times, accuracies, marker="o", markersize=3, label=method, **style)
+        axis.set_title(f"{dataset}: keep ratio {keep:g} (mean of seeds)")
+        axis.set_xlabel("training time (s)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    config = train["config"]["datasets"][dataset]
+    axes[0][0].set_ylabel(f"accuracy on {config['eval_size']} test examples (%)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_speedups(train: dict[str, Any], path: Path) -> None:
+    """Measured speedup per method and keep ratio as bars, the theoretical one as a black tick on each."""
+    plt = _pyplot()
+    rows = [row for row in train["summary"] if row["method"] != "full"]
+    datasets = sorted({row["dataset"] for row in rows})
+    methods = sorted({row["method"] for row in rows})
+    keeps = sorted({row["keep_ratio"] for row in rows})
+    figure, axes = plt.subplots(1, max(1, len(datasets)), figsize=(6.5 * max(1, len(datasets)), 4), squeeze=False)
+    width = 0.8 / max(1, len(methods))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for axis, dataset in zip(axes[0], datasets, strict=False):
+        by_key = {(r["method"], r["keep_ratio"]): r for r in rows if r["dataset"] == dataset}
+        for position, method in enumerate(methods):
+            xs, measured, theoretical = [], [], []
+            for group, keep in enumerate(keeps):
+                if (method, keep) in by_key:
+                    xs.append(group + (position - (len(methods) - 1) / 2) * width)
+                    measured.append(by_key[(method, keep)]["speedup_mean"])
+                    theoretical.append(by_key[(method, keep)]["theoretical_speedup"])
+            axis.bar(xs, measured, width, label=method, color=colors[position % len(colors)])
+            axis.plot(xs, theoretical, "_", color="black", markersize=14, markeredgewidth=2)
+        axis.axhline(1.0, color="grey", linewidth=0.8)
+        axis.set_xticks(range(len(keeps)), [f"keep {keep:g}" for keep in keeps])
+        axis.set_ylabel("speedup over full data (bars measured, ticks theoretical)")
+        axis.set_title(dataset)
+        axis.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_score_histograms(train: dict[str, Any], path: Path) -> bool:
+    """SADP's store scores after every epoch (first seed), one panel per dataset and keep ratio."""
+    plt = _pyplot()
+    panels = []
+    for run in train["runs"]:
+        if run["method"] == "sadp" and run.get("score_histograms"):
+            first = min(r["seed"] for r in train["runs"] if r["dataset"] == run["dataset"] and r["method"] == "sadp")
+            if run["seed"] == first:
+                panels.append(run)
+    if not panels:
+        return False
+    datasets = sorted({run["dataset"] for run in panels})
+    keeps = sorted({run["keep_ratio"] for run in panels})
+    figure, axes = plt.subplots(len(datasets), len(keeps), figsize=(5 * len(keeps), 3.6 * len(datasets)), squeeze=False)
+    colormap = plt.get_cmap("viridis")
+    for axis in axes.flat:
+        axis.axis("off")
+    for run in panels:
+        axis = axes[datasets.index(run["dataset"])][keeps.index(run["keep_ratio"])]
+        axis.axis("on")
+        histograms = [h for h in run["score_histograms"] if h["counts"]]
+        for number, histogram in enumerate(histograms):
+            color = colormap(number / max(1, len(histograms) - 1))
+            axis.stairs(histogram["counts"], histogram["edges"], color=color, label=f"epoch {histogram['epoch'] + 1}")
+        axis.set_xscale("log")
+        axis.set_xlabel("spike-aware score")
+        axis.set_title(f"{run['dataset']}, SADP keep {run['keep_ratio']:g}, seed {run['seed']}", fontsize=9)
+        axis.set_ylabel("examples")
+        axis.legend(fontsize=6)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def plot_loader_throughput(loaders: dict[str, dict[str, Any]], path: Path) -> None:
+    """Samples/s of each backend's plain loader and of ours at every keep ratio, per worker count."""
+    plt = _pyplot()
+    backends = [name for name in LOADER_ORDER if name in loaders and name != "dvs"]
+    figure, axes = plt.subplots(1, len(backends), figsize=(5 * len(backends), 3.8), squeeze=False)
+    for axis, backend in zip(axes[0], backends, strict=True):
+        result = loaders[backend]
+        labels, values, colors = [], [], []
+        for raw in result["raw_by_workers"]:
+            workers = raw["num_workers"]
+            labels.append(f"raw\n{workers}w")
+            values.append(raw["samples_per_s"])
+            colors.append("grey")
+            for row in result["results"]:
+                if row["num_workers"] == workers:
+                    labels.append(f"k={row['keep_ratio']:g}\n{workers}w")
+                    values.append(row["samples_per_s"])
+                    colors.append("tab:blue")
+        axis.bar(range(len(values)), values, color=colors)
+        axis.set_xticks(range(len(values)), labels, fontsize=7)
+        axis.set_ylabel("samples/s")
+        axis.set_title(backend)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_kernel_scaling(kernels: dict[str, Any], path: Path) -> None:
+    """``plan_epoch`` seconds against N per backend (solid) and the baselines (dashed), log-log."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    for backend in sorted({row["backend"] for row in kernels["results"]}):
+        rows = sorted((r for r in kernels["results"] if r["backend"] == backend), key=lambda r: r["n"])
+        label = f"plan_epoch {backend}"
+        axis.loglog([r["n"] for r in rows], [r["plan_epoch_s"] for r in rows], marker="o", label=label)
+    for name in sorted({row["name"] for row in kernels["baselines"]}):
+        rows = sorted((r for r in kernels["baselines"] if r["name"] == name), key=lambda r: r["n"])
+        axis.loglog([r["n"] for r in rows], [r["seconds"] for r in rows], linestyle="--", marker="x", label=name)
+    axis.set_xlabel("examples N")
+    axis.set_ylabel("seconds per epoch plan")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _provenance(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Machine(s) and command line(s) recorded with the results."""
+    lines = []
+    machines: dict[str, list[str]] = {}
+    commands: dict[str, list[str]] = {}
+    for name, result in results.items():
+        run = result.get("run")
+        if run is None:
+            commands.setdefault("(not recorded: written before `sadp-data bench` recorded it)", []).append(name)
+            continue
+        commands.setdefault(f"`{run['command']}`", []).append(name)
+        machine = run["machine"]
+        description = (
+            f"{machine['cpu']}, {machine['cpus_usable']} of {machine['cpu_count']} CPUs usable, "
+            f"{machine['memory_gib']} GiB, {machine['platform']}; Python {machine['python']}, torch "
+            f"{machine['torch']} ({machine['torch_threads']} threads), numpy {machine['numpy']}, numba "
+            f"{machine['numba']}" + (f", GPU {machine['gpu']}" if machine.get("gpu") else ", no GPU")
+        )
+        machines.setdefault(description, []).append(name)
+    for description, names in machines.items():
+        lines.append(f"* Machine: {description} ({', '.join(names)}).")
+    for command, names in commands.items():
+        lines.append(f"* Command: {command} ({', '.join(names)}).")
+    loads = {
+        name: result["run"]["load_average"]
+        for name, result in results.items()
+        if result.get("run", {}).get("load_average")
+    }
+    if loads:
+        lines.append(
+            "* Load average (1 min) when each result was done: "
+            + ", ".join(f"{name} {load[0]:.1f}" for name, load in loads.items())
+            + " — above the number of CPUs, other processes competed and times are inflated."
+        )
+    return lines
+
+
+def _budget(results: dict[str, dict[str, Any]]) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Wall time per result and against the budget of the run that produced most of them."""
+    timed = {name: result["run"] for name, result in results.items() if "run" in result}
+    if not timed:
+        return "No wall times were recorded with these results.", {}
+    quick = statistics.mode(run["quick"] for run in timed.values())
+    total = sum(run["wall_s"] for run in timed.values() if run["quick"] == quick)
+    parts = ", ".join(f"{name} {run['wall_s'] / 60:.1f} min" for name, run in timed.items())
+    limit = BUDGET_S[quick]
+    target = {
+        "budget": {
+            "description": f"wall time of the {'--quick' if quick else 'whole'} suite (min)",
+            "measured": total / 60,
+            "target": limit / 60,
+            "comparison": "<=",
+            "pass": total <= limit,
+        }
+    }
+    return f"Wall time: {total / 60:.1f} min in all ({parts}).", target
+
+
+def _train_section(train: dict[str, Any], folder: Path) -> list[str]:
+    from sadp_data.bench.train import format_train_table
+
+    from sadp_data.schedule import KeepRatioSchedule
+
+    config = train["config"]
+    lines = ["## Train", ""]
+    lines.append(
+        f"Seeds {', '.join(map(str, config['seeds']))}; "
+        f"keep ratios {', '.join(f'{k:g}' for k in config['keep_ratios'])}; "
+        f"methods {', '.join(config['methods'])}. Every run of a dataset and seed starts from the same weights "
+        "with Adam and a cosine learning rate; steps of all runs are interleaved; time is the sum of a run's own "
+        "training steps (evaluation excluded). "
+        f"Time to accuracy: training time until the per-epoch accuracy reaches full data's mean final per-epoch "
+        f"accuracy minus {100 * config['time_to_accuracy_margin']:g} points (in parentheses: seeds that reached it)."
+    )
+    lines += [
+        "",
+        "| dataset | train examples | test examples | per-epoch eval | epochs | batch | T | channels | "
+        "warm-up / anneal epochs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for dataset, settings in config["datasets"].items():
+        schedule = KeepRatioSchedule(1.0, settings["epochs"], settings["warmup_epochs"], settings["anneal_fraction"])
+        lines.append(
+            f"| {dataset} | {settings['train_size']} | {settings['test_size']} | {settings['eval_size']} | "
+            f"{settings['epochs']} | {settings['batch_size']} | {settings['time_steps']} | "
+            f"{tuple(settings['channels'])} | {settings['warmup_epochs']} / {schedule.anneal_epochs} |"
+        )
+    lines += ["", format_train_table(train), ""]
+    for dataset in config["datasets"]:
+        image = f"train-accuracy-{dataset}.png"
+        plot_accuracy_vs_time(train, dataset, folder / image)
+        lines += [f"![{dataset}: accuracy vs training time]({image})", ""]
+    plot_speedups(train, folder / "train-speedup.png")
+    lines += ["![measured vs theoretical speedup](train-speedup.png)", ""]
+    if plot_score_histograms(train, folder / "train-score-histograms.png"):
+        lines += ["![SADP score histograms over epochs](train-score-histograms.png)", ""]
+    return lines
+
+
+def _loader_section(loaders: dict[str, dict[str, Any]], folder: Path) -> list[str]:
+    from sadp_data.bench.loader import format_loader_table
+
+    lines = ["## Loader", ""]
+    for backend in LOADER_ORDER:
+        if backend not in loaders:
+            continue
+        result = loaders[backend]
+        lines.append(f"### {backend}")
+        lines.append("")
+        if backend == "dvs":
+            lines += [f"{result['recordings']} recordings, {result['events']:,} events.", ""]
+            lines += ["| implementation | M events/s |", "|---|---|"]
+            lines += [f"| {k} | {v['events_per_s'] / 1e6:.1f} |" for k, v in result["integration"].items()]
+        else:
+            lines.append(format_loader_table(result))
+        lines.append("")
+    if any(name != "dvs" for name in loaders):
+        plot_loader_throughput(loaders, folder / "loader-throughput.png")
+        lines += ["![loader throughput](loader-throughput.png)", ""]
+    return lines
+
+
+def write_report(folder: str | Path, out: str | Path | None = None, command: str | None = None) -> Path:
+    """Write ``REPORT.md`` (default: in ``folder``) and its plots next to it; returns the report's path."""
+    from sadp_data.bench.kernels import format_kernel_table
+    from sadp_data.bench.score import format_score_table
+    from sadp_data.bench.store import format_store_table
+
+    results = load_results(folder)
+    out = Path(out) if out is not None else Path(folder) / "REPORT.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    images = out.parent
+    lines = ["# Benchmark report", ""]
+    lines += _provenance(results)
+    budget, budget_target = _budget(results)
+    lines += [f"* {budget}", f"* Report written by `{command or 'sadp-data bench report'}`.", ""]
+    targets = {**results.get("train", {}).get("targets", {}), **results.get("store", {}).get("targets", {})}
+    targets = {**targets, **budget_target}
+    lines += ["## Targets", "", format_targets(targets) if targets else "No targets in these results.", ""]
+
+    if "train" in results:
+        lines += _train_section(results["train"], images)
+    else:
+        lines += ["## Train", "", "Not run (no train.json).", ""]
+    if "store" in results:
+        store = results["store"]
+        lines += ["## Store", "", format_store_table(store), ""]
+    else:
+        lines += ["## Store", "", "Not run (no store.json).", ""]
+    loaders = {name.split("-", 1)[1]: result for name, result in results.items() if name.startswith("loader-")}
+    lines += _loader_section(loaders, images) if loaders else ["## Loader", "", "Not run (no loader-*.json).", ""]
+    if "kernels" in results:
+        plot_kernel_scaling(results["kernels"], images / "kernels-scaling.png")
+        lines += ["## Kernels", "", format_kernel_table(results["kernels"]), ""]
+        lines += ["![plan_epoch scaling](kernels-scaling.png)", ""]
+    else:
+        lines += ["## Kernels", "", "Not run (no kernels.json).", ""]
+    if "score" in results:
+        lines += ["## Score", "", "Spearman correlation of each score variant with the true gradient norm.", ""]
+        lines += [format_score_table(results["score"]), ""]
+        scatter = Path(folder) / "score.png"
+        if scatter.is_file():
+            lines += [f"![score vs true gradient norm]({os.path.relpath(scatter, out.parent)})", ""]
+    else:
+        lines += ["## Score", "", "Not run (no score.json).", ""]
+    out.write_text("\n".join(lines))
+    return out
