@@ -23,6 +23,7 @@ import numpy as np
 KEEP_RATIOS = (1.0, 0.7, 0.5)
 BATCH = 128
 EPOCHS_TIMED = 20
+EPOCHS_PER_TURN = 5
 
 
 def _raw_epoch(index, workers: int) -> tuple[int, float]:
@@ -61,14 +62,21 @@ def _configurations(workers: tuple[int, ...]) -> list[tuple[str, float, int]]:
 
 
 def _measure_rounds(configs: list[tuple], rounds: int, measure, desc: str, progress: bool) -> tuple[dict, dict]:
-    """Run every configuration once per round (``measure(config, round) -> (count, seconds)``)."""
+    """Run every configuration once per round (``measure(config, round) -> (count, seconds)``).
+
+    The order of the configurations is shuffled every round (seeded), so no configuration always
+    runs right after the same other one (whose after-effects — threads winding down, caches — would
+    otherwise land on it every time).
+    """
     from tqdm.auto import tqdm
 
     times: dict[tuple, list[float]] = {config: [] for config in configs}
     counts: dict[tuple, int] = {}
+    rng = np.random.default_rng(0)
     with tqdm(total=rounds * len(configs), desc=desc, disable=not progress) as bar:
         for round_number in range(rounds):
-            for config in configs:
+            for position in rng.permutation(len(configs)):
+                config = configs[position]
                 counts[config], seconds = measure(config, round_number)
                 times[config].append(seconds)
                 bar.update(1)
@@ -234,10 +242,11 @@ def run_ffcv_bench(
 
     Same fields and pipelines for both. Every configuration's loader is built once (as in training:
     ffcv compiles its pipeline when a loader first iterates) and warmed up by one epoch; then the
-    configurations take turns, one epoch each, for ``rounds × EPOCHS_TIMED`` turns, and the fastest
-    epoch of each is reported, as ``timeit`` does (an epoch of Fashion-MNIST lasts ~30 ms with ffcv,
-    so a single burst of load from another process shifts it by several percent; the least disturbed
-    epoch is the cost of the configuration itself; medians are kept in the JSON too). Each of our
+    configurations take turns in a shuffled order, ``EPOCHS_PER_TURN`` epochs each, for
+    ``rounds × EPOCHS_TIMED / EPOCHS_PER_TURN`` turns, and the fastest turn's mean epoch is reported,
+    as ``timeit`` does (an epoch of Fashion-MNIST lasts ~30 ms with ffcv, so a single burst of load
+    from another process shifts it by several percent; the least disturbed turn is the cost of the
+    configuration itself; medians are kept in the JSON too). Each of our
     epochs includes making its plan. Same JSON shape as the WebDataset bench, with ``"backend": "ffcv"``.
     """
     from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
@@ -272,17 +281,20 @@ def run_ffcv_bench(
 
         def measure(config: tuple, round_number: int) -> tuple[int, float]:
             start = time.perf_counter()
-            count = sum(int(batch[1].shape[0]) for batch in loaders[config])
-            return count, time.perf_counter() - start
+            for _ in range(EPOCHS_PER_TURN):
+                count = sum(int(batch[1].shape[0]) for batch in loaders[config])
+            return count, (time.perf_counter() - start) / EPOCHS_PER_TURN
 
-        times, counts = _measure_rounds(configs, rounds * EPOCHS_TIMED, measure, "bench loader ffcv", progress)
+        turns = rounds * EPOCHS_TIMED // EPOCHS_PER_TURN
+        times, counts = _measure_rounds(configs, turns, measure, "bench loader ffcv", progress)
         loaders.clear()
         store.close()
     settings = {
         "samples": len(source),
         "batch_size": BATCH,
         "rounds": rounds,
-        "timed": f"fastest of {rounds * EPOCHS_TIMED} interleaved epochs per configuration, loaders built once",
+        "timed": f"fastest of {turns} interleaved turns of {EPOCHS_PER_TURN} epochs per configuration "
+        "(mean epoch of the turn), loaders built once",
     }
     return _shape("ffcv", configs, times, counts, workers, settings, statistic=min)
 

@@ -243,10 +243,23 @@ def _provenance(results: dict[str, dict[str, Any]]) -> list[str]:
         if result.get("run", {}).get("load_average")
     }
     if loads:
+        cpus = min(
+            (
+                result["run"]["machine"]["cpus_usable"]
+                for result in results.values()
+                if "machine" in result.get("run", {})
+            ),
+            default=None,
+        )
+        crowded = cpus is not None and any(load[0] > cpus for load in loads.values())
         lines.append(
             "* Load average (1 min) when each result was done: "
             + ", ".join(f"{name} {load[0]:.1f}" for name, load in loads.items())
-            + " — above the number of CPUs, other processes competed and times are inflated."
+            + (
+                " — above the number of CPUs: other processes competed and times are inflated."
+                if crowded
+                else f" (the suite's own work; at most {cpus} CPUs)."
+            )
         )
     return lines
 
