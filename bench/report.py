@@ -22,6 +22,20 @@ BUDGET_S = {False: 60 * 60, True: 5 * 60}
 LOADER_ORDER = ("torch", "webdataset", "ffcv", "dvs")
 
 
+def target(description: str, measured: float, required: float, comparison: str) -> dict[str, Any]:
+    """One target entry of a suite's JSON; ``pass`` is derived from ``measured comparison required``."""
+    if comparison not in ("<=", ">="):
+        raise ValueError(f"comparison must be '<=' or '>=', got {comparison!r}")
+    passed = measured <= required if comparison == "<=" else measured >= required
+    return {
+        "description": description,
+        "measured": measured,
+        "target": required,
+        "comparison": comparison,
+        "pass": bool(passed),
+    }
+
+
 def format_targets(targets: dict[str, dict[str, Any]]) -> str:
     """One Markdown row per target: description, measured, required (``<=``/``>=`` target), PASS/MISS."""
     lines = ["| target | measured | required | |", "|---|---|---|---|"]
@@ -273,16 +287,12 @@ def _budget(results: dict[str, dict[str, Any]]) -> tuple[str, dict[str, dict[str
     total = sum(run["wall_s"] for run in timed.values() if run["quick"] == quick)
     parts = ", ".join(f"{name} {run['wall_s'] / 60:.1f} min" for name, run in timed.items())
     limit = BUDGET_S[quick]
-    target = {
-        "budget": {
-            "description": f"wall time of the {'--quick' if quick else 'whole'} suite (min)",
-            "measured": total / 60,
-            "target": limit / 60,
-            "comparison": "<=",
-            "pass": total <= limit,
-        }
+    budget = {
+        "budget": target(
+            f"wall time of the {'--quick' if quick else 'whole'} suite (min)", total / 60, limit / 60, "<="
+        )
     }
-    return f"Wall time: {total / 60:.1f} min in all ({parts}).", target
+    return f"Wall time: {total / 60:.1f} min in all ({parts}).", budget
 
 
 def _train_section(train: dict[str, Any], folder: Path) -> list[str]:

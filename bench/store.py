@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sadp_data.bench.report import format_targets
+from sadp_data.bench.report import format_targets, target
 
 TARGET_UPDATES_PER_S = 5e6
 TARGET_BYTES_PER_EXAMPLE = 16.0
@@ -156,27 +156,24 @@ def _targets(updates: list[dict], memory: list[dict], hook: dict[str, float]) ->
     slowest = min(row["updates_per_s_with_flush"] for row in updates)
     per_example = marginal_bytes_per_example(memory)
     return {
-        "updates_per_s": {
-            "description": "score updates/s into the sidecar (update + flush), slowest configuration",
-            "measured": slowest,
-            "target": TARGET_UPDATES_PER_S,
-            "comparison": ">=",
-            "pass": slowest >= TARGET_UPDATES_PER_S,
-        },
-        "bytes_per_example": {
-            "description": "resident bytes per example of an open store (marginal, over N)",
-            "measured": per_example,
-            "target": TARGET_BYTES_PER_EXAMPLE,
-            "comparison": "<=",
-            "pass": per_example <= TARGET_BYTES_PER_EXAMPLE,
-        },
-        "hook_overhead_fraction": {
-            "description": "hook + scorer.step as a fraction of a training step",
-            "measured": hook["overhead_fraction"],
-            "target": TARGET_OVERHEAD_FRACTION,
-            "comparison": "<=",
-            "pass": hook["overhead_fraction"] <= TARGET_OVERHEAD_FRACTION,
-        },
+        "updates_per_s": target(
+            "score updates/s into the sidecar (update + flush), slowest configuration",
+            slowest,
+            TARGET_UPDATES_PER_S,
+            ">=",
+        ),
+        "bytes_per_example": target(
+            "resident bytes per example of an open store (marginal, over N)",
+            per_example,
+            TARGET_BYTES_PER_EXAMPLE,
+            "<=",
+        ),
+        "hook_overhead_fraction": target(
+            "hook + scorer.step as a fraction of a training step",
+            hook["overhead_fraction"],
+            TARGET_OVERHEAD_FRACTION,
+            "<=",
+        ),
     }
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sadp_data.bench.report import target
 
 from sadp_data.demo import DemoConfig, Run, RunSpec, build_run, prepare_data, train_runs
 
@@ -317,29 +318,17 @@ def train_targets(summary: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         sadp5, random5 = row.get((dataset, "sadp", 0.5)), row.get((dataset, "random", 0.5))
         if full and sadp7:
             gap = 100 * (full["accuracy_mean"] - sadp7["accuracy_mean"])
-            targets[f"{dataset}: sadp@0.7 accuracy gap"] = {
-                "description": f"{dataset}: full − SADP accuracy at k = 0.7 (points, mean of {sadp7['seeds']} seeds)",
-                "measured": gap,
-                "target": 0.3,
-                "comparison": "<=",
-                "pass": gap <= 0.3,
-            }
-            targets[f"{dataset}: sadp@0.7 speedup ratio"] = {
-                "description": f"{dataset}: SADP measured ÷ theoretical speedup at k = 0.7",
-                "measured": sadp7["speedup_ratio"],
-                "target": 0.95,
-                "comparison": ">=",
-                "pass": sadp7["speedup_ratio"] >= 0.95,
-            }
+            targets[f"{dataset}: sadp@0.7 accuracy gap"] = target(
+                f"{dataset}: full − SADP accuracy at k = 0.7 (points, mean of {sadp7['seeds']} seeds)", gap, 0.3, "<="
+            )
+            targets[f"{dataset}: sadp@0.7 speedup ratio"] = target(
+                f"{dataset}: SADP measured ÷ theoretical speedup at k = 0.7", sadp7["speedup_ratio"], 0.95, ">="
+            )
         if sadp5 and random5:
             margin = 100 * (sadp5["accuracy_mean"] - random5["accuracy_mean"])
-            targets[f"{dataset}: sadp@0.5 vs random"] = {
-                "description": f"{dataset}: SADP − random accuracy at k = 0.5 (points)",
-                "measured": margin,
-                "target": 0.0,
-                "comparison": ">=",
-                "pass": margin >= 0.0,
-            }
+            targets[f"{dataset}: sadp@0.5 vs random"] = target(
+                f"{dataset}: SADP − random accuracy at k = 0.5 (points)", margin, 0.0, ">="
+            )
     return targets
 
 
