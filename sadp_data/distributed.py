@@ -93,10 +93,11 @@ class ScoreExchange:
         """Collective: every rank must call it at the same point (``push`` and the sampler do)."""
         import torch.distributed as dist
 
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(self.group) == "nccl" else None
+        nccl = dist.get_backend(self.group) == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
         if self._pending:
-            indices = torch.cat([pair[0] for pair in self._pending]).to(device or "cpu")
-            scores = torch.cat([pair[1] for pair in self._pending]).to(device or "cpu")
+            indices = torch.cat([pair[0] for pair in self._pending]).to(device)
+            scores = torch.cat([pair[1] for pair in self._pending]).to(device)
         else:
             indices = torch.zeros(0, dtype=torch.int64, device=device)
             scores = torch.zeros(0, dtype=torch.float32, device=device)
