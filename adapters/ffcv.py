@@ -155,7 +155,12 @@ else:
 
 
 class ImportanceOrder(_TraversalOrder):
-    """ffcv traversal order that follows the ``SADPSampler`` of its ``ImportanceLoader``."""
+    """ffcv traversal order that follows the ``SADPSampler`` of its ``ImportanceLoader``.
+
+    Each epoch's order is a zero-copy ``uint64`` view of this rank's part of the plan (ffcv only
+    reads it), so the per-epoch cost is the plan itself — about what ffcv's ``RANDOM`` order pays
+    for its permutation at keep 1.0.
+    """
 
     def sample_order(self, epoch: int) -> np.ndarray:
         loader = self.loader
@@ -173,7 +178,8 @@ class ImportanceOrder(_TraversalOrder):
                 "torch.distributed.init_process_group (or pass num_replicas= and rank=)"
             )
         sampler.set_epoch(epoch)
-        return np.asarray(self.indices)[sampler.remaining()]
+        order = sampler.remaining()
+        return order.view(np.uint64) if order.dtype == np.int64 else order.astype(np.uint64)
 
 
 ORDER_MAP[ImportanceOrder] = ImportanceOrder
@@ -187,6 +193,11 @@ class ImportanceLoader(_Loader):
             raise ImportError("the FFCV adapter needs ffcv: pip install 'sadp-data[ffcv]' (see the README)")
         if "order" in loader_kwargs:
             raise TypeError("importance_loader sets order= itself; do not pass it")
+        if loader_kwargs.get("indices") is not None:
+            raise TypeError(
+                "importance_loader visits the examples its sampler plans, over the whole file: indices= is not "
+                "supported (write the subset to its own .beton to train on it)"
+            )
         _reader(path)
         self.sampler = sampler
         self.sampling = False

@@ -152,6 +152,8 @@ class ScoreStore:
         self._closed = False
         self._writer: threading.Thread | None = None
         self._pending_snapshot: ScoreSnapshot | None = None
+        self._saved_snapshot_version: int | None = None  # set by this process's last save_snapshot
+        self._snapshot_arrays: dict[str, zarr.Array] = {}
         self._sync_hooks: list[Callable[[], None]] = []
         if self.persist:
             self._writer = threading.Thread(target=self._write_loop, name=f"sadp-store-writer:{path.name}", daemon=True)
@@ -322,12 +324,17 @@ class ScoreStore:
         """Persist ``snapshot`` (the one an epoch's plan was made from) for exact resume; returns at once.
 
         The writer thread writes it with its next round; ``flush`` waits for it. A later snapshot
-        replaces one not yet written. No-op for read-only and mirror stores.
+        replaces one not yet written. No-op for read-only and mirror stores, and for a snapshot of
+        the version this process saved last (versions only grow while a store is open, so the same
+        version is the same content; a new process always saves its first snapshot).
         """
         self._check_error()
         if not self.persist:
             return
         with self._lock:
+            if snapshot.version == self._saved_snapshot_version:
+                return
+            self._saved_snapshot_version = snapshot.version
             self._pending_snapshot = snapshot
             self._wake.notify()
 
@@ -467,12 +474,19 @@ class ScoreStore:
     def _write_snapshot(self, snapshot: ScoreSnapshot) -> None:
         """Writer thread: invalidate, write both arrays, then stamp the version (kill-safe order)."""
         self._group.attrs.update({"snapshot_version": None})
-        for name, values in (("snapshot_score", snapshot.scores), ("snapshot_seen", snapshot.seen)):
-            if name not in set(self._group.array_keys()):
-                self._group.create_array(
-                    name, shape=values.shape, chunks=(self._chunk,), dtype=values.dtype, compressors=None
+        pairs = (("snapshot_score", snapshot.scores), ("snapshot_seen", snapshot.seen))
+        if not self._snapshot_arrays:  # looked up (or created) once: zarr's listing costs milliseconds
+            present = set(self._group.array_keys())
+            for name, values in pairs:
+                self._snapshot_arrays[name] = (
+                    self._group[name]
+                    if name in present
+                    else self._group.create_array(
+                        name, shape=values.shape, chunks=(self._chunk,), dtype=values.dtype, compressors=None
+                    )
                 )
-            self._group[name][:] = values
+        for name, values in pairs:
+            self._snapshot_arrays[name][:] = values
         self._group.attrs.update({"snapshot_version": snapshot.version})
 
 

@@ -91,6 +91,11 @@ def test_bad_input(beton, tmp_path: Path) -> None:
     truncated.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ValueError, match=r"cut\.beton"):
         open_sidecar(truncated)
+    sampler = SADPSampler(open_sidecar(path, "r"), keep_ratio=0.5)
+    with pytest.raises(TypeError, match="indices="):
+        importance_loader(path, sampler, batch_size=32, indices=np.arange(10), pipelines=_pipelines())
+    with pytest.raises(TypeError, match="order="):
+        importance_loader(path, sampler, batch_size=32, order=None, pipelines=_pipelines())
 
 
 def test_an_epoch_longer_than_the_first_is_delivered_whole(beton) -> None:

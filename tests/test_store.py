@@ -236,3 +236,33 @@ def test_update_kernel_matches_its_numpy_reference() -> None:
         assert apply_update(*got, index, values, 7, chunk) == apply_update_reference(*expected, index, values, 7, chunk)
         for left, right in zip(got, expected, strict=True):
             np.testing.assert_array_equal(left, right)
+
+
+def test_a_snapshot_is_written_once_per_version_and_always_after_reopening(tmp_path: Path) -> None:
+    from sadp_data.store import ScoreSnapshot
+
+    path = tmp_path / "scores.zarr"
+    store = ScoreStore.create(path, 10)
+    store.update(np.arange(10), np.arange(10, dtype=np.float32))
+    writes = []
+    original = store._write_snapshot
+    store._write_snapshot = lambda snapshot: (writes.append(snapshot.version), original(snapshot))
+    first = store.snapshot()
+    for _ in range(3):  # e.g. pruned epochs planned with no score update in between
+        store.save_snapshot(store.snapshot())
+        store.flush()
+    store.update([0], [5.0])
+    store.save_snapshot(store.snapshot())
+    store.flush()
+    assert writes == [first.version, first.version + 1]
+    store.close()
+
+    # A new process may reach an old version number with other scores (after a crash lost updates):
+    # its first save is always written.
+    reopened = ScoreStore.open(path)
+    stale = reopened.saved_snapshot()
+    other = ScoreSnapshot(np.full(10, 7.0, dtype=np.float32), np.ones(10, dtype=np.uint32), stale.version)
+    reopened.save_snapshot(other)
+    reopened.flush()
+    reopened.close()
+    np.testing.assert_array_equal(ScoreStore.open(path, "r").saved_snapshot().scores, other.scores)
