@@ -373,7 +373,9 @@ def write_report(folder: str | Path, out: str | Path | None = None, command: str
     lines += _provenance(results)
     budget, budget_target = _budget(results)
     lines += [f"* {budget}", f"* Report written by `{command or 'sadp-data bench report'}`.", ""]
-    targets = {**results.get("train", {}).get("targets", {}), **results.get("store", {}).get("targets", {})}
+    targets = {}
+    for name in ("train", "store", *(f"loader-{backend}" for backend in LOADER_ORDER)):
+        targets.update(results.get(name, {}).get("targets", {}))
     targets = {**targets, **budget_target}
     lines += ["## Targets", "", format_targets(targets) if targets else "No targets in these results.", ""]
 

@@ -175,6 +175,11 @@ def _loader(options: BenchOptions, several: bool, json_dir: Path | None) -> Resu
                 options.data, rounds=rounds, limit=6000 if options.quick else None, progress=options.progress
             )
             print(loader.format_loader_table(result))
+            if result.get("targets"):
+                from sadp_data.bench.report import format_targets
+
+                print()
+                print(format_targets(result["targets"]))
         yield f"loader-{backend}", result
 
 

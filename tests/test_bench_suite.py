@@ -1,9 +1,12 @@
 """`sadp-data bench [SUITE ...]` and `bench report`: files and JSON shapes (no timings are asserted)."""
 
+import importlib.util
 import json
 import os
+import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sadp_data.cli import main
@@ -325,6 +328,34 @@ def test_bench_loader_torch_backend_json_shape() -> None:
     assert "wrap(SADPSampler)" in format_loader_table(result)
 
 
+def test_trimmed_mean_and_ratio_interval() -> None:
+    from sadp_data.bench.loader import ratio_interval, trimmed_mean
+
+    assert trimmed_mean([1.0, 2.0, 3.0, 4.0, 100.0], 0.2) == 3.0  # one burst of load is cut off
+    assert trimmed_mean([5.0, 1.0], 0.2) == 3.0
+    raw = list(np.random.default_rng(0).normal(30.0, 1.0, 60))
+    low, high = ratio_interval([2 * t for t in raw], raw, trimmed_mean)
+    assert 1.9 < low < 2.0 < high < 2.1
+    low, high = ratio_interval(raw, raw, statistics.median)
+    assert low < 1.0 < high and high - low < 0.05
+
+
+def test_build_in_field_order_rebuilds_until_the_fields_are_in_declaration_order() -> None:
+    from types import SimpleNamespace
+
+    from sadp_data.bench.loader import build_in_field_order
+
+    orders = iter([[[2, 0, 1]], [[0, 2, 1], [3]], [[0, 1, 2], [3]], [[1, 0, 2]]])
+
+    def build():
+        stages = next(orders)
+        return SimpleNamespace(stages=stages, graph=SimpleNamespace(group_operations=lambda: stages))
+
+    assert build_in_field_order(build).stages == [[0, 1, 2], [3]]
+    with pytest.raises(RuntimeError, match="after 1 builds"):
+        build_in_field_order(build, attempts=1)
+
+
 def test_bench_one_suite_with_a_json_path_writes_that_file(tmp_path: Path) -> None:
     out = tmp_path / "loader.json"
     assert main(["bench", "loader", "--backend", "torch", "--quick", "--no-progress", "--json", str(out)]) == 0
@@ -339,6 +370,12 @@ def test_quick_bench_of_every_suite_and_its_report(tmp_path: Path) -> None:
     assert main(["bench", "--quick", "--no-progress", "--json", str(tmp_path)]) == 0
     names = {path.name for path in tmp_path.glob("*.json")}
     assert {"kernels.json", "store.json", "score.json", "train.json", "loader-webdataset.json"} <= names
+    if os.environ.get("CI") == "true" or importlib.util.find_spec("ffcv") is not None:  # CI installs ffcv
+        ffcv = json.loads((tmp_path / "loader-ffcv.json").read_text())
+        assert ffcv["backend"] == "ffcv" and len(ffcv["targets"]) == 4
+        for row in ffcv["results"]:
+            low, high = row["epoch_time_vs_raw_ci95"]
+            assert 0 < low <= high
     assert main(["bench", "report", "--json", str(tmp_path)]) == 0
     report = (tmp_path / "REPORT.md").read_text()
     assert "train" in report.lower() and list(tmp_path.glob("*.png"))
