@@ -18,8 +18,9 @@ import numpy as np
 from numba import prange
 
 # GNU OpenMP, numba's default parallel layer when TBB is absent, kills processes forked after it
-# has run — which is what a DataLoader with workers does. The work-queue layer is fork-safe and as
-# fast here; a user's explicit NUMBA_THREADING_LAYER still wins.
+# has run — which is what a DataLoader with workers does. The work-queue layer is fork-safe, at a
+# price: a 10^6-example plan takes ~22 ms on it vs ~17 ms on OpenMP (2 cores). A user's explicit
+# NUMBA_THREADING_LAYER still wins.
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
