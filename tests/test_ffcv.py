@@ -173,3 +173,23 @@ def test_page_window_reads_pages_in_windows(tmp_path: Path) -> None:
         positions = np.flatnonzero(visited == page)
         others = set(visited[positions.min() : positions.max() + 1].tolist()) - {page}
         assert len(others) <= 1, (page, others)
+
+
+def test_the_readme_example_trains_the_demo_snn_from_a_beton(tmp_path: Path, monkeypatch) -> None:
+    """The README's FFCV snippet, run as written on a small .beton of 28x28 images."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## FFCV") :]
+    snippet = section[
+        section.index("```python") + len("```python") : section.index("```", section.index("```python") + 3)
+    ]
+    assert "importance_loader(path, sampler" in snippet
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.integers(0, 255, (200, 28, 28), dtype=np.uint8), y=rng.integers(0, 10, 200))
+    monkeypatch.chdir(tmp_path)
+    assert main(["convert", "data.npz", "small.beton", "--format", "ffcv", "--no-progress"]) == 0
+    namespace: dict = {}
+    exec(compile(snippet, "README.md (FFCV example)", "exec"), namespace)
+    sampler = namespace["sampler"]
+    store = open_sidecar(tmp_path / "small.beton", "r")
+    assert store.version > 0 and np.count_nonzero(store.seen()) == 200  # every example scored in the warm-up
+    assert sampler.epoch == 1 and len(sampler.plan) == 140  # warm-up on all 200, then keep 0.7
