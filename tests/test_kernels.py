@@ -49,9 +49,10 @@ def test_permutations_are_permutations() -> None:
         np.testing.assert_array_equal(np.sort(reference.shuffle_permutation(size, np.uint64(7))), np.arange(size))
         np.testing.assert_array_equal(np.sort(reference.walk_order(size, reference.epoch_keys(0, 1))), np.arange(size))
     numba_cpu = get_backend("numba")
-    np.testing.assert_array_equal(
-        numba_cpu.shuffle_permutation(70001, np.uint64(7)), reference.shuffle_permutation(70001, np.uint64(7))
-    )
+    for size in (70001, 300_007):  # the serial and the parallel (>= 2^18) kernel
+        np.testing.assert_array_equal(
+            numba_cpu.shuffle_permutation(size, np.uint64(7)), reference.shuffle_permutation(size, np.uint64(7))
+        )
 
 
 def test_shuffle_positions_are_uniform() -> None:

@@ -381,8 +381,13 @@ def _walk(fixed, capped, totals, keys, sample_size, with_weights):
 
 @_Kernel
 def _scatter_shuffle(items, weights, key, buckets, chunks):
-    """Stable scatter by hashed bucket, then Fisher–Yates per bucket (``reference.shuffle_permutation``)."""
+    """Stable scatter by hashed bucket, then Fisher–Yates per bucket (``reference.shuffle_permutation``).
+
+    ``weights`` (one per item) move with their items; an empty ``weights`` shuffles the items alone
+    and returns an empty array for them, so a plain permutation neither allocates nor moves weights.
+    """
     size = items.shape[0]
+    with_weights = weights.shape[0] == size
     bucket_key = _random_bits(key, _ZERO)
     swap_key = _random_bits(key, np.uint64(1))
     nb = np.uint64(buckets)
@@ -403,13 +408,14 @@ def _scatter_shuffle(items, weights, key, buckets, chunks):
             cursor[c, t] = position
             position += counts[c, t]
     out_items = np.empty_like(items)
-    out_weights = np.empty_like(weights)
+    out_weights = np.empty(size if with_weights else 0, dtype=weights.dtype)
     for c in prange(chunks):
         for i in range(c * per_chunk, min(size, (c + 1) * per_chunk)):
             t = bucket_of[i]
             slot = cursor[c, t]
             out_items[slot] = items[i]
-            out_weights[slot] = weights[i]
+            if with_weights:
+                out_weights[slot] = weights[i]
             cursor[c, t] = slot + 1
     for t in prange(buckets):
         start = starts[t]
@@ -418,14 +424,15 @@ def _scatter_shuffle(items, weights, key, buckets, chunks):
             here = start + i
             there = start + np.int64(((_random_bits(swap_key, np.uint64(here)) >> _HALF) * np.uint64(i + 1)) >> _HALF)
             out_items[here], out_items[there] = out_items[there], out_items[here]
-            out_weights[here], out_weights[there] = out_weights[there], out_weights[here]
+            if with_weights:
+                out_weights[here], out_weights[there] = out_weights[there], out_weights[here]
     return out_items, out_weights
 
 
 def shuffle_permutation(size: int, key: np.uint64) -> np.ndarray:
     """See ``reference.shuffle_permutation``."""
     items, _ = _scatter_shuffle.for_size(size)(
-        np.arange(size, dtype=np.int64), np.ones(size, np.float32), key, shuffle_buckets(size), numba.get_num_threads()
+        np.arange(size, dtype=np.int64), np.empty(0, np.float32), key, shuffle_buckets(size), numba.get_num_threads()
     )
     return items
 
