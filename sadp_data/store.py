@@ -49,7 +49,7 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
-from .store_update import apply_update
+from .store_update import apply_update, bad_indices, bad_scores
 
 FORMAT_VERSION = 1
 DEFAULT_CHUNK_SIZE = 1 << 18
@@ -96,13 +96,13 @@ def _as_score_array(scores: Any, length: int) -> np.ndarray:
 
 def _raise_bad_entries(index: np.ndarray, values: np.ndarray, num_examples: int) -> None:
     """The error for a batch the update kernel refused, naming up to five bad positions and values."""
-    bad = np.flatnonzero((index < 0) | (index >= num_examples))
+    bad = np.flatnonzero(bad_indices(index, num_examples))
     if bad.size:
         shown = ", ".join(f"position {p}: {int(index[p])}" for p in bad[:5])
         raise IndexError(
             f"{bad.size} indices out of range [0, {num_examples}) ({shown}{', ...' if bad.size > 5 else ''})"
         )
-    bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
+    bad = np.flatnonzero(bad_scores(values))
     shown = ", ".join(f"position {p}: {values[p]}" for p in bad[:5])
     raise ValueError(f"{bad.size} scores are NaN, infinite or negative ({shown}{', ...' if bad.size > 5 else ''})")
 

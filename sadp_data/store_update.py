@@ -14,6 +14,16 @@ import numba
 import numpy as np
 
 
+def bad_indices(index: np.ndarray, num_examples: int) -> np.ndarray:
+    """Mask of the indices outside ``[0, num_examples)``."""
+    return (index < 0) | (index >= num_examples)
+
+
+def bad_scores(values: np.ndarray) -> np.ndarray:
+    """Mask of the scores that are NaN, infinite or negative."""
+    return ~np.isfinite(values) | (values < 0)
+
+
 def apply_update_reference(
     scores: np.ndarray,
     seen: np.ndarray,
@@ -28,7 +38,7 @@ def apply_update_reference(
 
     An entry is bad when its index is outside ``[0, N)`` or its value is NaN, infinite or negative.
     """
-    bad = (index < 0) | (index >= scores.shape[0]) | ~np.isfinite(values) | (values < 0)
+    bad = bad_indices(index, scores.shape[0]) | bad_scores(values)
     if bad.any():
         return int(np.flatnonzero(bad)[0])
     scores[index] = values
