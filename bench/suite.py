@@ -151,6 +151,15 @@ def _loader_backends(options: BenchOptions, several: bool) -> list[str]:
     return chosen
 
 
+def _print_targets(result: dict[str, Any]) -> None:
+    """A result's targets as a PASS/MISS table below its figures, when it has any."""
+    from sadp_data.bench.report import format_targets
+
+    if result.get("targets"):
+        print()
+        print(format_targets(result["targets"]))
+
+
 def _loader(options: BenchOptions, several: bool, json_dir: Path | None) -> Results:
     from sadp_data.bench import loader
 
@@ -175,11 +184,7 @@ def _loader(options: BenchOptions, several: bool, json_dir: Path | None) -> Resu
                 options.data, rounds=rounds, limit=6000 if options.quick else None, progress=options.progress
             )
             print(loader.format_loader_table(result))
-            if result.get("targets"):
-                from sadp_data.bench.report import format_targets
-
-                print()
-                print(format_targets(result["targets"]))
+            _print_targets(result)
         yield f"loader-{backend}", result
 
 
@@ -192,7 +197,6 @@ def _store(options: BenchOptions, several: bool, json_dir: Path | None) -> Resul
 
 
 def _train(options: BenchOptions, several: bool, json_dir: Path | None) -> Results:
-    from sadp_data.bench.report import format_targets
     from sadp_data.bench.train import TrainBenchConfig, format_train_table, run_train_bench
 
     config = TrainBenchConfig.quick() if options.quick else TrainBenchConfig()
@@ -209,9 +213,7 @@ def _train(options: BenchOptions, several: bool, json_dir: Path | None) -> Resul
         config = dataclasses.replace(config, datasets=tuple(d for d in config.datasets if d != "nmnist"))
     result = run_train_bench(config, data_dir=options.data, nmnist_dir=nmnist, show_progress=options.progress)
     print(format_train_table(result))
-    if result["targets"]:
-        print()
-        print(format_targets(result["targets"]))
+    _print_targets(result)
     yield "train", result
 
 
