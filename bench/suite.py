@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 SUITES = ("loader", "kernels", "store", "score", "train")
+#: Suites that run only when named (``all`` leaves them out): the frontier study takes about an hour.
+OWN_SUITES = ("frontier",)
 LOADER_BACKENDS = ("torch", "webdataset", "ffcv", "dvs")
 
 Results = Iterator[tuple[str, dict[str, Any]]]
@@ -68,6 +70,7 @@ class BenchOptions:
     train_size: int | None = None
     epochs: int | None = None
     command: str = "sadp-data bench"
+    partial_json: Path | None = None
 
     def nmnist_dir(self) -> Path | None:
         return Path(self.nmnist) if self.nmnist else default_nmnist_dir()
@@ -217,20 +220,43 @@ def _train(options: BenchOptions, several: bool, json_dir: Path | None) -> Resul
     yield "train", result
 
 
+def _frontier(options: BenchOptions, several: bool, json_dir: Path | None) -> Results:
+    from sadp_data.bench.frontier import FrontierConfig, format_frontier_table, run_frontier_bench
+
+    nmnist = options.nmnist_dir()
+    if nmnist is None:
+        print("frontier: no N-MNIST folder (--nmnist); running the Fashion-MNIST parts only")
+    config = (FrontierConfig.quick if options.quick else FrontierConfig.default)(nmnist=nmnist is not None)
+    if options.seeds is not None:
+        config = dataclasses.replace(
+            config, parts=tuple(dataclasses.replace(p, seeds=tuple(range(options.seeds))) for p in config.parts)
+        )
+    partial = json_dir / "frontier.partial.json" if json_dir is not None else options.partial_json
+    result = run_frontier_bench(
+        config, data_dir=options.data, nmnist_dir=nmnist, show_progress=options.progress, partial_json=partial
+    )
+    print(format_frontier_table(result))
+    _print_targets(result)
+    yield "frontier", result
+
+
 RUNNERS: dict[str, Callable[[BenchOptions, bool, Path | None], Results]] = {
     "loader": _loader,
     "kernels": _kernels,
     "store": _store,
     "score": _score,
     "train": _train,
+    "frontier": _frontier,
 }
 
 
 def resolve_suites(names: list[str]) -> list[str]:
     """Expand ``all`` (also the default for no names), drop repeats, check the names."""
-    unknown = [name for name in names if name not in (*SUITES, "all")]
+    unknown = [name for name in names if name not in (*SUITES, *OWN_SUITES, "all")]
     if unknown:
-        raise ValueError(f"unknown bench suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}, all or report")
+        raise ValueError(
+            f"unknown bench suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES + OWN_SUITES)}, all or report"
+        )
     chosen: list[str] = []
     for name in names or ["all"]:
         for suite in SUITES if name == "all" else (name,):
@@ -256,6 +282,8 @@ def run_suites(suites: list[str], options: BenchOptions, json_target: str | None
     folder = output_folder(suites, json_target, options)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
+    elif json_target is not None:
+        options = dataclasses.replace(options, partial_json=Path(json_target).with_suffix(".partial.json"))
     machine = machine_info()
     results: dict[str, dict[str, Any]] = {}
     for suite in suites:
@@ -279,6 +307,12 @@ def run_suites(suites: list[str], options: BenchOptions, json_target: str | None
             if path is not None:
                 path.write_text(json.dumps(result, indent=2) + "\n")
                 print(f"figures written to {path}")
+                if name == "frontier":
+                    from sadp_data.bench.frontier import write_frontier_report
+
+                    report = write_frontier_report(path)
+                    path.with_suffix(".partial.json").unlink(missing_ok=True)
+                    print(f"report written to {report}")
             results[name] = result
     if len(suites) > 1:
         print("\n" + ", ".join(f"{name} {result['run']['wall_s']:.0f} s" for name, result in results.items()))

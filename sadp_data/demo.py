@@ -65,6 +65,16 @@ class DemoConfig:
     seed: int = 0
     dataset: str = "fashion-mnist"
     channels: tuple[int, int] = (16, 32)
+    model: str = "conv"
+    hidden: tuple[int, ...] = (256,)
+    folds: int = 0
+    fold: int = 0
+
+    def __post_init__(self) -> None:
+        if self.model not in ("conv", "mlp"):
+            raise ValueError(f"model must be 'conv' or 'mlp', got {self.model!r}")
+        if self.folds < 0 or (self.folds and not 0 <= self.fold < self.folds):
+            raise ValueError(f"fold must be in [0, folds) when folds > 0, got fold={self.fold}, folds={self.folds}")
 
     @classmethod
     def quick(cls) -> DemoConfig:
@@ -93,7 +103,9 @@ class DemoConfig:
 class RunSpec:
     """One training run: ``method`` at ``keep_ratio``, with the scorer variant that feeds its store.
 
-    ``method`` is a name in ``sadp_data.methods``; ``"full"`` over a plain dataset is the user's plain
+    ``method`` is a name in ``sadp_data.methods`` and ``options`` its ``method_options`` as (name, value)
+    pairs; ``sampler_options`` override ``SADPSampler`` settings of the run (``schedule``,
+    ``smoothing``, ...); ``"full"`` over a plain dataset is the user's plain
     loop (``DataLoader(shuffle=True)``, mean loss), through scored shards the ``full`` sampler. ``score`` is the
     ``SpikeAwareScorer`` variant recording scores into the run's own store (``None``: no store, no
     scorer). ``name`` labels the run and must be unique among runs trained together.
@@ -103,6 +115,13 @@ class RunSpec:
     method: str
     keep_ratio: float
     score: str | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+    sampler_options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def method_options(self) -> dict[str, Any]:
+        """``options`` as the ``method_options`` dict of ``SADPSampler``."""
+        return dict(self.options)
 
 
 @dataclass
@@ -225,9 +244,16 @@ class TrainingData:
     shard_size: int | None = None
 
 
-def _fashion_data(config: DemoConfig, data_dir: str | Path | None, scratch: Path) -> TrainingData:
-    from sadp_data.adapters.spikingjelly import ConvSNN
+def _image_model(config: DemoConfig) -> torch.nn.Module:
+    """The SNN for 28×28 images: the conv SNN (``config.channels``) or the MLP SNN (``config.hidden``)."""
+    from sadp_data.adapters.spikingjelly import ConvSNN, MlpSNN
 
+    if config.model == "mlp":
+        return MlpSNN(hidden=config.hidden, time_steps=config.time_steps)
+    return ConvSNN(channels=config.channels, time_steps=config.time_steps)
+
+
+def _fashion_data(config: DemoConfig, data_dir: str | Path | None, scratch: Path) -> TrainingData:
     train = FashionMNIST(data_dir, "train", limit=config.train_size)
     test = FashionMNIST(data_dir, "test", limit=config.test_size)
     fingerprint = dataset_fingerprint(train)
@@ -247,7 +273,7 @@ def _fashion_data(config: DemoConfig, data_dir: str | Path | None, scratch: Path
         test.labels,
         make_store,
         make_loader,
-        lambda: ConvSNN(channels=config.channels, time_steps=config.time_steps),
+        lambda: _image_model(config),
     )
 
 
@@ -264,6 +290,11 @@ def _nmnist_data(config: DemoConfig, data_dir: str | Path | None, scratch: Path)
     from .sources import open_source
 
     source = open_source(f"nmnist:{data_dir}", "train")
+    if config.folds:
+        source, test_items = _nmnist_fold(source, open_source(f"nmnist:{data_dir}", "test"), config)
+    else:
+        test = NMNIST(data_dir, "test")
+        test_items = [{"events.npy": events, "y.cls": label} for events, label in (test[i] for i in range(len(test)))]
     if config.train_size < len(source):
         source = source.head(config.train_size)
     shard_size = 250
@@ -281,10 +312,9 @@ def _nmnist_data(config: DemoConfig, data_dir: str | Path | None, scratch: Path)
         dataset = ScoredShards(index.root, sampler).decode().map(to_frames).to_tuple("x", "y.cls")
         return dataset.loader(config.batch_size)
 
-    test = NMNIST(data_dir, "test")
-    count = min(config.test_size, len(test))
-    inputs = torch.stack([torch.from_numpy(to_frames({"events.npy": test[i][0]})["x"].numpy()) for i in range(count)])
-    labels = torch.tensor([test[i][1] for i in range(count)])
+    count = min(config.test_size, len(test_items))
+    inputs = torch.stack([to_frames(item)["x"] for item in test_items[:count]])
+    labels = torch.tensor([int(item["y.cls"]) for item in test_items[:count]])
     return TrainingData(
         index.num_examples,
         inputs,
@@ -294,6 +324,40 @@ def _nmnist_data(config: DemoConfig, data_dir: str | Path | None, scratch: Path)
         lambda: ConvSNN(in_channels=2, channels=config.channels, image_size=34, time_steps=steps, sequence_input=True),
         shard_size,
     )
+
+
+class _Pooled:
+    """The items of several map-style datasets, in the order of a list of (dataset, index) pairs."""
+
+    def __init__(self, parts: list[Any], pairs: list[tuple[int, int]]) -> None:
+        self.parts, self.pairs = parts, pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> Any:
+        part, position = self.pairs[index]
+        return self.parts[part][position]
+
+
+def _nmnist_fold(train: Any, test: Any, config: DemoConfig) -> tuple[Any, list[dict[str, Any]]]:
+    """Fold ``config.fold`` of ``config.folds`` over the pooled training and test recordings.
+
+    The pool is shuffled once with a fixed generator (the same folds for every seed and method);
+    the fold's share is the test set, the rest (in pool order) the training source. Over all folds
+    every recording is tested once, so k folds give ``len(train) + len(test)`` test points.
+    """
+    from .sources import Source
+
+    pairs = [(0, i) for i in range(len(train))] + [(1, i) for i in range(len(test))]
+    order = np.random.default_rng(20261201).permutation(len(pairs))
+    bounds = np.linspace(0, len(pairs), config.folds + 1).round().astype(int)
+    held = set(order[bounds[config.fold] : bounds[config.fold + 1]].tolist())
+    parts = [train.data, test.data]
+    kept = [pairs[i] for i in order if i not in held]
+    tested = [pairs[i] for i in order if i in held]
+    source = Source(f"{train.name}+test:fold{config.fold}/{config.folds}", _Pooled(parts, kept))
+    return source, [parts[p][i] for p, i in tested]
 
 
 def prepare_data(config: DemoConfig, data_dir: str | Path | None, scratch: Path) -> TrainingData:
@@ -322,11 +386,12 @@ def build_run(spec: RunSpec, data: TrainingData, config: DemoConfig) -> Run:
             seed=config.seed,
             warmup_epochs=config.warmup_epochs,
             anneal_fraction=config.anneal_fraction,
-            smoothing=config.smoothing,
             method=spec.method,
+            method_options=spec.method_options,
             shard_size=data.shard_size,
+            **{"smoothing": config.smoothing, **dict(spec.sampler_options)},
         )
-    scorer = SpikeAwareScorer(model, store, score=spec.score) if spec.score is not None else None
+    scorer = SpikeAwareScorer(model, store, score=spec.score, loss="cross_entropy") if spec.score is not None else None
     return Run(spec.name, model, optimizer, data.make_loader(sampler), sampler, scorer, store)
 
 

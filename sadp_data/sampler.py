@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import BatchSampler, Sampler
 
+from .diagnostics import plan_statistics
 from .distributed import per_rank, rank_and_world, rank_positions
 from .kernels import Backend, localize, reference, sample_size
 from .methods import METHODS, PlanRequest, get_method
@@ -154,6 +155,7 @@ class SADPSampler(Sampler[int]):
         self.rank = rank
         self.epoch = 0
         self._plan: EpochPlan | None = None
+        self._stats: dict[int, dict[str, Any]] = {}
         self._resume_snapshot: ScoreSnapshot | None = None
         self._start = 0
         self._position = 0
@@ -197,24 +199,45 @@ class SADPSampler(Sampler[int]):
 
     def _make_plan(self, epoch: int) -> EpochPlan:
         keep = self.schedule(epoch)
-        scores = seen = None
+        scores = seen = last_epoch = None
         version = self.store.version if self.store is not None else 0
         if self.store is not None and self._method.score is not None:
             snapshot = self._resume_snapshot or self._snapshot()
-            scores, seen, version = snapshot.scores, snapshot.seen, snapshot.version
+            scores, seen, version, last_epoch = snapshot.scores, snapshot.seen, snapshot.version, snapshot.last_epoch
             if keep < 1.0 and self._resume_snapshot is None and not self.store.read_only:
                 self.store.save_snapshot(snapshot)
         self._resume_snapshot = None
         request = PlanRequest(
-            scores, seen, self.num_examples, keep, self.seed, epoch, self.epochs, self.smoothing, self.backend
+            scores,
+            seen,
+            self.num_examples,
+            keep,
+            self.seed,
+            epoch,
+            self.epochs,
+            self.smoothing,
+            self.backend,
+            last_epoch,
         )
-        order, weights = self._method.plan(request)
+        order, weights, info = self._method.plan_with_info(request)
+        order, weights = to_host(order), to_host(weights)
+        self._stats[epoch] = plan_statistics(request, order, weights, info)
         if self.shard_size is not None or self.groups is not None:
             key = reference.epoch_keys(self.seed, epoch)[3]
             order, weights = localize(order, weights, self.shard_size, self.window, key, self.groups)
         if self.store is not None and not self.store.read_only:
             self.store.record_keep_ratio(epoch, keep)
         return EpochPlan(epoch, keep, to_host(order), to_host(weights), self.num_examples, version)
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Diagnostics of every epoch this sampler planned, oldest first (see ``plan_statistics``).
+
+        One JSON-able dict per epoch: its keep ratio, sample size, the effective sample size of the
+        weights, the fraction of inclusion probabilities capped at 1, how stale the drawn examples'
+        scores were, the scores' second-moment ratio, and what the method decided (e.g. SADP's
+        smoothing). Computed when the plan is made, from the plan and its snapshot alone (O(N)).
+        """
+        return [self._stats[epoch] for epoch in sorted(self._stats)]
 
     def _snapshot(self):
         """The store's scores at this epoch boundary; in a data-parallel run, the same on every rank.

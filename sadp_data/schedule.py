@@ -7,7 +7,13 @@ between uses ``keep_ratio`` according to ``shape``:
 
 * ``constant``: ``keep_ratio`` throughout;
 * ``linear``: from 1 down to ``keep_ratio`` in equal steps, reaching it on the phase's last epoch;
-* ``cosine``: the same ramp along a half cosine (prunes gently first, then faster).
+* ``cosine``: the same ramp along a half cosine (prunes gently first, then faster);
+* ``decreasing``: the same budget as ``constant`` (the pruning phase's mean keep ratio is
+  ``keep_ratio``), spent early: a straight line from ``keep_ratio + Δ`` on the phase's first epoch
+  to ``keep_ratio − Δ`` on its last, ``Δ = min(1 − keep_ratio, keep_ratio / 2)``. Early epochs,
+  when most examples still carry gradient, see more data; late ones, when scores concentrate on
+  few examples, see less. Sizes are rounded per epoch, so the total matches ``constant`` to within
+  one example per epoch.
 
 Every function here is pure: the ratio of an epoch depends only on the arguments.
 """
@@ -18,7 +24,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-Shape = Literal["constant", "linear", "cosine"]
+Shape = Literal["constant", "linear", "cosine", "decreasing"]
+SHAPES = ("constant", "linear", "cosine", "decreasing")
 
 
 @dataclass(frozen=True)
@@ -40,8 +47,8 @@ class KeepRatioSchedule:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if not 0.0 <= self.anneal_fraction < 1.0:
             raise ValueError(f"anneal_fraction must be in [0, 1), got {self.anneal_fraction}")
-        if self.shape not in ("constant", "linear", "cosine"):
-            raise ValueError(f"shape must be 'constant', 'linear' or 'cosine', got {self.shape!r}")
+        if self.shape not in SHAPES:
+            raise ValueError(f"shape must be one of {', '.join(map(repr, SHAPES))}, got {self.shape!r}")
 
     @property
     def anneal_epochs(self) -> int:
@@ -67,6 +74,10 @@ class KeepRatioSchedule:
         if self.shape == "constant" or self.epochs is None:
             return self.keep_ratio
         length = self.epochs - self.anneal_epochs - self.warmup_epochs
+        if self.shape == "decreasing":
+            delta = min(1.0 - self.keep_ratio, self.keep_ratio / 2)
+            position = 0.5 if length == 1 else (epoch - self.warmup_epochs) / (length - 1)
+            return self.keep_ratio + delta * (1.0 - 2.0 * position)
         progress = (epoch - self.warmup_epochs + 1) / length
         if self.shape == "cosine":
             progress = 0.5 * (1.0 - math.cos(math.pi * progress))

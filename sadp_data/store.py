@@ -68,6 +68,9 @@ class ScoreSnapshot:
     scores: np.ndarray
     seen: np.ndarray
     version: int
+    #: int32[N] epoch of each example's latest score (-1: never); ``None`` in snapshots persisted by
+    #: versions before it was recorded.
+    last_epoch: np.ndarray | None = None
 
     @property
     def num_examples(self) -> int:
@@ -277,7 +280,7 @@ class ScoreStore:
     def snapshot(self) -> ScoreSnapshot:
         """A consistent copy of scores and seen counts, tagged with the current version."""
         with self._lock:
-            return ScoreSnapshot(self._scores.copy(), self._seen.copy(), self._version)
+            return ScoreSnapshot(self._scores.copy(), self._seen.copy(), self._version, self._epochs.copy())
 
     @staticmethod
     def _readonly_view(array: np.ndarray) -> np.ndarray:
@@ -349,7 +352,8 @@ class ScoreStore:
             return None
         scores = np.asarray(self._group["snapshot_score"][:], dtype=np.float32)
         seen = np.asarray(self._group["snapshot_seen"][:], dtype=np.uint32)
-        return ScoreSnapshot(scores, seen, int(version))
+        last_epoch = np.asarray(self._group["snapshot_epoch"][:], dtype=np.int32) if "snapshot_epoch" in names else None
+        return ScoreSnapshot(scores, seen, int(version), last_epoch)
 
     def add_sync_hook(self, hook: Callable[[], None]) -> None:
         """Register ``hook`` to run in ``synchronize`` (scorers push their pending all-gathers)."""
@@ -472,10 +476,12 @@ class ScoreStore:
                     self._wake.wait_for(lambda: self._flush_requested or self._stop, timeout=self.flush_interval)
 
     def _write_snapshot(self, snapshot: ScoreSnapshot) -> None:
-        """Writer thread: invalidate, write both arrays, then stamp the version (kill-safe order)."""
+        """Writer thread: invalidate, write the arrays, then stamp the version (kill-safe order)."""
         self._group.attrs.update({"snapshot_version": None})
-        pairs = (("snapshot_score", snapshot.scores), ("snapshot_seen", snapshot.seen))
-        if not self._snapshot_arrays:  # looked up (or created) once: zarr's listing costs milliseconds
+        pairs = [("snapshot_score", snapshot.scores), ("snapshot_seen", snapshot.seen)]
+        if snapshot.last_epoch is not None:
+            pairs.append(("snapshot_epoch", snapshot.last_epoch))
+        if len(self._snapshot_arrays) < len(pairs):  # looked up (or created) once: zarr's listing costs ms
             present = set(self._group.array_keys())
             for name, values in pairs:
                 self._snapshot_arrays[name] = (

@@ -165,3 +165,25 @@ def test_remove_takes_the_hooks_off() -> None:
     scorer.remove()
     model(torch.rand(B, 8))
     assert not model.readout._forward_hooks
+
+
+@pytest.mark.parametrize("spiking_readout", [False, True])
+def test_declared_cross_entropy_gives_the_same_spike_aware_score_without_autograd(spiking_readout, monkeypatch) -> None:
+    """With loss='cross_entropy', a mean-logit readout takes the closed form (no autograd.grad); a spiking
+    readout, whose outputs are not the mean logits, keeps the exact autograd path. Scores agree either way."""
+    torch.manual_seed(2)
+    model = MultiStepMLP(spiking_readout)
+    x, y = torch.rand(B, 8) * 3, torch.randint(0, C, (B,))
+    exact = SpikeAwareScorer(model)
+    out = model(x)
+    expected = exact.scores(_ce(out, y), out, y)
+    functional.reset_net(model)
+    exact.remove()
+    calls = []
+    original = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(1) or original(*a, **k))
+    fast = SpikeAwareScorer(model, loss="cross_entropy")
+    out = model(x)
+    scores = fast.scores(_ce(out, y), out, y)
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-7)
+    assert len(calls) == (1 if spiking_readout else 0)

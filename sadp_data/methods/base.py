@@ -46,6 +46,7 @@ class PlanRequest:
         epochs: total epochs of the run (``None`` when open-ended).
         smoothing: λ of SADP, in [0, 1] (used by ``sadp`` and ``loss_proportional``).
         backend: kernel backend for ``plan_epoch`` and the shuffle (``"auto"``, ``"numpy"``, ...).
+        last_epoch: int32[N] epoch of each example's latest score (-1: never; ``None``: unknown).
 
     Equality is identity (the fields hold arrays).
     """
@@ -59,6 +60,7 @@ class PlanRequest:
     epochs: int | None
     smoothing: float
     backend: str
+    last_epoch: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_examples, int | np.integer) or self.num_examples <= 0:
@@ -70,7 +72,7 @@ class PlanRequest:
             raise ValueError(f"epochs must be positive or None, got {self.epochs}")
         if not 0.0 <= self.smoothing <= 1.0:
             raise ValueError(f"smoothing must be in [0, 1], got {self.smoothing}")
-        for label, array in (("scores", self.scores), ("seen", self.seen)):
+        for label, array in (("scores", self.scores), ("seen", self.seen), ("last_epoch", self.last_epoch)):
             if array is not None and _shape(array) != (self.num_examples,):
                 raise ValueError(f"{label} must have shape ({self.num_examples},), got {_shape(array)}")
 
@@ -99,6 +101,14 @@ class Method(ABC):
 
         A pure function of ``request`` (and the method's options).
         """
+
+    def plan_with_info(self, request: PlanRequest) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """``plan(request)`` plus what the method decided on the way (for ``SADPSampler.stats``).
+
+        The dict holds JSON-able numbers (e.g. the smoothing SADP used); the default is empty.
+        """
+        order, weights = self.plan(request)
+        return order, weights, {}
 
 
 def to_host(array: Any) -> np.ndarray:

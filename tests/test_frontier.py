@@ -1,0 +1,164 @@
+"""The frontier bench: the study's JSON shape, its statistics and its report, on a tiny run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("spikingjelly")
+
+from sadp_data.bench.frontier import (
+    FrontierConfig,
+    Part,
+    Variant,
+    frontier_targets,
+    run_frontier_bench,
+    summarise,
+    write_frontier_report,
+)
+
+from sadp_data.demo import DemoConfig, _nmnist_fold
+from sadp_data.sources import Source
+
+NMNIST = Path(
+    os.environ.get("SADP_NMNIST", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nmnist-small")
+)
+RUN_KEYS = {
+    "dataset",
+    "method",
+    "keep_ratio",
+    "realized_keep_ratio",
+    "seed",
+    "examples_processed",
+    "train_time_s",
+    "test_accuracy",
+    "accuracy_per_epoch",
+    "stats",
+    "probes",
+}
+
+
+def test_nmnist_folds_partition_the_pooled_recordings():
+    train = Source("train", [{"y.cls": i, "id": i} for i in range(50)])
+    test = Source("test", [{"y.cls": i, "id": 100 + i} for i in range(7)])
+    tested, trained = [], []
+    for fold in range(5):
+        source, held = _nmnist_fold(train, test, DemoConfig(dataset="nmnist", folds=5, fold=fold))
+        ids = [source.data[i]["id"] for i in range(len(source))]
+        held_ids = [item["id"] for item in held]
+        assert not set(ids) & set(held_ids)
+        assert len(ids) + len(held_ids) == 57
+        tested += held_ids
+        trained.append(ids)
+    assert sorted(tested) == sorted(list(range(50)) + list(range(100, 107)))  # every recording tested once
+    assert trained[0] != trained[1]
+
+
+def _tiny_config(nmnist: bool) -> FrontierConfig:
+    mlp = DemoConfig(train_size=512, test_size=256, eval_size=256, epochs=3, model="mlp", hidden=(32,), batch_size=64)
+    parts = [
+        Part(
+            "fashion-mnist/mlp",
+            mlp,
+            ("random", "sadp", "epsilon_greedy"),
+            (0.5,),
+            (0, 1),
+            (Variant("sadp α=1", 0.5, (("weight_power", 1.0),)),),
+            probe_every=1,
+            probe_size=16,
+        )
+    ]
+    if nmnist:
+        events = DemoConfig(
+            train_size=60,
+            test_size=30,
+            eval_size=30,
+            epochs=2,
+            batch_size=30,
+            time_steps=2,
+            channels=(2, 4),
+            dataset="nmnist",
+            folds=5,
+        )
+        parts.append(Part("nmnist/conv", events, ("sadp",), (0.5,), (0,)))
+    return FrontierConfig(tuple(parts), workers=2)
+
+
+def test_frontier_bench_writes_runs_summary_targets_and_report(tmp_path):
+    nmnist = NMNIST.is_dir()
+    if not nmnist and os.environ.get("CI"):
+        pytest.fail(f"CI must find the N-MNIST subset at {NMNIST}")
+    result = run_frontier_bench(
+        _tiny_config(nmnist),
+        nmnist_dir=NMNIST if nmnist else None,
+        show_progress=False,
+        partial_json=tmp_path / "p.json",
+    )
+    runs = result["runs"]
+    assert len(runs) == 2 * 5 + (2 if nmnist else 0)
+    for run in runs:
+        assert RUN_KEYS <= set(run)
+        assert len(run["accuracy_per_epoch"]) == (3 if run["part"] == "fashion-mnist/mlp" else 2)
+    sadp = [r for r in runs if r["variant"] == "sadp" and r["part"] == "fashion-mnist/mlp"]
+    # 3 epochs at k = 0.5: one warm-up epoch at 1 (no anneal epoch: round(0.125 · 3) = 0), two pruned at 0.5.
+    assert all(r["realized_keep_ratio"] == pytest.approx(2 / 3) for r in sadp)
+    assert all(r["examples_processed"] == 512 + 2 * 256 for r in sadp)
+    assert [s["epoch"] for s in sadp[0]["stats"]] == [0, 1, 2]
+    assert [p["epoch"] for p in sadp[0]["probes"]] == [0, 1]  # every epoch but the last
+    assert {"uniform", "stored", "fresh", "optimal"} == set(sadp[0]["probes"][0]["estimator"])
+    full = [r for r in runs if r["method"] == "full" and r["part"] == "fashion-mnist/mlp"]
+    # Paired seeds: every run of a seed starts from the same weights, so warm-up epochs agree.
+    for seed in (0, 1):
+        first = {r["accuracy_per_epoch"][0] for r in runs if r["seed"] == seed and r["part"] == "fashion-mnist/mlp"}
+        assert len(first - {full[seed]["accuracy_per_epoch"][0]}) <= 1  # full uses its own shuffled loader
+    paired = [p for p in result["summary"]["paired"] if p["part"] == "fashion-mnist/mlp"]
+    assert {p["versus"] for p in paired} == {"full", "random", "epsilon_greedy", "sadp α=1"}
+    assert all(p["pairs"] == 2 for p in paired)
+    assert "fashion-mnist/mlp: sadp@0.5 vs every baseline" in result["targets"]
+    assert json.loads((tmp_path / "p.json").read_text())["partial"]
+    path = tmp_path / "frontier.json"
+    path.write_text(json.dumps(result))
+    report = write_frontier_report(path).read_text()
+    assert "## fashion-mnist/mlp" in report and "Diagnostics of the default SADP runs" in report
+    assert (tmp_path / "frontier-fashion-mnist-mlp.png").stat().st_size > 1000
+
+
+def _run(part, variant, keep, seed, accuracy, curve=(0.5, 0.6, 0.7)):
+    return {
+        "part": part,
+        "variant": variant,
+        "method": variant,
+        "keep_ratio": keep,
+        "seed": seed,
+        "test_accuracy": accuracy,
+        "accuracy_per_epoch": list(curve),
+        "time_per_epoch_s": [1.0, 1.0, 1.0],
+        "theoretical_speedup": 1.0 / keep if keep < 1 else 1.0,
+        "speedup": 1.0 / keep if keep < 1 else 1.0,
+        "realized_keep_ratio": keep,
+        "examples_processed": 100 * keep,
+        "train_time_s": 3.0,
+    }
+
+
+def test_paired_differences_and_targets():
+    rng = np.random.default_rng(0)
+    runs = []
+    for seed in range(5):
+        base = 0.80 + 0.01 * rng.standard_normal()  # a seed effect shared by every method
+        runs.append(_run("p", "full", 1.0, seed, base + 0.004, (0.79, 0.80, base + 0.004)))
+        runs.append(_run("p", "sadp", 0.7, seed, base + 0.002 + 0.0002 * seed))
+        runs.append(_run("p", "random", 0.7, seed, base))
+    summary = summarise(runs)
+    by = {(p["versus"], p["keep_ratio"]): p for p in summary["paired"]}
+    assert by[("random", 0.7)]["difference_pt"] == pytest.approx(0.2 + 0.02 * 2)
+    assert by[("random", 0.7)]["ci95_pt"] < 0.05  # pairing removes the seed effect
+    assert by[("full", 0.7)]["difference_pt"] == pytest.approx(-0.2 + 0.02 * 2)
+    targets = frontier_targets(summary, "p")
+    assert targets["p: sadp@0.7 vs every baseline"]["pass"]
+    assert targets["p: full − sadp@0.7"]["measured"] == pytest.approx(0.16)
+    assert targets["p: full − sadp@0.7"]["pass"]
