@@ -71,7 +71,10 @@ class SADPSampler(Sampler[int]):
         batch_size: needed only for ``num_batches``/``total_steps``/``batch_sampler``.
         num_examples: dataset size when no store is given (``method="random"``).
         seed: base seed; epoch ``e`` uses the stream ``(seed, e)``.
-        warmup_epochs, anneal_fraction, schedule: see ``KeepRatioSchedule``.
+        warmup_epochs, anneal_fraction, schedule: see ``KeepRatioSchedule``. ``schedule=None`` takes
+            the method's ``default_schedule``: ``"decreasing"`` for ``sadp`` (and
+            ``loss_proportional``, which shares its draw), ``"constant"`` for the baselines; the
+            decreasing schedule spends the same total budget as the constant one.
         smoothing: uniform mixing λ (DESIGN §1.2); every weight is at most 1/λ.
         method: ``"sadp"`` (spike-aware importance sampling) or a baseline from
             ``sadp_data.methods`` (``full``, ``random`` — a fresh uniform sample every epoch —,
@@ -103,7 +106,7 @@ class SADPSampler(Sampler[int]):
         seed: int = 0,
         warmup_epochs: int = 1,
         anneal_fraction: float = 0.125,
-        schedule: Shape = "constant",
+        schedule: Shape | None = None,
         smoothing: float = 0.1,
         method: str = "sadp",
         method_options: dict[str, Any] | None = None,
@@ -140,7 +143,8 @@ class SADPSampler(Sampler[int]):
         self.num_examples = store.num_examples if store is not None else int(num_examples)
         if method == "full":
             keep_ratio = 1.0
-        self.schedule = KeepRatioSchedule(keep_ratio, epochs, warmup_epochs, anneal_fraction, schedule)
+        shape = self._method.default_schedule if schedule is None else schedule
+        self.schedule = KeepRatioSchedule(keep_ratio, epochs, warmup_epochs, anneal_fraction, shape)
         self.batch_size = batch_size
         self.seed = int(seed)
         self.smoothing = float(smoothing)

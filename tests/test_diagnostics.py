@@ -17,7 +17,15 @@ def test_stats_report_each_planned_epoch(tmp_path):
     n = 2000
     store = ScoreStore.create(tmp_path / "s.zarr", n)
     rng = np.random.default_rng(0)
-    sampler = SADPSampler(store, keep_ratio=0.5, epochs=6, seed=1, warmup_epochs=1)
+    sampler = SADPSampler(
+        store,
+        keep_ratio=0.5,
+        epochs=6,
+        seed=1,
+        warmup_epochs=1,
+        schedule="constant",
+        method_options={"weight_power": 1},
+    )
     for epoch in range(4):
         sampler.set_epoch(epoch)
         picked = sampler.rank_order()
@@ -44,7 +52,7 @@ def test_stats_capped_fraction_counts_examples_drawn_with_certainty(tmp_path):
     scores = np.ones(n, np.float32)
     scores[:50] = 1000.0
     store.update(np.arange(n), scores)
-    sampler = SADPSampler(store, keep_ratio=0.2, warmup_epochs=0, seed=0)
+    sampler = SADPSampler(store, keep_ratio=0.2, warmup_epochs=0, seed=0, method_options={"weight_power": 1})
     _ = sampler.plan
     assert sampler.stats()[0]["capped_fraction"] == pytest.approx(50 / n)
     store.close()

@@ -66,15 +66,15 @@ def test_staleness_inflates_old_scores_by_age_and_draws_them_more_often():
 def test_target_ess_raises_smoothing_until_the_weights_are_effective_enough():
     scores = _skewed(1) ** 2
     request = _request(scores, smoothing=0.0)
-    _, weights, info = get_method("sadp").plan_with_info(request)
+    _, weights, info = get_method("sadp", weight_power=1.0).plan_with_info(request)
     ess = weights.sum() ** 2 / (weights.astype(np.float64) ** 2).sum() / weights.shape[0]
     assert ess < 0.5
-    _, weights, info = get_method("sadp", target_ess=0.8).plan_with_info(request)
+    _, weights, info = get_method("sadp", weight_power=1.0, target_ess=0.8).plan_with_info(request)
     ess = weights.astype(np.float64).sum() ** 2 / (weights.astype(np.float64) ** 2).sum() / weights.shape[0]
     assert info["smoothing"] > 0.0
     assert ess >= 0.8 - 0.03  # expected ESS meets the target; one draw is within a few percent
     # A target already met leaves λ alone.
-    _, _, info = get_method("sadp", target_ess=0.01).plan_with_info(request)
+    _, _, info = get_method("sadp", weight_power=1.0, target_ess=0.01).plan_with_info(request)
     assert info["smoothing"] == 0.0
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _samplers import unbiased_sampler
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from sadp_data import SADPSampler, ScoreStore, wrap
@@ -26,7 +27,7 @@ class Squares(Dataset):
 def sampler(tmp_path: Path) -> SADPSampler:
     store = ScoreStore.create(tmp_path / "s.zarr", 200)
     store.update(np.arange(200), np.random.default_rng(0).random(200) + 0.01)
-    sampler = SADPSampler(store, 0.6, epochs=3, seed=4)
+    sampler = unbiased_sampler(store, 0.6, epochs=3, seed=4)
     sampler.set_epoch(1)
     yield sampler
     store.close()

@@ -196,14 +196,18 @@ def test_sadp_is_plan_epoch_and_the_sampler(tmp_path: Path) -> None:
         store.update(scored, scores[scored])
         sampler = SADPSampler(store, 0.6, epochs=6, seed=5, smoothing=0.2, backend=BACKEND)
         sampler.set_epoch(2)
+        keep = sampler.keep_ratio()
+        assert keep != 0.6  # the default schedule of sadp is "decreasing"
         snapshot = store.snapshot()
-        req = PlanRequest(snapshot.scores, snapshot.seen, N, sampler.keep_ratio(), 5, 2, 6, 0.2, BACKEND)
+        req = PlanRequest(snapshot.scores, snapshot.seen, N, keep, 5, 2, 6, 0.2, BACKEND, snapshot.last_epoch)
         order, weights = get_method("sadp").plan(req)
         np.testing.assert_array_equal(order, sampler.plan.order)
         np.testing.assert_array_equal(weights, sampler.plan.weights)
-        direct = plan_epoch(snapshot.scores, 0.6, 5, 2, seen=snapshot.seen, smoothing=0.2, backend=BACKEND)
+        direct = plan_epoch(snapshot.scores, keep, 5, 2, seen=snapshot.seen, smoothing=0.2, backend=BACKEND)
         np.testing.assert_array_equal(order, direct[0])
-        np.testing.assert_array_equal(weights, direct[1])
+        np.testing.assert_array_equal(weights, np.ones_like(direct[1]))  # default weight_power = 0
+        _, unbiased = get_method("sadp", weight_power=1.0).plan(req)
+        np.testing.assert_array_equal(unbiased, direct[1])
     finally:
         store.close()
 

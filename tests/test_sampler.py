@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _samplers import unbiased_sampler
 
-from sadp_data import KeepRatioSchedule, SADPSampler, ScoreStore
+from sadp_data import KeepRatioSchedule, ScoreStore
 from sadp_data.kernels import sample_size
 from sadp_data.methods import METHODS
 
@@ -39,7 +40,7 @@ def test_schedule_phases_and_speedup() -> None:
 
 
 def test_len_is_exact_and_iteration_matches_plan(store: ScoreStore) -> None:
-    sampler = SADPSampler(store, 0.7, epochs=5, batch_size=64, seed=3)
+    sampler = unbiased_sampler(store, 0.7, epochs=5, batch_size=64, seed=3)
     for epoch in range(5):
         sampler.set_epoch(epoch)
         drawn = list(sampler)
@@ -53,9 +54,9 @@ def test_len_is_exact_and_iteration_matches_plan(store: ScoreStore) -> None:
 
 
 def test_plan_is_a_pure_function_of_snapshot_seed_and_epoch(tmp_path: Path, store: ScoreStore) -> None:
-    a = SADPSampler(store, 0.5, epochs=4, seed=1)
-    b = SADPSampler(store, 0.5, epochs=4, seed=1)
-    c = SADPSampler(store, 0.5, epochs=4, seed=2)
+    a = unbiased_sampler(store, 0.5, epochs=4, seed=1)
+    b = unbiased_sampler(store, 0.5, epochs=4, seed=1)
+    c = unbiased_sampler(store, 0.5, epochs=4, seed=2)
     for sampler in (a, b, c):
         sampler.set_epoch(2)
     np.testing.assert_array_equal(a.plan.order, b.plan.order)
@@ -69,7 +70,7 @@ def test_plan_is_a_pure_function_of_snapshot_seed_and_epoch(tmp_path: Path, stor
 
 
 def test_high_scores_are_drawn_more_and_weighted_less(store: ScoreStore) -> None:
-    sampler = SADPSampler(store, 0.3, epochs=None, warmup_epochs=0, seed=0)
+    sampler = unbiased_sampler(store, 0.3, epochs=None, warmup_epochs=0, seed=0)
     counts = np.zeros(1000)
     for epoch in range(50):
         sampler.set_epoch(epoch)
@@ -83,7 +84,7 @@ def test_high_scores_are_drawn_more_and_weighted_less(store: ScoreStore) -> None
 
 
 def test_weights_lookup(store: ScoreStore) -> None:
-    sampler = SADPSampler(store, 0.5, epochs=3)
+    sampler = unbiased_sampler(store, 0.5, epochs=3)
     sampler.set_epoch(1)
     plan = sampler.plan
     np.testing.assert_array_equal(sampler.weights(plan.order[::-1]), plan.weights[::-1])
@@ -93,42 +94,42 @@ def test_weights_lookup(store: ScoreStore) -> None:
 
 
 def test_random_method_is_uniform_with_unit_weights() -> None:
-    sampler = SADPSampler(None, 0.25, epochs=4, num_examples=400, method="random", seed=5)
+    sampler = unbiased_sampler(None, 0.25, epochs=4, num_examples=400, method="random", seed=5)
     sampler.set_epoch(1)
     assert len(list(sampler)) == 100
     np.testing.assert_array_equal(sampler.plan.weights, 1.0)
 
 
 def test_state_dict_resumes_the_identical_remaining_order(store: ScoreStore) -> None:
-    sampler = SADPSampler(store, 0.6, epochs=4, seed=9)
+    sampler = unbiased_sampler(store, 0.6, epochs=4, seed=9)
     sampler.set_epoch(2)
     iterator = iter(sampler)
     head = [next(iterator) for _ in range(123)]
     state = sampler.state_dict()
     assert state["position"] == 123 and state["epoch"] == 2
-    resumed = SADPSampler(store, 0.6, epochs=4, seed=9)
+    resumed = unbiased_sampler(store, 0.6, epochs=4, seed=9)
     resumed.load_state_dict(state)
     assert len(resumed) == 600 - 123
     tail = list(resumed)
     np.testing.assert_array_equal(head + tail, sampler.plan.order)
     with pytest.raises(ValueError, match="seed=9"):
-        SADPSampler(store, 0.6, epochs=4, seed=1).load_state_dict(state)
+        unbiased_sampler(store, 0.6, epochs=4, seed=1).load_state_dict(state)
 
 
 def test_resume_after_scores_moved_uses_the_persisted_snapshot(store: ScoreStore, tmp_path) -> None:
-    sampler = SADPSampler(store, 0.6, epochs=4, seed=9)
+    sampler = unbiased_sampler(store, 0.6, epochs=4, seed=9)
     sampler.set_epoch(1)
     planned = sampler.plan.order.copy()
     state = {**sampler.state_dict(), "position": 100}
     store.update(np.arange(500), np.linspace(5.0, 9.0, 500))  # training moves the scores on
     store.close()
     reopened = ScoreStore.open(store.path)
-    resumed = SADPSampler(reopened, 0.6, epochs=4, seed=9)
+    resumed = unbiased_sampler(reopened, 0.6, epochs=4, seed=9)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         resumed.load_state_dict(state)
     assert list(resumed) == planned[100:].tolist()
-    fresh = SADPSampler(reopened, 0.6, epochs=4, seed=9)
+    fresh = unbiased_sampler(reopened, 0.6, epochs=4, seed=9)
     fresh.set_epoch(1)
     assert fresh.plan.order.tolist() != planned.tolist()  # without the snapshot the plan would differ
     reopened.close()
@@ -137,12 +138,12 @@ def test_resume_after_scores_moved_uses_the_persisted_snapshot(store: ScoreStore
     for _ in range(3):
         other.update(np.arange(10), np.ones(10))
     with pytest.warns(RuntimeWarning, match="remaining order of this epoch will differ"):
-        SADPSampler(other, 0.6, epochs=4, seed=9).load_state_dict(state)
+        unbiased_sampler(other, 0.6, epochs=4, seed=9).load_state_dict(state)
     other.close()
 
 
 def test_batch_sampler(store: ScoreStore) -> None:
-    sampler = SADPSampler(store, 0.5, epochs=3, batch_size=64)
+    sampler = unbiased_sampler(store, 0.5, epochs=3, batch_size=64)
     sampler.set_epoch(1)
     batches = list(sampler.batch_sampler())
     assert len(batches) == sampler.num_batches() == 8
@@ -151,23 +152,23 @@ def test_batch_sampler(store: ScoreStore) -> None:
 
 def test_bad_configuration_is_refused(store: ScoreStore) -> None:
     with pytest.raises(ValueError, match="needs a ScoreStore"):
-        SADPSampler(None, 0.5, num_examples=10)
+        unbiased_sampler(None, 0.5, num_examples=10)
     with pytest.raises(ValueError, match="method must be one of"):
-        SADPSampler(store, 0.5, method="no_such_method")
+        unbiased_sampler(store, 0.5, method="no_such_method")
     with pytest.raises(ValueError, match="num_examples=10 but the store holds 1000"):
-        SADPSampler(store, 0.5, num_examples=10)
+        unbiased_sampler(store, 0.5, num_examples=10)
     with pytest.raises(ValueError, match="keep_ratio"):
-        SADPSampler(store, 0.0)
+        unbiased_sampler(store, 0.0)
     with pytest.raises(ValueError, match="total_steps needs epochs"):
-        SADPSampler(store, 0.5, batch_size=4).total_steps()
+        unbiased_sampler(store, 0.5, batch_size=4).total_steps()
     with pytest.raises(ValueError, match="batch_size"):
-        SADPSampler(store, 0.5).num_batches()
+        unbiased_sampler(store, 0.5).num_batches()
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch", "cuda"])
 def test_every_backend_drives_the_sampler(store: ScoreStore, backend: str) -> None:
-    reference = SADPSampler(store, 0.3, epochs=3, seed=2, backend="numba")
-    sampler = SADPSampler(store, 0.3, epochs=3, seed=2, backend=backend)
+    reference = unbiased_sampler(store, 0.3, epochs=3, seed=2, backend="numba")
+    sampler = unbiased_sampler(store, 0.3, epochs=3, seed=2, backend=backend)
     for each in (reference, sampler):
         each.set_epoch(1)
     drawn = list(sampler)
@@ -180,8 +181,8 @@ def test_every_method_plans_through_the_sampler(store: ScoreStore, method: str) 
     needs_store = METHODS[method].score is not None
     if needs_store:
         with pytest.raises(ValueError, match="needs a ScoreStore"):
-            SADPSampler(None, 0.5, epochs=4, num_examples=1000, method=method)
-    sampler = SADPSampler(
+            unbiased_sampler(None, 0.5, epochs=4, num_examples=1000, method=method)
+    sampler = unbiased_sampler(
         store if needs_store else None, 0.5, epochs=4, num_examples=1000, method=method, shard_size=100, window=2
     )
     assert sampler.score_kind == METHODS[method].score
@@ -197,16 +198,16 @@ def test_every_method_plans_through_the_sampler(store: ScoreStore, method: str) 
 
 
 def test_resume_with_another_world_size(store: ScoreStore) -> None:
-    two = [SADPSampler(store, 0.5, epochs=4, seed=1, num_replicas=2, rank=rank) for rank in range(2)]
+    two = [unbiased_sampler(store, 0.5, epochs=4, seed=1, num_replicas=2, rank=rank) for rank in range(2)]
     for sampler in two:
         sampler.set_epoch(1)
     assert sorted(np.concatenate([s.rank_order() for s in two]).tolist()) == sorted(two[0].plan.order.tolist())
     mid_epoch = {**two[0].state_dict(), "position": 10}
     with pytest.raises(ValueError, match="saved mid-epoch with 2 ranks; this sampler has 1"):
-        SADPSampler(store, 0.5, epochs=4, seed=1).load_state_dict(mid_epoch)
+        unbiased_sampler(store, 0.5, epochs=4, seed=1).load_state_dict(mid_epoch)
     boundary = {**two[0].state_dict(), "epoch": 2, "position": 0}
-    single = SADPSampler(store, 0.5, epochs=4, seed=1)
+    single = unbiased_sampler(store, 0.5, epochs=4, seed=1)
     single.load_state_dict(boundary)  # an epoch boundary works with any world size
     assert len(single) == 500 and single.epoch == 2
     with pytest.raises(ValueError, match="rank must be in"):
-        SADPSampler(store, 0.5, num_replicas=2, rank=2)
+        unbiased_sampler(store, 0.5, num_replicas=2, rank=2)

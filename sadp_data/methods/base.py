@@ -94,6 +94,9 @@ class Method(ABC):
     #: What the scorer must record in the store for this method: ``"spike_aware"``, ``"loss"``, or
     #: ``None`` (the method does not read scores).
     score: ClassVar[str | None]
+    #: The keep-ratio schedule shape ``SADPSampler`` uses for this method unless told otherwise
+    #: (``schedule=None``): ``"constant"`` for the baselines, as they were published.
+    default_schedule: ClassVar[str] = "constant"
 
     @abstractmethod
     def plan(self, request: PlanRequest) -> tuple[np.ndarray, np.ndarray]:

@@ -113,21 +113,24 @@ def smoothing_for_ess(
 class SADP(Method):
     """K examples drawn with probabilities proportional to their smoothed scores; tempered HT weights.
 
-    With the defaults of the fields below this is ``plan_epoch(scores, keep_ratio, seed, epoch,
-    seen=seen, smoothing=λ)`` with its weights raised to ``weight_power``. Example i is drawn with
+    The draw is ``plan_epoch(scores, keep_ratio, seed, epoch, seen=seen, smoothing=λ)``, its weights
+    raised to ``weight_power``. The default ``weight_power=0`` trains on the draw unweighted, and
+    ``SADPSampler`` runs ``sadp`` on the ``decreasing`` keep-ratio schedule (the same budget as a
+    constant keep ratio, spent early); ``docs/method.md`` gives the evidence. ``weight_power=1`` with
+    ``schedule="constant"`` is the unbiased Horvitz–Thompson method of earlier versions. Example i is drawn with
     probability ``π_i ∝ (1 − λ)·s_i/mean(s) + λ`` (capped at 1); unseen examples count as of mean
     score. The scores are the spike-aware gradient-norm bound (``score = "spike_aware"``). The
     module docstring explains each option and the bias it adds.
 
     Args:
-        weight_power: α in [0, 1]; weights ``(K/(N π_i))^α`` (1: unbiased Horvitz–Thompson).
+        weight_power: α in [0, 1]; weights ``(K/(N π_i))^α`` (1: unbiased Horvitz–Thompson; default 0).
         normalize: divide the weights by their mean over the plan (mean weight exactly 1).
         staleness: γ ≥ 0; scores inflated by ``1 + γ·(epochs since last scored − 1)``.
         target_ess: in (0, 1] or ``None``; λ raised per epoch until the expected ESS ≥ target·K.
         gate: in [0, 1) or ``None``; uniform epoch when ``1 − 1/ρ`` (ρ = mean(s²)/mean(s)²) < gate.
     """
 
-    weight_power: float = 1.0
+    weight_power: float = 0.0
     normalize: bool = False
     staleness: float = 0.0
     target_ess: float | None = None
@@ -135,6 +138,7 @@ class SADP(Method):
 
     name: ClassVar[str] = "sadp"
     score: ClassVar[str | None] = "spike_aware"
+    default_schedule: ClassVar[str] = "decreasing"
 
     def __post_init__(self) -> None:
         _check_range("weight_power", self.weight_power, 0.0, 1.0)
