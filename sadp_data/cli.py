@@ -204,8 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(torch, webdataset, ffcv; dvs: event-to-frame integration); kernels: plan_epoch time and memory per "
         "backend against torch.randperm, numpy choice and torch.multinomial; store: score-store update "
         "throughput, memory per example, hook overhead; score: fidelity of the importance scores; train: "
-        "end-to-end accuracy and speedup of every method; all (default): every suite; report: write REPORT.md "
-        "and plots from the JSON in --json DIR",
+        "end-to-end accuracy and speedup of every method; all (default): every suite above; frontier (run only "
+        "when named, about an hour): accuracy against cost of every method and SADP's ablation, paired over 5 "
+        "seeds, with FRONTIER.md and plots beside its JSON; report: write REPORT.md and plots from the JSON in "
+        "--json DIR",
     )
     bench.add_argument(
         "--backends", default="numba,numpy,torch", help="kernels: comma-separated backends (numba, numpy, torch, cuda)"
@@ -230,7 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--methods", help="train: comma-separated methods (default: every registered method)")
     bench.add_argument("--datasets", help="train: comma-separated datasets (default fashion-mnist,nmnist)")
-    bench.add_argument("--seeds", type=int, help="train: number of seeds (default 3, --quick 1)")
+    bench.add_argument(
+        "--seeds",
+        type=int,
+        help="train, frontier: number of seeds (train: default 3, --quick 1; frontier: 5, --quick 2)",
+    )
     bench.add_argument("--train-size", type=int, help="train: training examples per dataset (override)")
     bench.add_argument("--epochs", type=int, help="train: epochs (override)")
     bench.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -9,6 +9,7 @@ same examples in the same order.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -333,6 +334,21 @@ class SADPSampler(Sampler[int]):
             "method": self.method,
             "num_replicas": self.num_replicas,
             "snapshot_version": self._plan.snapshot_version if self._plan is not None else None,
+            "plan_settings": self._plan_settings(),
+        }
+
+    def _plan_settings(self) -> dict[str, Any]:
+        """Every setting besides seed and method that decides the plans (JSON-able, compared on resume)."""
+        return {
+            "keep_ratio": self.schedule.keep_ratio,
+            "epochs": self.schedule.epochs,
+            "warmup_epochs": self.schedule.warmup_epochs,
+            "anneal_fraction": self.schedule.anneal_fraction,
+            "schedule": self.schedule.shape,
+            "smoothing": self.smoothing,
+            "method_options": dataclasses.asdict(self._method),
+            "shard_size": self.shard_size,
+            "window": self.window if (self.shard_size is not None or self.groups is not None) else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -353,12 +369,25 @@ class SADPSampler(Sampler[int]):
                 f"state was saved with seed={state['seed']}, method={state['method']!r}; "
                 f"this sampler has seed={self.seed}, method={self.method!r}"
             )
+        for name, saved_value in state.get("plan_settings", {}).items():
+            current = self._plan_settings().get(name)
+            if saved_value != current:
+                raise ValueError(
+                    f"state was saved by a sampler with {name}={saved_value!r}; this sampler has {name}={current!r}, "
+                    "so it would continue a different plan. Build the sampler with the settings of the saved run"
+                )
         saved_world = int(state.get("num_replicas", 1))
         if saved_world != self.num_replicas and int(state["position"]) > 0:
             raise ValueError(
                 f"state was saved mid-epoch with {saved_world} ranks; this sampler has {self.num_replicas}. "
                 "Ranks' slices of an epoch depend on the world size: resume mid-epoch with the same world "
                 "size, or from a state saved at an epoch boundary (position 0), which works with any world size"
+            )
+        position = int(state["position"])
+        length = per_rank(sample_size(self.num_examples, self.keep_ratio(int(state["epoch"]))), self.num_replicas)
+        if not 0 <= position <= length:
+            raise ValueError(
+                f"state position {position} is outside [0, {length}], the length of epoch {state['epoch']}"
             )
         self.set_epoch(int(state["epoch"]))
         self._plan = None

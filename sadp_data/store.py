@@ -158,7 +158,9 @@ class ScoreStore:
         self._saved_snapshot_version: int | None = None  # set by this process's last save_snapshot
         self._snapshot_arrays: dict[str, zarr.Array] = {}
         self._sync_hooks: list[Callable[[], None]] = []
+        self._lock_fd: int | None = None
         if self.persist:
+            self._lock_fd = _acquire_writer_lock(path)
             self._writer = threading.Thread(target=self._write_loop, name=f"sadp-store-writer:{path.name}", daemon=True)
             self._writer.start()
         _OPEN_STORES.add(self)
@@ -398,6 +400,9 @@ class ScoreStore:
                 self._wake.notify()
             if self._writer is not None:
                 self._writer.join()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the writer lock
+                self._lock_fd = None
             _OPEN_STORES.discard(self)
 
     def __enter__(self) -> ScoreStore:
@@ -543,6 +548,46 @@ def _register_exit_flush() -> None:
     register = getattr(threading, "_register_atexit", atexit.register)
     register(_close_open_stores)
     _EXIT_FLUSH_REGISTERED = True
+
+
+def _refuse_other_ranks(path: Path) -> None:
+    """In an initialised process group, ranks > 0 must not write the sidecar: rank 0 does."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() > 0:
+        raise ScoreStoreError(
+            f"{path}: rank {dist.get_rank()} opened the sidecar for writing, but rank 0 writes it; use "
+            "sadp_data.distributed.open_store(path) on every rank (rank 0 writes, the others mirror), or "
+            "ScoreStore.open(path, mode='mirror')"
+        )
+
+
+def _acquire_writer_lock(path: Path) -> int:
+    """Take the sidecar's exclusive writer lock (``flock`` on its folder) or raise ``ScoreStoreError``.
+
+    The OS releases the lock when the holder closes the store or dies (SIGKILL included), so a crashed
+    run never blocks the next one. Two writers of one sidecar, in one process or two, would silently
+    lose each other's updates; this makes the second one fail instead. The lock is on the folder
+    itself (its inode never changes, and zarr sees no extra file); ``flock`` is advisory and local:
+    on network filesystems that do not support it the lock does nothing.
+    """
+    _refuse_other_ranks(path)
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ScoreStoreError(
+            f"{path} is already open for writing by another ScoreStore (this process or another); a second "
+            "writer would lose updates. Open it read-only with ScoreStore.open(path, mode='r'), as an in-memory "
+            "mirror with mode='mirror', or, in a data-parallel run, with sadp_data.distributed.open_store(path) "
+            "on every rank"
+        ) from None
+    return fd
 
 
 def _forget_stores_in_child() -> None:

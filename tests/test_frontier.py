@@ -162,3 +162,25 @@ def test_paired_differences_and_targets():
     assert targets["p: sadp@0.7 vs every baseline"]["pass"]
     assert targets["p: full − sadp@0.7"]["measured"] == pytest.approx(0.16)
     assert targets["p: full − sadp@0.7"]["pass"]
+
+
+def test_cli_quick_frontier_writes_json_report_and_plots(tmp_path):
+    from sadp_data.cli import main
+
+    out = tmp_path / "frontier.json"
+    assert main(["bench", "frontier", "--quick", "--seeds", "1", "--no-progress", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["run"]["quick"] and result["run"]["command"].startswith("sadp-data bench frontier")
+    assert {r["seed"] for r in result["runs"]} == {0}
+    assert (tmp_path / "FRONTIER.md").read_text().startswith("# Accuracy against cost")
+    assert (tmp_path / "frontier-fashion-mnist-mlp.png").is_file()
+    assert not (tmp_path / "frontier.partial.json").exists()  # removed once the whole result is written
+
+
+def test_all_leaves_the_frontier_study_out():
+    from sadp_data.bench.suite import resolve_suites
+
+    assert "frontier" not in resolve_suites(["all"])
+    assert resolve_suites(["frontier"]) == ["frontier"]
+    with pytest.raises(ValueError, match="frontier"):
+        resolve_suites(["frontiers"])

@@ -127,6 +127,7 @@ def plan_epoch(
         raise ValueError(f"scores must be a non-empty 1-D array, got shape {tuple(scores.shape)}")
     if seen is not None and tuple(seen.shape if hasattr(seen, "shape") else np.shape(seen)) != tuple(scores.shape):
         raise ValueError(f"seen must have the shape of scores {tuple(scores.shape)}, got {np.shape(seen)}")
+    check_scores(scores)
     keys = reference.epoch_keys(seed, epoch)
     size = sample_size(scores.shape[0], keep_ratio)
     if kernels.__name__.endswith(("torch_backend", "cuda")):
@@ -141,6 +142,30 @@ def plan_epoch(
     if shard_size is None and groups is None:
         return order, weights
     return localize(order, weights, shard_size, window, keys[3], groups)
+
+
+def check_scores(scores) -> None:
+    """Raise ``ValueError`` naming the first score that is NaN, infinite or negative, and its position.
+
+    One O(N) pass on the scores' device (numpy or torch); numba.cuda device arrays are not checked
+    (the store, which feeds every sampler, refuses such scores on ``update``).
+    """
+    if hasattr(scores, "copy_to_host"):
+        return
+    if hasattr(scores, "detach"):
+        import torch
+
+        values = scores.detach()
+        bad = ~(torch.isfinite(values) & (values >= 0))
+        if bool(bad.any()):
+            position = int(bad.nonzero()[0, 0])
+            raise ValueError(f"score {float(values[position])} at position {position} is not a finite number >= 0")
+        return
+    values = np.asarray(scores)
+    if np.isfinite(values).all() and (values >= 0).all():
+        return
+    position = int(np.flatnonzero(~(np.isfinite(values) & (values >= 0)))[0])
+    raise ValueError(f"score {values[position]} at position {position} is not a finite number >= 0")
 
 
 def localize(order, weights, shard_size: int | None, window: int, key: np.uint64, groups: np.ndarray | None = None):

@@ -190,7 +190,8 @@ def score_arrays(request: PlanRequest, method: Method) -> tuple[np.ndarray, np.n
     require_scores(request, method)
     scores = to_host(request.scores).astype(np.float64)
     if not np.isfinite(scores).all():
-        raise ValueError(f"scores must be finite for method {method.name!r}")
+        position = int(np.flatnonzero(~np.isfinite(scores))[0])
+        raise ValueError(f"score {scores[position]} at position {position} is not finite (method {method.name!r})")
     if request.seen is None:
         return scores, np.ones(request.num_examples, dtype=np.uint64)
     return scores, to_host(request.seen).astype(np.uint64)
