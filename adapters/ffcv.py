@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from sadp_data.sampler import SADPSampler
-from sadp_data.store import ScoreStore
+from sadp_data.store import ScoreStore, check_store_belongs
 
 
 def sidecar_path(beton: str | Path) -> Path:
@@ -207,6 +207,7 @@ class ImportanceLoader(_Loader):
             raise ValueError(
                 f"{path} holds {self.reader.num_samples} examples but the sampler covers {sampler.num_examples}"
             )
+        check_store_belongs(sampler.store, beton_fingerprint(path), str(path))
         self.next_epoch = sampler.epoch
         self.sampling = True
         self._delivered = 0

@@ -33,6 +33,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from sadp_data.distributed import rank_positions
 from sadp_data.sampler import SADPSampler
 from sadp_data.shards import ShardError, ShardIndex, parse_sample
+from sadp_data.store import check_store_belongs
 
 
 class ShardLoader:
@@ -78,6 +79,7 @@ class ScoredShards(IterableDataset):
             raise ValueError(
                 f"the sampler covers {sampler.num_examples} examples but {root} holds {self.index.num_examples}"
             )
+        check_store_belongs(sampler.store, self.index.fingerprint, str(root))
         self.sampler = sampler
         self.window = window or sampler.window
         self.on_error = on_error

@@ -51,7 +51,8 @@ import zarr
 
 from .store_update import apply_update, bad_indices, bad_scores
 
-FORMAT_VERSION = 1
+#: 2: every array is checksummed (crc32c per chunk) and every chunk is written at creation.
+FORMAT_VERSION = 2
 DEFAULT_CHUNK_SIZE = 1 << 18
 
 _OPEN_STORES: weakref.WeakSet[ScoreStore] = weakref.WeakSet()
@@ -131,15 +132,22 @@ class ScoreStore:
         self.persist = persist and not read_only
         self.flush_interval = float(flush_interval)
         self._group = group
-        self._arrays = {name: group[name] for name in ("score", "seen", "epoch")}
+        self._arrays = {name: _keep_every_chunk(group[name]) for name in ("score", "seen", "epoch")}
         attrs = dict(group.attrs)
         self.num_examples = int(attrs["num_examples"])
         self.fingerprint: str | None = attrs.get("fingerprint")
         self._keep_ratio_history: list[list[float]] = list(attrs.get("keep_ratio_history", []))
         self._chunk = int(self._arrays["score"].chunks[0])
-        self._scores = np.asarray(self._arrays["score"][:], dtype=np.float32)
-        self._seen = np.asarray(self._arrays["seen"][:], dtype=np.uint32)
-        self._epochs = np.asarray(self._arrays["epoch"][:], dtype=np.int32)
+        checked = int(attrs.get("format_version", 0)) >= 2
+        self._scores = _read_checked(path, self._arrays["score"], np.float32, checked)
+        self._seen = _read_checked(path, self._arrays["seen"], np.uint32, checked)
+        self._epochs = _read_checked(path, self._arrays["epoch"], np.int32, checked)
+        bad = np.flatnonzero(~(np.isfinite(self._scores) & (self._scores >= 0)))
+        if bad.size:
+            raise ScoreStoreError(
+                f"{path}: score of example {int(bad[0])} is {self._scores[bad[0]]} ({bad.size} bad in all): the "
+                "sidecar is damaged; recreate it (ScoreStore.create(..., overwrite=True)) or restore it from a copy"
+            )
         self._version = int(attrs.get("version", 0))
         self._persisted_version = self._version
         self._current_epoch = -1
@@ -193,9 +201,12 @@ class ScoreStore:
         group = zarr.open_group(zarr.storage.LocalStore(path), mode="w")
         chunks = (min(int(chunk_size), int(num_examples)),)
         for name, dtype, fill in (("score", "float32", 0.0), ("seen", "uint32", 0), ("epoch", "int32", -1)):
-            group.create_array(
-                name, shape=(num_examples,), chunks=chunks, dtype=dtype, fill_value=fill, compressors=None
+            array = _keep_every_chunk(
+                group.create_array(
+                    name, shape=(num_examples,), chunks=chunks, dtype=dtype, fill_value=fill, compressors=_checksum()
+                )
             )
+            array[:] = np.full(num_examples, fill, dtype=dtype)  # every chunk on disk: a missing one is damage
         group.attrs.update(
             {
                 "num_examples": int(num_examples),
@@ -352,9 +363,14 @@ class ScoreStore:
         names = set(self._group.array_keys())
         if version is None or not {"snapshot_score", "snapshot_seen"} <= names:
             return None
-        scores = np.asarray(self._group["snapshot_score"][:], dtype=np.float32)
-        seen = np.asarray(self._group["snapshot_seen"][:], dtype=np.uint32)
-        last_epoch = np.asarray(self._group["snapshot_epoch"][:], dtype=np.int32) if "snapshot_epoch" in names else None
+        checked = int(dict(self._group.attrs).get("format_version", 0)) >= 2
+        scores = _read_checked(self.path, self._group["snapshot_score"], np.float32, checked)
+        seen = _read_checked(self.path, self._group["snapshot_seen"], np.uint32, checked)
+        last_epoch = (
+            _read_checked(self.path, self._group["snapshot_epoch"], np.int32, checked)
+            if "snapshot_epoch" in names
+            else None
+        )
         return ScoreSnapshot(scores, seen, int(version), last_epoch)
 
     def add_sync_hook(self, hook: Callable[[], None]) -> None:
@@ -489,16 +505,77 @@ class ScoreStore:
         if len(self._snapshot_arrays) < len(pairs):  # looked up (or created) once: zarr's listing costs ms
             present = set(self._group.array_keys())
             for name, values in pairs:
-                self._snapshot_arrays[name] = (
+                self._snapshot_arrays[name] = _keep_every_chunk(
                     self._group[name]
                     if name in present
                     else self._group.create_array(
-                        name, shape=values.shape, chunks=(self._chunk,), dtype=values.dtype, compressors=None
+                        name, shape=values.shape, chunks=(self._chunk,), dtype=values.dtype, compressors=_checksum()
                     )
                 )
         for name, values in pairs:
             self._snapshot_arrays[name][:] = values
         self._group.attrs.update({"snapshot_version": snapshot.version})
+
+
+def _checksum() -> list[Any]:
+    """The bytes-to-bytes codecs of every sidecar array: a crc32c checksum per chunk."""
+    from zarr.codecs import Crc32cCodec
+
+    return [Crc32cCodec()]
+
+
+def _keep_every_chunk(array: zarr.Array) -> zarr.Array:
+    """The same array, writing chunks equal to the fill value too (zarr skips, even deletes, them by
+    default): with every chunk on disk, a missing chunk file is detectable damage."""
+    return array.with_config({"write_empty_chunks": True})
+
+
+def _read_checked(path: Path, array: zarr.Array, dtype: Any, checked: bool) -> np.ndarray:
+    """All of ``array`` as ``dtype``; for checksummed sidecars, refuse a missing or corrupt chunk by name.
+
+    Every chunk of a format-2 sidecar is written at creation, so a missing chunk file is damage (zarr
+    would silently read its fill value); a chunk whose crc32c does not match is damage too.
+    """
+    if not checked:
+        return np.asarray(array[:], dtype=dtype)
+    chunk = int(array.chunks[0])
+    count = -(-int(array.shape[0]) // chunk)
+    folder = path / array.path / "c"
+    present = set(os.listdir(folder)) if folder.is_dir() else set()
+    missing = [i for i in range(count) if str(i) not in present]
+    if missing:
+        raise ScoreStoreError(
+            f"{folder / str(missing[0])}: chunk file missing ({len(missing)} of {count} chunks of {array.path!r} "
+            "missing): the sidecar is damaged; recreate it or restore it from a copy"
+        )
+    try:
+        return np.asarray(array[:], dtype=dtype)
+    except ValueError as error:
+        if "checksum" not in str(error):
+            raise
+    for i in range(count):
+        try:
+            array[i * chunk : (i + 1) * chunk]
+        except ValueError as error:
+            raise ScoreStoreError(
+                f"{folder / str(i)}: {error} (chunk {i} of {array.path!r} is corrupt): the sidecar is damaged; "
+                "recreate it or restore it from a copy"
+            ) from error
+    raise ScoreStoreError(f"{path}: a checksum of {array.path!r} did not match")
+
+
+def check_store_belongs(store: ScoreStore | None, fingerprint: str | None, data: str) -> None:
+    """Raise ``ScoreStoreError`` when ``store`` was created for another dataset than ``data``.
+
+    Compares the store's fingerprint with the data's; a store or data without a fingerprint cannot be
+    checked and passes (the example count is compared separately by every caller).
+    """
+    if store is None or store.fingerprint is None or fingerprint is None or store.fingerprint == fingerprint:
+        return
+    raise ScoreStoreError(
+        f"the sampler's score store {store.path} was created for dataset fingerprint {store.fingerprint!r}, "
+        f"but {data} has fingerprint {fingerprint!r}: these scores belong to another dataset"
+    )
 
 
 def dataset_fingerprint(dataset: Any, probes: int = 8) -> str:

@@ -143,3 +143,40 @@ def test_ranks_above_zero_opening_the_sidecar_for_writing_are_told_to_use_open_s
     outputs = [p.communicate(timeout=120)[0] for p in processes]
     assert all(p.returncode == 0 for p in processes), outputs
     assert "refused:" in outputs[1] and "open_store" in outputs[1], outputs[1]
+
+
+def _scored_sidecar(tmp_path: Path) -> Path:
+    path = tmp_path / "s.zarr"
+    with ScoreStore.create(path, 1000, chunk_size=100) as store:
+        store.update(np.arange(1000), np.random.default_rng(0).gamma(1.0, size=1000))
+    return path
+
+
+def test_a_deleted_score_chunk_is_refused_naming_the_chunk_file(tmp_path):
+    from sadp_data.store import ScoreStoreError
+
+    path = _scored_sidecar(tmp_path)
+    (path / "score" / "c" / "3").unlink()
+    with pytest.raises(ScoreStoreError, match=r"score/c/3: chunk file missing"):
+        ScoreStore.open(path, "r")
+
+
+def test_random_bytes_over_a_chunk_are_refused_naming_the_chunk_file(tmp_path):
+    from sadp_data.store import ScoreStoreError
+
+    path = _scored_sidecar(tmp_path)
+    chunk = path / "seen" / "c" / "7"
+    data = bytearray(chunk.read_bytes())
+    data[10:30] = np.random.default_rng(1).integers(0, 256, 20, dtype=np.uint8).tobytes()
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(ScoreStoreError, match=r"seen/c/7.*corrupt"):
+        ScoreStore.open(path, "r")
+
+
+def test_chunks_that_equal_the_fill_value_stay_on_disk(tmp_path):
+    path = tmp_path / "s.zarr"
+    with ScoreStore.create(path, 300, chunk_size=100) as store:
+        store.update(np.arange(100), np.zeros(100))  # a chunk of zero scores: zarr would delete it by default
+    assert sorted(p.name for p in (path / "score" / "c").iterdir()) == ["0", "1", "2"]
+    with ScoreStore.open(path, "r") as reopened:
+        assert reopened.seen()[:100].tolist() == [1] * 100

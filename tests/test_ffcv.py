@@ -193,3 +193,12 @@ def test_the_readme_example_trains_the_demo_snn_from_a_beton(tmp_path: Path, mon
     store = open_sidecar(tmp_path / "small.beton", "r")
     assert store.version > 0 and np.count_nonzero(store.seen()) == 200  # every example scored in the warm-up
     assert sampler.epoch == 1 and len(sampler.plan) == 140  # warm-up on all 200, then keep 0.7
+
+
+def test_a_store_of_another_dataset_passed_in_directly_is_refused(beton, tmp_path: Path) -> None:
+    from sadp_data import ScoreStore
+
+    other = ScoreStore.create(tmp_path / "c.scores.zarr", N, fingerprint="another-beton")
+    with pytest.raises(ScoreStoreError, match="another dataset"):
+        importance_loader(beton[0], SADPSampler(other, 0.5, epochs=3), batch_size=32, pipelines=_pipelines())
+    other.close()

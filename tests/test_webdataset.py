@@ -9,6 +9,7 @@ import pytest
 import torch
 from sadp_data.adapters.webdataset import ScoredShards
 
+from sadp_data import SADPSampler
 from sadp_data.cli import main
 from sadp_data.distributed import rank_positions
 from sadp_data.shards import ShardError, ShardIndex
@@ -123,6 +124,13 @@ def test_sidecar_of_another_dataset_is_refused(shards: Path, tmp_path: Path) -> 
     (tmp_path / "other.zarr").rename(shards / "scores.zarr")
     with pytest.raises(ScoreStoreError, match="another dataset"):
         ShardIndex.load(shards).open_store()
+
+
+def test_a_store_of_another_dataset_passed_in_directly_is_refused(shards: Path, tmp_path: Path) -> None:
+    other = ScoreStore.create(tmp_path / "other.zarr", N, fingerprint="not-these-shards")
+    with pytest.raises(ScoreStoreError, match="another dataset"):
+        ScoredShards(shards, SADPSampler(other, 0.5, epochs=3))
+    other.close()
 
 
 def test_module_callable_source_and_errors(tmp_path: Path, monkeypatch) -> None:
