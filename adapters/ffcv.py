@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from sadp_data.sampler import SADPSampler
+from sadp_data.staging import staged
 from sadp_data.store import ScoreStore, check_store_belongs
 
 
@@ -61,7 +62,9 @@ def write_beton(
     """Write ``source`` (a ``sources.Source``) to a ``.beton`` with an ``index`` field, plus its sidecar.
 
     ``page_size`` is ffcv's allocation unit (default 8 MiB, ffcv's own): the granularity of reads
-    and of page-local ordering (``sampler_for(..., page_window=)``).
+    and of page-local ordering (``sampler_for(..., page_window=)``). Atomic: both are built beside
+    ``out`` and renamed into place at the end (``sadp_data.staging``), so a failure or kill leaves
+    an existing pair whole.
     """
     from ffcv.fields import FloatField, IntField, NDArrayField
     from ffcv.writer import DatasetWriter
@@ -93,10 +96,10 @@ def write_beton(
             sample = source[index]
             return (*(sample[key] for key in names), index)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    DatasetWriter(str(out), fields, num_workers=num_workers, page_size=page_size).from_indexed_dataset(_Rows())
-    store = ScoreStore.create(sidecar_path(out), len(source), fingerprint=beton_fingerprint(out), overwrite=overwrite)
-    store.close()
+    with staged([out, sidecar_path(out)]) as stage:
+        built = stage / out.name
+        DatasetWriter(str(built), fields, num_workers=num_workers, page_size=page_size).from_indexed_dataset(_Rows())
+        ScoreStore.create(sidecar_path(built), len(source), fingerprint=beton_fingerprint(built)).close()
     return out
 
 

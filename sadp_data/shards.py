@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .staging import staged
 from .store import ScoreStore
 
 INDEX = "index.json"
@@ -111,19 +112,36 @@ def write_shards(
     progress: bool = True,
     overwrite: bool = False,
 ) -> ShardIndex:
-    """Convert ``source`` (a ``sources.Source``) into scored shards in ``out``; returns the index."""
-    import webdataset as wds
-    from tqdm.auto import tqdm
+    """Convert ``source`` (a ``sources.Source``) into scored shards in ``out``; returns the index.
 
+    Atomic (``sadp_data.staging``): the shards, index and a fresh sidecar are built in a hidden folder
+    beside ``out`` and swapped in at the end, so a failure or kill leaves an existing ``out`` whole,
+    and ``overwrite=True`` replaces all of it (no stale shards of an earlier conversion remain).
+    """
     out = Path(out)
     if shard_size <= 0:
         raise ValueError(f"--shard-size must be positive, got {shard_size}")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; choose a new folder (scores are never overwritten silently)")
-    out.mkdir(parents=True, exist_ok=True)
+        raise FileExistsError(
+            f"{out} is not empty; choose a new folder or pass --overwrite (scores are never overwritten silently)"
+        )
     count = len(source)
     if count == 0:
         raise ValueError(f"{source.name}: the source has no examples")
+    with staged([out]) as stage:
+        meta, offsets = _write_into(source, stage / out.name, shard_size, name, progress)
+    return ShardIndex(out, meta, offsets)
+
+
+def _write_into(source, out: Path, shard_size: int, name: str, progress: bool) -> tuple[dict, np.ndarray]:
+    """Write the shards, the index files and an empty sidecar of ``source`` into the new folder ``out``."""
+    import webdataset as wds
+    from tqdm.auto import tqdm
+
+    out.mkdir()
+    count = len(source)
     fields: set[str] = set()
     with wds.ShardWriter(str(out / f"{name}-%06d.tar"), maxcount=shard_size, verbose=0, mtime=0) as writer:
         for index in tqdm(range(count), desc=f"convert {name}", unit="ex", disable=not progress):
@@ -169,7 +187,7 @@ def write_shards(
     }
     (out / f"{name}.wids.json").write_text(json.dumps(wids, indent=1) + "\n")
     ScoreStore.create(out / SIDECAR, count, fingerprint=fingerprint).close()
-    return ShardIndex(out, meta, offsets)
+    return meta, offsets
 
 
 def _sample_spans(path: Path) -> dict[str, tuple[int, int]]:

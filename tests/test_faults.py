@@ -180,3 +180,111 @@ def test_chunks_that_equal_the_fill_value_stay_on_disk(tmp_path):
     assert sorted(p.name for p in (path / "score" / "c").iterdir()) == ["0", "1", "2"]
     with ScoreStore.open(path, "r") as reopened:
         assert reopened.seen()[:100].tolist() == [1] * 100
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _npz(path: Path, count: int = 120) -> Path:
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.integers(0, 255, (count, 4, 4), dtype=np.uint8), y=rng.integers(0, 10, count))
+    return path
+
+
+FAILING_SOURCE = """
+import numpy as np
+def build():
+    class Data:
+        def __len__(self):
+            return 120
+        def __getitem__(self, i):
+            if i == 90:
+                raise RuntimeError("source broke at 90")
+            return np.full(3, i, np.float32), i % 2
+    return Data()
+"""
+
+
+def test_reconverting_with_overwrite_replaces_everything_and_a_failure_leaves_the_old_folder_whole(
+    tmp_path, monkeypatch, capsys
+):
+    from sadp_data.cli import main
+    from sadp_data.shards import ShardIndex
+
+    source, out = _npz(tmp_path / "d.npz"), tmp_path / "shards"
+    assert main(["convert", str(source), str(out), "--shard-size", "16", "--no-progress"]) == 0
+    assert main(["convert", str(source), str(out), "--shard-size", "50", "--overwrite", "--no-progress"]) == 0
+    assert sorted(p.name for p in out.glob("*.tar")) == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    index = ShardIndex.load(out)
+    assert index.shard_size == 50 and index.open_store("r").num_examples == 120
+    before = _tree(out)
+    (tmp_path / "broken.py").write_text(FAILING_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit):
+        main(["convert", "broken:build", str(out), "--overwrite", "--no-progress"])
+    assert "source broke at 90" in capsys.readouterr().err
+    assert _tree(out) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+
+SLOW_CONVERT = """
+import sys, time
+import numpy as np
+from sadp_data.shards import write_shards
+from sadp_data.sources import Source
+class Slow:
+    def __len__(self):
+        return 10_000
+    def __getitem__(self, i):
+        if i == 50:
+            print("writing", flush=True)
+            time.sleep(120)
+        return {"x.npy": np.zeros(3, np.float32), "y.cls": 0}
+write_shards(Source("slow", Slow()), sys.argv[1], shard_size=10, progress=False, overwrite=True)
+"""
+
+
+def test_a_conversion_killed_half_way_leaves_the_old_folder_whole_and_a_retry_succeeds(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from sadp_data.cli import main
+
+    source, out = _npz(tmp_path / "d.npz"), tmp_path / "shards"
+    assert main(["convert", str(source), str(out), "--shard-size", "16", "--no-progress"]) == 0
+    before = _tree(out)
+    child = subprocess.Popen([sys.executable, "-c", SLOW_CONVERT, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "writing"
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        child.kill()
+    assert _tree(out) == before
+    assert any(p.name.startswith(".shards.partial-") for p in tmp_path.iterdir())  # the dead run's staging
+    assert main(["convert", str(source), str(out), "--shard-size", "40", "--overwrite", "--no-progress"]) == 0
+    assert not any(p.name.startswith(".shards.") for p in tmp_path.iterdir())  # cleaned up by the retry
+    assert len(list(out.glob("*.tar"))) == 3
+
+
+def test_ffcv_conversion_is_atomic_too(tmp_path, monkeypatch):
+    pytest.importorskip("ffcv")
+    from sadp_data.adapters import ffcv as adapter
+
+    from sadp_data.sources import open_source
+
+    source, out = _npz(tmp_path / "d.npz"), tmp_path / "data.beton"
+    adapter.write_beton(open_source(str(source)), out)
+    before = out.read_bytes(), _tree(tmp_path / "data.scores.zarr")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    # The new .beton is complete when its sidecar fails: neither may replace the old pair.
+    monkeypatch.setattr(adapter.ScoreStore, "create", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        adapter.write_beton(open_source(str(_npz(tmp_path / "other.npz", 80))), out, overwrite=True)
+    assert (out.read_bytes(), _tree(tmp_path / "data.scores.zarr")) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -19,6 +19,8 @@ from sadp_data.store import ScoreStoreError
 
 N = 300
 
+from _samplers import unbiased_sampler  # noqa: E402
+
 
 @pytest.fixture
 def beton(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
@@ -54,7 +56,7 @@ def test_every_planned_index_once_per_epoch_with_its_weights(beton, workers: int
     path, x, y = beton
     store = open_sidecar(path)
     store.update(np.arange(N), np.random.default_rng(0).random(N) + 0.01)
-    sampler = SADPSampler(store, keep_ratio=0.5, epochs=4, seed=2)
+    sampler = unbiased_sampler(store, keep_ratio=0.5, epochs=4, seed=2)
     runs = _epochs(path, sampler, 4, workers)
     assert [len(run[2]) for run in runs] == [300, 150, 150, 300]  # warm-up, pruned, anneal
     for xs, ys, indices, weights, plan in runs:
@@ -71,7 +73,7 @@ def test_determinism(beton) -> None:
     orders = []
     for _ in range(2):
         store = open_sidecar(path, "r")
-        orders.append(_epochs(path, SADPSampler(store, keep_ratio=0.5, epochs=3, seed=5), 2)[1][2].tolist())
+        orders.append(_epochs(path, unbiased_sampler(store, keep_ratio=0.5, epochs=3, seed=5), 2)[1][2].tolist())
     assert orders[0] == orders[1]
 
 
@@ -91,7 +93,7 @@ def test_bad_input(beton, tmp_path: Path) -> None:
     truncated.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ValueError, match=r"cut\.beton"):
         open_sidecar(truncated)
-    sampler = SADPSampler(open_sidecar(path, "r"), keep_ratio=0.5)
+    sampler = unbiased_sampler(open_sidecar(path, "r"), keep_ratio=0.5)
     with pytest.raises(TypeError, match="indices="):
         importance_loader(path, sampler, batch_size=32, indices=np.arange(10), pipelines=_pipelines())
     with pytest.raises(TypeError, match="order="):
@@ -102,7 +104,7 @@ def test_an_epoch_longer_than_the_first_is_delivered_whole(beton) -> None:
     """ffcv's own Loader cuts every epoch to the first one's length; ours must not drop the anneal epoch."""
     path, _, _ = beton
     store = open_sidecar(path)
-    sampler = SADPSampler(store, keep_ratio=0.5, epochs=4, warmup_epochs=0, seed=1, batch_size=32)
+    sampler = unbiased_sampler(store, keep_ratio=0.5, epochs=4, warmup_epochs=0, seed=1, batch_size=32)
     loader = importance_loader(path, sampler, batch_size=32, num_workers=1, pipelines=_pipelines())
     for epoch, expected in enumerate([150, 150, 150, 300]):
         assert len(loader) == sampler.num_batches(epoch)
@@ -120,10 +122,10 @@ def test_resume_mid_epoch_continues_the_identical_order(beton) -> None:
     def loader_for(sampler: SADPSampler):
         return importance_loader(path, sampler, batch_size=32, num_workers=1, pipelines=_pipelines())
 
-    full = loader_for(SADPSampler(store, keep_ratio=0.5, epochs=4, seed=4))
+    full = loader_for(unbiased_sampler(store, keep_ratio=0.5, epochs=4, seed=4))
     list(full)
     uninterrupted = np.concatenate([np.asarray(index).reshape(-1).copy() for _, _, index in full])
-    interrupted = loader_for(SADPSampler(store, keep_ratio=0.5, epochs=4, seed=4))
+    interrupted = loader_for(unbiased_sampler(store, keep_ratio=0.5, epochs=4, seed=4))
     list(interrupted)
     head = []
     for _, _, index in interrupted:
@@ -132,7 +134,7 @@ def test_resume_mid_epoch_continues_the_identical_order(beton) -> None:
             break
     state = interrupted.state_dict()
     assert state["epoch"] == 1 and state["position"] == 64
-    resumed = loader_for(SADPSampler(store, keep_ratio=0.5, epochs=4, seed=4))
+    resumed = loader_for(unbiased_sampler(store, keep_ratio=0.5, epochs=4, seed=4))
     resumed.load_state_dict(state)
     assert len(resumed) == -(-(150 - 64) // 32)
     tail = np.concatenate([np.asarray(index).reshape(-1).copy() for _, _, index in resumed])
@@ -145,7 +147,7 @@ def test_ranks_take_equal_disjoint_slices_of_one_plan(beton) -> None:
     store = open_sidecar(path, "r")
     parts = []
     for rank in range(3):
-        sampler = SADPSampler(store, keep_ratio=0.5, epochs=4, seed=7, num_replicas=3, rank=rank)
+        sampler = unbiased_sampler(store, keep_ratio=0.5, epochs=4, seed=7, num_replicas=3, rank=rank)
         loader = importance_loader(path, sampler, batch_size=16, num_workers=1, pipelines=_pipelines())
         list(loader)
         parts.append(np.concatenate([np.asarray(index).reshape(-1).copy() for _, _, index in loader]))
@@ -164,7 +166,7 @@ def test_page_window_reads_pages_in_windows(tmp_path: Path) -> None:
     path = write_beton(open_source(str(tmp_path / "big.npz")), tmp_path / "big.beton", page_size=1 << 21)
     pages = page_groups(path)
     assert len(np.unique(pages)) >= 8 and np.all(np.diff(pages) >= 0)  # written in order, ~40 samples a page
-    sampler = sampler_for(path, page_window=2, keep_ratio=0.5, epochs=4, seed=1)
+    sampler = sampler_for(path, page_window=2, keep_ratio=0.5, epochs=4, seed=1, schedule="constant")
     list(importance_loader(path, sampler, batch_size=16, num_workers=1, pipelines=_pipelines()))
     visited = pages[sampler.plan.order]
     assert len(np.unique(visited)) >= 8
@@ -200,5 +202,5 @@ def test_a_store_of_another_dataset_passed_in_directly_is_refused(beton, tmp_pat
 
     other = ScoreStore.create(tmp_path / "c.scores.zarr", N, fingerprint="another-beton")
     with pytest.raises(ScoreStoreError, match="another dataset"):
-        importance_loader(beton[0], SADPSampler(other, 0.5, epochs=3), batch_size=32, pipelines=_pipelines())
+        importance_loader(beton[0], unbiased_sampler(other, 0.5, epochs=3), batch_size=32, pipelines=_pipelines())
     other.close()

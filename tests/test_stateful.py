@@ -31,7 +31,7 @@ def test_state_dict_round_trip_mid_epoch(store, workers: int) -> None:
     dataset = TensorDataset(torch.arange(N))
 
     def loader_at_epoch_one():
-        sampler = sd.SADPSampler(store, 0.5, epochs=3, seed=2)
+        sampler = sd.SADPSampler(store, 0.5, epochs=3, seed=2, schedule="constant")
         sampler.set_epoch(1)
         return stateful.StatefulDataLoader(dataset, batch_size=16, sampler=sampler, num_workers=workers)
 

@@ -36,7 +36,9 @@ def shards(tmp_path: Path, source) -> Path:
 
 
 def _epoch(root: Path, keep: float, epoch: int, workers: int = 0, store=None):
-    sampler = ScoredShards.sampler_for(root, store=store, keep_ratio=keep, epochs=10, warmup_epochs=0, seed=3)
+    sampler = ScoredShards.sampler_for(
+        root, store=store, keep_ratio=keep, epochs=10, warmup_epochs=0, seed=3, schedule="constant"
+    )
     sampler.set_epoch(epoch)
     loader = ScoredShards(root, sampler).decode().to_tuple("x.npy", "y.cls").loader(16, num_workers=workers)
     batches = list(loader)
@@ -101,9 +103,10 @@ def test_bad_shards_are_named(shards: Path) -> None:
     start = int(index.offsets[70, 1])
     data[start : start + 100] = b"\xff" * 100  # a corrupt header, same size
     victim.write_bytes(bytes(data))
+    store = index.open_store()  # one writer for both loaders (a second one would be refused)
     with pytest.raises(ShardError, match=r"train-000001.tar, sample 000000070"):
-        _epoch(shards, 1.0, 0)
-    sampler = ScoredShards.sampler_for(shards, keep_ratio=1.0, warmup_epochs=0)
+        _epoch(shards, 1.0, 0, store=store)
+    sampler = ScoredShards.sampler_for(shards, store=store, keep_ratio=1.0, warmup_epochs=0)
     sampler.set_epoch(0)
     dataset = ScoredShards(shards, sampler, on_error="skip").decode()
     with pytest.warns(RuntimeWarning, match="skipped 1 unreadable samples"):
