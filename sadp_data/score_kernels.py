@@ -26,7 +26,8 @@ def cross_entropy_scores_torch(
 ) -> dict[str, torch.Tensor]:
     """Reference implementation (any device): ``{"grad_bound": ‖δ‖, "rate": ‖δ‖·sqrt(1+‖r̄‖²)}``."""
     delta = torch.softmax(logits.to(torch.float32), dim=1)
-    delta[torch.arange(delta.shape[0], device=delta.device), targets.long()] -= 1.0
+    minus_one = torch.full((delta.shape[0], 1), -1.0, dtype=delta.dtype, device=delta.device)
+    delta.scatter_add_(1, targets.long().reshape(-1, 1), minus_one)  # δ = p − onehot(y), no index copy
     norm = delta.norm(dim=1)
     result = {"grad_bound": norm}
     if rate_sq is not None:

@@ -243,10 +243,16 @@ class SpikeAwareScorer:
         """
         if outputs is None or not calls or getattr(self.layer, "bias", None) is None or outputs.dim() != 2:
             return False
-        logits = _stack_time_major([z.detach() for _, z in calls], batch)
-        if logits.shape[1:] != outputs.shape:
-            return False
-        return bool(torch.allclose(logits.mean(dim=0), outputs.detach().to(torch.float32), rtol=1e-5, atol=1e-6))
+        z = calls[0][1].detach()
+        if len(calls) == 1 and z.dim() == 3 and z.shape[1:] == outputs.shape:
+            logits = z  # one multi-step call, time-major: no copy
+        else:
+            logits = _stack_time_major([z.detach() for _, z in calls], batch)
+            if logits.shape[1:] != outputs.shape:
+                return False
+        target = outputs.detach()
+        gap = (logits.mean(dim=0) - target).abs().max()  # one reduction, cheaper than allclose
+        return bool(gap <= 1e-5 * target.abs().max() + 1e-6)
 
     def scores(
         self, per_sample_loss: torch.Tensor, outputs: torch.Tensor | None = None, targets: torch.Tensor | None = None
