@@ -43,6 +43,17 @@ def _bench(args: argparse.Namespace) -> int:
         out = write_report(folder, args.out, command=args.command_line)
         print(f"report written to {out}")
         return 0
+    if args.resummarise:
+        if args.suite != ["frontier"] or not args.json:
+            raise ValueError(
+                "--resummarise needs the frontier suite and its JSON: bench frontier --resummarise --json PATH"
+            )
+        from sadp_data.bench.frontier import format_frontier_table, resummarise, write_frontier_report
+
+        result = resummarise(args.json)
+        print(format_frontier_table(result))
+        print(f"summary and targets recomputed in {args.json}; report written to {write_frontier_report(args.json)}")
+        return 0
     if args.out:
         raise ValueError("--out belongs to `bench report`")
     if args.seeds is not None and args.seeds <= 0:
@@ -240,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--train-size", type=int, help="train: training examples per dataset (override)")
     bench.add_argument("--epochs", type=int, help="train: epochs (override)")
     bench.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    bench.add_argument(
+        "--resummarise",
+        action="store_true",
+        help="frontier: recompute the summary, targets, FRONTIER.md and plots from the runs in --json PATH "
+        "(trains nothing)",
+    )
     bench.set_defaults(handler=_bench)
     return parser
 

@@ -184,3 +184,38 @@ def test_all_leaves_the_frontier_study_out():
     assert resolve_suites(["frontier"]) == ["frontier"]
     with pytest.raises(ValueError, match="frontier"):
         resolve_suites(["frontiers"])
+
+
+def test_load_adjusted_speedup_ignores_when_the_machine_was_busy():
+    from sadp_data.bench.frontier import _load_adjusted_efficiency
+
+    load = [1.0, 5.0, 1.0, 1.0]  # the second epoch ran on a busy machine
+    keeps = [1.0, 0.9, 0.1, 1.0]
+    full = {"time_per_epoch_s": [10 * c for c in load]}
+    run = {
+        "stats": [{"keep_ratio": k} for k in keeps],
+        "time_per_epoch_s": [10 * k * c * 1.02 for k, c in zip(keeps, load, strict=True)],
+    }
+    assert _load_adjusted_efficiency(run, full) == pytest.approx(1 / 1.02)
+    plain = sum(full["time_per_epoch_s"]) / sum(run["time_per_epoch_s"]) / (4 / sum(keeps))
+    assert plain < 0.95  # the plain ratio blames the run for the busy epoch it did most work in
+
+
+def test_resummarise_recomputes_summary_and_targets_from_the_runs(tmp_path):
+    from sadp_data.bench.frontier import resummarise
+
+    from sadp_data.cli import main
+
+    runs = []
+    for seed in range(3):
+        runs.append(_run("p", "full", 1.0, seed, 0.80, (0.79, 0.80, 0.80)))
+        runs[-1]["stats"] = []
+        for variant, accuracy in (("sadp", 0.801), ("random", 0.79)):
+            runs.append({**_run("p", variant, 0.5, seed, accuracy), "stats": [{"keep_ratio": 0.5}] * 3})
+    path = tmp_path / "frontier.json"
+    path.write_text(json.dumps({"runs": runs, "summary": {}, "targets": {}, "config": {"parts": [{"name": "p"}]}}))
+    result = resummarise(path)
+    assert result["targets"]["p: sadp@0.5 vs every baseline"]["measured"] == pytest.approx(1.1)
+    assert json.loads(path.read_text())["resummarised"]
+    with pytest.raises(SystemExit):
+        main(["bench", "train", "--resummarise", "--json", str(path)])
