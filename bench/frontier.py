@@ -666,7 +666,10 @@ def _diagnostics_row(keep: float, epoch: int, stats: list[dict[str, Any]], probe
         return _mean_text([s.get(key) for s in stats], fmt)
 
     def mse_ratio(key: str) -> str:
-        return _mean_text([p["estimator"][key]["mse"] / p["estimator"]["uniform"]["mse"] for p in probes], ".3f")
+        ratios = [
+            p["estimator"][key]["mse"] / p["estimator"]["uniform"]["mse"] for p in probes if key in p["estimator"]
+        ]
+        return _mean_text(ratios, ".3f")
 
     bias = [p["estimator"]["stored"]["bias_sq"] / p["estimator"]["stored"]["mse"] for p in probes]
     cells = [
@@ -681,6 +684,7 @@ def _diagnostics_row(keep: float, epoch: int, stats: list[dict[str, Any]], probe
         _mean_text([p["spearman_fresh_true"] for p in probes], ".3f"),
         mse_ratio("stored"),
         mse_ratio("fresh"),
+        mse_ratio("stored_unbiased"),
         mse_ratio("optimal"),
         _mean_text(bias, ".3f"),
     ]
@@ -704,6 +708,7 @@ def _diagnostics_table(result: dict[str, Any], part: str) -> str:
         "Spearman fresh↔true",
         "MSE ÷ uniform: stored",
         "fresh",
+        "stored, α = 1",
         "optimal",
         "bias² share (stored)",
     )

@@ -11,7 +11,9 @@ Two kinds:
   correlation between the store's scores and fresh scores, and the mean squared error of the
   mini-batch gradient estimator under uniform sampling, under the method's sampling distribution
   and under the optimal one (∝ the true gradient norms), all at the same model state. If
-  importance sampling does not reduce the error in practice, this shows it.
+  importance sampling does not reduce the error in practice, this shows it. A biased draw (SADP's
+  default α = 0) is measured against the full-data gradient, so its error includes its bias; the
+  ``*_unbiased`` entries give the same draw with Horvitz–Thompson weights, which isolates variance.
 """
 
 from __future__ import annotations
@@ -182,8 +184,9 @@ def probe(
     ``stored_scores`` are the store's scores of the probe examples; ``fresh_scores(model, x, y)``
     scores them now. Returns the Spearman correlations stored↔fresh and fresh↔true gradient norm,
     and ``estimator_error`` under ``uniform`` sampling, SADP's draw from the ``stored`` and from the
-    ``fresh`` scores (``smoothing`` λ, ``weight_power`` α, weights normalised), and the ``optimal``
-    draw (∝ true gradient norms, unbiased weights). Runs in training mode (as scores are recorded)
+    ``fresh`` scores (``smoothing`` λ, ``weight_power`` α, weights normalised; ``stored_unbiased``
+    and ``fresh_unbiased`` with α = 1), and the ``optimal`` draw (∝ true gradient norms, unbiased
+    weights). Runs in training mode (as scores are recorded)
     and restores parameters, buffers (batch-norm statistics) and the RNG state afterwards.
     """
     state = copy.deepcopy(model.state_dict())
@@ -201,6 +204,8 @@ def probe(
     for name, values in (("stored", stored_scores), ("fresh", fresh)):
         p, w = sampling_distribution(values, smoothing, weight_power)
         errors[name] = estimator_error(gradients, p, w, batch_size)
+        p, w = sampling_distribution(values, smoothing, 1.0)
+        errors[f"{name}_unbiased"] = estimator_error(gradients, p, w, batch_size)
     optimal = np.maximum(norms, 1e-12 * max(float(norms.max()), 1e-30))
     optimal = optimal / optimal.sum()
     errors["optimal"] = estimator_error(gradients, optimal, 1.0 / (size * optimal), batch_size)

@@ -109,7 +109,8 @@ def test_frontier_bench_writes_runs_summary_targets_and_report(tmp_path):
     assert all(r["examples_processed"] == 512 + 2 * 256 for r in sadp)
     assert [s["epoch"] for s in sadp[0]["stats"]] == [0, 1, 2]
     assert [p["epoch"] for p in sadp[0]["probes"]] == [0, 1]  # every epoch but the last
-    assert {"uniform", "stored", "fresh", "optimal"} == set(sadp[0]["probes"][0]["estimator"])
+    estimators = {"uniform", "stored", "fresh", "optimal", "stored_unbiased", "fresh_unbiased"}
+    assert estimators == set(sadp[0]["probes"][0]["estimator"])
     full = [r for r in runs if r["method"] == "full" and r["part"] == "fashion-mnist/mlp"]
     # Paired seeds: every run of a seed starts from the same weights, so warm-up epochs agree.
     for seed in (0, 1):
