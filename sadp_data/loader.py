@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler, default_collate
 
 from .sampler import SADPSampler
 
@@ -114,7 +114,8 @@ def wrap(loader_or_dataset: DataLoader | Dataset, sampler: SADPSampler, **loader
     The user's loader settings are kept; its ``sampler``/``shuffle`` are replaced by ``sampler``.
     ``loader_kwargs`` override carried settings. Raises ``TypeError`` for iterable-style datasets
     (use an adapter such as ``sadp_data.adapters.webdataset``) and for loaders built with a custom
-    ``batch_sampler``, and ``ValueError`` when the dataset size differs from the sampler's.
+    ``batch_sampler`` or a sampler of their own (it would be dropped silently), and ``ValueError``
+    when the dataset size differs from the sampler's.
     """
     if isinstance(loader_or_dataset, DataLoader):
         loader = loader_or_dataset
@@ -122,6 +123,13 @@ def wrap(loader_or_dataset: DataLoader | Dataset, sampler: SADPSampler, **loader
             raise TypeError(
                 "the DataLoader uses a custom batch_sampler (batch_size=None); wrap a loader built "
                 "with batch_size=..., or pass the dataset and batch_size to wrap()"
+            )
+        if not isinstance(loader.dataset, IterableDataset) and not isinstance(
+            loader.sampler, (SequentialSampler, RandomSampler)
+        ):
+            raise TypeError(
+                f"the DataLoader has its own sampler ({type(loader.sampler).__name__}); wrap() would replace it "
+                "with the SADPSampler. Build the DataLoader without sampler=, or fold its selection into the data"
             )
         settings = {name: getattr(loader, name) for name in _CARRIED if hasattr(loader, name)}
         if loader.num_workers == 0:

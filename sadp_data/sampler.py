@@ -13,6 +13,7 @@ import dataclasses
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,16 @@ from .methods import METHODS, PlanRequest, get_method
 from .methods.base import to_host
 from .schedule import KeepRatioSchedule, Shape
 from .store import ScoreSnapshot, ScoreStore
+
+
+def _require_integer(name: str, value: Any, minimum: int, optional: bool = False) -> None:
+    """Refuse a non-integer (``"abc"``, ``1.7``, ``True``) or too small ``value`` of parameter ``name``."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 @dataclass
@@ -118,6 +129,14 @@ class SADPSampler(Sampler[int]):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
+        _require_integer("seed", seed, minimum=0)
+        _require_integer("epochs", epochs, minimum=1, optional=True)
+        _require_integer("batch_size", batch_size, minimum=1, optional=True)
+        _require_integer("num_examples", num_examples, minimum=1, optional=True)
+        _require_integer("warmup_epochs", warmup_epochs, minimum=0)
+        for name, value in (("keep_ratio", keep_ratio), ("smoothing", smoothing), ("anneal_fraction", anneal_fraction)):
+            if isinstance(value, bool) or not isinstance(value, Real):
+                raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
         if method not in METHODS:
             raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
         self._method = get_method(method, **(method_options or {}))
@@ -127,12 +146,8 @@ class SADPSampler(Sampler[int]):
             raise ValueError(f"num_examples={num_examples} but the store holds {store.num_examples} examples")
         if store is None and (num_examples is None or num_examples <= 0):
             raise ValueError("without a store, pass num_examples > 0")
-        if batch_size is not None and batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
         if not 0.0 <= smoothing <= 1.0:
             raise ValueError(f"smoothing must be in [0, 1], got {smoothing}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
         if shard_size is not None and groups is not None:
             raise ValueError("pass shard_size or groups, not both")
         default_rank, default_world = rank_and_world()
@@ -146,6 +161,18 @@ class SADPSampler(Sampler[int]):
             keep_ratio = 1.0
         shape = self._method.default_schedule if schedule is None else schedule
         self.schedule = KeepRatioSchedule(keep_ratio, epochs, warmup_epochs, anneal_fraction, shape)
+        if (
+            epochs is not None
+            and keep_ratio < 1.0
+            and not any(self.schedule.phase(e) == "prune" for e in range(epochs))
+        ):
+            warnings.warn(
+                f"no epoch of this run prunes: warmup_epochs={warmup_epochs} and the anneal tail "
+                f"({self.schedule.anneal_epochs} epochs) cover all {epochs} epochs, so keep_ratio={keep_ratio} "
+                "is never used",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self.batch_size = batch_size
         self.seed = int(seed)
         self.smoothing = float(smoothing)
@@ -171,8 +198,14 @@ class SADPSampler(Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch to iterate next; its plan is made on first use from a fresh snapshot."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        _require_integer("epoch", epoch, minimum=0)
+        if self.epochs is not None and epoch >= self.epochs:
+            warnings.warn(
+                f"set_epoch({epoch}) is past the run's {self.epochs} epochs (0 to {self.epochs - 1}): "
+                "it trains on all data, like the anneal tail",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         if epoch != self.epoch:
             self._plan = None
             self._start = 0

@@ -288,3 +288,42 @@ def test_ffcv_conversion_is_atomic_too(tmp_path, monkeypatch):
         adapter.write_beton(open_source(str(_npz(tmp_path / "other.npz", 80))), out, overwrite=True)
     assert (out.read_bytes(), _tree(tmp_path / "data.scores.zarr")) == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"keep_ratio": "0.5"}, TypeError, "keep_ratio"),
+        ({"seed": "abc"}, TypeError, "seed"),
+        ({"seed": 1.7}, TypeError, "seed"),
+        ({"epochs": 2.5}, TypeError, "epochs"),
+        ({"batch_size": 2.5}, TypeError, "batch_size"),
+        ({"warmup_epochs": True}, TypeError, "warmup_epochs"),
+        ({"seed": -1}, ValueError, "seed"),
+    ],
+)
+def test_bad_types_are_refused_at_the_boundary_naming_the_parameter(store, kwargs, error, name):
+    with pytest.raises(error, match=name):
+        SADPSampler(store, **{"keep_ratio": 0.5, "epochs": 4, **kwargs})
+
+
+def test_bad_epochs_and_runs_that_never_prune_are_flagged(store):
+    sampler = SADPSampler(store, 0.5, epochs=4)
+    with pytest.raises(TypeError, match="epoch"):
+        sampler.set_epoch(1.5)
+    with pytest.warns(RuntimeWarning, match="past the run's 4 epochs"):
+        sampler.set_epoch(4)
+    with pytest.warns(RuntimeWarning, match="no epoch of this run prunes"):
+        SADPSampler(store, 0.5, epochs=2, warmup_epochs=2)
+
+
+def test_wrap_refuses_to_drop_a_sampler_the_user_set(store):
+    from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
+
+    from sadp_data import wrap
+
+    dataset = TensorDataset(torch.arange(1000))
+    loader = DataLoader(dataset, batch_size=10, sampler=SubsetRandomSampler(range(100)))
+    with pytest.raises(TypeError, match="SubsetRandomSampler"):
+        wrap(loader, SADPSampler(store, 0.5, epochs=4))
+    assert len(wrap(DataLoader(dataset, batch_size=10, shuffle=True), SADPSampler(store, 0.5, epochs=4))) > 0
