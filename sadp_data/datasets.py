@@ -7,6 +7,7 @@ the four standard ``*-idx*-ubyte[.gz]`` files works.
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,11 @@ def load_idx(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise ValueError(f"{path}: not a readable gzip file ({error}); is it truncated or not compressed?") from error
     if len(data) < 4 or data[0:2] != b"\0\0" or data[2] not in _IDX_TYPES:
         raise ValueError(f"{path}: not an IDX file (bad magic number {data[:4].hex()})")
     dtype = np.dtype(_IDX_TYPES[data[2]])

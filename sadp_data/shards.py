@@ -75,12 +75,23 @@ class ShardIndex:
         index_path = root / INDEX
         if not index_path.is_file():
             raise FileNotFoundError(f"{root}: no {INDEX}; convert data with `sadp-data convert SRC {root}`")
-        meta = json.loads(index_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise ShardError(f"{index_path}: not a scored-shards index (format {meta.get('format')!r})")
-        offsets = np.load(root / OFFSETS)
-        if offsets.shape != (meta["num_examples"], 3):
-            raise ShardError(f"{root / OFFSETS}: shape {offsets.shape}, expected ({meta['num_examples']}, 3)")
+        try:
+            meta = json.loads(index_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ShardError(f"{index_path}: not valid JSON ({error}); convert again") from error
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ShardError(f"{index_path}: not a scored-shards index (format {found!r})")
+        _check_index(index_path, meta)
+        try:
+            offsets = np.load(root / OFFSETS, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as error:
+            raise ShardError(f"{root / OFFSETS}: unreadable ({error}); convert again") from error
+        if offsets.shape != (meta["num_examples"], 3) or offsets.dtype.kind not in "iu":
+            raise ShardError(
+                f"{root / OFFSETS}: shape {offsets.shape} {offsets.dtype}, "
+                f"expected ({meta['num_examples']}, 3) integers"
+            )
         index = cls(root, meta, offsets)
         if verify:
             for shard, entry in enumerate(meta["shards"]):
@@ -93,6 +104,31 @@ class ShardIndex:
                         "it was truncated or rewritten; convert again"
                     )
         return index
+
+
+#: Keys of ``index.json`` and of each of its shard entries, with the types they must have.
+_INDEX_KEYS = {"num_examples": int, "fingerprint": str, "shard_size": int, "fields": list, "shards": list, "name": str}
+_SHARD_KEYS = {"url": str, "nsamples": int, "first_index": int, "bytes": int}
+
+
+def _check_index(path: Path, meta: dict[str, Any]) -> None:
+    """Raise ``ShardError`` naming ``path`` and the key when ``index.json`` lacks a key or has a wrong type."""
+
+    def check(entry: Any, keys: dict[str, type], where: str) -> None:
+        if not isinstance(entry, dict):
+            raise ShardError(f"{path}: {where} is a {type(entry).__name__}, not an object; convert again")
+        for key, kind in keys.items():
+            value = entry.get(key)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise ShardError(f"{path}: {where} key {key!r} is {value!r}, expected {kind.__name__}; convert again")
+
+    check(meta, _INDEX_KEYS, "the index")
+    for number, shard in enumerate(meta["shards"]):
+        check(shard, _SHARD_KEYS, f"shard entry {number}")
+        if "/" in shard["url"] or shard["url"].startswith(".."):
+            raise ShardError(f"{path}: shard entry {number} url {shard['url']!r} is not a file name in the folder")
+    if meta["num_examples"] <= 0 or sum(s["nsamples"] for s in meta["shards"]) != meta["num_examples"]:
+        raise ShardError(f"{path}: the shards' nsamples do not add up to num_examples={meta['num_examples']}")
 
 
 def _encode_fields(index: int, fields: dict[str, Any]) -> dict[str, Any]:

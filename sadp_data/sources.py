@@ -17,6 +17,7 @@ dict items keep their own keys), which webdataset's decoders understand.
 from __future__ import annotations
 
 import importlib
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,11 +124,21 @@ def open_source(spec: str, split: str = "train", frames: int | None = None) -> S
     if path.suffix == ".npz":
         if not path.is_file():
             raise FileNotFoundError(f"{spec}: no such .npz file")
-        with np.load(path) as arrays:
+        unreadable = (OSError, EOFError, ValueError, zipfile.BadZipFile)
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except unreadable as error:
+            raise ValueError(f"{spec}: not a readable .npz archive ({error})") from error
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError(f"{spec}: holds a single array, not an .npz archive with arrays x and y")
+        with loaded as arrays:
             missing = {"x", "y"} - set(arrays.files)
             if missing:
                 raise ValueError(f"{spec}: missing arrays {sorted(missing)} (found {arrays.files})")
-            x, y = arrays["x"], arrays["y"]
+            try:
+                x, y = arrays["x"], arrays["y"]
+            except unreadable as error:
+                raise ValueError(f"{spec}: array x or y is unreadable ({error})") from error
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"{spec}: x has {x.shape[0]} examples but y has {y.shape[0]}")
         return Source(f"npz:{path.resolve()}", _Pairs(x, y))

@@ -8,6 +8,7 @@ and ``<id>\\t<label>`` lines.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,17 @@ def read_labels(root: str | Path, split: str = "train") -> np.ndarray:
     path = Path(root) / LABEL_FILES[split]
     if not path.is_file():
         raise FileNotFoundError(f"{root}: missing label list {LABEL_FILES[split]}")
-    return np.loadtxt(path, dtype=np.int64, comments="#", ndmin=2)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": refused below
+            pairs = np.loadtxt(path, dtype=np.int64, comments="#", ndmin=2)
+    except ValueError as error:
+        raise ValueError(f"{path}: not a list of '<id> <label>' integer lines ({error})") from error
+    if pairs.size == 0:
+        raise ValueError(f"{path}: the label list has no '<id> <label>' lines")
+    if pairs.shape[1] != 2:
+        raise ValueError(f"{path}: expected 2 columns (id, label), found {pairs.shape[1]}")
+    return pairs
 
 
 class NMNIST:
