@@ -85,8 +85,8 @@ class ShardIndex:
         _check_index(index_path, meta)
         try:
             offsets = np.load(root / OFFSETS, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as error:
-            raise ShardError(f"{root / OFFSETS}: unreadable ({error}); convert again") from error
+        except Exception as error:  # numpy's header parser raises ValueError, SyntaxError, TokenError, ...
+            raise ShardError(f"{root / OFFSETS}: unreadable ({error!r}); convert again") from error
         if offsets.shape != (meta["num_examples"], 3) or offsets.dtype.kind not in "iu":
             raise ShardError(
                 f"{root / OFFSETS}: shape {offsets.shape} {offsets.dtype}, "

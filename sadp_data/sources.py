@@ -17,7 +17,6 @@ dict items keep their own keys), which webdataset's decoders understand.
 from __future__ import annotations
 
 import importlib
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +123,7 @@ def open_source(spec: str, split: str = "train", frames: int | None = None) -> S
     if path.suffix == ".npz":
         if not path.is_file():
             raise FileNotFoundError(f"{spec}: no such .npz file")
-        unreadable = (OSError, EOFError, ValueError, zipfile.BadZipFile)
+        unreadable = Exception  # numpy's readers raise OSError, ValueError, BadZipFile, SyntaxError, ...
         try:
             loaded = np.load(path, allow_pickle=False)
         except unreadable as error:

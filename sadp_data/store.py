@@ -36,7 +36,6 @@ Design and trade-offs:
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import sys
 import threading
@@ -246,7 +245,7 @@ class ScoreStore:
             )
             attrs = dict(group.attrs)
             names = set(group.array_keys())
-        except (json.JSONDecodeError, ValueError, KeyError) as error:
+        except Exception as error:  # zarr raises JSONDecodeError, ValueError, KeyError, TypeError, ... on bad metadata
             raise ScoreStoreError(f"{path} is not a readable score sidecar: {error}") from error
         missing = {"score", "seen", "epoch"} - names
         if missing or "num_examples" not in attrs:
@@ -264,7 +263,12 @@ class ScoreStore:
                 f"{path} was created for dataset fingerprint {attrs.get('fingerprint')!r}, "
                 f"not {fingerprint!r}: these scores belong to another dataset"
             )
-        return cls(path, group, read_only=mode == "r", flush_interval=flush_interval, persist=mode == "r+")
+        try:
+            return cls(path, group, read_only=mode == "r", flush_interval=flush_interval, persist=mode == "r+")
+        except ScoreStoreError:
+            raise
+        except Exception as error:  # zarr raises TypeError, ValueError, KeyError, ... on damaged array metadata
+            raise ScoreStoreError(f"{path} is not a readable score sidecar: {error!r}") from error
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import tarfile
 import tempfile
 from pathlib import Path
@@ -29,7 +30,12 @@ from sadp_data.shards import ShardError, ShardIndex, parse_sample  # noqa: E402
 from sadp_data.sources import open_source  # noqa: E402
 from sadp_data.store import ScoreStore, ScoreStoreError  # noqa: E402
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=int(os.environ.get("SADP_FUZZ_EXAMPLES", "60")),
+    deadline=None,
+    derandomize=os.environ.get("SADP_FUZZ_RANDOM") is None,  # CI: the same inputs every run
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 
 @st.composite
