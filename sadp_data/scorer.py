@@ -105,6 +105,13 @@ class SpikeAwareScorer:
             if len(candidates) == 1:
                 self.layer = candidates[0]
         self._handles = [m.register_forward_hook(self._record) for m in candidates]
+        self._input_dims: tuple[int, ...] | None = None
+        self._input_handle = model.register_forward_pre_hook(self._record_input)
+
+    def _record_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        """Keep the leading dims of the model's input (shapes only) to check ``step()`` against them."""
+        if module.training and torch.is_grad_enabled() and args and isinstance(args[0], torch.Tensor):
+            self._input_dims = tuple(args[0].shape[:2])
 
     def _resolve(self, layer: nn.Module | str) -> nn.Module:
         if isinstance(layer, str):
@@ -137,6 +144,7 @@ class SpikeAwareScorer:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._input_handle.remove()
         self._calls.clear()
 
     def _lock_layer(self) -> nn.Module:
@@ -170,6 +178,13 @@ class SpikeAwareScorer:
         if needs_outputs and outputs is None:
             raise ValueError(f"score variants {sorted(needs_outputs)} need the outputs the loss was computed from")
         batch = per_sample_loss.shape[0]
+        if needs_readout and self._input_dims is not None and batch not in self._input_dims:
+            self._calls.clear()
+            raise ValueError(
+                f"the last training forward pass had an input of shape [{', '.join(map(str, self._input_dims))}, ...] "
+                f"but the loss has {batch} examples: score the whole forwarded batch and slice the scores, or "
+                "forward only the examples you score (a part of the batch would misread the time axis)"
+            )
         calls: list[tuple[torch.Tensor, torch.Tensor]] = []
         if needs_readout:
             if not self._calls:

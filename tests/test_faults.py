@@ -327,3 +327,24 @@ def test_wrap_refuses_to_drop_a_sampler_the_user_set(store):
     with pytest.raises(TypeError, match="SubsetRandomSampler"):
         wrap(loader, SADPSampler(store, 0.5, epochs=4))
     assert len(wrap(DataLoader(dataset, batch_size=10, shuffle=True), SADPSampler(store, 0.5, epochs=4))) > 0
+
+
+def test_step_on_part_of_the_forwarded_batch_is_refused():
+    pytest.importorskip("spikingjelly")
+    import torch.nn.functional as F
+    from sadp_data.adapters.spikingjelly import MlpSNN, reset
+
+    from sadp_data import SpikeAwareScorer
+
+    torch.manual_seed(0)
+    model = MlpSNN(hidden=(16,), time_steps=4)
+    scorer = SpikeAwareScorer(model)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    out = model(x)
+    loss = F.cross_entropy(out, y, reduction="none")
+    with pytest.raises(ValueError, match=r"input of shape \[8, 1, \.\.\.\] but the loss has 4 examples"):
+        scorer.step(torch.arange(4), out[:4], y[:4], loss[:4])
+    reset(model)
+    out = model(x)  # the whole batch scores as before
+    scores = scorer.scores(F.cross_entropy(out, y, reduction="none"), out, y)
+    assert scores.shape == (8,) and torch.isfinite(scores).all()
