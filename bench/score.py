@@ -178,7 +178,7 @@ def measure_overhead(config: ScoreBenchConfig, steps: int = 20, batch_size: int 
                 step_times.append(time.perf_counter() - start)
                 score_times.append(scoring)
         model(images)
-        _, readout_input, readout_output = scorer._calls[-1]
+        _, readout_input, readout_output, _ = scorer._calls[-1]
         hook_times = []
         for _ in range(200):
             begin = time.perf_counter()

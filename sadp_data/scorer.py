@@ -89,7 +89,10 @@ class SpikeAwareScorer:
         if store is not None and rank_and_world()[1] > 1:
             self.exchange = ScoreExchange(store, sync_every)
         self.last_scores: torch.Tensor | None = None
-        self._calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+        #: (module, input, output, forward number) of every readout call since the last step.
+        self._calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor, int]] = []
+        self._forward_number = 0
+        self._forwards_per_step: int | None = None
         self._handles: list[RemovableHandle] = []
         self.layer: nn.Module | None = None
         if layer is not None:
@@ -110,8 +113,10 @@ class SpikeAwareScorer:
 
     def _record_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         """Keep the leading dims of the model's input (shapes only) to check ``step()`` against them."""
-        if module.training and torch.is_grad_enabled() and args and isinstance(args[0], torch.Tensor):
-            self._input_dims = tuple(args[0].shape[:2])
+        if module.training and torch.is_grad_enabled():
+            self._forward_number += 1
+            if args and isinstance(args[0], torch.Tensor):
+                self._input_dims = tuple(args[0].shape[:2])
 
     def _resolve(self, layer: nn.Module | str) -> nn.Module:
         if isinstance(layer, str):
@@ -127,8 +132,14 @@ class SpikeAwareScorer:
     def _record(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         if not (module.training and torch.is_grad_enabled()) or not isinstance(output, torch.Tensor):
             return
-        self._calls.append((module, inputs[0].detach(), output))
-        if len(self._calls) > _MAX_PENDING_CALLS:
+        self._calls.append((module, inputs[0].detach(), output, self._forward_number))
+        if self._forwards_per_step is not None:
+            # Only the latest forwards can belong to the next step: free older graphs (e.g. of a validation
+            # loop run without no_grad, or of batches trained without step()).
+            oldest = self._forward_number - self._forwards_per_step + 1
+            while self._calls[0][3] < oldest:
+                del self._calls[0]
+        elif len(self._calls) > _MAX_PENDING_CALLS:
             del self._calls[0]
 
     def discard_pending(self) -> None:
@@ -193,7 +204,8 @@ class SpikeAwareScorer:
                     "training mode with gradients enabled before calling step()"
                 )
             layer = self._lock_layer()
-            calls = [(x, z) for module, x, z in self._calls if module is layer]
+            calls = [(x, z) for module, x, z, _ in self._calls if module is layer]
+            self._forwards_per_step = len({number for *_, number in self._calls})
         self._calls.clear()
         mean_logits = (
             self.loss == "cross_entropy"

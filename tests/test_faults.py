@@ -348,3 +348,37 @@ def test_step_on_part_of_the_forwarded_batch_is_refused():
     out = model(x)  # the whole batch scores as before
     scores = scorer.scores(F.cross_entropy(out, y, reduction="none"), out, y)
     assert scores.shape == (8,) and torch.isfinite(scores).all()
+
+
+def _rss_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+
+
+def test_forwards_without_step_do_not_keep_their_graphs():
+    pytest.importorskip("spikingjelly")
+    import gc
+
+    import torch.nn.functional as F
+    from sadp_data.adapters.spikingjelly import ConvSNN, reset
+
+    from sadp_data import SpikeAwareScorer
+
+    torch.manual_seed(0)
+    model = ConvSNN()
+    model.train()
+    scorer = SpikeAwareScorer(model)
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    out = model(x)
+    scorer.step(torch.arange(64), out, y, F.cross_entropy(out, y, reduction="none")).backward()
+    reset(model)
+    del out
+    gc.collect()
+    before = _rss_bytes()
+    for _ in range(25):  # e.g. a validation loop without no_grad: about 150 MB of graph each
+        model(x)
+        reset(model)
+    gc.collect()
+    assert _rss_bytes() - before < 600 * 2**20
+    out = model(x)  # the next step still scores its own batch
+    scores = scorer.step(torch.arange(64), out, y, F.cross_entropy(out, y, reduction="none"))
+    assert torch.isfinite(scores)
