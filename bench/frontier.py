@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 from sadp_data.bench.report import target
+from sadp_data.bench.train import time_to
 
 from sadp_data.demo import DemoConfig, RunSpec
 
@@ -121,6 +122,24 @@ def _ablation(keep: float) -> tuple[Variant, ...]:
     )
 
 
+def events_config(
+    train_size: int, test_size: int, epochs: int, time_steps: int, channels: tuple[int, int], batch_size: int = 32
+) -> DemoConfig:
+    """An N-MNIST part's settings: the pooled recordings in 5 folds (fold = seed), every test recording
+    evaluated after every epoch."""
+    return DemoConfig(
+        train_size=train_size,
+        test_size=test_size,
+        eval_size=test_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        time_steps=time_steps,
+        channels=channels,
+        dataset="nmnist",
+        folds=5,
+    )
+
+
 @dataclass
 class FrontierConfig:
     """What the frontier bench runs (``default()``: the study, about 60–70 min on 2 idle CPU cores)."""
@@ -135,17 +154,7 @@ class FrontierConfig:
             train_size=60000, test_size=10000, eval_size=10000, epochs=10, model="mlp", hidden=(256,), time_steps=4
         )
         conv = DemoConfig(train_size=6000, test_size=10000, eval_size=2000, epochs=8, channels=(8, 16))
-        events = DemoConfig(
-            train_size=1100,
-            test_size=1100,
-            eval_size=1100,
-            epochs=12,
-            batch_size=32,
-            time_steps=8,
-            channels=(8, 16),
-            dataset="nmnist",
-            folds=5,
-        )
+        events = events_config(1100, 1100, epochs=12, time_steps=8, channels=(8, 16))
         strongest = ("sadp", "random", "infobatch", "epsilon_greedy")
         parts = [
             Part("fashion-mnist/mlp", mlp, ALL_METHODS, (0.3, 0.5, 0.7), seeds, _ablation(0.5), probe_every=3),
@@ -159,17 +168,7 @@ class FrontierConfig:
     def quick(cls, nmnist: bool = True) -> FrontierConfig:
         """Two seeds on tiny subsets (a few minutes): a smoke test of the whole pipeline."""
         mlp = DemoConfig(train_size=1024, test_size=500, eval_size=500, epochs=4, model="mlp", hidden=(64,))
-        events = DemoConfig(
-            train_size=160,
-            test_size=40,
-            eval_size=40,
-            epochs=3,
-            batch_size=32,
-            time_steps=4,
-            channels=(4, 8),
-            dataset="nmnist",
-            folds=5,
-        )
+        events = events_config(160, 40, epochs=3, time_steps=4, channels=(4, 8))
         parts = [
             Part(
                 "fashion-mnist/mlp",
@@ -321,15 +320,6 @@ def _t_interval(values: list[float]) -> tuple[float, float]:
     return mean, float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
 
 
-def _time_to(accuracies: list[float], times: list[float], goal: float) -> float | None:
-    elapsed = 0.0
-    for accuracy, seconds in zip(accuracies, times, strict=True):
-        elapsed += seconds
-        if accuracy >= goal:
-            return elapsed
-    return None
-
-
 def _load_adjusted_efficiency(run: dict[str, Any], full: dict[str, Any]) -> float:
     """``Σ_e k_e·t_full(e) / Σ_e t_run(e)``: measured ÷ theoretical speedup, corrected for load that varies by epoch.
 
@@ -374,7 +364,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             reached = []
             if full_final is not None:
                 goal = full_final - TIME_TO_ACCURACY_MARGIN
-                times = [_time_to(r["accuracy_per_epoch"], r["time_per_epoch_s"], goal) for r in group]
+                times = [time_to(r["accuracy_per_epoch"], r["time_per_epoch_s"], goal) for r in group]
                 reached = [t for t in times if t is not None]
             rows.append(
                 {

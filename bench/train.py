@@ -252,7 +252,7 @@ def run_train_bench(
     }
 
 
-def _time_to(accuracies: list[float], times: list[float], target: float) -> float | None:
+def time_to(accuracies: list[float], times: list[float], target: float) -> float | None:
     """Cumulative training time at the end of the first epoch whose accuracy reaches ``target``."""
     elapsed = 0.0
     for accuracy, seconds in zip(accuracies, times, strict=True):
@@ -283,7 +283,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         theoretical = statistics.fmean(r["theoretical_speedup"] for r in members)
         reached = []
         if dataset in targets:
-            times = [_time_to(r["accuracy_per_epoch"], r["time_per_epoch_s"], targets[dataset]) for r in members]
+            times = [time_to(r["accuracy_per_epoch"], r["time_per_epoch_s"], targets[dataset]) for r in members]
             reached = [t for t in times if t is not None]
         rows.append(
             {

@@ -15,6 +15,7 @@ from sadp_data.bench.frontier import (
     FrontierConfig,
     Part,
     Variant,
+    events_config,
     frontier_targets,
     run_frontier_bench,
     summarise,
@@ -73,17 +74,7 @@ def _tiny_config(nmnist: bool) -> FrontierConfig:
         )
     ]
     if nmnist:
-        events = DemoConfig(
-            train_size=60,
-            test_size=30,
-            eval_size=30,
-            epochs=2,
-            batch_size=30,
-            time_steps=2,
-            channels=(2, 4),
-            dataset="nmnist",
-            folds=5,
-        )
+        events = events_config(60, 30, epochs=2, time_steps=2, channels=(2, 4), batch_size=30)
         parts.append(Part("nmnist/conv", events, ("sadp",), (0.5,), (0,)))
     return FrontierConfig(tuple(parts), workers=2)
 
