@@ -32,7 +32,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from sadp_data.distributed import rank_positions
 from sadp_data.sampler import SADPSampler
-from sadp_data.shards import ShardError, ShardIndex, parse_sample
+from sadp_data.shards import ShardError, ShardIndex, parse_sample, sample_checksum
 from sadp_data.store import check_store_belongs
 
 
@@ -62,7 +62,13 @@ class ShardLoader:
 
 
 class ScoredShards(IterableDataset):
-    """The planned samples of the current epoch, read by byte offset (see the module docstring)."""
+    """The planned samples of the current epoch, read by byte offset (see the module docstring).
+
+    ``verify`` (default on) checks each sample's bytes against the crc32c in ``offsets.npy`` (indexes
+    of version 2 and later) and raises ``ShardError`` naming the shard and sample on a mismatch, or
+    skips it with ``on_error="skip"``. Cost: one crc32c per sample read (about 1 µs for a
+    Fashion-MNIST sample; see the loader bench).
+    """
 
     def __init__(
         self,
@@ -71,6 +77,7 @@ class ScoredShards(IterableDataset):
         *,
         window: int | None = None,
         on_error: Literal["raise", "skip"] = "raise",
+        verify: bool = True,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -83,6 +90,7 @@ class ScoredShards(IterableDataset):
         self.sampler = sampler
         self.window = window or sampler.window
         self.on_error = on_error
+        self.verify = bool(verify)
         self.skipped: list[str] = []
         self._stages: list[Callable[[Any], Any]] = []
         self._decoder: Callable[[dict], dict] | None = None
@@ -159,7 +167,8 @@ class ScoredShards(IterableDataset):
             )
 
     def _read(self, example: int, handles: OrderedDict[int, Any]) -> dict[str, Any] | None:
-        shard, start, length = (int(v) for v in self.index.offsets[example])
+        row = self.index.offsets[example]
+        shard, start, length = int(row[0]), int(row[1]), int(row[2])
         path = self.index.shard_path(shard)
         where = f"shard {path}, sample {example:09d} at byte {start}"
         try:
@@ -174,6 +183,11 @@ class ScoredShards(IterableDataset):
             buffer = handle.read(length)
             if len(buffer) != length:
                 raise ShardError(f"{where}: truncated ({len(buffer)} of {length} bytes)")
+            if self.verify and row.shape[0] > 3 and sample_checksum(buffer) != int(row[3]):
+                raise ShardError(
+                    f"{where}: checksum mismatch (crc32c {sample_checksum(buffer)} != {int(row[3])} in the index): "
+                    "the sample's bytes changed on disk; restore the shard or convert again"
+                )
             sample = parse_sample(buffer, where)
             if sample.get("__key__") != f"{example:09d}":
                 raise ShardError(f"{where}: found key {sample.get('__key__')!r}: the index does not match the shard")

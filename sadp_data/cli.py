@@ -113,7 +113,7 @@ def _convert(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .shards import ShardIndex
+    from .shards import ShardError, ShardIndex
 
     index = ShardIndex.load(args.path)
     store = index.open_store("r")
@@ -144,6 +144,15 @@ def _info(args: argparse.Namespace) -> int:
     if history:
         print("  keep ratios  " + ", ".join(f"e{epoch}:{ratio:g}" for epoch, ratio in history[-8:]))
     store.close()
+    if args.verify:
+        from .shards import verify_shards
+
+        bad = verify_shards(index)
+        if bad:
+            raise ShardError(
+                f"{len(bad)} of {len(index.shards)} shards differ from their SHA-256 in index.json: {bad[:5]}"
+            )
+        print(f"  verified     all {len(index.shards)} shards match their SHA-256")
     return 0
 
 
@@ -199,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="summarise scored shards and their scores")
     info.add_argument("path", help="a scored-shards folder written by `sadp-data convert`")
+    info.add_argument("--verify", action="store_true", help="read every shard and check its SHA-256 against index.json")
     info.set_defaults(handler=_info)
 
     bench = commands.add_parser(

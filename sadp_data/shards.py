@@ -7,8 +7,10 @@ Layout of a scored-shards folder ``OUT``:
   such as ``x.npy``, ``y.cls`` and ``index.cls`` (its global index).
 * ``index.json``: name, ``num_examples``, ``fingerprint`` (from the shards' SHA-256), fields, and per
   shard ``url``, ``nsamples``, ``first_index``, ``bytes``, ``sha256``.
-* ``offsets.npy``: int64 ``[N, 3]`` = (shard, byte offset of the sample's first tar header, byte
-  length of all its members): random access to any sample with one seek and one read.
+* ``offsets.npy``: int64 ``[N, 4]`` = (shard, byte offset of the sample's first tar header, byte
+  length of all its members, crc32c of those bytes): random access to any sample with one seek and
+  one read, and a per-sample checksum that readers verify (indexes written before version 2 have
+  3 columns and no checksum).
 * ``{name}.wids.json``: the shard list in the format of the ``wids`` package.
 * ``scores.zarr``: the ``ScoreStore`` sidecar, created for N examples with the same fingerprint.
 """
@@ -87,10 +89,11 @@ class ShardIndex:
             offsets = np.load(root / OFFSETS, allow_pickle=False)
         except Exception as error:  # numpy's header parser raises ValueError, SyntaxError, TokenError, ...
             raise ShardError(f"{root / OFFSETS}: unreadable ({error!r}); convert again") from error
-        if offsets.shape != (meta["num_examples"], 3) or offsets.dtype.kind not in "iu":
+        columns = 4 if meta["version"] >= 2 else 3
+        if offsets.shape != (meta["num_examples"], columns) or offsets.dtype.kind not in "iu":
             raise ShardError(
                 f"{root / OFFSETS}: shape {offsets.shape} {offsets.dtype}, "
-                f"expected ({meta['num_examples']}, 3) integers"
+                f"expected ({meta['num_examples']}, {columns}) integers"
             )
         index = cls(root, meta, offsets)
         if verify:
@@ -107,7 +110,15 @@ class ShardIndex:
 
 
 #: Keys of ``index.json`` and of each of its shard entries, with the types they must have.
-_INDEX_KEYS = {"num_examples": int, "fingerprint": str, "shard_size": int, "fields": list, "shards": list, "name": str}
+_INDEX_KEYS = {
+    "version": int,
+    "num_examples": int,
+    "fingerprint": str,
+    "shard_size": int,
+    "fields": list,
+    "shards": list,
+    "name": str,
+}
 _SHARD_KEYS = {"url": str, "nsamples": int, "first_index": int, "bytes": int}
 
 
@@ -185,14 +196,14 @@ def _write_into(source, out: Path, shard_size: int, name: str, progress: bool) -
             fields.update(key for key in sample if not key.startswith("__"))
             writer.write(sample)
     shard_files = sorted(out.glob(f"{name}-*.tar"))
-    offsets = np.zeros((count, 3), dtype=np.int64)
+    offsets = np.zeros((count, 4), dtype=np.int64)
     shards, digests = [], []
     first = 0
     for shard, path in enumerate(shard_files):
         spans = _sample_spans(path)
-        for key, (start, stop) in spans.items():
-            offsets[int(key)] = (shard, start, stop - start)
         data = path.read_bytes()
+        for key, (start, stop) in spans.items():
+            offsets[int(key)] = (shard, start, stop - start, sample_checksum(data[start:stop]))
         digest = hashlib.sha256(data).hexdigest()
         digests.append(digest)
         shards.append(
@@ -204,7 +215,7 @@ def _write_into(source, out: Path, shard_size: int, name: str, progress: bool) -
     fingerprint = hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
     meta = {
         "format": FORMAT,
-        "version": 1,
+        "version": 2,
         "name": name,
         "num_examples": count,
         "fingerprint": fingerprint,
@@ -236,6 +247,31 @@ def _sample_spans(path: Path) -> dict[str, tuple[int, int]]:
             start = spans[key][0] if key in spans else member.offset
             spans[key] = (start, end)
     return spans
+
+
+def sample_checksum(buffer: bytes) -> int:
+    """crc32c of one sample's bytes (as stored in the 4th column of ``offsets.npy``)."""
+    import google_crc32c
+
+    return int(google_crc32c.value(buffer))
+
+
+def verify_shards(index: ShardIndex) -> list[str]:
+    """Every shard's SHA-256 against ``index.json``: the paths of the shards that differ (empty: all intact).
+
+    Reads every byte of every shard (``sadp-data info --verify``); the per-sample crc32c is checked on
+    every read anyway.
+    """
+    bad = []
+    for shard, entry in enumerate(index.shards):
+        path = index.shard_path(shard)
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != entry.get("sha256"):
+            bad.append(str(path))
+    return bad
 
 
 def parse_sample(buffer: bytes, where: str) -> dict[str, bytes]:

@@ -382,3 +382,34 @@ def test_forwards_without_step_do_not_keep_their_graphs():
     out = model(x)  # the next step still scores its own batch
     scores = scorer.step(torch.arange(64), out, y, F.cross_entropy(out, y, reduction="none"))
     assert torch.isfinite(scores)
+
+
+def test_corrupted_sample_bytes_inside_a_shard_are_refused_not_delivered(tmp_path):
+    pytest.importorskip("webdataset")
+    from sadp_data.adapters.webdataset import ScoredShards
+
+    from sadp_data.cli import main
+    from sadp_data.shards import ShardError, ShardIndex
+
+    out = tmp_path / "shards"
+    assert main(["convert", str(_npz(tmp_path / "d.npz")), str(out), "--shard-size", "50", "--no-progress"]) == 0
+    index = ShardIndex.load(out)
+    import tarfile
+
+    victim = index.shard_path(int(index.offsets[70, 0]))
+    with tarfile.open(victim) as archive:
+        member = archive.getmember("000000070.x.npy")
+    data = bytearray(victim.read_bytes())
+    data[member.offset_data + member.size - 1] ^= 0xFF  # one pixel of sample 70: every header stays valid
+    victim.write_bytes(bytes(data))
+    store = index.open_store()
+    sampler = ScoredShards.sampler_for(out, store=store, keep_ratio=1.0, warmup_epochs=0)
+    sampler.set_epoch(0)
+    with pytest.raises(ShardError, match=r"sample 000000070 .*checksum mismatch"):
+        list(ScoredShards(out, sampler).decode())
+    with pytest.warns(RuntimeWarning, match="skipped 1 unreadable samples"):
+        assert len(list(ScoredShards(out, sampler, on_error="skip").decode())) == 119
+    assert len(list(ScoredShards(out, sampler, verify=False).decode())) == 120  # checks off: delivered as is
+    store.close()
+    with pytest.raises(SystemExit):
+        main(["info", str(out), "--verify"])
