@@ -21,6 +21,7 @@ gradients enabled.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -113,7 +114,7 @@ class SpikeAwareScorer:
 
     def _record_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         """Keep the leading dims of the model's input (shapes only) to check ``step()`` against them."""
-        if module.training and torch.is_grad_enabled():
+        if torch.is_grad_enabled():
             self._forward_number += 1
             if args and isinstance(args[0], torch.Tensor):
                 self._input_dims = tuple(args[0].shape[:2])
@@ -130,7 +131,7 @@ class SpikeAwareScorer:
         return layer
 
     def _record(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-        if not (module.training and torch.is_grad_enabled()) or not isinstance(output, torch.Tensor):
+        if not torch.is_grad_enabled() or not isinstance(output, torch.Tensor):
             return
         self._calls.append((module, inputs[0].detach(), output, self._forward_number))
         if self._forwards_per_step is not None:
@@ -141,6 +142,36 @@ class SpikeAwareScorer:
                 del self._calls[0]
         elif len(self._calls) > _MAX_PENDING_CALLS:
             del self._calls[0]
+
+    def rescore(
+        self,
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        reset: Callable[[nn.Module], None] | None = None,
+    ) -> int:
+        """Score ``(inputs, targets, indices)`` batches without training; returns how many examples were scored.
+
+        Runs the model in its current mode (``model.eval()`` keeps batch-norm statistics frozen; in
+        training mode they move as in any training forward), with gradients enabled for the readout
+        only as far as the score needs, and sends the scores to the store: a re-scoring pass between
+        epochs, or over examples whose scores are stale. Parameters are not changed and no gradient
+        is left on them. ``loss_fn`` gives per-example losses (default: cross-entropy);
+        ``reset(model)`` clears neuron state after each batch (e.g. ``adapters.spikingjelly.reset``).
+        """
+        import torch.nn.functional as F
+
+        loss_fn = loss_fn or (lambda out, y: F.cross_entropy(out, y, reduction="none"))
+        count = 0
+        self.discard_pending()
+        for inputs, targets, indices in batches:
+            with torch.enable_grad():
+                outputs = self.model(inputs)
+                scores = self.scores(loss_fn(outputs, targets), outputs, targets)
+            if reset is not None:
+                reset(self.model)
+            self._push(torch.as_tensor(indices), scores)
+            count += int(scores.shape[0])
+        return count
 
     def discard_pending(self) -> None:
         """Forget the forward passes recorded since the last ``step()`` (and free their graphs).
@@ -200,8 +231,8 @@ class SpikeAwareScorer:
         if needs_readout:
             if not self._calls:
                 raise RuntimeError(
-                    "no classifier forward pass was recorded since the last step: run the model in "
-                    "training mode with gradients enabled before calling step()"
+                    "no classifier forward pass was recorded since the last step: run the model with "
+                    "gradients enabled (not under torch.no_grad) before calling step()"
                 )
             layer = self._lock_layer()
             calls = [(x, z) for module, x, z, _ in self._calls if module is layer]
@@ -281,6 +312,14 @@ class SpikeAwareScorer:
         gap = (logits.mean(dim=0) - target).abs().max()  # one reduction, cheaper than allclose
         return bool(gap <= 1e-5 * target.abs().max() + 1e-6)
 
+    def _push(self, indices: torch.Tensor, scores: torch.Tensor) -> None:
+        """Send one batch's scores to the other ranks (data-parallel) or the store."""
+        self.last_scores = scores
+        if self.exchange is not None:
+            self.exchange.push(indices, scores)
+        elif self.store is not None:
+            self.store.update(indices.detach().cpu().numpy(), scores.cpu().numpy())
+
     def scores(
         self, per_sample_loss: torch.Tensor, outputs: torch.Tensor | None = None, targets: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -319,11 +358,7 @@ class SpikeAwareScorer:
         if weights is not None and weights.shape != (batch,):
             raise ValueError(f"weights must have shape [{batch}], got {list(weights.shape)}")
         scores = self.scores(per_sample_loss, outputs, targets)
-        self.last_scores = scores
-        if self.exchange is not None:
-            self.exchange.push(indices, scores)
-        elif self.store is not None:
-            self.store.update(indices.detach().cpu().numpy(), scores.cpu().numpy())
+        self._push(indices, scores)
         if weights is None:
             return per_sample_loss.mean()
         return (per_sample_loss * weights.to(per_sample_loss.device, per_sample_loss.dtype)).mean()

@@ -125,16 +125,41 @@ def test_step_returns_weighted_mean_and_feeds_the_store(tmp_path: Path) -> None:
         assert store.seen()[10 : 10 + B].tolist() == [1] * B
 
 
-def test_eval_and_no_grad_passes_are_ignored() -> None:
+def test_no_grad_passes_are_ignored_and_eval_mode_forwards_score() -> None:
+    torch.manual_seed(3)
     model = MultiStepMLP()
     scorer = SpikeAwareScorer(model, layer="readout")
     with torch.no_grad():
         model(torch.rand(B, 8))
-    model.eval()
-    model(torch.rand(B, 8))
-    model.train()
+    functional.reset_net(model)
     with pytest.raises(RuntimeError, match="no classifier forward pass was recorded"):
         scorer.scores(torch.ones(B, requires_grad=True))
+    x, y = torch.rand(B, 8) * 3, torch.randint(0, C, (B,))
+    out = model(x)
+    expected = scorer.scores(_ce(out, y))
+    functional.reset_net(model)
+    model.eval()  # e.g. frozen batch-norm statistics: scored the same way
+    out = model(x)
+    torch.testing.assert_close(scorer.scores(_ce(out, y)), expected)
+
+
+def test_rescore_scores_batches_without_training(tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    model = MultiStepMLP()
+    model.eval()
+    store = ScoreStore.create(tmp_path / "s.zarr", 20)
+    scorer = SpikeAwareScorer(model, store, layer="readout")
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = torch.rand(20, 8) * 3, torch.randint(0, C, (20,))
+    batches = [(x[i : i + 5], y[i : i + 5], torch.arange(i, i + 5)) for i in (0, 5, 10)]
+    assert scorer.rescore(batches, _ce, reset=functional.reset_net) == 15
+    seen = store.seen()
+    assert seen[:15].tolist() == [1] * 15 and seen[15:].tolist() == [0] * 5
+    out = model(x[:5])
+    torch.testing.assert_close(torch.from_numpy(store.scores()[:5].copy()), scorer.scores(_ce(out, y[:5])))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(p.grad is None for p in model.parameters())
+    store.close()
 
 
 def test_errors_explain_what_to_do() -> None:
