@@ -153,7 +153,15 @@ class ScoredShards(IterableDataset):
                     continue
                 sample["__index__"] = example
                 sample["__weight__"] = float(plan.weights[position])
-                yield self._finish(sample)
+                try:
+                    finished = self._decoder(sample) if self._decoder is not None else sample
+                except Exception as error:  # a decoder's own error on bytes that passed the checks
+                    where = f"shard {self.index.shard_path(int(self.index.offsets[example, 0]))}, sample {example:09d}"
+                    if self.on_error == "raise":
+                        raise ShardError(f"{where}: cannot be decoded: {error!r}") from error
+                    self.skipped.append(where)
+                    continue
+                yield self._finish(finished)
         finally:
             for handle in handles.values():
                 handle.close()
@@ -199,8 +207,7 @@ class ScoredShards(IterableDataset):
             return None
 
     def _finish(self, sample: dict[str, Any]) -> Any:
-        if self._decoder is not None:
-            sample = self._decoder(sample)
+        """The decoded ``sample`` through the ``map`` stages and ``to_tuple``."""
         for stage in self._stages:
             sample = stage(sample)
         if self._tuple is None:

@@ -95,6 +95,14 @@ class ShardIndex:
                 f"{root / OFFSETS}: shape {offsets.shape} {offsets.dtype}, "
                 f"expected ({meta['num_examples']}, {columns}) integers"
             )
+        if offsets.size:
+            shard, start, length = offsets[:, 0], offsets[:, 1], offsets[:, 2]
+            bad = np.flatnonzero((shard < 0) | (shard >= len(meta["shards"])) | (start < 0) | (length <= 0))
+            if bad.size:
+                raise ShardError(
+                    f"{root / OFFSETS}: row {int(bad[0])} {offsets[bad[0]].tolist()} points outside the "
+                    f"{len(meta['shards'])} shards ({bad.size} bad rows); convert again"
+                )
         index = cls(root, meta, offsets)
         if verify:
             for shard, entry in enumerate(meta["shards"]):

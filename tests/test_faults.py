@@ -413,3 +413,48 @@ def test_corrupted_sample_bytes_inside_a_shard_are_refused_not_delivered(tmp_pat
     store.close()
     with pytest.raises(SystemExit):
         main(["info", str(out), "--verify"])
+
+
+def test_decode_errors_are_named_and_skipped_with_on_error_skip(tmp_path):
+    pytest.importorskip("webdataset")
+    import tarfile
+
+    from sadp_data.adapters.webdataset import ScoredShards
+
+    from sadp_data.cli import main
+    from sadp_data.shards import ShardError, ShardIndex, sample_checksum
+
+    out = tmp_path / "shards"
+    assert main(["convert", str(_npz(tmp_path / "d.npz")), str(out), "--shard-size", "50", "--no-progress"]) == 0
+    index = ShardIndex.load(out)
+    victim = index.shard_path(int(index.offsets[70, 0]))
+    with tarfile.open(victim) as archive:
+        member = archive.getmember("000000070.x.npy")
+    data = bytearray(victim.read_bytes())
+    data[member.offset_data : member.offset_data + 6] = b"NOTNPY"  # the .npy magic: decoding fails
+    victim.write_bytes(bytes(data))
+    offsets = index.offsets.copy()
+    _, start, length, _ = (int(v) for v in offsets[70])
+    offsets[70, 3] = sample_checksum(bytes(data[start : start + length]))  # bytes "as converted": checks pass
+    np.save(out / "offsets.npy", offsets)
+    store = ShardIndex.load(out).open_store()
+    sampler = ScoredShards.sampler_for(out, store=store, keep_ratio=1.0, warmup_epochs=0)
+    sampler.set_epoch(0)
+    with pytest.raises(ShardError, match=r"sample 000000070: cannot be decoded"):
+        list(ScoredShards(out, sampler).decode())
+    with pytest.warns(RuntimeWarning, match="skipped 1 unreadable samples"):
+        assert len(list(ScoredShards(out, sampler, on_error="skip").decode())) == 119
+    store.close()
+
+
+def test_offsets_pointing_outside_the_shards_are_refused_on_load(tmp_path):
+    from sadp_data.cli import main
+    from sadp_data.shards import ShardError, ShardIndex
+
+    out = tmp_path / "shards"
+    assert main(["convert", str(_npz(tmp_path / "d.npz")), str(out), "--shard-size", "50", "--no-progress"]) == 0
+    offsets = np.load(out / "offsets.npy")
+    offsets[9, 0] = 7  # there are 3 shards
+    np.save(out / "offsets.npy", offsets)
+    with pytest.raises(ShardError, match="row 9"):
+        ShardIndex.load(out)
