@@ -188,7 +188,8 @@ class ScoreStore:
 
         Refuses to replace an existing sidecar unless ``overwrite=True`` (scores are costly to
         recompute). ``fingerprint`` identifies the dataset (see ``dataset_fingerprint``); opening
-        with a different one later is refused.
+        with a different one later is refused. Atomic: the sidecar is written beside ``path`` and
+        renamed into place, so a failure leaves ``path`` as it was (``sadp_data.staging``).
         """
         path = Path(path)
         if not isinstance(num_examples, (int, np.integer)) or isinstance(num_examples, bool) or num_examples <= 0:
@@ -197,24 +198,11 @@ class ScoreStore:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} already exists; open it with ScoreStore.open or pass overwrite=True")
-        group = zarr.open_group(zarr.storage.LocalStore(path), mode="w")
-        chunks = (min(int(chunk_size), int(num_examples)),)
-        for name, dtype, fill in (("score", "float32", 0.0), ("seen", "uint32", 0), ("epoch", "int32", -1)):
-            array = _keep_every_chunk(
-                group.create_array(
-                    name, shape=(num_examples,), chunks=chunks, dtype=dtype, fill_value=fill, compressors=_checksum()
-                )
-            )
-            array[:] = np.full(num_examples, fill, dtype=dtype)  # every chunk on disk: a missing one is damage
-        group.attrs.update(
-            {
-                "num_examples": int(num_examples),
-                "fingerprint": fingerprint,
-                "format_version": FORMAT_VERSION,
-                "version": 0,
-                "keep_ratio_history": [],
-            }
-        )
+        from .staging import staged
+
+        with staged([path]) as stage:  # a failure (a full disk, say) leaves no half-made sidecar at path
+            _write_empty(stage / path.name, int(num_examples), fingerprint, int(chunk_size))
+        group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+")
         return cls(path, group, read_only=False, flush_interval=flush_interval)
 
     @classmethod
@@ -519,6 +507,28 @@ class ScoreStore:
         for name, values in pairs:
             self._snapshot_arrays[name][:] = values
         self._group.attrs.update({"snapshot_version": snapshot.version})
+
+
+def _write_empty(path: Path, num_examples: int, fingerprint: str | None, chunk_size: int) -> None:
+    """Write a new, empty format-2 sidecar at ``path`` (every chunk on disk, checksummed)."""
+    group = zarr.open_group(zarr.storage.LocalStore(path), mode="w")
+    chunks = (min(chunk_size, num_examples),)
+    for name, dtype, fill in (("score", "float32", 0.0), ("seen", "uint32", 0), ("epoch", "int32", -1)):
+        array = _keep_every_chunk(
+            group.create_array(
+                name, shape=(num_examples,), chunks=chunks, dtype=dtype, fill_value=fill, compressors=_checksum()
+            )
+        )
+        array[:] = np.full(num_examples, fill, dtype=dtype)  # every chunk on disk: a missing one is damage
+    group.attrs.update(
+        {
+            "num_examples": num_examples,
+            "fingerprint": fingerprint,
+            "format_version": FORMAT_VERSION,
+            "version": 0,
+            "keep_ratio_history": [],
+        }
+    )
 
 
 def _checksum() -> list[Any]:

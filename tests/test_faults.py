@@ -458,3 +458,22 @@ def test_offsets_pointing_outside_the_shards_are_refused_on_load(tmp_path):
     np.save(out / "offsets.npy", offsets)
     with pytest.raises(ShardError, match="row 9"):
         ShardIndex.load(out)
+
+
+def test_a_create_that_fails_half_way_leaves_nothing_behind(tmp_path, monkeypatch):
+    from sadp_data import store as store_module
+
+    path = tmp_path / "s.zarr"
+    real = store_module._write_empty
+
+    def disk_full(target, *args):
+        real(target, *args)  # the arrays are written, then the disk fills up
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_module, "_write_empty", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        ScoreStore.create(path, 100)
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    with ScoreStore.create(path, 100) as store:  # a retry works: nothing half-made blocks it
+        store.update(np.arange(3), np.ones(3))
