@@ -13,6 +13,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .jit import CACHE
+
 
 def bad_indices(index: np.ndarray, num_examples: int) -> np.ndarray:
     """Mask of the indices outside ``[0, num_examples)``."""
@@ -48,7 +50,7 @@ def apply_update_reference(
     return -1
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=CACHE, nogil=True)
 def apply_update(
     scores: np.ndarray,
     seen: np.ndarray,

@@ -477,3 +477,23 @@ def test_a_create_that_fails_half_way_leaves_nothing_behind(tmp_path, monkeypatc
     monkeypatch.undo()
     with ScoreStore.create(path, 100) as store:  # a retry works: nothing half-made blocks it
         store.update(np.arange(3), np.ones(3))
+
+
+def test_a_read_only_cache_location_falls_back_to_no_cache_with_one_warning(monkeypatch):
+    import numba
+
+    from sadp_data import jit
+
+    def no_locator(**options):
+        def decorate(function):
+            if options.get("cache"):
+                raise RuntimeError(f"cannot cache function {function.__name__!r}: no locator available")
+            return function
+
+        return decorate
+
+    monkeypatch.setattr(numba, "njit", no_locator)
+    with pytest.warns(RuntimeWarning, match="NUMBA_CACHE_DIR"):
+        assert jit.cache_usable() is False
+    monkeypatch.undo()
+    assert jit.cache_usable() is True  # here the package's __pycache__ is writable

@@ -21,6 +21,8 @@ from typing import Literal
 import numba
 import numpy as np
 
+from ..jit import CACHE
+
 
 def _bins(events: np.ndarray, n_bins: int, by: str, drop_incomplete: bool) -> np.ndarray:
     """Bin of every event (int64; ``-1`` = dropped)."""
@@ -89,7 +91,7 @@ def integrate_reference(
     return frames if clip is None else np.minimum(frames, clip)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=CACHE, nogil=True)
 def _accumulate(xs, ys, ps, ts, n_bins, polarities, height, width, by_time, drop_incomplete, clip):
     frames = np.zeros((n_bins, polarities, height, width), dtype=np.int32)
     count = xs.shape[0]

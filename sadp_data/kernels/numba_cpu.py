@@ -24,6 +24,7 @@ from numba import prange
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
+from ..jit import CACHE
 from . import reference
 from .reference import GUESS_MIN, GUESS_SAMPLE, ONE, SUM_BLOCK, WALK_BLOCK, shuffle_buckets
 
@@ -38,7 +39,7 @@ _HALF = np.uint64(32)
 #: Candidate window of the capping shortcut (see ``_capping``).
 _WINDOW = 0.99
 
-_OPTIONS = {"cache": True, "nogil": True}
+_OPTIONS = {"cache": CACHE, "nogil": True}
 #: Below this many elements the serial twin of a kernel runs: starting parallel work costs more.
 SERIAL_BELOW = 1 << 18
 
