@@ -36,12 +36,25 @@ from sadp_data.shards import ShardError, ShardIndex, parse_sample, sample_checks
 from sadp_data.store import check_store_belongs
 
 
+def _batch_size(batch: Any) -> int:
+    """Examples in a collated batch (tuple, list or dict of tensors or arrays)."""
+    first = (
+        next(iter(batch.values()))
+        if isinstance(batch, dict)
+        else batch[0]
+        if isinstance(batch, list | tuple)
+        else batch
+    )
+    return len(first)
+
+
 class ShardLoader:
     """Iterates a DataLoader over ``ScoredShards`` after making the epoch's plan in this process."""
 
     def __init__(self, dataset: ScoredShards, loader: Any) -> None:
         self.dataset = dataset
         self.loader = loader
+        self.skipped_count = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Shortcut for ``sampler.set_epoch``."""
@@ -57,8 +70,28 @@ class ShardLoader:
         return sum((p // batch) if self.loader.drop_last else -(-p // batch) for p in parts)
 
     def __iter__(self) -> Iterator[Any]:
+        """The epoch's batches; with workers, samples they skipped (``on_error="skip"``) are counted here.
+
+        Workers skip in their own copies of the dataset, so after the epoch the examples delivered
+        are compared with the plan, and a shortfall is reported in this process (``skipped_count``,
+        and a ``RuntimeWarning``): ``len(loader)`` counts planned batches, so it can only be known
+        afterwards how many samples were missing.
+        """
         _ = self.dataset.sampler.plan
-        yield from self.loader
+        delivered = 0
+        for batch in self.loader:
+            delivered += _batch_size(batch)
+            yield batch
+        self.skipped_count = max(0, len(self.dataset) - delivered)
+        if self.loader.num_workers > 0 and self.skipped_count and not self.loader.drop_last:
+            import warnings
+
+            warnings.warn(
+                f"epoch {self.dataset.sampler.epoch}: the workers skipped {self.skipped_count} unreadable samples "
+                f"of {len(self.dataset)} (on_error='skip'); their names are in the workers' warnings",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
 
 class ScoredShards(IterableDataset):

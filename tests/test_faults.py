@@ -497,3 +497,31 @@ def test_a_read_only_cache_location_falls_back_to_no_cache_with_one_warning(monk
         assert jit.cache_usable() is False
     monkeypatch.undo()
     assert jit.cache_usable() is True  # here the package's __pycache__ is writable
+
+
+def test_samples_skipped_in_workers_are_counted_in_the_main_process(tmp_path):
+    pytest.importorskip("webdataset")
+    import tarfile
+
+    from sadp_data.adapters.webdataset import ScoredShards
+
+    from sadp_data.cli import main
+    from sadp_data.shards import ShardIndex
+
+    out = tmp_path / "shards"
+    assert main(["convert", str(_npz(tmp_path / "d.npz")), str(out), "--shard-size", "50", "--no-progress"]) == 0
+    index = ShardIndex.load(out)
+    victim = index.shard_path(int(index.offsets[70, 0]))
+    with tarfile.open(victim) as archive:
+        member = archive.getmember("000000070.x.npy")
+    data = bytearray(victim.read_bytes())
+    data[member.offset_data + member.size - 1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    store = index.open_store()
+    sampler = ScoredShards.sampler_for(out, store=store, keep_ratio=1.0, warmup_epochs=0)
+    sampler.set_epoch(0)
+    loader = ScoredShards(out, sampler, on_error="skip").decode().to_tuple("x.npy", "y.cls").loader(16, num_workers=2)
+    with pytest.warns(RuntimeWarning, match="the workers skipped 1 unreadable samples of 120"):
+        delivered = sum(len(x) for x, *_ in loader)
+    assert delivered == 119 and loader.skipped_count == 1
+    store.close()
