@@ -134,10 +134,12 @@ class SpikeAwareScorer:
         if not torch.is_grad_enabled() or not isinstance(output, torch.Tensor):
             return
         self._calls.append((module, inputs[0].detach(), output, self._forward_number))
-        if self._forwards_per_step is not None:
-            # Only the latest forwards can belong to the next step: free older graphs (e.g. of a validation
-            # loop run without no_grad, or of batches trained without step()).
-            oldest = self._forward_number - self._forwards_per_step + 1
+        # Only the latest forwards can belong to the next step: free older graphs (e.g. of a validation loop
+        # run without no_grad, or of batches trained without step()). Before the first step, a readout call
+        # with a time axis ([T, B, C]: a multi-step model) means one forward is one batch.
+        window = self._forwards_per_step or (1 if output.dim() == 3 else None)
+        if window is not None:
+            oldest = self._forward_number - window + 1
             while self._calls[0][3] < oldest:
                 del self._calls[0]
         elif len(self._calls) > _MAX_PENDING_CALLS:

@@ -368,17 +368,19 @@ def test_forwards_without_step_do_not_keep_their_graphs():
     model.train()
     scorer = SpikeAwareScorer(model)
     x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
-    out = model(x)
-    scorer.step(torch.arange(64), out, y, F.cross_entropy(out, y, reduction="none")).backward()
-    reset(model)
-    del out
-    gc.collect()
-    before = _rss_bytes()
-    for _ in range(25):  # e.g. a validation loop without no_grad: about 150 MB of graph each
-        model(x)
-        reset(model)
-    gc.collect()
-    assert _rss_bytes() - before < 600 * 2**20
+    for scored_first in (False, True):  # before the first step(), and after one
+        if scored_first:
+            out = model(x)
+            scorer.step(torch.arange(64), out, y, F.cross_entropy(out, y, reduction="none")).backward()
+            reset(model)
+            del out
+        gc.collect()
+        before = _rss_bytes()
+        for _ in range(25):  # e.g. a validation loop without no_grad: about 150 MB of graph each
+            model(x)
+            reset(model)
+        gc.collect()
+        assert _rss_bytes() - before < 600 * 2**20
     out = model(x)  # the next step still scores its own batch
     scores = scorer.step(torch.arange(64), out, y, F.cross_entropy(out, y, reduction="none"))
     assert torch.isfinite(scores)
