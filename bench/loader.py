@@ -43,13 +43,14 @@ def _raw_epoch(index, workers: int) -> tuple[int, float]:
     return count, time.perf_counter() - start
 
 
-def _our_epoch(root: Path, store, keep: float, workers: int, epoch: int) -> tuple[int, float]:
+def _our_epoch(root: Path, store, keep: float, workers: int, epoch: int, verify: bool = True) -> tuple[int, float]:
     from sadp_data.adapters.webdataset import ScoredShards
 
     sampler = ScoredShards.sampler_for(root, store=store, keep_ratio=keep, warmup_epochs=0, anneal_fraction=0.0)
     start = time.perf_counter()
     sampler.set_epoch(epoch)
-    loader = ScoredShards(root, sampler).decode().to_tuple("x.npy", "y.cls").loader(BATCH, num_workers=workers)
+    shards = ScoredShards(root, sampler, verify=verify)
+    loader = shards.decode().to_tuple("x.npy", "y.cls").loader(BATCH, num_workers=workers)
     count = sum(int(batch[1].shape[0]) for batch in loader)
     return count, time.perf_counter() - start
 
@@ -113,14 +114,29 @@ def run_loader_bench(
             kind, keep, count_workers = config
             if kind == "raw":
                 return _raw_epoch(index, count_workers)
-            return _our_epoch(root, store, keep, count_workers, round_number + 1)
+            return _our_epoch(root, store, keep, count_workers, round_number + 1, verify=kind == "ours")
 
-        configs = _configurations(workers)
+        configs = _configurations(workers) + [("unverified", 1.0, w) for w in workers]
         times, counts = _measure_rounds(configs, rounds, measure, "bench loader", progress)
         store.close()
 
     settings = {"samples": counts[configs[0]], "batch_size": BATCH, "rounds": rounds, "shard_size": shard_size}
-    return _shape("webdataset", configs, times, counts, workers, settings)
+    result = _shape("webdataset", configs, times, counts, workers, settings)
+    result["checksum"] = [_checksum_cost(times, w) for w in workers]
+    return result
+
+
+def _checksum_cost(times: dict, workers: int) -> dict[str, Any]:
+    """Epoch time at keep 1.0 with the per-sample crc32c checked vs not: what verification costs."""
+    verified, unverified = times[("ours", 1.0, workers)], times[("unverified", 1.0, workers)]
+    low, high = ratio_interval(verified, unverified, statistics.median)
+    return {
+        "num_workers": workers,
+        "epoch_time_s_verified": statistics.median(verified),
+        "epoch_time_s_unverified": statistics.median(unverified),
+        "epoch_time_ratio": statistics.median(verified) / statistics.median(unverified),
+        "epoch_time_ratio_ci95": [low, high],
+    }
 
 
 def _fill_scores(store, count: int) -> None:
@@ -206,6 +222,12 @@ def format_loader_table(result: dict[str, Any]) -> str:
     table = "\n".join(lines)
     if any("epoch_time_vs_raw_ci95" in row for row in result["results"]):
         table += "\n\nRatios: [95 % bootstrap interval over the timed rounds/turns]."
+    for row in result.get("checksum", []):
+        low, high = row["epoch_time_ratio_ci95"]
+        table += (
+            f"\nPer-sample crc32c check, {row['num_workers']} workers: keep-1.0 epoch "
+            f"{row['epoch_time_ratio']:.3f}× [{low:.3f}, {high:.3f}] the unverified one"
+        )
     return table
 
 
