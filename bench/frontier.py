@@ -472,7 +472,7 @@ def frontier_targets(summary: dict[str, Any], part: str = "fashion-mnist/mlp") -
                 )
     if part in summary["plateau"]:
         targets[f"{part}: full data plateaued"] = target(
-            f"{part}: full data, |accuracy(E) − accuracy(E−2)|, points",
+            f"{part}: full data's accuracy change from epoch E−2 to E, points",
             100 * summary["plateau"][part]["change_last_2_epochs"],
             100 * PLATEAU_TOLERANCE,
             "<=",
@@ -759,7 +759,7 @@ def write_frontier_report(json_path: str | Path, out: str | Path | None = None) 
     plot_frontier(result, folder)
     run = result.get("run", {})
     machine = run.get("machine", {})
-    parts = list(dict.fromkeys(r["part"] for r in result["summary"]["rows"]))
+    parts = [p["name"] for p in result["config"]["parts"]]
     lines = [
         "# Accuracy against cost: SADP and the baselines",
         "",
@@ -768,7 +768,13 @@ def write_frontier_report(json_path: str | Path, out: str | Path | None = None) 
         f"{'quick' if run.get('quick') else 'full'} study) on {machine.get('cpu', '?')} "
         f"({machine.get('cpus_usable', '?')} CPUs usable, load average at the end "
         f"{', '.join(f'{x:.1f}' for x in run.get('load_average') or [])}). Raw runs: `{json_path.name}`. "
-        "How the study is built: `bench/frontier.py`; the method and its levers: `docs/method.md`.",
+        "How the study is built: `bench/frontier.py`; the method and its levers: `docs/method.md`."
+        + (
+            f" Summary and targets re-derived from the same runs on {result['resummarised']} "
+            "(`sadp-data bench frontier --resummarise`), which added the load-adjusted speedup ratio."
+            if result.get("resummarised")
+            else ""
+        ),
         "",
         "Cost = examples forwarded and back-propagated over the whole run, warm-up and anneal epochs "
         "included, as a fraction of full data's (the *realised keep*). Every method at one keep ratio has "
