@@ -790,11 +790,13 @@ def write_frontier_report(json_path: str | Path, out: str | Path | None = None) 
         settings = next(p for p in result["config"]["parts"] if p["name"] == part)
         s = settings["settings"]
         plateau = result["summary"]["plateau"].get(part)
+        first = next((r for r in result["runs"] if r["part"] == part), {})
+        train_size, test_size = first.get("train_size", s["train_size"]), first.get("test_size", s["test_size"])
         lines += [
             f"## {part}",
             "",
-            f"{s['train_size']} training examples, {s['test_size']} test examples"
-            + (f" ({s['folds']}-fold over the pooled recordings, fold = seed)" if s.get("folds") else "")
+            f"{train_size} training examples, {test_size} test examples"
+            + (f" per fold ({s['folds']} folds over the pooled recordings, fold = seed)" if s.get("folds") else "")
             + f", {s['epochs']} epochs, batch {s['batch_size']}, Adam lr {s['learning_rate']} (cosine), "
             f"T = {s['time_steps']}, model {s['model']}"
             + (f" {s['hidden']}" if s["model"] == "mlp" else f" {s['channels']}")
