@@ -9,9 +9,10 @@ included; evaluation is excluded.
 
 * ``full``: the user's plain loop — ``DataLoader(shuffle=True)`` and mean cross-entropy;
 * ``random``: uniform dynamic pruning — a fresh random ``keep_ratio`` subset each pruned epoch;
-* ``sadp``: importance sampling by the spike-aware score, weighted loss, scores in a Zarr sidecar.
+* ``sadp``: importance sampling by the spike-aware score (the method's defaults: the draw trained on
+  unweighted, the ``decreasing`` schedule), scores in a Zarr sidecar.
 
-Both pruned methods share the keep-ratio schedule (warm-up and anneal epochs on full data).
+Both pruned methods spend the same budget (warm-up and anneal epochs on full data).
 
 The pieces are shared with the ``train`` bench (``sadp_data.bench.train``), which trains every
 pruning method at several keep ratios the same way: ``prepare_data`` loads a dataset,
