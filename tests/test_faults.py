@@ -386,6 +386,30 @@ def test_forwards_without_step_do_not_keep_their_graphs():
     assert torch.isfinite(scores)
 
 
+def _damaged_shards(tmp_path: Path, damage) -> tuple[Path, bytearray]:
+    """Scored shards of 120 examples whose sample 70 had ``damage(data, start, size)`` applied to the
+    bytes of its ``x.npy`` payload (every tar header stays valid); returns the folder and the shard's bytes."""
+    import tarfile
+
+    from sadp_data.cli import main
+    from sadp_data.shards import ShardIndex
+
+    out = tmp_path / "shards"
+    assert main(["convert", str(_npz(tmp_path / "d.npz")), str(out), "--shard-size", "50", "--no-progress"]) == 0
+    index = ShardIndex.load(out)
+    victim = index.shard_path(int(index.offsets[70, 0]))
+    with tarfile.open(victim) as archive:
+        member = archive.getmember("000000070.x.npy")
+    data = bytearray(victim.read_bytes())
+    damage(data, member.offset_data, member.size)
+    victim.write_bytes(bytes(data))
+    return out, data
+
+
+def _flip_last_byte(data: bytearray, start: int, size: int) -> None:
+    data[start + size - 1] ^= 0xFF  # one pixel
+
+
 def test_corrupted_sample_bytes_inside_a_shard_are_refused_not_delivered(tmp_path):
     pytest.importorskip("webdataset")
     from sadp_data.adapters.webdataset import ScoredShards
@@ -393,18 +417,8 @@ def test_corrupted_sample_bytes_inside_a_shard_are_refused_not_delivered(tmp_pat
     from sadp_data.cli import main
     from sadp_data.shards import ShardError, ShardIndex
 
-    out = tmp_path / "shards"
-    assert main(["convert", str(_npz(tmp_path / "d.npz")), str(out), "--shard-size", "50", "--no-progress"]) == 0
-    index = ShardIndex.load(out)
-    import tarfile
-
-    victim = index.shard_path(int(index.offsets[70, 0]))
-    with tarfile.open(victim) as archive:
-        member = archive.getmember("000000070.x.npy")
-    data = bytearray(victim.read_bytes())
-    data[member.offset_data + member.size - 1] ^= 0xFF  # one pixel of sample 70: every header stays valid
-    victim.write_bytes(bytes(data))
-    store = index.open_store()
+    out, _ = _damaged_shards(tmp_path, _flip_last_byte)
+    store = ShardIndex.load(out).open_store()
     sampler = ScoredShards.sampler_for(out, store=store, keep_ratio=1.0, warmup_epochs=0)
     sampler.set_epoch(0)
     with pytest.raises(ShardError, match=r"sample 000000070 .*checksum mismatch"):
@@ -419,23 +433,16 @@ def test_corrupted_sample_bytes_inside_a_shard_are_refused_not_delivered(tmp_pat
 
 def test_decode_errors_are_named_and_skipped_with_on_error_skip(tmp_path):
     pytest.importorskip("webdataset")
-    import tarfile
 
     from sadp_data.adapters.webdataset import ScoredShards
 
-    from sadp_data.cli import main
     from sadp_data.shards import ShardError, ShardIndex, sample_checksum
 
-    out = tmp_path / "shards"
-    assert main(["convert", str(_npz(tmp_path / "d.npz")), str(out), "--shard-size", "50", "--no-progress"]) == 0
-    index = ShardIndex.load(out)
-    victim = index.shard_path(int(index.offsets[70, 0]))
-    with tarfile.open(victim) as archive:
-        member = archive.getmember("000000070.x.npy")
-    data = bytearray(victim.read_bytes())
-    data[member.offset_data : member.offset_data + 6] = b"NOTNPY"  # the .npy magic: decoding fails
-    victim.write_bytes(bytes(data))
-    offsets = index.offsets.copy()
+    def break_magic(data: bytearray, start: int, size: int) -> None:
+        data[start : start + 6] = b"NOTNPY"  # the .npy magic: decoding fails
+
+    out, data = _damaged_shards(tmp_path, break_magic)
+    offsets = ShardIndex.load(out).offsets.copy()
     _, start, length, _ = (int(v) for v in offsets[70])
     offsets[70, 3] = sample_checksum(bytes(data[start : start + length]))  # bytes "as converted": checks pass
     np.save(out / "offsets.npy", offsets)
@@ -503,23 +510,13 @@ def test_a_read_only_cache_location_falls_back_to_no_cache_with_one_warning(monk
 
 def test_samples_skipped_in_workers_are_counted_in_the_main_process(tmp_path):
     pytest.importorskip("webdataset")
-    import tarfile
 
     from sadp_data.adapters.webdataset import ScoredShards
 
-    from sadp_data.cli import main
     from sadp_data.shards import ShardIndex
 
-    out = tmp_path / "shards"
-    assert main(["convert", str(_npz(tmp_path / "d.npz")), str(out), "--shard-size", "50", "--no-progress"]) == 0
-    index = ShardIndex.load(out)
-    victim = index.shard_path(int(index.offsets[70, 0]))
-    with tarfile.open(victim) as archive:
-        member = archive.getmember("000000070.x.npy")
-    data = bytearray(victim.read_bytes())
-    data[member.offset_data + member.size - 1] ^= 0xFF
-    victim.write_bytes(bytes(data))
-    store = index.open_store()
+    out, _ = _damaged_shards(tmp_path, _flip_last_byte)
+    store = ShardIndex.load(out).open_store()
     sampler = ScoredShards.sampler_for(out, store=store, keep_ratio=1.0, warmup_epochs=0)
     sampler.set_epoch(0)
     loader = ScoredShards(out, sampler, on_error="skip").decode().to_tuple("x.npy", "y.cls").loader(16, num_workers=2)
