@@ -1,19 +1,22 @@
 """``wrap``: put an ``SADPSampler`` under an existing DataLoader, indices and weights riding along.
 
 The wrapped loader is a plain ``torch.utils.data.DataLoader`` built from the user's settings
-(``batch_size``, ``collate_fn``, ``num_workers``, ``pin_memory``, ``drop_last``, worker options), with
-two changes: the sampler is the ``SADPSampler``, and each worker returns the example indices next to
-the user's collated batch. The main process then looks up the importance weights of those indices in
-the epoch's plan (a gather of one float per example), so workers never hold a stale plan.
+(``batch_size``, ``collate_fn``, ``num_workers``, ``pin_memory``, ``drop_last``, worker options) with
+one change: the sampler is the ``SADPSampler``. Nothing extra travels through the workers. The
+DataLoader delivers batches in sampler order, so batch ``b`` of an epoch holds plan positions
+``[start + b·B, start + (b+1)·B)``; the main process slices the example indices and importance
+weights of those positions from the epoch's plan (two array slices per batch). That is why
+``in_order=False`` is refused: out-of-order batches would get the wrong weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler
 
 from .sampler import SADPSampler
 
@@ -33,30 +36,6 @@ _CARRIED = (
     "pin_memory_device",
     "in_order",
 )
-
-
-class IndexedDataset(Dataset):
-    """A map-style dataset whose items are ``(index, original_item)``."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> tuple[int, Any]:
-        return index, self.dataset[index]
-
-
-class IndexedCollate:
-    """Collates ``(index, item)`` pairs into ``(user_batch, indices)`` with the user's ``collate_fn``."""
-
-    def __init__(self, collate_fn: Callable[[list[Any]], Any]) -> None:
-        self.collate_fn = collate_fn
-
-    def __call__(self, pairs: list[tuple[int, Any]]) -> tuple[Any, torch.Tensor]:
-        indices = torch.tensor([index for index, _ in pairs], dtype=torch.int64)
-        return self.collate_fn([item for _, item in pairs]), indices
 
 
 def _attach(batch: Any, indices: torch.Tensor, weights: torch.Tensor) -> Any:
@@ -90,14 +69,19 @@ class SADPLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Any]:
-        self._consumed = self.sampler.resume_position
-        plan = self.sampler.plan
-        for batch, indices in self.loader:
-            weights = torch.from_numpy(plan.weights_of(indices))
+        start = self.sampler.resume_position
+        order, weights = self.sampler.rank_order(), self.sampler.rank_weights()
+        batches = iter(self.loader)  # consumes the sampler's resume position
+        self._consumed = position = start
+        size = self.loader.batch_size
+        for batch in batches:
+            end = min(position + size, order.shape[0])
+            indices = torch.from_numpy(order[position:end].astype(np.int64))
+            batch_weights = torch.from_numpy(weights[position:end].astype(np.float32))
             if self.loader.pin_memory:
-                weights = weights.pin_memory()
-            self._consumed += int(indices.shape[0])
-            yield _attach(batch, indices, weights)
+                batch_weights = batch_weights.pin_memory()
+            position = self._consumed = end
+            yield _attach(batch, indices, batch_weights)
 
     def state_dict(self) -> dict[str, Any]:
         """The sampler's state with ``position`` = examples delivered to the training loop so far."""
@@ -152,5 +136,9 @@ def wrap(loader_or_dataset: DataLoader | Dataset, sampler: SADPSampler, **loader
     for name in ("sampler", "shuffle", "batch_sampler"):
         if name in settings:
             raise TypeError(f"wrap() sets {name!r} itself; do not pass it")
-    settings["collate_fn"] = IndexedCollate(settings.get("collate_fn") or default_collate)
-    return SADPLoader(DataLoader(IndexedDataset(dataset), sampler=sampler, **settings), sampler)
+    if settings.get("in_order") is False:
+        raise ValueError(
+            "wrap() needs in_order=True: weights are matched to batches by their position in the epoch, "
+            "and in_order=False lets workers return batches out of order"
+        )
+    return SADPLoader(DataLoader(dataset, sampler=sampler, **settings), sampler)

@@ -298,6 +298,13 @@ class SADPSampler(Sampler[int]):
             return plan.order
         return plan.order[rank_positions(len(plan), self.rank, self.num_replicas)]
 
+    def rank_weights(self) -> np.ndarray:
+        """Importance weights aligned with ``rank_order()``: position ``i`` weighs example ``rank_order()[i]``."""
+        plan = self.plan
+        if self.num_replicas == 1:
+            return plan.weights
+        return plan.weights[rank_positions(len(plan), self.rank, self.num_replicas)]
+
     def remaining(self) -> np.ndarray:
         """This rank's examples still to visit this epoch (all of them unless resuming).
 

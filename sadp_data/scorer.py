@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .distributed import ScoreExchange, rank_and_world
-from .score_kernels import cross_entropy_scores
+from .score_kernels import cross_entropy_scores, mean_logit_scores
 from .store import ScoreStore
 
 _MAX_PENDING_CALLS = 4096
@@ -240,12 +240,12 @@ class SpikeAwareScorer:
             calls = [(x, z) for module, x, z, _ in self._calls if module is layer]
             self._forwards_per_step = len({number for *_, number in self._calls})
         self._calls.clear()
-        mean_logits = (
-            self.loss == "cross_entropy"
-            and "spike_aware" in variants
-            and targets is not None
-            and self._is_mean_logit_readout(calls, outputs, batch)
+        fused = (
+            self._mean_logit_scores(calls, outputs, targets, batch)
+            if self.loss == "cross_entropy" and "spike_aware" in variants and targets is not None
+            else None
         )
+        mean_logits = fused is not None
         closed_form = self.loss == "cross_entropy" and ("spike_aware" not in variants or mean_logits)
         if closed_form and targets is None:
             raise ValueError("loss='cross_entropy' needs the targets (class indices)")
@@ -263,9 +263,8 @@ class SpikeAwareScorer:
                 output_grad, grads = grads[0], grads[1:]
                 if output_grad is None:
                     raise RuntimeError("the outputs passed to step() do not feed this loss")
-        if mean_logits:
-            rate_sq = _firing_rate_sq_norm([x for x, _ in calls], batch)
-            result["spike_aware"] = cross_entropy_scores(outputs.detach(), targets, rate_sq)["rate"]
+        if fused is not None:
+            result["spike_aware"] = fused
         elif "spike_aware" in variants:
             connected = [(x, g) for (x, _), g in zip(calls, grads, strict=True) if g is not None]
             if not connected:
@@ -291,28 +290,30 @@ class SpikeAwareScorer:
                     result["rate"] = delta_norm * torch.sqrt(1.0 + rate_sq)
         return {name: result[name] for name in variants}
 
-    def _is_mean_logit_readout(
-        self, calls: list[tuple[torch.Tensor, torch.Tensor]], outputs: torch.Tensor | None, batch: int
-    ) -> bool:
-        """Whether ``outputs`` are the time-mean of the recorded readout outputs, through a biased readout.
+    def _mean_logit_scores(
+        self,
+        calls: list[tuple[torch.Tensor, torch.Tensor]],
+        outputs: torch.Tensor | None,
+        targets: torch.Tensor,
+        batch: int,
+    ) -> torch.Tensor | None:
+        """The spike-aware scores in closed form when ``outputs`` are the time-mean of the readout's logits.
 
-        Then ``δ_t = δ/T`` and the spike-aware score is exactly ``‖δ‖·sqrt(1 + ‖r̄‖²)`` with the closed
-        form of ``δ`` for cross-entropy: no ``autograd.grad`` call. Checked on every batch (one
-        ``[B, C]`` comparison), so a spiking readout or a readout that is not averaged takes the
-        autograd path.
+        For a biased readout whose logits are averaged over time, ``δ_t = δ/T`` and the score is
+        exactly ``‖δ‖·sqrt(1 + ‖r̄‖²)`` with the closed form of ``δ`` for cross-entropy: no
+        ``autograd.grad`` call. The mean is checked on every batch, in the same fused pass as the
+        score (``score_kernels.mean_logit_scores``), so a spiking readout or one that is not averaged
+        returns ``None`` and takes the autograd path.
         """
         if outputs is None or not calls or getattr(self.layer, "bias", None) is None or outputs.dim() != 2:
-            return False
-        z = calls[0][1].detach()
-        if len(calls) == 1 and z.dim() == 3 and z.shape[1:] == outputs.shape:
-            logits = z  # one multi-step call, time-major: no copy
-        else:
-            logits = _stack_time_major([z.detach() for _, z in calls], batch)
-            if logits.shape[1:] != outputs.shape:
-                return False
+            return None
+        logits = _stack_time_major([z.detach() for _, z in calls], batch)
+        if logits.shape[1:] != outputs.shape:
+            return None
+        spikes = _stack_time_major([x for x, _ in calls], batch)
         target = outputs.detach()
-        gap = (logits.mean(dim=0) - target).abs().max()  # one reduction, cheaper than allclose
-        return bool(gap <= 1e-5 * target.abs().max() + 1e-6)
+        scores, gap, scale = mean_logit_scores(logits, target.to(logits.dtype), targets, spikes)
+        return scores if gap <= 1e-5 * scale + 1e-6 else None
 
     def _push(self, indices: torch.Tensor, scores: torch.Tensor) -> None:
         """Send one batch's scores to the other ranks (data-parallel) or the store."""

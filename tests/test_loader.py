@@ -75,8 +75,27 @@ def test_loader_state_dict_counts_delivered_examples(sampler: SADPSampler) -> No
     assert state["position"] == 30
     del iterator
     loader.load_state_dict(state)
-    rest = [idx for _, _, idx, _ in loader]
+    rest = []
+    for x, _, idx, w in loader:
+        np.testing.assert_array_equal(x[:, 0].long().numpy(), idx.numpy())  # resumed batches stay aligned
+        np.testing.assert_array_equal(w.numpy(), sampler.weights(idx))
+        rest.append(idx)
     np.testing.assert_array_equal(torch.cat(head + rest).numpy(), sampler.plan.order)
+
+
+@pytest.mark.parametrize("rank", [0, 1, 2])
+def test_each_rank_gets_the_weights_of_its_own_slice(tmp_path: Path, rank: int) -> None:
+    store = ScoreStore.create(tmp_path / "s.zarr", 101)
+    store.update(np.arange(101), np.random.default_rng(1).random(101) + 0.01)
+    sampler = unbiased_sampler(store, 0.5, epochs=3, seed=2, num_replicas=3, rank=rank)
+    sampler.set_epoch(1)
+    delivered = []
+    for x, _, idx, w in wrap(DataLoader(Squares(101), batch_size=7, num_workers=2), sampler):
+        np.testing.assert_array_equal(x[:, 0].long().numpy(), idx.numpy())
+        np.testing.assert_array_equal(w.numpy(), sampler.weights(idx))
+        delivered.append(idx)
+    np.testing.assert_array_equal(torch.cat(delivered).numpy(), sampler.rank_order())
+    store.close()
 
 
 def test_wrap_errors(sampler: SADPSampler) -> None:
@@ -90,6 +109,8 @@ def test_wrap_errors(sampler: SADPSampler) -> None:
         wrap(DataLoader(Squares(10), batch_size=2), sampler)
     with pytest.raises(TypeError, match="custom batch_sampler"):
         wrap(DataLoader(Squares(200), batch_sampler=[[0, 1]]), sampler)
+    with pytest.raises(ValueError, match="in_order=True"):
+        wrap(DataLoader(Squares(200), batch_size=4, num_workers=2, in_order=False), sampler)
     with pytest.raises(TypeError, match="sets 'shuffle' itself"):
         wrap(Squares(200), sampler, shuffle=True)
     with pytest.raises(KeyError, match="already has keys"):

@@ -6,7 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from sadp_data import SpikeAwareScorer
-from sadp_data.score_kernels import cross_entropy_scores, cross_entropy_scores_torch, simulate_cross_entropy_scores
+from sadp_data.score_kernels import (
+    cross_entropy_scores,
+    cross_entropy_scores_torch,
+    mean_logit_scores,
+    mean_logit_scores_torch,
+    simulate_cross_entropy_scores,
+)
 
 pytest.importorskip("spikingjelly.activation_based")
 from spikingjelly.activation_based import functional
@@ -25,6 +31,30 @@ def test_cuda_kernel_matches_torch_reference(scale: float) -> None:
     )
     for name in ("grad_bound", "rate"):
         np.testing.assert_allclose(simulated[name], reference[name].numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_fused_cpu_kernel_matches_torch_reference(layout: str) -> None:
+    rng = np.random.default_rng(1)
+    steps, rows, classes, features = 5, 67, 11, 130
+    logits = torch.from_numpy((rng.standard_normal((steps, rows, classes)) * 8).astype(np.float32))
+    spikes = torch.from_numpy((rng.random((steps, rows, features)) < 0.3).astype(np.float32))
+    spikes[:, :3] = torch.from_numpy(rng.random((steps, 3, features)).astype(np.float32))  # graded inputs too
+    if layout == "transposed":  # batch-major storage, time-major view: the kernel reads strided arrays
+        logits = logits.transpose(0, 1).contiguous().transpose(0, 1)
+        spikes = spikes.transpose(0, 1).contiguous().transpose(0, 1)
+    outputs = logits.mean(dim=0)
+    outputs[7, 2] += 0.5  # one entry off the time-mean: the gap both report
+    targets = torch.from_numpy(rng.integers(0, classes, rows))
+    fused, gap, scale = mean_logit_scores(logits, outputs, targets, spikes)
+    reference, ref_gap, ref_scale = mean_logit_scores_torch(logits, outputs, targets, spikes)
+    np.testing.assert_allclose(fused.numpy(), reference.numpy(), rtol=2e-5, atol=1e-6)
+    assert gap == pytest.approx(ref_gap, rel=1e-4) and gap == pytest.approx(0.5, rel=1e-3)
+    assert scale == pytest.approx(ref_scale, rel=1e-6)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 11\)"):
+        mean_logit_scores(logits, outputs, torch.full((rows,), 11), spikes)
+    wide, *_ = mean_logit_scores(logits.double(), outputs.double(), targets, spikes.double())  # torch path
+    np.testing.assert_allclose(wide.numpy(), reference.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_variants_agree_where_theory_says_they_must() -> None:
