@@ -142,7 +142,7 @@ def events_config(
 
 @dataclass
 class FrontierConfig:
-    """What the frontier bench runs (``default()``: the study, about 60–70 min on 2 idle CPU cores)."""
+    """What the frontier bench runs (``default()``: the study, about 90–100 min on 2 idle CPU cores)."""
 
     parts: tuple[Part, ...] = field(default_factory=tuple)
     workers: int = 2
@@ -151,9 +151,9 @@ class FrontierConfig:
     def default(cls, nmnist: bool = True) -> FrontierConfig:
         seeds = (0, 1, 2, 3, 4)
         mlp = DemoConfig(
-            train_size=60000, test_size=10000, eval_size=10000, epochs=10, model="mlp", hidden=(256,), time_steps=4
+            train_size=60000, test_size=10000, eval_size=10000, epochs=14, model="mlp", hidden=(256,), time_steps=4
         )
-        conv = DemoConfig(train_size=6000, test_size=10000, eval_size=2000, epochs=8, channels=(8, 16))
+        conv = DemoConfig(train_size=6000, test_size=10000, eval_size=2000, epochs=12, channels=(8, 16))
         events = events_config(1100, 1100, epochs=12, time_steps=8, channels=(8, 16))
         strongest = ("sadp", "random", "infobatch", "epsilon_greedy")
         parts = [
