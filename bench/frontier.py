@@ -4,7 +4,7 @@
 (a dataset and an SNN) and each seed, one full-data run and one run per (method, keep ratio), plus
 SADP ablation variants, all from the same initial weights (paired seeds), with the same optimizer,
 cosine learning-rate schedule and epochs, through the library's three lines (``wrap`` +
-``SpikeAwareScorer``). Runs of one (part, seed) train interleaved in one process (``demo.train_runs``)
+``SpikeAwareScorer``). Runs of one (part, seed) train interleaved in one process (``harness.train_runs``)
 so machine load hits them alike; (part, seed) groups are spread over ``workers`` processes.
 
 Parts (``FrontierConfig.default``):
@@ -44,10 +44,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sadp_data.bench.harness import RunSpec
 from sadp_data.bench.report import target
 from sadp_data.bench.train import time_to
-
-from sadp_data.demo import DemoConfig, RunSpec
+from sadp_data.bench.training_data import DemoConfig
 
 #: Points below full data's final mean accuracy that count as reaching it (time-to-accuracy).
 TIME_TO_ACCURACY_MARGIN = 0.003
@@ -237,8 +237,8 @@ def _probe_run(run, spec: RunSpec, probe_x, probe_y, probe_index: np.ndarray, co
 def train_group(part: Part, seed: int, data_dir: str | None, nmnist_dir: str | None, threads: int) -> list[dict]:
     """Train every run of ``part`` for ``seed`` interleaved; returns their JSON entries (runs in a worker)."""
     import torch
-
-    from sadp_data.demo import build_run, prepare_data, train_runs
+    from sadp_data.bench.harness import build_run, train_runs
+    from sadp_data.bench.training_data import prepare_data
 
     torch.set_num_threads(threads)
     config = dataclasses.replace(part.config, seed=seed, fold=seed % part.config.folds if part.config.folds else 0)

@@ -13,7 +13,7 @@ no ``.json`` suffix, each result is written to ``DIR/<name>.json`` as soon as it
 writes ``DIR/score.png``); with one suite and a ``.json`` path, that single file, as before.
 A single ``loader`` suite runs ``--backend`` (default ``webdataset``; ``all`` for every backend);
 within several suites it runs every backend available: ``ffcv`` when it imports, ``dvs`` when an
-N-MNIST folder is found (``--nmnist``, default ``../shared/data/nmnist-small`` beside the repository).
+N-MNIST folder is named (``--nmnist PATH`` or the ``SADP_NMNIST`` environment variable).
 """
 
 from __future__ import annotations
@@ -47,9 +47,17 @@ def default_results_dir() -> Path:
 
 
 def default_nmnist_dir() -> Path | None:
-    """``../shared/data/nmnist-small`` relative to the repository, when it is there."""
-    folder = repository_root().parent / "shared" / "data" / "nmnist-small"
-    return folder if folder.is_dir() else None
+    """The N-MNIST folder named by the ``SADP_NMNIST`` environment variable (``None`` when unset).
+
+    The repository ships no N-MNIST copy, so there is no default beyond what the user names; a
+    named path that is not a folder is an error, not a silent skip.
+    """
+    named = os.environ.get("SADP_NMNIST")
+    if not named:
+        return None
+    if not Path(named).is_dir():
+        raise FileNotFoundError(f"SADP_NMNIST={named} is not a folder (an N-MNIST folder such as nmnist-small)")
+    return Path(named)
 
 
 @dataclass

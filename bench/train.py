@@ -2,7 +2,7 @@
 
 For each dataset and seed, one run per (method, keep ratio) plus one full-data run train the same
 conv SNN from the same initial weights with the same optimizer, learning-rate schedule and epochs
-(``sadp_data.demo``'s training loop: ``build_run`` and ``train_runs``). All runs of a (dataset,
+(the harness's training loop, ``sadp_data.bench.harness``: ``build_run`` and ``train_runs``). All runs of a (dataset,
 seed) are trained together with their steps interleaved, so load from other processes on a shared
 machine slows every method alike and each run's time — the sum of its own steps (data, forward,
 scoring, backward, update; evaluation excluded) — stays comparable. Every run that scores (SADP with
@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sadp_data.bench.harness import Run, RunSpec, build_run, train_runs
 from sadp_data.bench.report import target
-
-from sadp_data.demo import DemoConfig, Run, RunSpec, build_run, prepare_data, train_runs
+from sadp_data.bench.training_data import DemoConfig, prepare_data
 
 #: Points below full data's final accuracy that count as "reached" for time-to-accuracy.
 TIME_TO_ACCURACY_MARGIN = 0.005

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import DemoConfig, format_table, plot, run_demo, write_json
+    from sadp_data.bench.demo import DemoConfig, format_table, plot, run_demo, write_json
 
     config = DemoConfig.for_dataset(args.dataset, quick=args.quick)
     for name in ("epochs", "keep_ratio", "seed", "train_size", "batch_size"):
@@ -249,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", help="score: write its figure to this PNG file")
     bench.add_argument("--data", help="Fashion-MNIST IDX folder (default: the repository's copy); dvs: N-MNIST folder")
     bench.add_argument(
-        "--nmnist", help="N-MNIST folder for the dvs loader and the train suite (default ../shared/data/nmnist-small)"
+        "--nmnist",
+        help="N-MNIST folder for the dvs loader and the train and frontier suites (default: $SADP_NMNIST; "
+        "without one they skip N-MNIST)",
     )
     bench.add_argument("--methods", help="train: comma-separated methods (default: every registered method)")
     bench.add_argument("--datasets", help="train: comma-separated datasets (default fashion-mnist,nmnist)")

@@ -21,8 +21,8 @@ from sadp_data.bench.frontier import (
     summarise,
     write_frontier_report,
 )
+from sadp_data.bench.training_data import DemoConfig, _nmnist_fold
 
-from sadp_data.demo import DemoConfig, _nmnist_fold
 from sadp_data.sources import Source
 
 NMNIST = Path(
