@@ -22,8 +22,10 @@ Page locality: ``sampler_for(path, page_window=W)`` builds a sampler whose plan 
 pages in random order, shuffled within windows of ``W`` pages (like ffcv's ``QUASI_RANDOM``), so an
 epoch reads each page once — for datasets larger than memory (``os_cache=False``).
 
-Batches carry the example index as an ``index`` field; ``weights_for(sampler, index_batch)`` looks
-up the importance weights.
+Weights: with ``with_weights=True`` every batch is ``(*fields, index, weight)``, like ``wrap`` and
+``ScoredShards.to_tuple``: the example indices and importance weights of the batch's positions in the
+plan (ffcv delivers batches in order), as CPU tensors. Without it, batches are ffcv's own tuples and
+the deprecated ``weights_for(sampler, index_batch)`` looks the weights up from an ``index`` field.
 """
 
 from __future__ import annotations
@@ -191,7 +193,9 @@ ORDER_MAP[ImportanceOrder] = ImportanceOrder
 class ImportanceLoader(_Loader):
     """An ``ffcv.loader.Loader`` whose every epoch follows ``sampler``'s plan (see the module docstring)."""
 
-    def __init__(self, path: str | Path, sampler: SADPSampler, **loader_kwargs: Any) -> None:
+    def __init__(
+        self, path: str | Path, sampler: SADPSampler, *, with_weights: bool = False, **loader_kwargs: Any
+    ) -> None:
         if _FFCV_MISSING is not None:
             raise ImportError("the FFCV adapter needs ffcv: pip install 'sadp-data[ffcv]' (see the README)")
         if "order" in loader_kwargs:
@@ -203,6 +207,7 @@ class ImportanceLoader(_Loader):
             )
         _reader(path)
         self.sampler = sampler
+        self.with_weights = with_weights
         self.sampling = False
         loader_kwargs.setdefault("drop_last", False)
         super().__init__(str(path), order=ImportanceOrder, **loader_kwargs)
@@ -216,11 +221,23 @@ class ImportanceLoader(_Loader):
         self._delivered = 0
 
     def __iter__(self) -> Iterator[Any]:
-        """One epoch of batches; counts what reaches the training loop, for ``state_dict``."""
+        """One epoch of batches (with ``(index, weight)`` appended when ``with_weights``); counts what is delivered."""
+        same_epoch = self.next_epoch == self.sampler.epoch
+        start = self.sampler.resume_position if same_epoch else 0  # read before the order consumes it
         batches = super().__iter__()
-        self._delivered = self.sampler.resume_position
+        planned = self.sampler.rank_slice().batches(start, self.batch_size, self.drop_last)
+        self._delivered = start
         for batch in batches:
-            self._delivered += len(batch[0])
+            count = len(batch[0])
+            if self.with_weights:
+                indices, weights = next(planned)
+                if indices.shape[0] != count:
+                    raise RuntimeError(
+                        f"epoch {self.sampler.epoch}: ffcv delivered a batch of {count} examples where the plan "
+                        f"has {indices.shape[0]} at position {self._delivered}; weights would be misaligned"
+                    )
+                batch = (*batch, indices, weights)
+            self._delivered += count
             yield batch
 
     def state_dict(self) -> dict[str, Any]:
@@ -240,12 +257,28 @@ class ImportanceLoader(_Loader):
         return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
 
 
-def importance_loader(path: str | Path, sampler: SADPSampler, **loader_kwargs: Any) -> ImportanceLoader:
-    """An ``ImportanceLoader`` over ``path``: ``ffcv.loader.Loader`` settings go in ``loader_kwargs``."""
-    return ImportanceLoader(Path(path), sampler, **loader_kwargs)
+def importance_loader(
+    path: str | Path, sampler: SADPSampler, *, with_weights: bool = False, **loader_kwargs: Any
+) -> ImportanceLoader:
+    """An ``ImportanceLoader`` over ``path``: ``ffcv.loader.Loader`` settings go in ``loader_kwargs``.
+
+    ``with_weights=True`` appends ``(index, weight)`` to every batch (see the module docstring).
+    """
+    return ImportanceLoader(Path(path), sampler, with_weights=with_weights, **loader_kwargs)
 
 
 def weights_for(sampler: SADPSampler, index_batch: torch.Tensor) -> torch.Tensor:
-    """Importance weights (float32 tensor) of a batch's ``index`` field (shape ``[B]`` or ``[B, 1]``)."""
+    """Deprecated: importance weights (float32) of a batch's ``index`` field (shape ``[B]`` or ``[B, 1]``).
+
+    Pass ``with_weights=True`` to ``importance_loader`` instead: batches then end in ``(index, weight)``.
+    """
+    import warnings
+
+    warnings.warn(
+        "weights_for is deprecated: pass with_weights=True to importance_loader and read (..., index, weight) "
+        "from each batch",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     indices = index_batch.reshape(-1).cpu().numpy()
     return torch.from_numpy(sampler.weights(indices)).to(index_batch.device)

@@ -3,7 +3,7 @@
 Models are built from ``spikingjelly.activation_based`` layers in multi-step mode: the input is
 repeated over ``T`` time steps (direct encoding), hidden layers are LIF neurons with an arctan
 surrogate gradient, and the readout is a non-spiking ``Linear`` whose outputs are averaged over
-time — the setting of DESIGN §1.1, where the spike-aware score is the exact readout gradient norm.
+time — the setting of docs/method.md §1, where the spike-aware score is the exact readout gradient norm.
 """
 
 from __future__ import annotations

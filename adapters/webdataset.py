@@ -27,10 +27,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from sadp_data.distributed import rank_positions
+from sadp_data.plan import PlanSlice
 from sadp_data.sampler import SADPSampler
 from sadp_data.shards import ShardError, ShardIndex, parse_sample, sample_checksum
 from sadp_data.store import check_store_belongs
@@ -66,7 +65,8 @@ class ShardLoader:
         workers = max(1, self.loader.num_workers)
         if workers == 1:
             return -(-count // batch) if not self.loader.drop_last else count // batch
-        parts = [len(part) for part in np.array_split(np.arange(count), workers)]
+        base, extra = divmod(count, workers)  # the sizes of PlanSlice.worker_slice's parts
+        parts = [base + (worker < extra) for worker in range(workers)]
         return sum((p // batch) if self.loader.drop_last else -(-p // batch) for p in parts)
 
     def __iter__(self) -> Iterator[Any]:
@@ -153,13 +153,11 @@ class ScoredShards(IterableDataset):
         self._tuple = fields
         return self
 
-    def _positions(self) -> np.ndarray:
-        sampler = self.sampler
-        positions = rank_positions(len(sampler.plan), sampler.rank, sampler.num_replicas)
+    def _part(self) -> PlanSlice:
+        """This rank's slice of the epoch's plan, and within a DataLoader worker, that worker's part."""
+        part = self.sampler.rank_slice()
         info = get_worker_info()
-        if info is None:
-            return positions
-        return np.array_split(positions, info.num_workers)[info.id]
+        return part if info is None else part.worker_slice(info.id, info.num_workers)
 
     def __len__(self) -> int:
         return self.sampler.epoch_length()
@@ -179,13 +177,13 @@ class ScoredShards(IterableDataset):
         handles: OrderedDict[int, Any] = OrderedDict()
         self.skipped = []
         try:
-            for position in self._positions():
-                example = int(plan.order[position])
+            part = self._part()
+            for example, weight in zip(part.order.tolist(), part.weights.tolist(), strict=True):
                 sample = self._read(example, handles)
                 if sample is None:
                     continue
                 sample["__index__"] = example
-                sample["__weight__"] = float(plan.weights[position])
+                sample["__weight__"] = weight
                 try:
                     finished = self._decoder(sample) if self._decoder is not None else sample
                 except Exception as error:  # a decoder's own error on bytes that passed the checks

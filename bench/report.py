@@ -19,35 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from sadp_data.bench.suite import OWN_SUITES
+from sadp_data.bench.targets import format_targets, target
 
 BUDGET_S = {False: 60 * 60, True: 5 * 60}
 LOADER_ORDER = ("torch", "webdataset", "ffcv", "dvs")
-
-
-def target(description: str, measured: float, required: float, comparison: str) -> dict[str, Any]:
-    """One target entry of a suite's JSON; ``pass`` is derived from ``measured comparison required``."""
-    if comparison not in ("<=", ">="):
-        raise ValueError(f"comparison must be '<=' or '>=', got {comparison!r}")
-    passed = measured <= required if comparison == "<=" else measured >= required
-    return {
-        "description": description,
-        "measured": measured,
-        "target": required,
-        "comparison": comparison,
-        "pass": bool(passed),
-    }
-
-
-def format_targets(targets: dict[str, dict[str, Any]]) -> str:
-    """One Markdown row per target: description, measured, required (``<=``/``>=`` target), PASS/MISS."""
-    lines = ["| target | measured | required | |", "|---|---|---|---|"]
-    for entry in targets.values():
-        relation = {"<=": "≤", ">=": "≥"}[entry["comparison"]]
-        lines.append(
-            f"| {entry['description']} | {entry['measured']:.4g} | {relation} {entry['target']:.4g} | "
-            f"{'PASS' if entry['pass'] else 'MISS'} |"
-        )
-    return "\n".join(lines)
 
 
 def load_results(folder: str | Path) -> dict[str, dict[str, Any]]:

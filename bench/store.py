@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sadp_data.bench.report import format_targets, target
+from sadp_data.bench.targets import format_targets, target
 
 TARGET_UPDATES_PER_S = 5e6
 TARGET_BYTES_PER_EXAMPLE = 16.0

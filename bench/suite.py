@@ -164,7 +164,7 @@ def _loader_backends(options: BenchOptions, several: bool) -> list[str]:
 
 def _print_targets(result: dict[str, Any]) -> None:
     """A result's targets as a PASS/MISS table below its figures, when it has any."""
-    from sadp_data.bench.report import format_targets
+    from sadp_data.bench.targets import format_targets
 
     if result.get("targets"):
         print()

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 from sadp_data.bench.harness import Run, RunSpec, build_run, train_runs
-from sadp_data.bench.report import target
+from sadp_data.bench.targets import target
 from sadp_data.bench.training_data import DemoConfig, prepare_data
 
 #: Points below full data's final accuracy that count as "reached" for time-to-accuracy.

@@ -11,7 +11,8 @@ examples that matter, with importance weights that keep the gradient unbiased::
 
 from .kernels import plan_epoch
 from .loader import SADPLoader, wrap
-from .sampler import EpochPlan, SADPSampler
+from .plan import EpochPlan, PlanSlice
+from .sampler import SADPSampler
 from .schedule import KeepRatioSchedule
 from .scorer import SpikeAwareScorer
 from .store import ScoreSnapshot, ScoreStore, ScoreStoreError, dataset_fingerprint
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "EpochPlan",
     "KeepRatioSchedule",
+    "PlanSlice",
     "SADPLoader",
     "SADPSampler",
     "ScoreSnapshot",

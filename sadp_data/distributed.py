@@ -18,6 +18,9 @@ import torch
 if TYPE_CHECKING:
     from .store import ScoreStore
 
+#: The low 32 bits of an exchanged int64 word: a score's float32 bits (its epoch is in the high 32).
+_LOW_32 = 0xFFFFFFFF
+
 
 def rank_and_world() -> tuple[int, int]:
     """``(rank, world_size)`` of ``torch.distributed`` when it is initialised, else ``(0, 1)``."""
@@ -63,12 +66,15 @@ def open_store(path, **open_kwargs: Any) -> ScoreStore:
 class ScoreExchange:
     """All-gathers every rank's ``(index, score)`` pairs so that every rank's store mirror is identical.
 
-    ``push`` buffers this rank's scores; every ``every`` pushes, ``sync`` all-gathers the buffers of
-    all ranks (two collectives: counts, then one packed int64 tensor of indices and score bits) and
-    applies them to the store in rank order, as one update, on every rank. The exchange registers
-    ``sync`` as a store sync hook, so the sampler flushes the buffers at each epoch boundary before it
-    takes the snapshot an epoch is planned from. Trade-off of ``every > 1``: fewer collectives, but
-    other ranks see a rank's scores up to ``every`` steps later (never later than the epoch's end).
+    ``push`` buffers this rank's scores with the epoch they belong to; every ``every`` pushes, ``sync``
+    all-gathers the buffers of all ranks (two collectives: counts, then one packed int64 tensor of
+    indices and, per score, its epoch in the high and its float32 bits in the low 32 bits) and
+    applies them to the store in rank order, one update per epoch present (oldest first, so for an
+    example scored twice the later score wins), on every rank. Each score keeps the epoch it was
+    pushed in, however late it is exchanged. The exchange registers ``sync`` as a store sync hook,
+    so ``ScoreStore.begin_epoch`` flushes the buffers at each epoch boundary before it takes the
+    snapshot an epoch is planned from. Trade-off of ``every > 1``: fewer collectives, but other ranks
+    see a rank's scores up to ``every`` steps later (never later than the next epoch's start).
     Works with gloo (CPU tensors) and NCCL (tensors on the current CUDA device).
     """
 
@@ -78,31 +84,38 @@ class ScoreExchange:
         self.store = store
         self.every = int(every)
         self.group = group
-        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, int]] = []
         self._pushes = 0
         store.add_sync_hook(self.sync)
 
-    def push(self, indices: torch.Tensor, scores: torch.Tensor) -> None:
-        """Queue one batch's scores; all-gathers when ``every`` batches have been queued."""
-        self._pending.append((indices.detach().reshape(-1).to(torch.int64), scores.detach().reshape(-1).float()))
+    def push(self, indices: torch.Tensor, scores: torch.Tensor, epoch: int | None = None) -> None:
+        """Queue one batch's scores, stamped ``epoch`` (default: the store's ``current_epoch`` now);
+        all-gathers when ``every`` batches have been queued."""
+        stamp = self.store.current_epoch if epoch is None else int(epoch)
+        self._pending.append((indices.detach().reshape(-1).to(torch.int64), scores.detach().reshape(-1).float(), stamp))
         self._pushes += 1
         if self._pushes % self.every == 0:
             self.sync()
 
     def sync(self) -> None:
-        """Collective: every rank must call it at the same point (``push`` and the sampler do)."""
+        """Collective: every rank must call it at the same point (``push`` and ``ScoreStore.begin_epoch`` do)."""
         import torch.distributed as dist
 
         nccl = dist.get_backend(self.group) == "nccl"
         device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
         if self._pending:
-            indices = torch.cat([pair[0] for pair in self._pending]).to(device)
-            scores = torch.cat([pair[1] for pair in self._pending]).to(device)
+            indices = torch.cat([entry[0] for entry in self._pending]).to(device)
+            scores = torch.cat([entry[1] for entry in self._pending]).to(device)
+            epochs = torch.cat([torch.full(entry[0].shape, entry[2], dtype=torch.int64) for entry in self._pending]).to(
+                device
+            )
         else:
             indices = torch.zeros(0, dtype=torch.int64, device=device)
             scores = torch.zeros(0, dtype=torch.float32, device=device)
+            epochs = torch.zeros(0, dtype=torch.int64, device=device)
         self._pending = []
-        packed = torch.stack([indices, scores.view(torch.int32).to(torch.int64)])
+        bits = scores.view(torch.int32).to(torch.int64) & _LOW_32
+        packed = torch.stack([indices, (epochs << 32) | bits])
         world = dist.get_world_size(self.group)
         count = torch.tensor([packed.shape[1]], dtype=torch.int64, device=packed.device)
         counts = [torch.zeros_like(count) for _ in range(world)]
@@ -115,6 +128,10 @@ class ScoreExchange:
         padded[:, : packed.shape[1]] = packed
         gathered = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(gathered, padded, group=self.group)
-        merged = torch.cat([part[:, :size] for part, size in zip(gathered, sizes, strict=True)], dim=1).cpu()
-        all_scores = merged[1].to(torch.int32).view(torch.float32)
-        self.store.update(merged[0].numpy(), all_scores.numpy())
+        merged = torch.cat([part[:, :size] for part, size in zip(gathered, sizes, strict=True)], dim=1).cpu().numpy()
+        all_indices, words = merged[0], merged[1]
+        all_scores = (words & _LOW_32).astype(np.uint32).view(np.float32)
+        all_epochs = words >> 32  # arithmetic shift: epoch -1 (never set) survives
+        for epoch in np.unique(all_epochs).tolist():
+            chosen = all_epochs == epoch
+            self.store.update(all_indices[chosen], all_scores[chosen], epoch=int(epoch))

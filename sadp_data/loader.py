@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler
 
@@ -70,18 +69,15 @@ class SADPLoader:
 
     def __iter__(self) -> Iterator[Any]:
         start = self.sampler.resume_position
-        order, weights = self.sampler.rank_order(), self.sampler.rank_weights()
+        part = self.sampler.rank_slice()
         batches = iter(self.loader)  # consumes the sampler's resume position
-        self._consumed = position = start
-        size = self.loader.batch_size
-        for batch in batches:
-            end = min(position + size, order.shape[0])
-            indices = torch.from_numpy(order[position:end].astype(np.int64))
-            batch_weights = torch.from_numpy(weights[position:end].astype(np.float32))
+        self._consumed = start
+        planned = part.batches(start, self.loader.batch_size, self.loader.drop_last)
+        for batch, (indices, weights) in zip(batches, planned, strict=True):
             if self.loader.pin_memory:
-                batch_weights = batch_weights.pin_memory()
-            position = self._consumed = end
-            yield _attach(batch, indices, batch_weights)
+                weights = weights.pin_memory()
+            self._consumed += int(indices.shape[0])
+            yield _attach(batch, indices, weights)
 
     def state_dict(self) -> dict[str, Any]:
         """The sampler's state with ``position`` = examples delivered to the training loop so far."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any
 
@@ -20,10 +19,11 @@ import numpy as np
 from torch.utils.data import BatchSampler, Sampler
 
 from .diagnostics import plan_statistics
-from .distributed import per_rank, rank_and_world, rank_positions
-from .kernels import Backend, localize, reference, sample_size
+from .distributed import per_rank, rank_and_world
+from .kernels import Backend, localize, sample_size
 from .methods import METHODS, PlanRequest, get_method
 from .methods.base import to_host
+from .plan import EpochPlan, PlanSlice
 from .schedule import KeepRatioSchedule, Shape
 from .store import ScoreSnapshot, ScoreStore
 
@@ -36,41 +36,6 @@ def _require_integer(name: str, value: Any, minimum: int, optional: bool = False
         raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-@dataclass
-class EpochPlan:
-    """The examples of one epoch in visiting order, with their importance weights."""
-
-    epoch: int
-    keep_ratio: float
-    order: np.ndarray
-    weights: np.ndarray
-    num_examples: int
-    snapshot_version: int
-    _lookup: np.ndarray | None = field(default=None, repr=False)
-
-    def __len__(self) -> int:
-        return int(self.order.shape[0])
-
-    def weights_of(self, indices: Any) -> np.ndarray:
-        """Weights of ``indices`` (float32); raises if an index is not part of this epoch's plan."""
-        index = np.asarray(indices.detach().cpu().numpy() if hasattr(indices, "detach") else indices)
-        index = index.astype(np.int64, copy=False).reshape(-1)
-        if self._lookup is None:
-            lookup = np.full(self.num_examples, np.nan, dtype=np.float32)
-            lookup[self.order] = self.weights
-            self._lookup = lookup
-        if index.size and (index.min() < 0 or index.max() >= self.num_examples):
-            raise IndexError(f"indices out of range [0, {self.num_examples}) for epoch {self.epoch}")
-        found = self._lookup[index]
-        missing = np.flatnonzero(np.isnan(found))
-        if missing.size:
-            raise KeyError(
-                f"examples {index[missing[:5]].tolist()} are not in the plan of epoch {self.epoch}; "
-                "was set_epoch called on the sampler that feeds this loader?"
-            )
-        return found
 
 
 class SADPSampler(Sampler[int]):
@@ -87,7 +52,7 @@ class SADPSampler(Sampler[int]):
             the method's ``default_schedule``: ``"decreasing"`` for ``sadp`` (and
             ``loss_proportional``, which shares its draw), ``"constant"`` for the baselines; the
             decreasing schedule spends the same total budget as the constant one.
-        smoothing: uniform mixing λ (DESIGN §1.2); every weight is at most 1/λ.
+        smoothing: uniform mixing λ (docs/method.md §2); every weight is at most 1/λ.
         method: ``"sadp"`` (spike-aware importance sampling) or a baseline from
             ``sadp_data.methods`` (``full``, ``random`` — a fresh uniform sample every epoch —,
             ``random_static``, ``infobatch``, ``ucb``, ``epsilon_greedy``, ``loss_proportional``; see
@@ -211,7 +176,7 @@ class SADPSampler(Sampler[int]):
             self._start = 0
             self._position = 0
         self.epoch = int(epoch)
-        if self.store is not None:
+        if self.store is not None:  # scores recorded from now on carry this epoch, even before the plan is made
             self.store.set_epoch(self.epoch)
 
     @property
@@ -236,14 +201,26 @@ class SADPSampler(Sampler[int]):
         return self._method.score
 
     def _make_plan(self, epoch: int) -> EpochPlan:
+        """Plan ``epoch`` after crossing the store's epoch boundary (``ScoreStore.begin_epoch``), once.
+
+        The boundary synchronises the ranks, stamps the epoch, takes (or, when resuming, reuses) the
+        snapshot, persists it for pruned epochs of methods that read scores, and records the keep ratio.
+        """
         keep = self.schedule(epoch)
         scores = seen = last_epoch = None
-        version = self.store.version if self.store is not None else 0
-        if self.store is not None and self._method.score is not None:
-            snapshot = self._resume_snapshot or self._snapshot()
-            scores, seen, version, last_epoch = snapshot.scores, snapshot.seen, snapshot.version, snapshot.last_epoch
-            if keep < 1.0 and self._resume_snapshot is None and not self.store.read_only:
-                self.store.save_snapshot(snapshot)
+        version = 0
+        if self.store is not None:
+            reads_scores = self._method.score is not None
+            snapshot = self.store.begin_epoch(
+                epoch,
+                keep,
+                resume_from=self._resume_snapshot,
+                persist_snapshot=reads_scores,
+                num_replicas=self.num_replicas,
+            )
+            version = snapshot.version
+            if reads_scores:
+                scores, seen, last_epoch = snapshot.scores, snapshot.seen, snapshot.last_epoch
         self._resume_snapshot = None
         request = PlanRequest(
             scores,
@@ -261,10 +238,15 @@ class SADPSampler(Sampler[int]):
         order, weights = to_host(order), to_host(weights)
         self._stats[epoch] = plan_statistics(request, order, weights, info)
         if self.shard_size is not None or self.groups is not None:
-            key = reference.epoch_keys(self.seed, epoch)[3]
-            order, weights = localize(order, weights, self.shard_size, self.window, key, self.groups)
-        if self.store is not None and not self.store.read_only:
-            self.store.record_keep_ratio(epoch, keep)
+            order, weights = localize(
+                order,
+                weights,
+                seed=self.seed,
+                epoch=epoch,
+                shard_size=self.shard_size,
+                window=self.window,
+                groups=self.groups,
+            )
         return EpochPlan(epoch, keep, to_host(order), to_host(weights), self.num_examples, version)
 
     def stats(self) -> list[dict[str, Any]]:
@@ -277,33 +259,13 @@ class SADPSampler(Sampler[int]):
         """
         return [self._stats[epoch] for epoch in sorted(self._stats)]
 
-    def _snapshot(self):
-        """The store's scores at this epoch boundary; in a data-parallel run, the same on every rank.
-
-        Ranks first push their pending score exchanges (``store.synchronize``) and meet at a barrier,
-        so every rank's mirror holds the same updates when it is copied.
-        """
-        if self.num_replicas > 1:
-            import torch.distributed as dist
-
-            self.store.synchronize()
-            if dist.is_available() and dist.is_initialized():
-                dist.barrier()
-        return self.store.snapshot()
+    def rank_slice(self) -> PlanSlice:
+        """This rank's part of the current epoch's plan: its examples in visiting order, with their weights."""
+        return self.plan.rank_slice(self.rank, self.num_replicas)
 
     def rank_order(self) -> np.ndarray:
         """This rank's examples of the current epoch in visiting order (its slice of the plan)."""
-        plan = self.plan
-        if self.num_replicas == 1:
-            return plan.order
-        return plan.order[rank_positions(len(plan), self.rank, self.num_replicas)]
-
-    def rank_weights(self) -> np.ndarray:
-        """Importance weights aligned with ``rank_order()``: position ``i`` weighs example ``rank_order()[i]``."""
-        plan = self.plan
-        if self.num_replicas == 1:
-            return plan.weights
-        return plan.weights[rank_positions(len(plan), self.rank, self.num_replicas)]
+        return self.rank_slice().order
 
     def remaining(self) -> np.ndarray:
         """This rank's examples still to visit this epoch (all of them unless resuming).

@@ -6,7 +6,7 @@ e.g. firing rates), the two scores are
 
 * ``grad_bound = ‖δ‖``                     (Katharopoulos & Fleuret 2018);
 * ``rate       = ‖δ‖ · sqrt(1 + ‖r̄‖²)``   (the exact readout ‖∂ℓ/∂(W, b)‖ for a non-spiking
-  readout of mean logits, DESIGN §1.1).
+  readout of mean logits, ``docs/method.md`` §1).
 
 The CUDA kernel computes both in one pass per example (one thread per row: max, sum of
 exponentials, norm of the difference) without materialising softmax or one-hot tensors. It is

@@ -1,7 +1,7 @@
 """``SpikeAwareScorer``: per-example importance scores from tensors the forward pass already has.
 
 The score of example ``i`` is the exact norm of its loss gradient with respect to the classifier
-(readout) layer, weights and bias together (DESIGN §1.1):
+(readout) layer, weights and bias together (``docs/method.md`` §1):
 
     ‖∂ℓ_i/∂W‖² + ‖∂ℓ_i/∂b‖² = Σ_{t,t'} (δ_t·δ_t')(s_t·s_t') + ‖Σ_t δ_t‖²
 
@@ -316,12 +316,16 @@ class SpikeAwareScorer:
         return scores if gap <= 1e-5 * scale + 1e-6 else None
 
     def _push(self, indices: torch.Tensor, scores: torch.Tensor) -> None:
-        """Send one batch's scores to the other ranks (data-parallel) or the store."""
+        """Send one batch's scores to the other ranks (data-parallel) or the store, stamped with the epoch
+        they were computed in (the store's ``current_epoch`` now), however late they are applied."""
         self.last_scores = scores
+        if self.store is None:
+            return
+        epoch = self.store.current_epoch
         if self.exchange is not None:
-            self.exchange.push(indices, scores)
-        elif self.store is not None:
-            self.store.update(indices.detach().cpu().numpy(), scores.cpu().numpy())
+            self.exchange.push(indices, scores, epoch)
+        else:
+            self.store.update(indices.detach().cpu().numpy(), scores.cpu().numpy(), epoch=epoch)
 
     def scores(
         self, per_sample_loss: torch.Tensor, outputs: torch.Tensor | None = None, targets: torch.Tensor | None = None

@@ -5,10 +5,13 @@ against each other. Validation comes first and the batch is applied only if ever
 so bad input changes nothing. Repeated indices: the last score wins, each occurrence counts as seen.
 Fusing the checks, the scatter, the seen-count increment (``np.add.at`` in numpy, the slowest part)
 and the dirty-chunk marking into one pass makes an update of a 256-example batch cost a few
-microseconds instead of ~80 µs.
+microseconds instead of ~80 µs. ``as_index_array``/``as_score_array`` coerce a caller's batch to the
+kernel's types; ``raise_bad_entries`` names what the kernel refused.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numba
 import numpy as np
@@ -24,6 +27,39 @@ def bad_indices(index: np.ndarray, num_examples: int) -> np.ndarray:
 def bad_scores(values: np.ndarray) -> np.ndarray:
     """Mask of the scores that are NaN, infinite or negative."""
     return ~np.isfinite(values) | (values < 0)
+
+
+def as_index_array(indices: Any) -> np.ndarray:
+    """``indices`` as a 1-D int64 array (values are checked by the update kernel)."""
+    array = indices.detach().cpu().numpy() if hasattr(indices, "detach") else np.asarray(indices)
+    if array.ndim != 1:
+        raise ValueError(f"indices must be 1-D, got shape {array.shape}")
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"indices must be an integer array, got dtype {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def as_score_array(scores: Any, length: int) -> np.ndarray:
+    """``scores`` as a 1-D float32 array of ``length`` (values are checked by the update kernel)."""
+    array = scores.detach().cpu().numpy() if hasattr(scores, "detach") else np.asarray(scores)
+    if array.ndim != 1 or array.shape[0] != length:
+        raise ValueError(f"scores must be 1-D with one value per index ({length}), got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise TypeError(f"scores must be numeric, got dtype {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def raise_bad_entries(index: np.ndarray, values: np.ndarray, num_examples: int) -> None:
+    """The error for a batch the update kernel refused, naming up to five bad positions and values."""
+    bad = np.flatnonzero(bad_indices(index, num_examples))
+    if bad.size:
+        shown = ", ".join(f"position {p}: {int(index[p])}" for p in bad[:5])
+        raise IndexError(
+            f"{bad.size} indices out of range [0, {num_examples}) ({shown}{', ...' if bad.size > 5 else ''})"
+        )
+    bad = np.flatnonzero(bad_scores(values))
+    shown = ", ".join(f"position {p}: {values[p]}" for p in bad[:5])
+    raise ValueError(f"{bad.size} scores are NaN, infinite or negative ({shown}{', ...' if bad.size > 5 else ''})")
 
 
 def apply_update_reference(

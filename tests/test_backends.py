@@ -1,11 +1,19 @@
-"""The torch and numba.cuda backends (the latter on the CUDA simulator in CI) against the reference."""
+"""Every backend's interface, and the torch and numba.cuda backends (the latter on the CUDA simulator in CI)
+against the reference."""
+
+import inspect
+import typing
 
 import numpy as np
 import pytest
 import torch
 from scipy import stats
 
-from sadp_data.kernels import get_backend, plan_epoch, reference, sample_size
+from sadp_data.kernels import KernelBackend, get_backend, plan_epoch, reference, sample_size
+from sadp_data.kernels.arrays import to_host
+from sadp_data.kernels.interface import ArrayKind
+
+BACKENDS = ["numpy", "numba", "cuda", "torch"]
 
 
 def _plan(backend: str, *args, **kwargs) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +75,42 @@ def test_backend_inclusion_frequencies_chi_square(backend: str, epochs: int) -> 
 
 
 def test_auto_backend() -> None:
-    assert get_backend("auto", np.ones(3)).__name__.endswith("numba_cpu")
-    assert get_backend("torch").__name__.endswith("torch_backend")
+    assert get_backend("auto", np.ones(3)).name == "numba"
+    assert get_backend("torch").name == "torch"
     with pytest.raises(ValueError, match="unknown kernel backend"):
         get_backend("opencl")
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_every_backend_implements_the_interface(name: str) -> None:
+    """The Protocol's members with its exact parameter names, and the results it declares."""
+    backend = get_backend(name)
+    assert isinstance(backend, KernelBackend)
+    assert backend.name == name and backend.arrays in typing.get_args(ArrayKind) and isinstance(backend.exact, bool)
+    for entry in ("plan", "shuffle_permutation"):
+        declared = list(inspect.signature(getattr(KernelBackend, entry)).parameters)[1:]  # without self
+        assert list(inspect.signature(getattr(backend, entry)).parameters) == declared, entry
+    kind = {"numpy": np.ndarray, "torch": torch.Tensor}.get(backend.arrays)
+    keys = reference.epoch_keys(3, 2)
+    scores, seen = _scores(300, 1)
+    for size in (90, 300):
+        expected = reference.plan(scores, seen, size, 0.1, False, keys)
+        order, weights = backend.plan(scores, seen, size, 0.1, False, keys)
+        permutation = backend.shuffle_permutation(300, keys.shuffle)
+        for result in (order, weights, permutation):
+            assert isinstance(result, kind) if kind else hasattr(result, "copy_to_host")
+        order, weights, permutation = to_host(order), to_host(weights), to_host(permutation)
+        assert order.dtype == np.int64 and weights.dtype == np.float32 and permutation.dtype == np.int64
+        if backend.exact:
+            np.testing.assert_array_equal(order, expected[0])
+            np.testing.assert_array_equal(weights, expected[1])
+            np.testing.assert_array_equal(permutation, reference.shuffle_permutation(300, keys.shuffle))
+        else:
+            a, b = np.argsort(expected[0]), np.argsort(order)
+            np.testing.assert_array_equal(order[b], expected[0][a])
+            np.testing.assert_array_equal(weights[b], expected[1][a])
+            np.testing.assert_array_equal(np.sort(permutation), np.arange(300))
+        if backend.arrays == "numpy":  # host backends take tensors too, and copy them over
+            from_tensors = backend.plan(torch.from_numpy(scores), torch.from_numpy(seen), size, 0.1, False, keys)
+            np.testing.assert_array_equal(from_tensors[0], expected[0])
+            np.testing.assert_array_equal(from_tensors[1], expected[1])

@@ -38,15 +38,18 @@ def _pipelines() -> dict:
 
 
 def _epochs(path: Path, sampler: SADPSampler, epochs: int, workers: int = 1) -> list[tuple]:
-    loader = importance_loader(path, sampler, batch_size=32, num_workers=workers, pipelines=_pipelines())
+    loader = importance_loader(
+        path, sampler, batch_size=32, num_workers=workers, pipelines=_pipelines(), with_weights=True
+    )
     delivered = []
     for _ in range(epochs):
         xs, ys, indices, weights = [], [], [], []
-        for x, y, index in loader:  # ffcv reuses its batch buffers: copy what is kept
+        for x, y, index, planned_index, weight in loader:  # ffcv reuses its batch buffers: copy what is kept
+            np.testing.assert_array_equal(np.asarray(index).reshape(-1), planned_index.numpy())  # aligned by position
             xs.append(torch.as_tensor(x).clone())
             ys.append(torch.as_tensor(y).reshape(-1).clone())
             indices.append(torch.as_tensor(index).reshape(-1).clone())
-            weights.append(weights_for(sampler, torch.as_tensor(index)))
+            weights.append(weight)
         delivered.append((torch.cat(xs), torch.cat(ys), torch.cat(indices), torch.cat(weights), sampler.plan))
     return delivered
 
@@ -134,11 +137,33 @@ def test_resume_mid_epoch_continues_the_identical_order(beton) -> None:
             break
     state = interrupted.state_dict()
     assert state["epoch"] == 1 and state["position"] == 64
-    resumed = loader_for(unbiased_sampler(store, keep_ratio=0.5, epochs=4, seed=4))
+    resumed_sampler = unbiased_sampler(store, keep_ratio=0.5, epochs=4, seed=4)
+    resumed = importance_loader(
+        path, resumed_sampler, batch_size=32, num_workers=1, pipelines=_pipelines(), with_weights=True
+    )
     resumed.load_state_dict(state)
     assert len(resumed) == -(-(150 - 64) // 32)
-    tail = np.concatenate([np.asarray(index).reshape(-1).copy() for _, _, index in resumed])
-    np.testing.assert_array_equal(np.concatenate([*head, tail]), uninterrupted)
+    tail = []
+    for _, _, index, planned_index, weight in resumed:
+        np.testing.assert_array_equal(np.asarray(index).reshape(-1), planned_index.numpy())
+        np.testing.assert_array_equal(weight.numpy(), resumed_sampler.weights(planned_index))
+        tail.append(planned_index.numpy())
+        if len(tail) == 1:
+            assert resumed.state_dict()["position"] == 96  # a resumed epoch counts from where it resumed
+    np.testing.assert_array_equal(np.concatenate([*head, *tail]), uninterrupted)
+    store.close()
+
+
+def test_weights_for_still_works_and_warns(beton) -> None:
+    path, _, _ = beton
+    store = open_sidecar(path)
+    store.update(np.arange(N), np.random.default_rng(5).random(N) + 0.01)
+    sampler = unbiased_sampler(store, keep_ratio=0.5, epochs=3, seed=1)
+    sampler.set_epoch(1)
+    index = torch.as_tensor(sampler.plan.order[:8]).reshape(-1, 1)
+    with pytest.warns(DeprecationWarning, match="with_weights=True"):
+        weights = weights_for(sampler, index)
+    np.testing.assert_array_equal(weights.numpy(), sampler.plan.weights[:8])
     store.close()
 
 

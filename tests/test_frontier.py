@@ -179,7 +179,7 @@ def test_all_leaves_the_frontier_study_out():
 
 
 def test_load_adjusted_speedup_ignores_when_the_machine_was_busy():
-    from sadp_data.bench.frontier import _load_adjusted_efficiency
+    from sadp_data.bench.frontier_summary import _load_adjusted_efficiency
 
     load = [1.0, 5.0, 1.0, 1.0]  # the second epoch ran on a busy machine
     keeps = [1.0, 0.9, 0.1, 1.0]

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from sadp_data.kernels import get_backend, plan_epoch, reference, sample_size
+from sadp_data.kernels import get_backend, localize, plan_epoch, reference, sample_size
 
 BACKENDS = ["numpy", "numba"]
 
@@ -42,6 +42,16 @@ def test_numba_matches_reference_on_large_inputs(n: int, distribution: str) -> N
         b = plan_epoch(scores, keep, 1, 4, backend="numba")
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_random_bits_are_splitmix64_and_keys_are_named() -> None:
+    """Key 0 gives SplitMix64's published stream for seed 0; ``epoch_keys`` is a tuple with named streams."""
+    expected = [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F, 0xF88BB8A8724C81EC]
+    assert reference.random_bits(np.uint64(0), np.arange(4)).tolist() == expected
+    keys = reference.epoch_keys(5, 3)
+    state = np.random.SeedSequence([5, 3]).generate_state(4, dtype=np.uint64)
+    assert list(keys) == state.tolist() and keys[3] == keys.shuffle and keys[0] == keys.block_order
+    assert reference.walk_offset(keys) == int(reference.random_bits(keys.offset, np.zeros(1))[0] >> np.uint64(32))
 
 
 def test_permutations_are_permutations() -> None:
@@ -215,3 +225,22 @@ def test_locality_order_keeps_the_plan_and_groups_shards() -> None:
     assert not np.array_equal(local // 100, other // 100)
     with pytest.raises(ValueError, match="shard_size and window must be positive"):
         plan_epoch(scores, 0.5, 0, 1, shard_size=0)
+
+
+def test_localize_gives_a_plan_made_elsewhere_the_order_of_plan_epoch() -> None:
+    """``localize`` under the epoch's key is ``plan_epoch``'s own locality step, for every array type."""
+    import torch
+
+    scores = np.random.default_rng(6).random(3000).astype(np.float32)
+    groups = np.random.default_rng(7).integers(0, 40, 3000)
+    for options in ({"shard_size": 128, "window": 2}, {"groups": groups, "window": 3}):
+        expected = plan_epoch(scores, 0.4, 2, 5, **options)
+        plain = plan_epoch(scores, 0.4, 2, 5)
+        got = localize(*plain, seed=2, epoch=5, **options)
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+        tensors = localize(torch.from_numpy(plain[0]), torch.from_numpy(plain[1]), seed=2, epoch=5, **options)
+        assert isinstance(tensors[0], torch.Tensor) and isinstance(tensors[1], torch.Tensor)
+        np.testing.assert_array_equal(tensors[0].numpy(), expected[0])
+    with pytest.raises(ValueError, match="shard_size and window must be positive"):
+        localize(*plain, seed=2, epoch=5)

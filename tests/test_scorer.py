@@ -91,7 +91,7 @@ def test_score_equals_exact_readout_gradient_norm(model_factory, loss_fn) -> Non
 
 
 def test_nonspiking_readout_matches_design_closed_form() -> None:
-    """‖δ‖·sqrt(1 + ‖r̄‖²) with δ = softmax(o) − onehot(y) and r̄ the hidden firing rates (DESIGN §1.1)."""
+    """‖δ‖·sqrt(1 + ‖r̄‖²) with δ = softmax(o) − onehot(y) and r̄ the hidden firing rates (docs/method.md §1)."""
     torch.manual_seed(1)
     model = MultiStepMLP()
     x, y = torch.rand(B, 8) * 3, torch.randint(0, C, (B,))

@@ -111,7 +111,7 @@ def test_updates_never_wait_for_disk_and_nothing_is_lost(tmp_path: Path) -> None
     store = ScoreStore.create(path, 5000, chunk_size=100, flush_interval=0.01)
     release = threading.Event()
     for name in ("score", "seen", "epoch"):
-        store._arrays[name] = _BlockingArray(store._arrays[name], release)
+        store._mirror.arrays[name] = _BlockingArray(store._mirror.arrays[name], release)
     rng = np.random.default_rng(0)
     start = time.perf_counter()
     for _ in range(2000):
@@ -134,7 +134,7 @@ class _FailingArray:
 
 def test_writer_errors_surface_in_the_caller(tmp_path: Path) -> None:
     store = ScoreStore.create(tmp_path / "s.zarr", 100)
-    store._arrays["score"] = _FailingArray()
+    store._mirror.arrays["score"] = _FailingArray()
     store.update([1], [1.0])
     with pytest.raises(ScoreStoreError, match="No space left on device"):
         store.flush()
@@ -245,8 +245,8 @@ def test_a_snapshot_is_written_once_per_version_and_always_after_reopening(tmp_p
     store = ScoreStore.create(path, 10)
     store.update(np.arange(10), np.arange(10, dtype=np.float32))
     writes = []
-    original = store._write_snapshot
-    store._write_snapshot = lambda snapshot: (writes.append(snapshot.version), original(snapshot))
+    original = store._mirror.write_snapshot
+    store._mirror.write_snapshot = lambda snapshot: (writes.append(snapshot.version), original(snapshot))
     first = store.snapshot()
     for _ in range(3):  # e.g. pruned epochs planned with no score update in between
         store.save_snapshot(store.snapshot())

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from . import nmnist
+from .dtype import EVENT_DTYPE
 
-EVENT_DTYPE = np.dtype([("x", np.int16), ("y", np.int16), ("t", np.int64), ("p", np.int8)])
+__all__ = ["EVENT_DTYPE", "READERS", "read_events"]
 
 #: Recording format name → reader; a new format is one module with ``read(path)`` plus a line here.
 READERS = {"nmnist": nmnist.read}

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .dtype import EVENT_DTYPE
+
 SENSOR_SIZE = (34, 34, 2)
 _INTEGER = re.compile(r"-?[0-9]+")
 LABEL_FILES = {"train": "train1K.txt", "test": "test100.txt"}
@@ -20,8 +22,6 @@ LABEL_FILES = {"train": "train1K.txt", "test": "test100.txt"}
 
 def read(path: str | Path) -> np.ndarray:
     """Events of one recording; ``ValueError`` naming the file and byte offset when malformed."""
-    from . import EVENT_DTYPE
-
     path = Path(path)
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size % 5:

@@ -1,31 +1,40 @@
 """Epoch planning: turn N scores into an exact-size weighted sample in shuffled order.
 
 ``plan_epoch`` is the single entry point. It is a pure function of its arguments: the same scores,
-seed and epoch give the same order and weights on every machine, process and backend. The steps
-(see ``reference`` for the algorithm and its trade-offs):
+seed and epoch give the same order and weights on every machine and process, and on every exact
+backend. The steps (``docs/method.md`` §2 gives the math, ``reference`` the algorithm and its
+trade-offs):
 
 1. smoothing: mix scores with uniform so every example keeps a chance and weights stay bounded;
 2. inclusion probabilities ``π_i = min(1, c·s̃_i)`` with ``Σ π = K`` (capping iteration), in 32.32
    fixed point with an integer total of exactly ``K·2**32``;
 3. systematic PPS over a randomised block walk order: exactly K distinct picks, each with
-   probability exactly ``π_i``;
-4. a keyed Feistel shuffle of the picks; importance weights ``K / (N π_i)``.
+   probability exactly ``π_i``; importance weights ``K / (N π_i)``;
+4. the training order: a keyed scatter shuffle of the picks (random buckets, then Fisher–Yates
+   inside each bucket), or, for sharded stores, ``localize``'s shard-window order.
 
-All randomness is counter-based (``reference.random_bits``) with keys from ``(seed, epoch)``, so
-parallel backends reproduce the reference bit for bit: ``numpy`` (reference) and ``numba``
-(parallel CPU) are identical; see each backend's module for its own guarantees.
+All randomness is counter-based (``reference.splitmix64``) with keys from ``(seed, epoch)``
+(``reference.EpochKeys``). Every backend implements ``KernelBackend`` and ``plan_epoch`` calls each
+the same way: ``numpy`` (the reference), ``numba`` (parallel CPU) and ``cuda`` (numba.cuda)
+reproduce the reference bit for bit; ``torch`` (any device) draws the same selection and weights
+in its own order. Each backend's module states its own guarantees.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
-from typing import Literal
+import importlib
+from typing import Any, Literal, cast
 
 import numpy as np
 
 from . import reference
+from .arrays import like, to_host
+from .interface import KernelBackend
 
 Backend = Literal["auto", "numpy", "numba", "cuda", "torch"]
+
+#: The module implementing each backend.
+_MODULES = {"numpy": "reference", "numba": "numba_cpu", "cuda": "cuda", "torch": "torch_backend"}
 
 
 def available_backends() -> list[str]:
@@ -43,30 +52,19 @@ def available_backends() -> list[str]:
     return names
 
 
-def get_backend(name: str = "auto", scores: object = None) -> ModuleType:
-    """The kernel module for ``name``.
+def get_backend(name: str = "auto", scores: object = None) -> KernelBackend:
+    """The backend called ``name`` (imported on first use).
 
     ``auto`` picks ``torch`` for scores held in a CUDA tensor (the plan stays on that device) and
-    otherwise the fastest CPU backend (``numba``, else ``numpy``).
+    otherwise the fastest CPU backend (``numba``, else ``numpy``). Raises ``ValueError`` for an
+    unknown name.
     """
     if name == "auto":
         on_gpu = getattr(scores, "is_cuda", False)
         name = "torch" if on_gpu else ("numba" if "numba" in available_backends() else "numpy")
-    if name == "numpy":
-        return reference
-    if name == "numba":
-        from . import numba_cpu
-
-        return numba_cpu
-    if name == "torch":
-        from . import torch_backend
-
-        return torch_backend
-    if name == "cuda":
-        from . import cuda
-
-        return cuda
-    raise ValueError(f"unknown kernel backend {name!r}; choose from 'auto', 'numpy', 'numba', 'cuda', 'torch'")
+    if name not in _MODULES:
+        raise ValueError(f"unknown kernel backend {name!r}; choose from 'auto', 'numpy', 'numba', 'cuda', 'torch'")
+    return cast(KernelBackend, importlib.import_module(f".{_MODULES[name]}", __name__))
 
 
 def sample_size(num_examples: int, keep_ratio: float) -> int:
@@ -77,12 +75,12 @@ def sample_size(num_examples: int, keep_ratio: float) -> int:
 
 
 def plan_epoch(
-    scores: np.ndarray,
+    scores: Any,
     keep_ratio: float,
     seed: int,
     epoch: int,
     *,
-    seen: np.ndarray | None = None,
+    seen: Any | None = None,
     smoothing: float = 0.1,
     uniform: bool = False,
     backend: Backend = "auto",
@@ -90,11 +88,12 @@ def plan_epoch(
     shard_size: int | None = None,
     window: int = 4,
     groups: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[Any, Any]:
     """Plan one epoch: ``(order, weights)``, ``order`` int64[K] distinct indices, ``weights`` float32[K].
 
     Args:
-        scores: float[N] importance scores, non-negative (only their ratios matter).
+        scores: float[N] importance scores, non-negative (only their ratios matter): a numpy array,
+            torch tensor or numba.cuda device array, whatever the backend.
         keep_ratio: fraction of examples drawn, in (0, 1]; ``K = round(keep_ratio·N)`` exactly.
         seed, epoch: select the random stream (``reference.epoch_keys``).
         seen: counts per example; unseen examples (0) are treated as of mean importance. ``None``
@@ -106,14 +105,18 @@ def plan_epoch(
             arrays out), ``torch`` (any device; tensors out) or ``auto``. ``numpy``, ``numba`` and
             ``cuda`` give bit-identical plans; ``torch`` the identical selection and weights with
             its own uniform shuffle (see ``torch_backend``).
-        device: for ``torch``/``cuda``, where the plan is computed (default: the scores' device).
-        shard_size, window: for sharded stores, order the picks by ``reference.locality_order``
-            (shards in random order, shuffled within windows of ``window`` shards of
-            ``shard_size`` consecutive examples) instead of a full shuffle.
+        device: for ``torch``, where the plan is computed (default: the scores' device); ``cuda``
+            computes on numba.cuda's current device, ``numpy`` and ``numba`` on the host.
+        shard_size, window: for sharded stores, order the picks by ``localize`` (shards in random
+            order, shuffled within windows of ``window`` shards of ``shard_size`` consecutive
+            examples) instead of a full shuffle.
         groups: instead of ``shard_size``, the group (shard, page) of every example, int[N].
 
+    Returns the backend's array type (``KernelBackend.arrays``): numpy arrays for ``numpy`` and
+    ``numba``, device arrays for ``cuda``, tensors for ``torch``.
+
     Guarantees: exactly K distinct indices; example i is drawn with probability π_i (as
-    quantised, see ``reference.quantize_probabilities``); ``weights = K / (N π_i)`` so that the
+    quantised, see ``reference.quantize``); ``weights = K / (N π_i)`` so that the
     weighted mean loss over the picks is unbiased for the full-data mean. ``uniform=True`` and
     ``keep_ratio = 1`` give weights of exactly 1; equal scores give weights within 1e-6 of 1 (the
     fixed-point quantisation spreads a remainder of at most N units of 2**-32).
@@ -130,21 +133,13 @@ def plan_epoch(
     check_scores(scores)
     keys = reference.epoch_keys(seed, epoch)
     size = sample_size(scores.shape[0], keep_ratio)
-    if kernels.__name__.endswith(("torch_backend", "cuda")):
-        order, weights = kernels.plan(scores, seen, size, float(smoothing), uniform, keys, device=device)
-    else:
-        if hasattr(scores, "detach"):
-            scores = scores.detach().cpu().numpy()
-        if seen is not None and hasattr(seen, "detach"):
-            seen = seen.detach().cpu().numpy()
-        host_seen = None if seen is None else np.asarray(seen)
-        order, weights = kernels.plan(np.asarray(scores), host_seen, size, float(smoothing), uniform, keys)
+    order, weights = kernels.plan(scores, seen, size, float(smoothing), uniform, keys, device)
     if shard_size is None and groups is None:
         return order, weights
-    return localize(order, weights, shard_size, window, keys[3], groups)
+    return localize(order, weights, seed=seed, epoch=epoch, shard_size=shard_size, window=window, groups=groups)
 
 
-def check_scores(scores) -> None:
+def check_scores(scores: Any) -> None:
     """Raise ``ValueError`` naming the first score that is NaN, infinite or negative, and its position.
 
     One O(N) pass on the scores' device (numpy or torch); numba.cuda device arrays are not checked
@@ -168,21 +163,28 @@ def check_scores(scores) -> None:
     raise ValueError(f"score {values[position]} at position {position} is not a finite number >= 0")
 
 
-def localize(order, weights, shard_size: int | None, window: int, key: np.uint64, groups: np.ndarray | None = None):
-    """Apply ``reference.locality_order`` to a plan whatever the backend's array type (results stay on
-    their device): for plans made elsewhere, e.g. by a ``sadp_data.methods`` baseline."""
+def localize(
+    order: Any,
+    weights: Any,
+    *,
+    seed: int,
+    epoch: int,
+    shard_size: int | None = None,
+    window: int = 4,
+    groups: np.ndarray | None = None,
+) -> tuple[Any, Any]:
+    """A plan of epoch ``(seed, epoch)`` reordered for sharded storage (``reference.locality_order``).
 
-    def on_host(host_order: np.ndarray, host_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return reference.locality_order(host_order, host_weights, shard_size, window, key, groups=groups)
-
-    if hasattr(order, "copy_to_host"):
-        from numba import cuda
-
-        host = on_host(order.copy_to_host(), weights.copy_to_host())
-        return cuda.to_device(host[0]), cuda.to_device(host[1])
-    if hasattr(order, "detach"):
-        import torch
-
-        host = on_host(order.cpu().numpy(), weights.cpu().numpy())
-        return torch.from_numpy(host[0]).to(order.device), torch.from_numpy(host[1]).to(order.device)
-    return on_host(order, weights)
+    Shards (``i // shard_size``, or ``groups[i]``) in random order, the examples of every window of
+    ``window`` shards in random order, under the epoch's shuffle key: so a plan made elsewhere, e.g.
+    by a ``sadp_data.methods`` baseline, gets exactly the order ``plan_epoch(..., shard_size=...)``
+    gives its own plan. The examples and their weights are unchanged; results have the array type
+    and device of ``order`` and ``weights``. Trade-off: the reordering runs on the host (O(K log K)),
+    so a device plan makes one round trip. Raises ``ValueError`` unless ``window`` and one of
+    ``shard_size`` (positive) or ``groups`` are given.
+    """
+    key = reference.epoch_keys(seed, epoch).shuffle
+    host_order, host_weights = reference.locality_order(
+        to_host(order), to_host(weights), shard_size, window, key, groups=groups
+    )
+    return like(host_order, order), like(host_weights, weights)

@@ -18,31 +18,30 @@ Run the tests with ``NUMBA_ENABLE_CUDASIM=1`` on machines without a GPU.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numba import cuda
 
-from . import numba_cpu, reference
-from .reference import ONE, SUM_BLOCK, WALK_BLOCK
+from . import reference
+from .numba_capping import capping_guess_from_sample
+from .reference import ONE, SUM_BLOCK, WALK_BLOCK, EpochKeys
+
+#: Backend interface (``sadp_data.kernels.KernelBackend``).
+name = "cuda"
+arrays = "numba.cuda"
+exact = True
 
 _THREADS = 128
 _CHUNKS = 256
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
 _ONE = np.uint64(ONE)
 _TOP = np.uint64(ONE - 1)
 _MASK = np.uint64(WALK_BLOCK - 1)
 _HALF = np.uint64(32)
 
-
-@cuda.jit(device=True, inline=True)
-def _random_bits(key, counter):
-    x = key + (counter + np.uint64(1)) * _GOLDEN
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
+#: ``reference.splitmix64`` itself as a device function.
+_random_bits = cuda.jit(device=True, inline=True)(reference.splitmix64)
 
 
 @cuda.jit
@@ -220,7 +219,7 @@ def _capping(weights, sample_size: int, total: float, blocks: int):
         stride = count // reference.GUESS_SAMPLE
         sample = cuda.device_array(min(reference.GUESS_SAMPLE, -(-count // stride)), dtype=np.float32)
         _gather_strided[_grid(sample.shape[0])](weights, stride, sample)
-        guess = numba_cpu.capping_guess_from_sample(sample.copy_to_host(), count, sample_size, total)
+        guess = capping_guess_from_sample(sample.copy_to_host(), count, sample_size, total)
     if guess is not None:
         _cap_pass[_grid(blocks)](weights, capped, guess, counts, partial)
         count = int(counts.copy_to_host().sum())
@@ -273,13 +272,32 @@ def _spread_remainder(fixed, capped, totals, sample_size: int) -> None:
     totals.copy_to_device(host_totals)
 
 
-def plan(scores, seen, sample_size: int, smoothing: float, uniform: bool, keys: np.ndarray, device=None):
-    """See ``reference.plan``; returns device arrays ``(order, weights)``, bit-identical."""
-    del device  # numba.cuda uses the current CUDA device
+def shuffle_permutation(size: int, key: np.uint64, device: str | None = None) -> Any:
+    """``reference.shuffle_permutation`` as an int64 device array, bit-identical.
+
+    Computed on numba.cuda's current device (``device`` is ignored); the shuffle kernels move a
+    float32 payload alongside, here one of ones, so it costs what shuffling a weighted plan costs.
+    """
+    items = cuda.to_device(np.arange(size, dtype=np.int64))
+    return _shuffle(items, cuda.to_device(np.ones(size, np.float32)), key)[0]
+
+
+def plan(
+    scores: Any,
+    seen: Any | None,
+    sample_size: int,
+    smoothing: float,
+    uniform: bool,
+    keys: EpochKeys,
+    device: str | None = None,
+) -> tuple[Any, Any]:
+    """``reference.plan`` as device arrays ``(order, weights)``, bit-identical.
+
+    Computed on numba.cuda's current device (``device`` is ignored); numpy scores are copied there.
+    """
     num_examples = scores.shape[0]
     if sample_size == num_examples:
-        items = cuda.to_device(np.arange(num_examples, dtype=np.int64))
-        return _shuffle(items, cuda.to_device(np.ones(num_examples, np.float32)), keys[3])
+        return shuffle_permutation(num_examples, keys.shuffle), cuda.to_device(np.ones(num_examples, np.float32))
     scores = cuda.to_device(np.ascontiguousarray(scores)) if isinstance(scores, np.ndarray) else scores
     blocks = -(-num_examples // SUM_BLOCK)
     partial = cuda.device_array(blocks, dtype=np.float64)
@@ -313,10 +331,7 @@ def plan(scores, seen, sample_size: int, smoothing: float, uniform: bool, keys: 
     totals = cuda.device_array(walk_blocks, dtype=np.uint64)
     _quantize[_grid(walk_blocks)](weights, scale, capped, fixed, totals)
     _spread_remainder(fixed, capped, totals, sample_size)
-    block_ids = np.arange(walk_blocks, dtype=np.uint64)
-    order = np.argsort(reference.random_bits(keys[0], block_ids) >> np.uint64(1), kind="stable")
-    multipliers = reference.random_bits(keys[1], 2 * block_ids) & _MASK | np.uint64(1)
-    offsets = reference.random_bits(keys[1], 2 * block_ids + np.uint64(1)) & _MASK
+    order, multipliers, offsets = reference.walk_blocks(num_examples, keys)
     host_totals = totals.copy_to_host()
     ordered = host_totals[order]
     walk_before = np.uint64(reference.walk_offset(keys)) + np.concatenate(
@@ -341,4 +356,4 @@ def plan(scores, seen, sample_size: int, smoothing: float, uniform: bool, keys: 
         picks,
         pick_weights,
     )
-    return _shuffle(picks, pick_weights, keys[3])
+    return _shuffle(picks, pick_weights, keys.shuffle)

@@ -3,9 +3,10 @@
 The plan is built from parts chosen so that a parallel CPU or GPU implementation can give
 *bit-identical* results to this sequential-looking numpy code:
 
-* **Counter-based randomness.** Every random number is ``hash(key, counter)`` (a SplitMix64
-  finaliser), with four 64-bit keys derived from ``(seed, epoch)``. Any thread can compute any
-  random number without a shared generator state.
+* **Counter-based randomness.** Every random number is ``splitmix64(key, counter)``, with four
+  64-bit keys derived from ``(seed, epoch)`` (``EpochKeys``). Any thread can compute any random
+  number without a shared generator state; the hash and its constants are defined here once and
+  compiled unchanged by the numba and CUDA backends.
 * **Blocked float sums.** Float totals (mean score, capping totals) are sums of sequential sums over
   fixed blocks of ``SUM_BLOCK`` elements, added in block order: one thread per block reproduces them.
 * **Fixed-point probabilities.** Inclusion probabilities become integers in units of 2**-32 whose
@@ -27,7 +28,16 @@ The reference is written for clarity, not speed; ``numba_cpu`` is the fast CPU i
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
+
+from .arrays import to_host
+
+#: Backend interface (``sadp_data.kernels.KernelBackend``): the ``numpy`` backend, which exact ones reproduce.
+name = "numpy"
+arrays = "numpy"
+exact = True
 
 #: Fixed-point scale of quantised inclusion probabilities: a probability of 1 is ``ONE``.
 ONE = 1 << 32
@@ -43,30 +53,57 @@ GUESS_MARGIN = 0.995
 #: Target items per bucket of the final shuffle.
 SHUFFLE_BUCKET = 1 << 15
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
+#: SplitMix64 (Steele, Lea & Flood 2014): the increment φ = 2**64/golden ratio and the finaliser's
+#: multipliers, defined only here: every backend hashes with these.
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
+MIX_2 = np.uint64(0x94D049BB133111EB)
 
 
-def epoch_keys(seed: int, epoch: int) -> np.ndarray:
-    """Four independent 64-bit keys of the epoch: block order, affine maps, offset, shuffle."""
+class EpochKeys(NamedTuple):
+    """The epoch's four independent 64-bit keys, one per random stream of the plan.
+
+    A tuple, so positional indexing keeps working: ``keys[3]`` is ``keys.shuffle``.
+    """
+
+    #: The order in which walk blocks are visited (``walk_blocks``).
+    block_order: np.uint64
+    #: The affine bijection inside each walk block (``walk_blocks``).
+    block_maps: np.uint64
+    #: The systematic sample's random start (``walk_offset``).
+    offset: np.uint64
+    #: The training order: ``shuffle_permutation`` of the picks, and ``locality_order`` for sharded stores.
+    shuffle: np.uint64
+
+
+def epoch_keys(seed: int, epoch: int) -> EpochKeys:
+    """The keys of ``(seed, epoch)``: the first four uint64 words of ``SeedSequence([seed, epoch])``.
+
+    The same keys on every machine and numpy version that keeps ``SeedSequence`` stable; distinct
+    ``(seed, epoch)`` pairs give unrelated keys. Raises ``ValueError`` for a negative seed or epoch.
+    """
     if seed < 0 or epoch < 0:
         raise ValueError(f"seed and epoch must be non-negative, got seed={seed}, epoch={epoch}")
-    return np.random.SeedSequence([seed, epoch]).generate_state(4, dtype=np.uint64)
+    return EpochKeys(*np.random.SeedSequence([seed, epoch]).generate_state(4, dtype=np.uint64))
 
 
-def mix(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic)."""
-    x = np.asarray(x, dtype=np.uint64)
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
+def splitmix64(key: Any, counter: Any) -> Any:
+    """SplitMix64 of ``key + (counter + 1)·φ``, wrapping uint64 arithmetic, on uint64 scalars or arrays.
+
+    Plain arithmetic on purpose: ``numba_cpu`` jits this very function and ``cuda`` makes it a device
+    function, so every exact backend hashes with the same code. Both arguments must already be
+    uint64 (``random_bits`` converts). For a fixed key it is a bijection of the counter (no two
+    counters collide); statistically strong, not cryptographic.
+    """
+    x = key + (counter + np.uint64(1)) * GOLDEN
+    x = (x ^ (x >> np.uint64(30))) * MIX_1
+    x = (x ^ (x >> np.uint64(27))) * MIX_2
     return x ^ (x >> np.uint64(31))
 
 
 def random_bits(key: np.uint64, counter: np.ndarray) -> np.ndarray:
-    """64 pseudo-random bits for each counter value under ``key``: ``mix(key + (counter+1)·φ)``."""
-    counter = np.asarray(counter, dtype=np.uint64)
-    return mix(np.uint64(key) + (counter + np.uint64(1)) * _GOLDEN)
+    """64 pseudo-random bits (uint64) for each counter value under ``key``: ``splitmix64`` on arrays."""
+    return splitmix64(np.uint64(key), np.asarray(counter, dtype=np.uint64))
 
 
 def bounded(bits: np.ndarray, limit: int) -> np.ndarray:
@@ -223,14 +260,25 @@ def _greedy_take(room: np.ndarray, amount: int) -> np.ndarray:
     return np.where(before < wanted, np.minimum(room, wanted - np.minimum(before, wanted)), 0).astype(np.uint64)
 
 
-def walk_order(num_examples: int, keys: np.ndarray) -> np.ndarray:
-    """The order in which systematic sampling visits examples (int64 permutation of ``[0, N)``)."""
+def walk_blocks(num_examples: int, keys: EpochKeys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(order, multipliers, offsets)`` of the walk: blocks in visiting order, and each block's affine map.
+
+    Block ``b`` visits its ``j``-th example at ``b·WALK_BLOCK + (multipliers[b]·j + offsets[b]) mod
+    WALK_BLOCK`` (odd multipliers: a bijection); blocks are ordered by a stable sort of random keys.
+    """
     blocks = -(-num_examples // WALK_BLOCK)
     block_ids = np.arange(blocks, dtype=np.uint64)
-    order = np.argsort(random_bits(keys[0], block_ids) >> np.uint64(1), kind="stable")
+    order = np.argsort(random_bits(keys.block_order, block_ids) >> np.uint64(1), kind="stable")
     mask = np.uint64(WALK_BLOCK - 1)
-    multipliers = random_bits(keys[1], 2 * block_ids) & mask | np.uint64(1)
-    offsets = random_bits(keys[1], 2 * block_ids + np.uint64(1)) & mask
+    multipliers = random_bits(keys.block_maps, 2 * block_ids) & mask | np.uint64(1)
+    offsets = random_bits(keys.block_maps, 2 * block_ids + np.uint64(1)) & mask
+    return order, multipliers, offsets
+
+
+def walk_order(num_examples: int, keys: EpochKeys) -> np.ndarray:
+    """The order in which systematic sampling visits examples (int64 permutation of ``[0, N)``)."""
+    order, multipliers, offsets = walk_blocks(num_examples, keys)
+    mask = np.uint64(WALK_BLOCK - 1)
     steps = np.arange(WALK_BLOCK, dtype=np.uint64)
     visits = []
     for block in order:
@@ -240,9 +288,9 @@ def walk_order(num_examples: int, keys: np.ndarray) -> np.ndarray:
     return np.concatenate(visits)
 
 
-def walk_offset(keys: np.ndarray) -> int:
+def walk_offset(keys: EpochKeys) -> int:
     """The systematic sample's random start ``u`` in ``[0, 2**32)``."""
-    return int(random_bits(keys[2], np.zeros(1, np.uint64))[0] >> np.uint64(32))
+    return int(random_bits(keys.offset, np.zeros(1, np.uint64))[0] >> np.uint64(32))
 
 
 def systematic_select(fixed: np.ndarray, visit: np.ndarray, offset: int) -> np.ndarray:
@@ -262,14 +310,14 @@ def shuffle_buckets(size: int) -> int:
     return max(1, -(-size // SHUFFLE_BUCKET))
 
 
-def shuffle_permutation(size: int, key: np.uint64) -> np.ndarray:
+def shuffle_permutation(size: int, key: np.uint64, device: str | None = None) -> np.ndarray:
     """A keyed random permutation of ``[0, size)`` (int64): output position i takes item ``perm[i]``.
 
     Scatter shuffle: each item goes to a random bucket (a stable counting sort by bucket), then
     each bucket is Fisher–Yates shuffled with counter-based random numbers. With independent
     uniform buckets and uniform in-bucket shuffles the result is a uniform random permutation
     (up to the quality of the hash); buckets of ``SHUFFLE_BUCKET`` items stay in cache, which is
-    what makes it faster than one global Fisher–Yates.
+    what makes it faster than one global Fisher–Yates. ``device`` is ignored (computed on the host).
     """
     bucket_key, swap_key = random_bits(key, np.arange(2, dtype=np.uint64))
     buckets = shuffle_buckets(size)
@@ -325,21 +373,31 @@ def importance_weights(fixed: np.ndarray, picks: np.ndarray, sample_size: int) -
 
 
 def plan(
-    scores: np.ndarray, seen: np.ndarray | None, sample_size: int, smoothing: float, uniform: bool, keys: np.ndarray
+    scores: Any,
+    seen: Any | None,
+    sample_size: int,
+    smoothing: float,
+    uniform: bool,
+    keys: EpochKeys,
+    device: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The whole epoch plan ``(order, weights)``; see ``sadp_data.kernels.plan_epoch``."""
+    """The whole epoch plan ``(order, weights)`` as numpy arrays; see ``sadp_data.kernels.plan_epoch``.
+
+    Scores and counts of any array type are copied to the host; ``device`` is ignored.
+    """
+    scores = to_host(scores)
     num_examples = scores.shape[0]
     if sample_size == num_examples:
-        return shuffle_permutation(num_examples, keys[3]), np.ones(num_examples, np.float32)
+        return shuffle_permutation(num_examples, keys.shuffle), np.ones(num_examples, np.float32)
     if uniform:
         weights = np.ones(num_examples, dtype=np.float32)
     else:
-        counts = np.ones(num_examples, np.uint32) if seen is None else seen
+        counts = np.ones(num_examples, np.uint32) if seen is None else to_host(seen)
         weights = smooth_scores(scores, counts, smoothing)
     scale, capped = capping_scale(weights, sample_size)
     fixed = quantize(weights, scale, capped, sample_size)
     picks = systematic_select(fixed, walk_order(num_examples, keys), walk_offset(keys))
-    order = picks[shuffle_permutation(sample_size, keys[3])]
+    order = picks[shuffle_permutation(sample_size, keys.shuffle)]
     if uniform:
         return order, np.ones(sample_size, np.float32)
     return order, importance_weights(fixed, order, sample_size)

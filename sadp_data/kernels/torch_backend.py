@@ -19,19 +19,30 @@ Inputs may be numpy arrays or tensors; outputs are tensors on ``device`` (defaul
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
 from . import reference
+from .reference import EpochKeys
 
-_GOLDEN = int(np.int64(np.uint64(0x9E3779B97F4A7C15).astype(np.int64)))
-_M1 = int(np.uint64(0xBF58476D1CE4E5B9).astype(np.int64))
-_M2 = int(np.uint64(0x94D049BB133111EB).astype(np.int64))
+#: Backend interface (``sadp_data.kernels.KernelBackend``): not ``exact``, its order is its own.
+name = "torch"
+arrays = "torch"
+exact = False
+
 _ONE = reference.ONE
 
 
 def _signed(value: int | np.uint64) -> int:
+    """The int64 with the bit pattern of the uint64 ``value`` (torch has no uint64 arithmetic)."""
     return int(np.uint64(value).astype(np.int64))
+
+
+_GOLDEN = _signed(reference.GOLDEN)
+_MIX_1 = _signed(reference.MIX_1)
+_MIX_2 = _signed(reference.MIX_2)
 
 
 def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -40,10 +51,14 @@ def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def random_bits(key: int, counter: torch.Tensor) -> torch.Tensor:
-    """``reference.random_bits`` as int64 bit patterns (wrapping arithmetic)."""
+    """``reference.random_bits`` as int64 bit patterns (wrapping arithmetic).
+
+    ``reference.splitmix64`` with its right shifts made logical, which int64 tensors need; the same
+    constants, so the same bits.
+    """
     x = _signed(key) + (counter + 1) * _GOLDEN
-    x = (x ^ _shift_right(x, 30)) * _M1
-    x = (x ^ _shift_right(x, 27)) * _M2
+    x = (x ^ _shift_right(x, 30)) * _MIX_1
+    x = (x ^ _shift_right(x, 27)) * _MIX_2
     return x ^ _shift_right(x, 31)
 
 
@@ -110,30 +125,47 @@ def _quantize(weights: torch.Tensor, scale: float, capped: torch.Tensor, sample_
     return fixed
 
 
-def _walk_order(num_examples: int, keys: np.ndarray, device: torch.device) -> torch.Tensor:
+def _walk_order(num_examples: int, keys: EpochKeys, device: torch.device) -> torch.Tensor:
+    """``reference.walk_order`` on ``device``."""
     width = reference.WALK_BLOCK
     blocks = -(-num_examples // width)
     block_ids = torch.arange(blocks, dtype=torch.int64, device=device)
-    order = torch.sort(_shift_right(random_bits(int(keys[0]), block_ids), 1), stable=True).indices
+    order = torch.sort(_shift_right(random_bits(int(keys.block_order), block_ids), 1), stable=True).indices
     mask = width - 1
-    multipliers = (random_bits(int(keys[1]), 2 * block_ids) & mask) | 1
-    offsets = random_bits(int(keys[1]), 2 * block_ids + 1) & mask
+    multipliers = (random_bits(int(keys.block_maps), 2 * block_ids) & mask) | 1
+    offsets = random_bits(int(keys.block_maps), 2 * block_ids + 1) & mask
     steps = torch.arange(width, dtype=torch.int64, device=device)
     local = (multipliers[order, None] * steps[None, :] + offsets[order, None]) & mask
     visits = (order[:, None] * width + local).reshape(-1)
     return visits[visits < num_examples]
 
 
+def shuffle_permutation(size: int, key: np.uint64, device: str | torch.device | None = None) -> torch.Tensor:
+    """A keyed uniform random permutation of ``[0, size)`` (int64 tensor on ``device``, default the CPU).
+
+    The indices sorted by random 63-bit keys (one ``torch.sort``; ties, of probability about
+    size²/2**64, in the sort's order): uniform like ``reference.shuffle_permutation``, but not the
+    same permutation.
+    """
+    counters = torch.arange(size, dtype=torch.int64, device=device)
+    return torch.sort(_shift_right(random_bits(int(key), counters), 1)).indices
+
+
 def plan(
-    scores, seen, sample_size: int, smoothing: float, uniform: bool, keys: np.ndarray, device=None
+    scores: Any,
+    seen: Any | None,
+    sample_size: int,
+    smoothing: float,
+    uniform: bool,
+    keys: EpochKeys,
+    device: str | torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """See ``reference.plan``: the same selection and weights (on the CPU), order by a key sort."""
     scores = torch.as_tensor(scores)
     device = torch.device(device) if device is not None else scores.device
     scores = scores.to(device)
     num_examples = scores.shape[0]
-    shuffle_keys = random_bits(int(keys[3]), torch.arange(sample_size, dtype=torch.int64, device=device))
-    permutation = torch.sort(_shift_right(shuffle_keys, 1)).indices
+    permutation = shuffle_permutation(sample_size, keys.shuffle, device)
     if sample_size == num_examples:
         return permutation, torch.ones(num_examples, dtype=torch.float32, device=device)
     weights = torch.ones(num_examples, dtype=torch.float64, device=device)

@@ -9,7 +9,8 @@ process that plans the same epoch from the same snapshot gets identical arrays.
 
 The shared helpers keep methods comparable: ``shuffle`` puts every method's selection in the same
 kind of per-epoch order, and at ``keep_ratio = 1`` (warm-up and anneal epochs) every method's plan is
-identical to ``plan_epoch``'s full-data plan, so runs of different methods differ only where they prune.
+identical to ``plan_epoch``'s full-data plan on the exact backends (all but ``torch``), so runs of
+different methods differ only where they prune.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..kernels import get_backend, sample_size
+from ..kernels.arrays import to_host
 from ..kernels.reference import epoch_keys
 
 #: Stands in for the epoch in a seed-only random stream (no run reaches this epoch), so a method's
@@ -114,15 +116,6 @@ class Method(ABC):
         return order, weights, {}
 
 
-def to_host(array: Any) -> np.ndarray:
-    """A numpy array from a numpy array, torch tensor (any device) or numba.cuda device array."""
-    if hasattr(array, "copy_to_host"):
-        return array.copy_to_host()
-    if hasattr(array, "detach"):
-        return array.detach().cpu().numpy()
-    return np.asarray(array)
-
-
 def method_rng(method: Method, seed: int, epoch: int | None) -> np.random.Generator:
     """The generator of ``method``'s random choices: ``SeedSequence([seed, epoch, crc32(method.name)])``.
 
@@ -140,14 +133,18 @@ def shuffle(
     """The selected ``indices`` (and their ``weights``, default 1) in the epoch's visiting order.
 
     The permutation is the kernels' keyed shuffle (``reference.shuffle_permutation``) under the key
-    ``plan_epoch`` uses for its own shuffle, so ``shuffle(arange(N))`` is exactly ``plan_epoch``'s
-    full-data order. It runs on the request's CPU backend (``numpy`` or ``numba``; the fastest CPU
-    one for ``torch``/``cuda``, which do not implement it): all give the same permutation.
+    ``plan_epoch`` uses for its own shuffle (``EpochKeys.shuffle``), so ``shuffle(arange(N))`` is
+    exactly the full-data order of ``plan_epoch`` on every exact backend. It runs on the request's
+    backend when that one is exact with numpy results (``numpy``, ``numba``), else on the fastest
+    such backend (for ``cuda``: the same permutation without a device round trip; for ``torch``:
+    the reference's permutation, not torch's own key-sort order).
     """
-    kernels = get_backend("auto" if request.backend in ("torch", "cuda") else request.backend)
+    kernels = get_backend(request.backend)
+    if not (kernels.exact and kernels.arrays == "numpy"):
+        kernels = get_backend("auto")
     indices = np.asarray(indices, dtype=np.int64)
     weights = np.ones(indices.shape[0], np.float32) if weights is None else np.asarray(weights, np.float32)
-    permutation = kernels.shuffle_permutation(indices.shape[0], epoch_keys(request.seed, request.epoch)[3])
+    permutation = kernels.shuffle_permutation(indices.shape[0], epoch_keys(request.seed, request.epoch).shuffle)
     return indices[permutation], weights[permutation]
 
 

@@ -1,0 +1,102 @@
+"""``EpochPlan``: one epoch's examples in visiting order with their weights, and the slices consumers read.
+
+A plan is made once per epoch by ``SADPSampler`` (a pure function of the score snapshot, seed,
+epoch and settings). Every data path delivers ``(index, weight)`` from it the same way, by
+*position*: a data-parallel rank reads ``plan.rank_slice(rank, world)`` (equal contiguous slices,
+the last padded, see ``sadp_data.distributed``), a loader worker the ``worker_slice`` of that, and
+batch ``b`` of a slice read from position ``start`` holds positions
+``[start + b·B, start + (b+1)·B)`` — so ``wrap``, ``ScoredShards`` and the FFCV loader slice indices
+and weights from two arrays instead of looking each example up. ``weights_of`` is the lookup for
+callers that only have indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .distributed import rank_positions
+
+
+@dataclass(frozen=True)
+class PlanSlice:
+    """Consecutive positions of a plan that one consumer visits: example indices and weights, aligned."""
+
+    order: np.ndarray
+    weights: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.order.shape[0])
+
+    def worker_slice(self, worker: int, workers: int) -> PlanSlice:
+        """Part ``worker`` of ``workers`` near-equal contiguous parts (``np.array_split``: the first are longer)."""
+        if workers <= 0 or not 0 <= worker < workers:
+            raise ValueError(f"worker must be in [0, workers) with workers > 0, got worker={worker}, workers={workers}")
+        base, extra = divmod(len(self), workers)
+        start = worker * base + min(worker, extra)
+        stop = start + base + (worker < extra)
+        return PlanSlice(self.order[start:stop], self.weights[start:stop])
+
+    def batches(
+        self, start: int, batch_size: int, drop_last: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(indices int64, weights float32)`` tensors of consecutive batches from position ``start``.
+
+        Fresh tensors (copies): a training loop that edits them in place cannot change the plan.
+        """
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        for position in range(start, len(self), batch_size):
+            end = min(position + batch_size, len(self))
+            if drop_last and end - position < batch_size:
+                return
+            yield (
+                torch.from_numpy(self.order[position:end].astype(np.int64)),
+                torch.from_numpy(self.weights[position:end].astype(np.float32)),
+            )
+
+
+@dataclass
+class EpochPlan:
+    """The examples of one epoch in visiting order, with their importance weights."""
+
+    epoch: int
+    keep_ratio: float
+    order: np.ndarray
+    weights: np.ndarray
+    num_examples: int
+    snapshot_version: int
+    _lookup: np.ndarray | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.order.shape[0])
+
+    def rank_slice(self, rank: int = 0, world: int = 1) -> PlanSlice:
+        """The positions data-parallel ``rank`` of ``world`` visits (the whole plan for one rank)."""
+        if world == 1 and rank == 0:
+            return PlanSlice(self.order, self.weights)
+        positions = rank_positions(len(self), rank, world)
+        return PlanSlice(self.order[positions], self.weights[positions])
+
+    def weights_of(self, indices: Any) -> np.ndarray:
+        """Weights of ``indices`` (float32); raises if an index is not part of this epoch's plan."""
+        index = np.asarray(indices.detach().cpu().numpy() if hasattr(indices, "detach") else indices)
+        index = index.astype(np.int64, copy=False).reshape(-1)
+        if self._lookup is None:
+            lookup = np.full(self.num_examples, np.nan, dtype=np.float32)
+            lookup[self.order] = self.weights
+            self._lookup = lookup
+        if index.size and (index.min() < 0 or index.max() >= self.num_examples):
+            raise IndexError(f"indices out of range [0, {self.num_examples}) for epoch {self.epoch}")
+        found = self._lookup[index]
+        missing = np.flatnonzero(np.isnan(found))
+        if missing.size:
+            raise KeyError(
+                f"examples {index[missing[:5]].tolist()} are not in the plan of epoch {self.epoch}; "
+                "was set_epoch called on the sampler that feeds this loader?"
+            )
+        return found
