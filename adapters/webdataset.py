@@ -134,7 +134,9 @@ class ScoredShards(IterableDataset):
         """An ``SADPSampler`` over the shards' sidecar with shard-local ordering set up."""
         index = ShardIndex.load(root)
         store = store if store is not None else index.open_store()
-        return SADPSampler(store, shard_size=index.shard_size, **sampler_kwargs)
+        if index.consecutive_shards:
+            return SADPSampler(store, shard_size=index.shard_size, **sampler_kwargs)
+        return SADPSampler(store, groups=index.offsets[:, 0], **sampler_kwargs)
 
     def decode(self, *handlers: Any) -> ScoredShards:
         """Decode fields with webdataset's ``autodecode.Decoder`` (default: ``.npy`` and ``.cls``)."""
@@ -228,7 +230,7 @@ class ScoredShards(IterableDataset):
                     "the sample's bytes changed on disk; restore the shard or convert again"
                 )
             sample = parse_sample(buffer, where)
-            if sample.get("__key__") != f"{example:09d}":
+            if self.index.keys_are_indices and sample.get("__key__") != f"{example:09d}":
                 raise ShardError(f"{where}: found key {sample.get('__key__')!r}: the index does not match the shard")
             return sample
         except (OSError, ShardError) as error:

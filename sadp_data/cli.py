@@ -1,4 +1,4 @@
-"""The ``sadp-data`` command line: ``demo``, ``convert``, ``info`` and ``bench``."""
+"""The ``sadp-data`` command line: ``demo``, ``convert``, ``index``, ``info`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -110,6 +110,18 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index(args: argparse.Namespace) -> int:
+    from .indexing import index_shards
+
+    index = index_shards(args.shards, args.out, name=args.name, progress=not args.no_progress, overwrite=args.overwrite)
+    total = sum(shard["bytes"] for shard in index.shards)
+    print(
+        f"{index.num_examples} examples in {len(index.shards)} shards ({total / 1e6:.1f} MB) indexed at {args.out}; "
+        f"fingerprint {index.fingerprint}; score sidecar {args.out}/scores.zarr"
+    )
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -205,6 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
     convert.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     convert.set_defaults(handler=_convert)
+
+    index = commands.add_parser(
+        "index",
+        help="index existing WebDataset shards as scored shards (the shards are not rewritten)",
+        description="Read each tar shard once and write index.json, offsets.npy and a score sidecar into OUT "
+        "(which may be the shards' folder). Samples are numbered by their index.cls member when every sample "
+        "has one, else in shard order.",
+    )
+    index.add_argument("shards", nargs="+", help="shard paths or brace patterns, e.g. 'train-{000000..000009}.tar'")
+    index.add_argument("out", help="folder for the index files and the sidecar")
+    index.add_argument("--name", help="dataset name (default: the shards' file-name prefix)")
+    index.add_argument("--overwrite", action="store_true", help="replace an existing index.json")
+    index.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    index.set_defaults(handler=_index)
 
     info = commands.add_parser("info", help="summarise scored shards and their scores")
     info.add_argument("path", help="a scored-shards folder written by `sadp-data convert`")

@@ -13,6 +13,9 @@ Layout of a scored-shards folder ``OUT``:
   3 columns and no checksum).
 * ``{name}.wids.json``: the shard list in the format of the ``wids`` package.
 * ``scores.zarr``: the ``ScoreStore`` sidecar, created for N examples with the same fingerprint.
+
+Shards a user already has are indexed in place by ``sadp_data.indexing.index_shards`` (``sadp-data
+index``); their ``index.json`` may then name a ``shard_root``, the shards' folder relative to the index.
 """
 
 from __future__ import annotations
@@ -64,7 +67,24 @@ class ShardIndex:
         return int(self.meta["shard_size"])
 
     def shard_path(self, shard: int) -> Path:
-        return self.root / self.meta["shards"][shard]["url"]
+        """Where shard ``shard`` lives: the index's folder, or ``shard_root`` relative to it (``index_shards``)."""
+        return self.root / self.meta.get("shard_root", ".") / self.meta["shards"][shard]["url"]
+
+    @property
+    def keys_are_indices(self) -> bool:
+        """Whether sample ``i``'s key is ``%09d`` of ``i`` (``convert``; readers check it). Indexed shards
+        keep their own keys (``"keys": "as written"`` in ``index.json``); their crc32c still checks every read."""
+        return self.meta.get("keys", "index") == "index"
+
+    @property
+    def consecutive_shards(self) -> bool:
+        """Whether shard ``s`` holds examples ``[s·shard_size, (s+1)·shard_size)`` (what ``convert`` writes).
+
+        Shards indexed from elsewhere may not; samplers then take the shard of every example as its
+        locality group instead of ``shard_size``.
+        """
+        expected = np.arange(self.num_examples) // self.shard_size
+        return bool(np.array_equal(self.offsets[:, 0], expected))
 
     def open_store(self, mode: str = "r+") -> ScoreStore:
         """The score sidecar, checked against this index's size and fingerprint."""
@@ -142,6 +162,8 @@ def _check_index(path: Path, meta: dict[str, Any]) -> None:
                 raise ShardError(f"{path}: {where} key {key!r} is {value!r}, expected {kind.__name__}; convert again")
 
     check(meta, _INDEX_KEYS, "the index")
+    if not isinstance(meta.get("shard_root", "."), str):
+        raise ShardError(f"{path}: shard_root is {meta['shard_root']!r}, expected a folder relative to the index")
     for number, shard in enumerate(meta["shards"]):
         check(shard, _SHARD_KEYS, f"shard entry {number}")
         if "/" in shard["url"] or shard["url"].startswith(".."):
@@ -295,6 +317,8 @@ def parse_sample(buffer: bytes, where: str) -> dict[str, bytes]:
             info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
         except tarfile.TarError as error:
             raise ShardError(f"{where}: corrupt tar header at +{position}: {error}") from error
+        if info.type in _EXTENDED_HEADERS:  # pax or GNU long-name headers (e.g. a fractional mtime)
+            return _parse_extended(buffer, where)
         start = position + tarfile.BLOCKSIZE
         data = buffer[start : start + info.size]
         if len(data) != info.size:
@@ -304,4 +328,31 @@ def parse_sample(buffer: bytes, where: str) -> dict[str, bytes]:
             raise ShardError(f"{where}: member {info.name} belongs to another sample than {sample['__key__']}")
         sample[field] = data
         position = start + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    return sample
+
+
+#: Header types that change the next member's metadata: parsed by ``tarfile`` instead of the fast path.
+_EXTENDED_HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+
+
+def _parse_extended(buffer: bytes, where: str) -> dict[str, bytes]:
+    """``parse_sample`` for samples with pax or GNU extended headers, through ``tarfile`` (slower, complete)."""
+    import io
+
+    from webdataset.tariterators import base_plus_ext
+
+    sample: dict[str, Any] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(buffer), mode="r:") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                key, field = base_plus_ext(member.name)
+                if sample.setdefault("__key__", key) != key:
+                    raise ShardError(
+                        f"{where}: member {member.name} belongs to another sample than {sample['__key__']}"
+                    )
+                sample[field] = archive.extractfile(member).read()
+    except tarfile.TarError as error:
+        raise ShardError(f"{where}: corrupt tar data: {error}") from error
     return sample

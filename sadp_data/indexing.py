@@ -1,0 +1,205 @@
+"""``index_shards``: make WebDataset shards a user already has into scored shards, without rewriting them.
+
+Each tar is read once: the byte span of every sample (its members must be consecutive, as
+webdataset writes them), a crc32c of those bytes and the shard's SHA-256. A sample's global index is
+its ``index.cls`` member where every sample has one (what ``sadp-data convert`` writes), otherwise its
+position in shard order; either way the indices must be exactly ``0 … N-1``. The result is the usual
+``index.json``, ``offsets.npy``, ``{name}.wids.json`` and ``scores.zarr`` in ``out``; the shards stay
+where they are (``index.json``'s ``shard_root`` says where, relative to ``out``). The fingerprint is
+computed from the shards' SHA-256 the way ``convert`` computes it, so indexing shards that
+``convert`` wrote reproduces their index and keeps their sidecar valid.
+
+Trade-off: every byte of every shard is read once (to checksum it); a shard is held in memory
+while it is indexed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .shards import FORMAT, INDEX, OFFSETS, SIDECAR, ShardError, ShardIndex, sample_checksum
+from .store import ScoreStore
+
+
+def expand_shards(shards: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Shard paths from brace patterns (``train-{000000..000009}.tar``) or a list of paths; each must exist."""
+    from webdataset.shardlists import expand_urls
+
+    items = [shards] if isinstance(shards, (str, Path)) else list(shards)
+    paths = [Path(url) for item in items for url in expand_urls(str(item))]
+    if not paths:
+        raise ValueError(f"no shards in {shards!r}")
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"shard {path} does not exist")
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"shard list {shards!r} names a shard twice")
+    return paths
+
+
+def _samples(path: Path, data: bytes) -> list[tuple[str, int, int, int | None, set[str]]]:
+    """``(key, start, stop, index.cls or None, fields)`` of every sample of one shard, in tar order."""
+    from webdataset.tariterators import base_plus_ext
+
+    samples: list[tuple[str, int, int, int | None, set[str]]] = []
+    finished: set[str] = set()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+        for member in archive:
+            if not member.isfile():
+                continue
+            key, field = base_plus_ext(member.name)
+            if key is None:
+                raise ShardError(f"shard {path}: member {member.name!r} has no extension (webdataset needs key.field)")
+            end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            if samples and samples[-1][0] == key:
+                previous = samples[-1]
+                samples[-1] = (key, previous[1], end, previous[3], previous[4] | {field})
+            else:
+                if key in finished:
+                    raise ShardError(
+                        f"shard {path}: the members of sample {key!r} are not consecutive; rewrite the shard "
+                        "with webdataset's ShardWriter"
+                    )
+                if samples:
+                    finished.add(samples[-1][0])
+                samples.append((key, member.offset, end, None, {field}))
+            if field == "index.cls":
+                raw = data[member.offset_data : member.offset_data + member.size]
+                try:
+                    number = int(raw.decode().strip())
+                except (UnicodeDecodeError, ValueError) as error:
+                    raise ShardError(
+                        f"shard {path}: sample {key!r} has index.cls {raw[:20]!r}, not an integer"
+                    ) from error
+                last = samples[-1]
+                samples[-1] = (key, last[1], last[2], number, last[4])
+    return samples
+
+
+def index_shards(
+    shards: str | Path | Sequence[str | Path],
+    out: str | Path,
+    *,
+    name: str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> ShardIndex:
+    """Index ``shards`` (see the module docstring) into ``out``; returns the loaded index.
+
+    ``out`` may be the shards' own folder. An existing ``index.json`` is replaced only with
+    ``overwrite``; an existing sidecar is kept when it belongs to these shards (same size and
+    fingerprint) and refused otherwise, so scores are never lost. ``index.json`` is written last.
+    """
+    from tqdm.auto import tqdm
+
+    paths = expand_shards(shards)
+    folder = paths[0].parent
+    if any(path.parent.resolve() != folder.resolve() for path in paths):
+        raise ValueError(f"the shards must lie in one folder; {paths[0]} and others differ")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    if (out / INDEX).exists() and not overwrite:
+        raise FileExistsError(f"{out / INDEX} exists; pass --overwrite to index the shards again")
+    entries, rows, fields, digests = [], [], set(), []
+    numbered = None
+    for shard, path in enumerate(tqdm(paths, desc="index shards", unit="shard", disable=not progress)):
+        data = path.read_bytes()
+        samples = _samples(path, data)
+        if not samples:
+            raise ShardError(f"shard {path} holds no samples")
+        has_index = {number is not None for *_, number, _ in samples}
+        if len(has_index) > 1 or (numbered is not None and has_index != {numbered}):
+            raise ShardError(f"shard {path}: some samples have index.cls and some do not; number all or none")
+        numbered = has_index.pop()
+        first = sum(entry["nsamples"] for entry in entries)
+        for position, (key, start, stop, number, members) in enumerate(samples):
+            index = first + position if number is None else number
+            rows.append((index, shard, start, stop - start, sample_checksum(data[start:stop]), key))
+            fields |= members
+        digest = hashlib.sha256(data).hexdigest()
+        digests.append(digest)
+        entries.append(
+            {"url": path.name, "nsamples": len(samples), "first_index": first, "bytes": len(data), "sha256": digest}
+        )
+    count = len(rows)
+    offsets = _offsets(rows, count, paths)
+    fingerprint = hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
+    label = name or paths[0].name.rsplit("-", 1)[0]
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "version": 2,
+        "name": label,
+        "num_examples": count,
+        "fingerprint": fingerprint,
+        "source": f"indexed: {paths[0].name} … {paths[-1].name}" if len(paths) > 1 else f"indexed: {paths[0].name}",
+        "shard_size": max(entry["nsamples"] for entry in entries),
+        "fields": sorted(fields),
+        "shards": entries,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    root = os.path.relpath(folder.resolve(), out.resolve())
+    if root != ".":
+        meta["shard_root"] = root
+    if any(key != f"{index:09d}" for index, *_, key in rows):
+        meta["keys"] = "as written"
+    _keep_or_create_sidecar(out, count, fingerprint)
+    _replace(out / OFFSETS, lambda handle: np.save(handle, offsets))
+    wids = {
+        "__kind__": "wids-shard-index-v1",
+        "wids_version": 1,
+        "name": label,
+        "shardlist": [{"url": str(Path(root) / e["url"]), "nsamples": e["nsamples"]} for e in entries],
+    }
+    _replace(out / f"{label}.wids.json", lambda handle: handle.write((json.dumps(wids, indent=1) + "\n").encode()))
+    _replace(out / INDEX, lambda handle: handle.write((json.dumps(meta, indent=1) + "\n").encode()))
+    return ShardIndex.load(out)
+
+
+def _offsets(rows: list[tuple[int, int, int, int, int, str]], count: int, paths: list[Path]) -> np.ndarray:
+    """The ``[N, 4]`` offsets table; the indices must be exactly ``0 … N-1`` (errors name shard and key)."""
+    offsets = np.full((count, 4), -1, dtype=np.int64)
+    for index, shard, start, length, checksum, key in rows:
+        if not 0 <= index < count:
+            raise ShardError(f"shard {paths[shard]}: sample {key!r} has index.cls {index}, outside [0, {count})")
+        if offsets[index, 0] >= 0:
+            raise ShardError(
+                f"shard {paths[shard]}: sample {key!r} has index.cls {index}, already used by a sample of "
+                f"shard {paths[int(offsets[index, 0])]}"
+            )
+        offsets[index] = (shard, start, length, checksum)
+    return offsets
+
+
+def _keep_or_create_sidecar(out: Path, count: int, fingerprint: str) -> None:
+    """Create ``out/scores.zarr``, or keep an existing one that belongs to these shards (refuse any other)."""
+    path = out / SIDECAR
+    if not path.exists():
+        ScoreStore.create(path, count, fingerprint=fingerprint).close()
+        return
+    try:
+        ScoreStore.open(path, "r", num_examples=count, fingerprint=fingerprint).close()
+    except Exception as error:
+        raise FileExistsError(
+            f"{path} holds scores of other data ({error}); move it away to index these shards (scores are never "
+            "overwritten)"
+        ) from error
+
+
+def _replace(path: Path, write) -> None:
+    """Write ``path`` through a temporary file in the same folder and rename it into place (atomic)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
