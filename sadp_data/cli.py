@@ -102,11 +102,7 @@ def _convert(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         overwrite=args.overwrite,
     )
-    total = sum(shard["bytes"] for shard in index.shards)
-    print(
-        f"{index.num_examples} examples in {len(index.shards)} shards ({total / 1e6:.1f} MB) at {args.out}; "
-        f"fingerprint {index.fingerprint}; score sidecar {args.out}/scores.zarr"
-    )
+    _print_written(index, "at", args.out)
     return 0
 
 
@@ -114,12 +110,17 @@ def _index(args: argparse.Namespace) -> int:
     from .indexing import index_shards
 
     index = index_shards(args.shards, args.out, name=args.name, progress=not args.no_progress, overwrite=args.overwrite)
+    _print_written(index, "indexed at", args.out)
+    return 0
+
+
+def _print_written(index, where: str, out: str) -> None:
+    """One line on scored shards just written or indexed: size, fingerprint, sidecar."""
     total = sum(shard["bytes"] for shard in index.shards)
     print(
-        f"{index.num_examples} examples in {len(index.shards)} shards ({total / 1e6:.1f} MB) indexed at {args.out}; "
-        f"fingerprint {index.fingerprint}; score sidecar {args.out}/scores.zarr"
+        f"{index.num_examples} examples in {len(index.shards)} shards ({total / 1e6:.1f} MB) {where} {out}; "
+        f"fingerprint {index.fingerprint}; score sidecar {out}/scores.zarr"
     )
-    return 0
 
 
 def _info(args: argparse.Namespace) -> int:
