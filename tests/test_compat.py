@@ -1,0 +1,108 @@
+"""sadp_data.compat.InfoBatch: InfoBatch's released API and algorithm, without its monkey-patch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from sadp_data.compat import INITIAL_SCORE, InfoBatch, infobatch_plan
+
+
+def _released_selection(scores: np.ndarray, keep_ratio: float, rng: np.random.Generator) -> tuple[set, set]:
+    """InfoBatch's ``prune()`` as released, transcribed: (kept well-learned, kept others)."""
+    well = scores < scores.mean()
+    well_indices = np.where(well)[0]
+    selected = rng.choice(well_indices, int(keep_ratio * len(well_indices)), replace=False)
+    return set(selected.tolist()), set(np.where(~well)[0].tolist())
+
+
+@pytest.mark.parametrize("prune_ratio", [0.3, 0.5, 0.7])
+def test_the_selection_and_weights_are_infobatchs(prune_ratio: float) -> None:
+    scores = np.random.default_rng(0).gamma(2.0, 1.0, 1000).astype(np.float32)
+    keep = 1.0 - prune_ratio
+    order, weights = infobatch_plan(scores, keep, True, np.random.default_rng(5))
+    chosen, others = _released_selection(scores, keep, np.random.default_rng(5))
+    assert len(order) == len(set(order.tolist())) == len(chosen) + len(others)
+    assert set(order.tolist()) == chosen | others  # the same draw from the same generator state
+    by_index = dict(zip(order.tolist(), weights.tolist(), strict=True))
+    assert all(by_index[i] == pytest.approx(1 / keep) for i in chosen)
+    assert all(by_index[i] == 1.0 for i in others)
+    full, ones = infobatch_plan(scores, keep, False, np.random.default_rng(1))
+    assert sorted(full.tolist()) == list(range(1000)) and np.all(ones == 1.0)
+
+
+def _loader_run(method: str, epochs: int = 4) -> tuple[InfoBatch, list[int]]:
+    torch.manual_seed(0)
+    x = torch.randn(600, 8)
+    y = (x[:, 0] + 0.3 * torch.randn(600) > 0).long()
+    trainset = InfoBatch(TensorDataset(x, y), epochs, prune_ratio=0.5, delta=0.5, method=method, seed=1)
+    loader = DataLoader(trainset, batch_size=64, sampler=trainset.sampler, num_workers=0)
+    model = torch.nn.Linear(8, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sizes = []
+    for _ in range(epochs):  # InfoBatch's loop, unchanged: the sampler ends every epoch
+        seen = 0
+        for inputs, targets in loader:
+            loss = trainset.update(F.cross_entropy(model(inputs), targets, reduction="none"))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            seen += targets.shape[0]
+        sizes.append(seen)
+    return trainset, sizes
+
+
+def test_infobatchs_three_line_loop_ends_every_epoch_with_infobatchs_sizes() -> None:
+    trainset, sizes = _loader_run("infobatch")
+    assert sizes[0] == 600  # scores start at 3: nothing is below the mean in epoch 0
+    assert 300 < sizes[1] < 600 and 300 < sizes[2] < 600  # epochs ≤ delta·num_epochs = 2 prune
+    assert sizes[3] == 600  # epoch 3 > 2: all data
+    assert np.all(trainset.scores != INITIAL_SCORE)  # every example was scored in epoch 0
+
+
+def test_the_sizes_follow_infobatchs_rule_from_the_scores() -> None:
+    trainset = InfoBatch(TensorDataset(torch.zeros(10, 1)), 4, prune_ratio=0.5, delta=0.5, seed=0)
+    trainset.scores[:] = np.arange(10, dtype=np.float32)  # mean 4.5: 0..4 are well learned
+    sizes = []
+    for _ in range(4):
+        sizes.append(len(trainset.sampler))  # the upcoming epoch, planned once from the scores now
+        assert len(list(trainset.sampler)) == sizes[-1]
+    assert sizes == [5 + int(0.5 * 5)] * 3 + [10]  # epochs ≤ delta·num_epochs = 2 prune, epoch 3 does not
+
+
+def test_method_switches_the_same_script_to_sadp() -> None:
+    trainset, sizes = _loader_run("sadp")
+    from sadp_data.kernels import sample_size
+
+    planned = [sample_size(600, trainset._schedule(epoch)) for epoch in range(4)]
+    assert sizes == planned and planned[0] == 600 and min(planned) < 600  # warm-up, pruned epochs, anneal
+
+
+def test_misuse_is_refused_clearly() -> None:
+    trainset = InfoBatch(TensorDataset(torch.zeros(10, 1)), 2)
+    with pytest.raises(RuntimeError, match=r"sampler=trainset\.sampler"):
+        trainset.update(torch.zeros(4))
+    list(trainset.sampler)
+    with pytest.raises(ValueError, match="reduction='none'"):
+        trainset.update(torch.zeros(()))
+    trainset.update(torch.zeros(8))
+    with pytest.raises(RuntimeError, match="planned 10 examples but update\\(\\) received 12"):
+        trainset.update(torch.zeros(4))
+    with pytest.raises(ValueError, match="unknown method"):
+        InfoBatch(TensorDataset(torch.zeros(10, 1)), 2, method="nope")
+
+
+def test_the_readme_snippet_runs() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Coming from InfoBatch") :]
+    start = section.index("```python") + len("```python")
+    snippet = section[start : section.index("```", start)]
+    namespace: dict = {}
+    exec(compile(snippet, "README.md (InfoBatch example)", "exec"), namespace)
+    trainset = namespace["trainset"]
+    assert trainset.epoch == 2 and trainset._position == len(trainset._plan[0])  # every epoch ran to its end
