@@ -16,8 +16,13 @@ samples are dicts with ``"__key__"``, ``"__index__"`` and ``"__weight__"`` added
 Splitting: ranks take equal contiguous slices of the plan (``sadp_data.distributed``: the last ones
 padded by repeating the first planned examples, so every rank runs the same number of steps and
 nothing is dropped; rank and world size are the sampler's); each rank's slice is split into
-contiguous parts per worker. ``len`` is this rank's exact count. Resuming mid-epoch is supported by
-``sadp_data.wrap`` and the FFCV adapter; here, resume at epoch boundaries.
+contiguous parts per worker. ``len`` is this rank's exact count.
+
+Resuming mid-epoch: ``ShardLoader.state_dict()`` records every worker's position in its part. The
+DataLoader takes batches from the workers in turn (skipping finished ones), so the batches
+delivered so far fix those positions; on ``load_state_dict`` each worker starts where it stopped,
+and the parts are rotated over the workers so the remaining batches come in the identical order.
+Needs the same ``num_workers``, batch size and world size, and ``on_error="raise"``.
 """
 
 from __future__ import annotations
@@ -54,20 +59,81 @@ class ShardLoader:
         self.dataset = dataset
         self.loader = loader
         self.skipped_count = 0
+        self._delivered_batches = 0
+        self._delivered = 0
+
+    @property
+    def _workers(self) -> int:
+        return max(1, self.loader.num_workers)
+
+    def _remaining_parts(self) -> tuple[list[int], list[int]]:
+        """Per worker: where in its part this epoch starts (resume) and how many of its positions remain."""
+        count = self.dataset.sampler.epoch_length(self.dataset.sampler.epoch)
+        base, extra = divmod(count, self._workers)  # the sizes of PlanSlice.worker_slice's parts
+        starts = self.dataset._starts() or [0] * self._workers
+        return starts, [base + (worker < extra) - start for worker, start in enumerate(starts)]
+
+    def _batches(self, remaining: int) -> int:
+        batch = self.loader.batch_size or 1
+        return remaining // batch if self.loader.drop_last else -(-remaining // batch)
 
     def set_epoch(self, epoch: int) -> None:
         """Shortcut for ``sampler.set_epoch``."""
         self.dataset.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
+        """Batches of the current epoch still to come (all of them unless resuming mid-epoch)."""
+        return sum(self._batches(remaining) for remaining in self._remaining_parts()[1])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's state plus where each DataLoader worker is in its part of the epoch.
+
+        Batches come from the workers in turn (``in_order``), skipping finished workers, so the
+        batches delivered so far fix every worker's position. ``position`` is the examples delivered
+        this epoch. Mid-epoch states need ``on_error="raise"`` (a skipped sample would shift a
+        worker's position unseen by this process).
+        """
+        starts, remaining = self._remaining_parts()
         batch = self.loader.batch_size or 1
-        count = len(self.dataset)
-        workers = max(1, self.loader.num_workers)
-        if workers == 1:
-            return -(-count // batch) if not self.loader.drop_last else count // batch
-        base, extra = divmod(count, workers)  # the sizes of PlanSlice.worker_slice's parts
-        parts = [base + (worker < extra) for worker in range(workers)]
-        return sum((p // batch) if self.loader.drop_last else -(-p // batch) for p in parts)
+        if self.dataset.on_error == "skip" and self._delivered_batches and self._delivered_batches < len(self):
+            raise ValueError("a mid-epoch state of ScoredShards needs on_error='raise' (skipped samples shift workers)")
+        taken = [0] * self._workers
+        worker = self.dataset._first_worker()
+        limits = [self._batches(left) for left in remaining]
+        for _ in range(min(self._delivered_batches, sum(limits))):
+            while taken[worker] >= limits[worker]:
+                worker = (worker + 1) % self._workers
+            taken[worker] += 1
+            worker = (worker + 1) % self._workers
+        positions = [start + min(n * batch, left) for start, n, left in zip(starts, taken, remaining, strict=True)]
+        return {
+            **self.dataset.sampler.state_dict(),
+            "position": self._delivered,
+            "worker_positions": positions,
+            "num_workers": self._workers,
+            "batch_size": batch,
+            "next_worker": worker,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: the next ``iter(loader)`` continues the saved epoch in every worker where it stopped."""
+        positions = state.get("worker_positions")
+        if positions is not None and any(positions):
+            settings = (
+                ("num_workers", self._workers),
+                ("batch_size", self.loader.batch_size or 1),
+                ("num_replicas", self.dataset.sampler.num_replicas),
+            )
+            for name, value in settings:
+                if int(state[name]) != value:
+                    raise ValueError(
+                        f"state was saved mid-epoch with {name}={state[name]}; this loader has {value}: resume "
+                        "with the same DataLoader settings"
+                    )
+        sampler_state = {**state, "position": 0}  # positions are per worker here, not in the sampler
+        self.dataset.sampler.load_state_dict(sampler_state)
+        resuming = positions is not None and any(positions)
+        self.dataset._resume = (int(state["epoch"]), list(positions), int(state["next_worker"])) if resuming else None
 
     def __iter__(self) -> Iterator[Any]:
         """The epoch's batches; with workers, samples they skipped (``on_error="skip"``) are counted here.
@@ -78,11 +144,15 @@ class ShardLoader:
         afterwards how many samples were missing.
         """
         _ = self.dataset.sampler.plan
-        delivered = 0
+        starts, remaining = self._remaining_parts()
+        self._delivered_batches = 0
+        self._delivered = delivered = resumed = sum(starts)
         for batch in self.loader:
             delivered += _batch_size(batch)
+            self._delivered, self._delivered_batches = delivered, self._delivered_batches + 1
             yield batch
-        self.skipped_count = max(0, len(self.dataset) - delivered)
+        self.dataset._resume = None
+        self.skipped_count = max(0, sum(remaining) - (delivered - resumed))
         if self.loader.num_workers > 0 and self.skipped_count and not self.loader.drop_last:
             import warnings
 
@@ -128,6 +198,7 @@ class ScoredShards(IterableDataset):
         self._stages: list[Callable[[Any], Any]] = []
         self._decoder: Callable[[dict], dict] | None = None
         self._tuple: tuple[str, ...] | None = None
+        self._resume: tuple[int, list[int], int] | None = None
 
     @staticmethod
     def sampler_for(root: str | Path, store=None, **sampler_kwargs: Any) -> SADPSampler:
@@ -155,11 +226,28 @@ class ScoredShards(IterableDataset):
         self._tuple = fields
         return self
 
+    def _starts(self) -> list[int] | None:
+        """Per worker, where a resumed epoch starts in its part (``None``: not resuming this epoch)."""
+        if self._resume is None or self._resume[0] != self.sampler.epoch:
+            return None
+        return self._resume[1]
+
+    def _first_worker(self) -> int:
+        """The part DataLoader worker 0 serves: parts rotate on resume so batches keep their turn order."""
+        return 0 if self._starts() is None else self._resume[2]
+
     def _part(self) -> PlanSlice:
-        """This rank's slice of the epoch's plan, and within a DataLoader worker, that worker's part."""
+        """This rank's slice of the epoch's plan, and within a DataLoader worker, that worker's part
+        (from where it stopped, when resuming)."""
         part = self.sampler.rank_slice()
         info = get_worker_info()
-        return part if info is None else part.worker_slice(info.id, info.num_workers)
+        worker = 0 if info is None else (info.id + self._first_worker()) % info.num_workers
+        if info is not None:
+            part = part.worker_slice(worker, info.num_workers)
+        starts = self._starts()
+        if starts is None:
+            return part
+        return PlanSlice(part.order[starts[worker] :], part.weights[starts[worker] :])
 
     def __len__(self) -> int:
         return self.sampler.epoch_length()

@@ -159,3 +159,45 @@ def test_bench_loader_writes_the_documented_json() -> None:
     assert {"samples_per_s", "epoch_time_s"} <= set(result["raw"])
     assert [(r["keep_ratio"], r["num_workers"]) for r in result["results"]] == [(1.0, 0), (0.7, 0), (0.5, 0)]
     assert all(r["samples_per_s"] > 0 and r["epoch_time_s"] > 0 for r in result["results"])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_mid_epoch_delivers_the_identical_remaining_batches(shards: Path, workers: int) -> None:
+    store = ShardIndex.load(shards).open_store()
+    store.update(np.arange(N), np.random.default_rng(2).random(N) + 0.01)
+
+    def loader_for(state=None):
+        sampler = ScoredShards.sampler_for(shards, store=store, keep_ratio=0.5, epochs=4, seed=5, schedule="constant")
+        loader = ScoredShards(shards, sampler).decode().to_tuple("x.npy", "y.cls").loader(16, num_workers=workers)
+        if state is not None:
+            loader.load_state_dict(state)
+        else:
+            sampler.set_epoch(1)
+        return loader
+
+    uninterrupted = [batch[2].tolist() for batch in loader_for()]
+    interrupted = loader_for()
+    head = []
+    for batch in interrupted:
+        head.append(batch[2].tolist())
+        if len(head) == 3:
+            break
+    state = interrupted.state_dict()
+    assert state["epoch"] == 1 and state["position"] == 48 and state["num_workers"] == max(1, workers)
+    resumed = loader_for(json.loads(json.dumps(state)))  # a checkpoint is JSON
+    assert len(resumed) == len(uninterrupted) - 3
+    tail = [batch[2].tolist() for batch in resumed]
+    assert head + tail == uninterrupted
+    again = loader_for(state)  # interrupted again within the resumed epoch, near the end
+    middle = []
+    for batch in again:
+        middle.append(batch[2].tolist())
+        if len(middle) == len(uninterrupted) - 4:
+            break
+    last = [batch[2].tolist() for batch in loader_for(again.state_dict())]
+    assert head + middle + last == uninterrupted and len(last) == 1
+    sampler = ScoredShards.sampler_for(shards, store=store, keep_ratio=0.5, epochs=4, seed=5, schedule="constant")
+    other = ScoredShards(shards, sampler).to_tuple("x.npy").loader(16, num_workers=workers + 2)
+    with pytest.raises(ValueError, match="num_workers"):
+        other.load_state_dict(state)
+    store.close()
