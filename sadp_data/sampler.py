@@ -10,6 +10,7 @@ same examples in the same order.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import warnings
 from collections.abc import Iterator
 from numbers import Integral, Real
@@ -156,6 +157,7 @@ class SADPSampler(Sampler[int]):
         self._resume_snapshot: ScoreSnapshot | None = None
         self._start = 0
         self._position = 0
+        self._iteration: tuple[int, int, Iterator[int]] | None = None
 
     @property
     def epochs(self) -> int | None:
@@ -175,6 +177,7 @@ class SADPSampler(Sampler[int]):
             self._plan = None
             self._start = 0
             self._position = 0
+            self._iteration = None
         self.epoch = int(epoch)
         if self.store is not None:  # scores recorded from now on carry this epoch, even before the plan is made
             self.store.set_epoch(self.epoch)
@@ -274,13 +277,26 @@ class SADPSampler(Sampler[int]):
         """
         start, self._start = self._start, 0
         self._position = start
+        self._iteration = None
         return self.rank_order()[start:]
 
     def __iter__(self) -> Iterator[int]:
-        start = self._start
-        for offset, index in enumerate(self.remaining().tolist(), start + 1):
-            self._position = offset
-            yield index
+        """This rank's remaining examples, planned (and the resume position consumed) at the first ``next``.
+
+        The examples come from a list iterator (``yield from``: no bookkeeping per example); the
+        position for ``state_dict`` is read from that iterator's remaining length when asked.
+        """
+        order = self.remaining().tolist()
+        iterator = iter(order)
+        self._iteration = (self._position, len(order), iterator)
+        yield from iterator
+
+    def _current_position(self) -> int:
+        """Examples of this epoch yielded so far (``_position`` plus what the live iterator has given)."""
+        if self._iteration is None:
+            return self._position
+        start, total, iterator = self._iteration
+        return start + total - operator.length_hint(iterator)
 
     def epoch_length(self, epoch: int | None = None) -> int:
         """Examples this rank visits in ``epoch`` (default: the current one), known before any plan."""
@@ -330,7 +346,7 @@ class SADPSampler(Sampler[int]):
             self.store.flush()
         return {
             "epoch": self.epoch,
-            "position": self._position,
+            "position": self._current_position(),
             "seed": self.seed,
             "num_examples": self.num_examples,
             "method": self.method,
@@ -394,6 +410,7 @@ class SADPSampler(Sampler[int]):
         self.set_epoch(int(state["epoch"]))
         self._plan = None
         self._start = self._position = int(state["position"])
+        self._iteration = None
         saved = state.get("snapshot_version")
         if saved is None or self._method.score is None or self.keep_ratio() >= 1.0 or self.store is None:
             return
