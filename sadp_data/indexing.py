@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .shards import FORMAT, INDEX, OFFSETS, SIDECAR, ShardError, ShardIndex, sample_checksum
+from .staging import staged
 from .store import ScoreStore
 
 
@@ -97,7 +98,8 @@ def index_shards(
 
     ``out`` may be the shards' own folder. An existing ``index.json`` is replaced only with
     ``overwrite``; an existing sidecar is kept when it belongs to these shards (same size and
-    fingerprint) and refused otherwise, so scores are never lost. ``index.json`` is written last.
+    fingerprint) and refused otherwise, so scores are never lost. The index files are published
+    through ``sadp_data.staging``, ``index.json`` last.
     """
     from tqdm.auto import tqdm
 
@@ -153,15 +155,17 @@ def index_shards(
     if any(key != f"{index:09d}" for index, *_, key in rows):
         meta["keys"] = "as written"
     _keep_or_create_sidecar(out, count, fingerprint)
-    _replace(out / OFFSETS, lambda handle: np.save(handle, offsets))
     wids = {
         "__kind__": "wids-shard-index-v1",
         "wids_version": 1,
         "name": label,
         "shardlist": [{"url": str(Path(root) / e["url"]), "nsamples": e["nsamples"]} for e in entries],
     }
-    _replace(out / f"{label}.wids.json", lambda handle: handle.write((json.dumps(wids, indent=1) + "\n").encode()))
-    _replace(out / INDEX, lambda handle: handle.write((json.dumps(meta, indent=1) + "\n").encode()))
+    targets = [out / OFFSETS, out / f"{label}.wids.json", out / INDEX]  # swapped in this order: the index last
+    with staged(targets) as stage:
+        np.save(stage / OFFSETS, offsets)
+        (stage / f"{label}.wids.json").write_text(json.dumps(wids, indent=1) + "\n")
+        (stage / INDEX).write_text(json.dumps(meta, indent=1) + "\n")
     return ShardIndex.load(out)
 
 
@@ -193,13 +197,3 @@ def _keep_or_create_sidecar(out: Path, count: int, fingerprint: str) -> None:
             f"{path} holds scores of other data ({error}); move it away to index these shards (scores are never "
             "overwritten)"
         ) from error
-
-
-def _replace(path: Path, write) -> None:
-    """Write ``path`` through a temporary file in the same folder and rename it into place (atomic)."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
