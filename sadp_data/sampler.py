@@ -13,12 +13,12 @@ import dataclasses
 import operator
 import warnings
 from collections.abc import Iterator
-from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 from torch.utils.data import BatchSampler, Sampler
 
+from .arguments import require_integer, require_numbers
 from .diagnostics import plan_statistics
 from .distributed import per_rank, rank_and_world
 from .kernels import Backend, localize, sample_size
@@ -27,16 +27,6 @@ from .methods.base import to_host
 from .plan import EpochPlan, PlanSlice
 from .schedule import KeepRatioSchedule, Shape
 from .store import ScoreSnapshot, ScoreStore
-
-
-def _require_integer(name: str, value: Any, minimum: int, optional: bool = False) -> None:
-    """Refuse a non-integer (``"abc"``, ``1.7``, ``True``) or too small ``value`` of parameter ``name``."""
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 class SADPSampler(Sampler[int]):
@@ -95,14 +85,12 @@ class SADPSampler(Sampler[int]):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
-        _require_integer("seed", seed, minimum=0)
-        _require_integer("epochs", epochs, minimum=1, optional=True)
-        _require_integer("batch_size", batch_size, minimum=1, optional=True)
-        _require_integer("num_examples", num_examples, minimum=1, optional=True)
-        _require_integer("warmup_epochs", warmup_epochs, minimum=0)
-        for name, value in (("keep_ratio", keep_ratio), ("smoothing", smoothing), ("anneal_fraction", anneal_fraction)):
-            if isinstance(value, bool) or not isinstance(value, Real):
-                raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+        require_integer("seed", seed, minimum=0)
+        require_integer("epochs", epochs, minimum=1, optional=True)
+        require_integer("batch_size", batch_size, minimum=1, optional=True)
+        require_integer("num_examples", num_examples, minimum=1, optional=True)
+        require_integer("warmup_epochs", warmup_epochs, minimum=0)
+        require_numbers(keep_ratio=keep_ratio, smoothing=smoothing, anneal_fraction=anneal_fraction)
         if method not in METHODS:
             raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
         self._method = get_method(method, **(method_options or {}))
@@ -165,7 +153,7 @@ class SADPSampler(Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch to iterate next; its plan is made on first use from a fresh snapshot."""
-        _require_integer("epoch", epoch, minimum=0)
+        require_integer("epoch", epoch, minimum=0)
         if self.epochs is not None and epoch >= self.epochs:
             warnings.warn(
                 f"set_epoch({epoch}) is past the run's {self.epochs} epochs (0 to {self.epochs - 1}): "
