@@ -70,7 +70,7 @@ class SADPLoader:
     def __iter__(self) -> Iterator[Any]:
         start = self.sampler.resume_position
         part = self.sampler.rank_slice()
-        batches = iter(self.loader)  # consumes the sampler's resume position
+        batches = iter(self.loader)  # the sampler consumes its resume position at the first batch
         self._consumed = start
         planned = part.batches(start, self.loader.batch_size, self.loader.drop_last)
         for batch, (indices, weights) in zip(batches, planned, strict=True):
