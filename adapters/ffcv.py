@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sadp_data.plan import batch_count
 from sadp_data.sampler import SADPSampler
 from sadp_data.staging import staged
 from sadp_data.store import ScoreStore, check_store_belongs
@@ -254,7 +255,7 @@ class ImportanceLoader(_Loader):
         count = self.sampler.epoch_length(self.next_epoch)
         if self.next_epoch == self.sampler.epoch:
             count -= self.sampler.resume_position
-        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+        return batch_count(count, self.batch_size, self.drop_last)
 
 
 def importance_loader(

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from sadp_data.plan import PlanSlice
+from sadp_data.plan import PlanSlice, batch_count
 from sadp_data.sampler import SADPSampler
 from sadp_data.shards import ShardError, ShardIndex, parse_sample, sample_checksum
 from sadp_data.store import check_store_belongs
@@ -74,8 +74,7 @@ class ShardLoader:
         return starts, [base + (worker < extra) - start for worker, start in enumerate(starts)]
 
     def _batches(self, remaining: int) -> int:
-        batch = self.loader.batch_size or 1
-        return remaining // batch if self.loader.drop_last else -(-remaining // batch)
+        return batch_count(remaining, self.loader.batch_size or 1, self.loader.drop_last)
 
     def set_epoch(self, epoch: int) -> None:
         """Shortcut for ``sampler.set_epoch``."""

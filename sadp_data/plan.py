@@ -22,6 +22,11 @@ import torch
 from .distributed import rank_positions
 
 
+def batch_count(count: int, batch_size: int, drop_last: bool = False) -> int:
+    """Batches of ``batch_size`` in ``count`` positions (the last, partial one counts unless ``drop_last``)."""
+    return count // batch_size if drop_last else -(-count // batch_size)
+
+
 @dataclass(frozen=True)
 class PlanSlice:
     """Consecutive positions of a plan that one consumer visits: example indices and weights, aligned."""

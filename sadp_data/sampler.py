@@ -24,7 +24,7 @@ from .distributed import per_rank, rank_and_world
 from .kernels import Backend, localize, sample_size
 from .methods import METHODS, PlanRequest, get_method
 from .methods.base import to_host
-from .plan import EpochPlan, PlanSlice
+from .plan import EpochPlan, PlanSlice, batch_count
 from .schedule import KeepRatioSchedule, Shape
 from .store import ScoreSnapshot, ScoreStore
 
@@ -303,7 +303,7 @@ class SADPSampler(Sampler[int]):
         if self.batch_size is None:
             raise ValueError("num_batches needs batch_size set on the sampler")
         count = self.epoch_length(epoch)
-        return count // self.batch_size if drop_last else -(-count // self.batch_size)
+        return batch_count(count, self.batch_size, drop_last)
 
     def total_steps(self, drop_last: bool = False) -> int:
         """Optimizer steps over the whole run: pass to step-based LR schedulers (e.g. OneCycleLR).
