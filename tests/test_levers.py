@@ -7,7 +7,7 @@ import pytest
 
 from sadp_data.kernels import plan_epoch, sample_size
 from sadp_data.methods import PlanRequest, get_method
-from sadp_data.methods.sadp import expected_relative_ess, score_ratio, stale_scores
+from sadp_data.methods.sadp import expected_relative_ess, score_ratio, sharpened, stale_scores
 from sadp_data.schedule import KeepRatioSchedule
 
 N = 4000
@@ -41,6 +41,23 @@ def test_normalize_makes_the_mean_weight_one():
     _, weights = get_method("sadp", weight_power=0.5, normalize=True).plan(_request(_skewed()))
     assert abs(weights.astype(np.float64).mean() - 1.0) < 1e-6
     assert weights.std() > 0.05  # still importance weights, not flattened
+
+
+def test_sharpness_draws_in_proportion_to_powered_scores():
+    scores = np.random.default_rng(4).lognormal(0.0, 0.5, N).astype(np.float32)
+    request = _request(scores)
+    order, weights = get_method("sadp", sharpness=2.0, weight_power=1.0).plan(request)
+    powered = (scores.astype(np.float64) / scores.max()) ** 2
+    expected = plan_epoch(powered.astype(np.float32), 0.5, 3, 5, smoothing=0.1, backend="numpy")
+    np.testing.assert_array_equal(order, expected[0])
+    np.testing.assert_array_equal(weights, expected[1])
+    top = np.argsort(scores)[-N * 3 // 10 :]
+    plain, _ = get_method("sadp").plan(request)
+    sharp, flat_weights = get_method("sadp", sharpness=2.0).plan(request)
+    assert np.isin(sharp, top).sum() > np.isin(plain, top).sum() + 100
+    np.testing.assert_array_equal(flat_weights, np.ones_like(flat_weights))
+    np.testing.assert_array_equal(sharpened(scores, 1.0), scores)
+    assert sharpened(np.zeros(3, np.float32), 2.0).tolist() == [0.0, 0.0, 0.0]
 
 
 def test_staleness_inflates_old_scores_by_age_and_draws_them_more_often():
@@ -100,7 +117,12 @@ def test_gate_samples_uniformly_when_importance_sampling_cannot_help():
 
 @pytest.mark.parametrize(
     "options",
-    [{"weight_power": 0.5, "normalize": True}, {"staleness": 0.3, "weight_power": 0.0}, {"target_ess": 0.7}],
+    [
+        {"weight_power": 0.5, "normalize": True},
+        {"staleness": 0.3, "weight_power": 0.0},
+        {"target_ess": 0.7},
+        {"sharpness": 2.0},
+    ],
 )
 def test_levers_are_pure_and_identical_across_cpu_backends(options):
     scores = _skewed(2)
@@ -121,6 +143,8 @@ def test_levers_are_pure_and_identical_across_cpu_backends(options):
         ("weight_power", 1.5),
         ("weight_power", -0.1),
         ("staleness", -1),
+        ("sharpness", 0.0),
+        ("sharpness", 9),
         ("target_ess", 0.0),
         ("gate", 2),
         ("normalize", 1),

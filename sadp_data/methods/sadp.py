@@ -4,6 +4,12 @@ The draw is always ``plan_epoch``'s: exactly K distinct examples by systematic P
 probabilities ``π_i ∝ (1 − λ)·s_i/mean(s) + λ`` capped at 1. The options change what goes into the
 draw and what comes out of it, each as a pure function of (score snapshot, seed, epoch):
 
+* ``sharpness`` β: the draw uses ``s_i^β`` instead of ``s_i``. β > 1 moves the budget towards the
+  highest-score examples (more of them capped at π = 1, towards ε-greedy's top-K); with heavy-tailed
+  scores the examples below the capped ones then fall to the smoothing floor λ, so the rest of the
+  draw becomes nearly uniform (ε-greedy's exploration). β < 1 flattens the draw towards uniform. With
+  ``weight_power=1`` the weights stay unbiased for any β (they are ``K/(N π_i)`` of the sharpened
+  draw); at α = 0 the epoch's objective becomes ``Σ_i π_i ℓ_i`` with the sharper π.
 * ``staleness``: an example's score is as old as the epoch it was last scored in; scores are
   inflated by ``1 + staleness·age`` before the draw, so examples not drawn for a while come back.
 * ``weight_power`` α: weights ``(K / (N π_i))^α``. α = 1 is Horvitz–Thompson (the weighted mean loss
@@ -59,6 +65,18 @@ def stale_scores(scores: np.ndarray, seen: np.ndarray, last_epoch: np.ndarray | 
     age = np.maximum(0, epoch - 1 - np.asarray(last_epoch, dtype=np.int64))
     boosted = np.asarray(scores, dtype=np.float64) * (1.0 + staleness * age)
     return np.where(np.asarray(seen) > 0, boosted, scores).astype(np.float32)
+
+
+def sharpened(scores: np.ndarray, sharpness: float) -> np.ndarray:
+    """``s^β`` in float32, computed in float64 (scores are normalised by their maximum first, so large β
+    neither overflows nor underflows float32 for scores within a factor 10^(38/β) of the maximum)."""
+    if sharpness == 1.0:
+        return scores
+    values = np.asarray(scores, dtype=np.float64)
+    top = float(values.max()) if values.size else 0.0
+    if top <= 0.0:
+        return scores
+    return np.power(values / top, sharpness).astype(np.float32)
 
 
 def score_ratio(scores: np.ndarray, seen: np.ndarray | None = None) -> float:
@@ -124,6 +142,7 @@ class SADP(Method):
 
     Args:
         weight_power: α in [0, 1]; weights ``(K/(N π_i))^α`` (1: unbiased Horvitz–Thompson; default 0).
+        sharpness: β in (0, 8]; the draw is proportional to ``s^β`` (default 1: the scores as they are).
         normalize: divide the weights by their mean over the plan (mean weight exactly 1).
         staleness: γ ≥ 0; scores inflated by ``1 + γ·(epochs since last scored − 1)``.
         target_ess: in (0, 1] or ``None``; λ raised per epoch until the expected ESS ≥ target·K.
@@ -131,6 +150,7 @@ class SADP(Method):
     """
 
     weight_power: float = 0.0
+    sharpness: float = 1.0
     normalize: bool = False
     staleness: float = 0.0
     target_ess: float | None = None
@@ -143,6 +163,7 @@ class SADP(Method):
     def __post_init__(self) -> None:
         _check_range("weight_power", self.weight_power, 0.0, 1.0)
         _check_range("staleness", self.staleness, 0.0, 1e6)
+        _check_range("sharpness", self.sharpness, 1e-6, 8.0)
         _check_range("target_ess", self.target_ess, 1e-9, 1.0, optional=True)
         _check_range("gate", self.gate, 0.0, 1.0, optional=True)
         if not isinstance(self.normalize, bool):
@@ -161,10 +182,11 @@ class SADP(Method):
             return to_host(order), to_host(weights), {"smoothing": request.smoothing, "gated": False}
         scores, seen = request.scores, request.seen
         info: dict[str, Any] = {}
-        if self.staleness or self.gate is not None or self.target_ess is not None:
+        if self.staleness or self.sharpness != 1.0 or self.gate is not None or self.target_ess is not None:
             scores = to_host(scores)
             seen = np.ones(scores.shape[0], np.uint32) if seen is None else to_host(seen)
             scores = stale_scores(scores, seen, request.last_epoch, request.epoch, self.staleness)
+            scores = sharpened(scores, self.sharpness)
             ratio = score_ratio(scores, seen)
             info = {"score_ratio": ratio, "predicted_gain": 1.0 - 1.0 / ratio}
         if self.gate is not None and info["predicted_gain"] < self.gate:
