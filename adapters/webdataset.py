@@ -8,6 +8,12 @@ with ``shard_size=index.shard_size`` (``ScoredShards.sampler_for`` does) so the 
 in random order, shuffled within windows of a few shards: each worker keeps at most ``window``
 shards open and reads them nearly sequentially.
 
+Remote shards (``s3://…``, ``gs://…``, ``http(s)://…``, with ``storage_options`` for fsspec) are read
+the same way but planned per worker part: ``sadp_data.fetch`` cuts the part into blocks of about one
+shard window, merges each shard's planned byte ranges into few requests (or fetches a shard whole
+when most of it is planned), and fetches ``readahead`` blocks ahead in threads (``FetchOptions``).
+Pruned samples' bytes are not fetched beyond the ``gap_bytes`` merged into a request.
+
 Decoding and transforms plug in as in webdataset: ``.decode(*handlers)`` (webdataset's own
 ``autodecode.Decoder``; default handlers decode ``.npy`` and ``.cls``), ``.map(fn)``, and
 ``.to_tuple("x.npy", "y.cls")``, which yields ``(x, y, index, weight)``. Without ``to_tuple``,
@@ -34,6 +40,7 @@ from typing import Any, Literal
 
 from torch.utils.data import IterableDataset, get_worker_info
 
+from sadp_data.fetch import FetchOptions, FetchStats, plan_blocks, read_blocks
 from sadp_data.plan import PlanSlice, batch_count
 from sadp_data.sampler import SADPSampler
 from sadp_data.shards import ShardError, ShardIndex, parse_sample, sample_checksum
@@ -170,6 +177,12 @@ class ScoredShards(IterableDataset):
     of version 2 and later) and raises ``ShardError`` naming the shard and sample on a mismatch, or
     skips it with ``on_error="skip"``. Cost: one crc32c per sample read (about 1 µs for a
     Fashion-MNIST sample; see the loader bench).
+
+    ``root`` may be a URL (``storage_options`` go to fsspec); ``fetch`` says how remote shards are read
+    (``FetchOptions``: range merging, whole-shard fallback, read-ahead, retries, local cache). A
+    failed remote read is retried ``fetch.retries`` times on connection errors, then raises
+    ``ShardError`` naming the shard (or skips its block's samples with ``on_error="skip"``).
+    ``fetch_stats`` counts this process's requests and bytes (per DataLoader worker in workers).
     """
 
     def __init__(
@@ -180,10 +193,14 @@ class ScoredShards(IterableDataset):
         window: int | None = None,
         on_error: Literal["raise", "skip"] = "raise",
         verify: bool = True,
+        storage_options: dict[str, Any] | None = None,
+        fetch: FetchOptions | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        self.index = ShardIndex.load(root)
+        self.index = ShardIndex.load(root, storage_options=storage_options)
+        self.fetch = fetch if fetch is not None else FetchOptions()
+        self.fetch_stats = FetchStats()
         if sampler.num_examples != self.index.num_examples:
             raise ValueError(
                 f"the sampler covers {sampler.num_examples} examples but {root} holds {self.index.num_examples}"
@@ -200,9 +217,12 @@ class ScoredShards(IterableDataset):
         self._resume: tuple[int, list[int], int] | None = None
 
     @staticmethod
-    def sampler_for(root: str | Path, store=None, **sampler_kwargs: Any) -> SADPSampler:
-        """An ``SADPSampler`` over the shards' sidecar with shard-local ordering set up."""
-        index = ShardIndex.load(root)
+    def sampler_for(
+        root: str | Path, store=None, storage_options: dict[str, Any] | None = None, **sampler_kwargs: Any
+    ) -> SADPSampler:
+        """An ``SADPSampler`` over the shards' sidecar (``ShardIndex.sidecar_path``: local even for remote
+        shards) with shard-local ordering set up."""
+        index = ShardIndex.load(root, storage_options=storage_options)
         store = store if store is not None else index.open_store()
         if index.consecutive_shards:
             return SADPSampler(store, shard_size=index.shard_size, **sampler_kwargs)
@@ -267,8 +287,9 @@ class ScoredShards(IterableDataset):
         self.skipped = []
         try:
             part = self._part()
+            buffers = self._remote_buffers(part) if self.index.remote else None
             for example, weight in zip(part.order.tolist(), part.weights.tolist(), strict=True):
-                sample = self._read(example, handles)
+                sample = self._read(example, handles) if buffers is None else self._checked(example, next(buffers))
                 if sample is None:
                     continue
                 sample["__index__"] = example
@@ -276,7 +297,7 @@ class ScoredShards(IterableDataset):
                 try:
                     finished = self._decoder(sample) if self._decoder is not None else sample
                 except Exception as error:  # a decoder's own error on bytes that passed the checks
-                    where = f"shard {self.index.shard_path(int(self.index.offsets[example, 0]))}, sample {example:09d}"
+                    where = f"shard {self.index.shard_url(int(self.index.offsets[example, 0]))}, sample {example:09d}"
                     if self.on_error == "raise":
                         raise ShardError(f"{where}: cannot be decoded: {error!r}") from error
                     self.skipped.append(where)
@@ -294,11 +315,37 @@ class ScoredShards(IterableDataset):
                 stacklevel=2,
             )
 
+    def _remote_buffers(self, part: PlanSlice) -> Iterator[bytes | OSError]:
+        """The bytes of the part's samples in plan order, fetched by ``sadp_data.fetch``."""
+        index = self.index
+        names = [entry["url"] for entry in index.shards]
+        sizes = [entry["bytes"] for entry in index.shards]
+        blocks = plan_blocks(index.offsets[part.order, :3], sizes, self.window, self.fetch)
+        location = index.shard_location
+        return read_blocks(location, names, sizes, blocks, self.fetch, self.fetch_stats, index.fingerprint)
+
+    def _checked(self, example: int, buffer: bytes | OSError) -> dict[str, Any] | None:
+        """A fetched sample's checks and parse (``_read`` without the local read)."""
+        where = self._where(example)
+        try:
+            if isinstance(buffer, OSError):
+                raise ShardError(f"{where}: {buffer}") from buffer
+            return self._parse(example, buffer, where)
+        except ShardError as error:
+            if self.on_error == "raise":
+                raise
+            self.skipped.append(f"{where} ({error})")
+            return None
+
+    def _where(self, example: int) -> str:
+        row = self.index.offsets[example]
+        return f"shard {self.index.shard_url(int(row[0]))}, sample {example:09d} at byte {int(row[1])}"
+
     def _read(self, example: int, handles: OrderedDict[int, Any]) -> dict[str, Any] | None:
         row = self.index.offsets[example]
         shard, start, length = int(row[0]), int(row[1]), int(row[2])
-        path = self.index.shard_path(shard)
-        where = f"shard {path}, sample {example:09d} at byte {start}"
+        path = self.index.shard_url(shard)
+        where = self._where(example)
         try:
             handle = handles.get(shard)
             if handle is None:
@@ -309,22 +356,28 @@ class ScoredShards(IterableDataset):
                 handles.move_to_end(shard)
             handle.seek(start)
             buffer = handle.read(length)
-            if len(buffer) != length:
-                raise ShardError(f"{where}: truncated ({len(buffer)} of {length} bytes)")
-            if self.verify and row.shape[0] > 3 and sample_checksum(buffer) != int(row[3]):
-                raise ShardError(
-                    f"{where}: checksum mismatch (crc32c {sample_checksum(buffer)} != {int(row[3])} in the index): "
-                    "the sample's bytes changed on disk; restore the shard or convert again"
-                )
-            sample = parse_sample(buffer, where)
-            if self.index.keys_are_indices and sample.get("__key__") != f"{example:09d}":
-                raise ShardError(f"{where}: found key {sample.get('__key__')!r}: the index does not match the shard")
-            return sample
+            return self._parse(example, buffer, where)
         except (OSError, ShardError) as error:
             if self.on_error == "raise":
                 raise ShardError(str(error)) from error
             self.skipped.append(where)
             return None
+
+    def _parse(self, example: int, buffer: bytes, where: str) -> dict[str, Any]:
+        """Sample ``example``'s fields from its bytes, after the length, crc32c and key checks (``ShardError``)."""
+        row = self.index.offsets[example]
+        length = int(row[2])
+        if len(buffer) != length:
+            raise ShardError(f"{where}: truncated ({len(buffer)} of {length} bytes)")
+        if self.verify and row.shape[0] > 3 and sample_checksum(buffer) != int(row[3]):
+            raise ShardError(
+                f"{where}: checksum mismatch (crc32c {sample_checksum(buffer)} != {int(row[3])} in the index): "
+                "the sample's bytes changed in the shard; restore the shard or convert again"
+            )
+        sample = parse_sample(buffer, where)
+        if self.index.keys_are_indices and sample.get("__key__") != f"{example:09d}":
+            raise ShardError(f"{where}: found key {sample.get('__key__')!r}: the index does not match the shard")
+        return sample
 
     def _finish(self, sample: dict[str, Any]) -> Any:
         """The decoded ``sample`` through the ``map`` stages and ``to_tuple``."""

@@ -74,7 +74,7 @@ def run_loader_bench(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Returns ``{"backend": "webdataset", "raw": {...}, "results": [...]}`` (see the README)."""
-    from sadp_data.shards import write_shards
+    from sadp_data.shard_writer import write_shards
 
     source = _load_source(data_dir, limit)
     with tempfile.TemporaryDirectory() as scratch:

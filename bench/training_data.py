@@ -137,7 +137,7 @@ def _nmnist_data(config: DemoConfig, data_dir: str | Path | None, scratch: Path)
 
     if data_dir is None:
         raise ValueError("--dataset nmnist needs --data PATH (an N-MNIST folder such as nmnist-small)")
-    from sadp_data.shards import write_shards
+    from sadp_data.shard_writer import write_shards
     from sadp_data.sources import open_source
 
     source = open_source(f"nmnist:{data_dir}", "train")

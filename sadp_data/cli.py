@@ -6,6 +6,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .remote import is_remote
+
+#: Help of the ``--storage-options`` flag of the commands that take remote URLs.
+STORAGE_OPTIONS_HELP = (
+    "JSON object of fsspec filesystem options for remote URLs, e.g. "
+    '\'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\' (default: the filesystem\'s own configuration)'
+)
+
 
 def _demo(args: argparse.Namespace) -> int:
     from sadp_data.bench.demo import DemoConfig, format_table, plot, run_demo, write_json
@@ -79,7 +87,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .shards import write_shards
+    from .shard_writer import write_shards
     from .sources import open_source
 
     source = open_source(args.source, split=args.split, frames=args.frames)
@@ -94,22 +102,45 @@ def _convert(args: argparse.Namespace) -> int:
             f"{beton_fingerprint(beton)}; score sidecar {sidecar_path(beton)}"
         )
         return 0
-    index = write_shards(
-        source,
-        args.out,
-        shard_size=args.shard_size,
-        name=args.name,
-        progress=not args.no_progress,
-        overwrite=args.overwrite,
-    )
+    options = {"shard_size": args.shard_size, "name": args.name, "progress": not args.no_progress}
+    if is_remote(args.out):
+        from .publish import publish_shards
+
+        index = publish_shards(
+            source, args.out, overwrite=args.overwrite, storage_options=_storage_options(args), **options
+        )
+    else:
+        index = write_shards(source, args.out, overwrite=args.overwrite, **options)
     _print_written(index, "at", args.out)
     return 0
+
+
+def _storage_options(args: argparse.Namespace) -> dict | None:
+    """``--storage-options`` parsed as a JSON object (fsspec filesystem arguments), or ``None``."""
+    import json
+
+    if not getattr(args, "storage_options", None):
+        return None
+    try:
+        options = json.loads(args.storage_options)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--storage-options is not valid JSON: {error}") from error
+    if not isinstance(options, dict):
+        raise ValueError(f"--storage-options must be a JSON object, got {args.storage_options!r}")
+    return options
 
 
 def _index(args: argparse.Namespace) -> int:
     from .indexing import index_shards
 
-    index = index_shards(args.shards, args.out, name=args.name, progress=not args.no_progress, overwrite=args.overwrite)
+    index = index_shards(
+        args.shards,
+        args.out,
+        name=args.name,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+        storage_options=_storage_options(args),
+    )
     _print_written(index, "indexed at", args.out)
     return 0
 
@@ -119,7 +150,7 @@ def _print_written(index, where: str, out: str) -> None:
     total = sum(shard["bytes"] for shard in index.shards)
     print(
         f"{index.num_examples} examples in {len(index.shards)} shards ({total / 1e6:.1f} MB) {where} {out}; "
-        f"fingerprint {index.fingerprint}; score sidecar {out}/scores.zarr"
+        f"fingerprint {index.fingerprint}; score sidecar {index.sidecar_path()}"
     )
 
 
@@ -128,8 +159,8 @@ def _info(args: argparse.Namespace) -> int:
 
     from .shards import ShardError, ShardIndex
 
-    index = ShardIndex.load(args.path)
-    store = index.open_store("r")
+    index = ShardIndex.load(args.path, storage_options=_storage_options(args))
+    store = index.open_store("r+" if index.location.remote else "r")
     shards = index.shards
     sizes = [shard["bytes"] for shard in shards]
     seen = store.seen()
@@ -203,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dataset) into WebDataset shards with a byte-offset index and a Zarr score sidecar.",
     )
     convert.add_argument("source", help="IDX folder, file.npz, module:callable, or nmnist:PATH")
-    convert.add_argument("out", help="output folder (must be new or empty)")
+    convert.add_argument("out", help="output folder (must be new or empty), or a URL such as s3://bucket/prefix")
     convert.add_argument(
         "--format",
         default="webdataset",
@@ -216,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--frames", type=int, help="event sources: store T integrated frames instead of raw events")
     convert.add_argument("--limit", type=int, help="convert only the first N examples")
     convert.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
+    convert.add_argument("--storage-options", help=STORAGE_OPTIONS_HELP)
     convert.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     convert.set_defaults(handler=_convert)
 
@@ -230,11 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("out", help="folder for the index files and the sidecar")
     index.add_argument("--name", help="dataset name (default: the shards' file-name prefix)")
     index.add_argument("--overwrite", action="store_true", help="replace an existing index.json")
+    index.add_argument("--storage-options", help=STORAGE_OPTIONS_HELP)
     index.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     index.set_defaults(handler=_index)
 
     info = commands.add_parser("info", help="summarise scored shards and their scores")
-    info.add_argument("path", help="a scored-shards folder written by `sadp-data convert`")
+    info.add_argument("path", help="a scored-shards folder or URL written by `sadp-data convert`")
+    info.add_argument("--storage-options", help=STORAGE_OPTIONS_HELP)
     info.add_argument("--verify", action="store_true", help="read every shard and check its SHA-256 against index.json")
     info.set_defaults(handler=_info)
 

@@ -9,6 +9,10 @@ where they are (``index.json``'s ``shard_root`` says where, relative to ``out``)
 computed from the shards' SHA-256 the way ``convert`` computes it, so indexing shards that
 ``convert`` wrote reproduces their index and keeps their sidecar valid.
 
+Shards may be remote (``s3://bucket/train-{000000..000009}.tar``, ``https://…``; ``sadp_data.remote``):
+each is then downloaded once, ``shard_root`` is their folder's URL, and each shard's ETag is recorded
+so a reader refuses a replaced object. ``out`` (the index and the sidecar) is a local folder.
+
 Trade-off: every byte of every shard is read once (to checksum it); a shard is held in memory
 while it is indexed.
 """
@@ -26,28 +30,32 @@ from typing import Any
 
 import numpy as np
 
+from .remote import Location, is_remote
 from .shards import FORMAT, INDEX, OFFSETS, SIDECAR, ShardError, ShardIndex, sample_checksum
 from .staging import staged
 from .store import ScoreStore
 
 
-def expand_shards(shards: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Shard paths from brace patterns (``train-{000000..000009}.tar``) or a list of paths; each must exist."""
+def expand_shards(shards: str | Path | Sequence[str | Path]) -> list[str]:
+    """Shard paths or URLs from brace patterns (``train-{000000..000009}.tar``) or a list; local ones must exist
+    (remote ones are checked when they are read)."""
     from webdataset.shardlists import expand_urls
 
     items = [shards] if isinstance(shards, (str, Path)) else list(shards)
-    paths = [Path(url) for item in items for url in expand_urls(str(item))]
-    if not paths:
+    urls = [url for item in items for url in expand_urls(str(item))]
+    if not urls:
         raise ValueError(f"no shards in {shards!r}")
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"shard {path} does not exist")
-    if len(set(paths)) != len(paths):
+    if len({is_remote(url) for url in urls}) > 1:
+        raise ValueError(f"shard list {shards!r} mixes local paths and URLs")
+    for url in urls:
+        if not is_remote(url) and not Path(url).is_file():
+            raise FileNotFoundError(f"shard {url} does not exist")
+    if len(set(urls)) != len(urls):
         raise ValueError(f"shard list {shards!r} names a shard twice")
-    return paths
+    return urls
 
 
-def _samples(path: Path, data: bytes) -> list[tuple[str, int, int, int | None, set[str]]]:
+def _samples(path: str, data: bytes) -> list[tuple[str, int, int, int | None, set[str]]]:
     """``(key, start, stop, index.cls or None, fields)`` of every sample of one shard, in tar order."""
     from webdataset.tariterators import base_plus_ext
 
@@ -93,6 +101,7 @@ def index_shards(
     name: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> ShardIndex:
     """Index ``shards`` (see the module docstring) into ``out``; returns the loaded index.
 
@@ -104,9 +113,14 @@ def index_shards(
     from tqdm.auto import tqdm
 
     paths = expand_shards(shards)
-    folder = paths[0].parent
-    if any(path.parent.resolve() != folder.resolve() for path in paths):
+    remote = is_remote(paths[0])
+    parents = {path.rsplit("/", 1)[0] if remote else str(Path(path).parent.resolve()) for path in paths}
+    if len(parents) > 1:
         raise ValueError(f"the shards must lie in one folder; {paths[0]} and others differ")
+    folder = Location(parents.pop(), storage_options)
+    names = [path.rsplit("/", 1)[-1] if remote else Path(path).name for path in paths]
+    if is_remote(out):
+        raise ValueError(f"{out}: the index and its sidecar are written to a local folder, not a URL")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
@@ -115,7 +129,7 @@ def index_shards(
     entries, rows, fields, digests = [], [], set(), []
     numbered = None
     for shard, path in enumerate(tqdm(paths, desc="index shards", unit="shard", disable=not progress)):
-        data = path.read_bytes()
+        data = folder.read_bytes(names[shard])
         samples = _samples(path, data)
         if not samples:
             raise ShardError(f"shard {path} holds no samples")
@@ -130,26 +144,29 @@ def index_shards(
             fields |= members
         digest = hashlib.sha256(data).hexdigest()
         digests.append(digest)
-        entries.append(
-            {"url": path.name, "nsamples": len(samples), "first_index": first, "bytes": len(data), "sha256": digest}
-        )
+        entry = {"url": names[shard], "nsamples": len(samples), "first_index": first, "bytes": len(data)}
+        entries.append({**entry, "sha256": digest})
+        if remote:
+            etag = folder.info(names[shard]).etag
+            if etag:
+                entries[-1]["etag"] = etag
     count = len(rows)
     offsets = _offsets(rows, count, paths)
     fingerprint = hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
-    label = name or paths[0].name.rsplit("-", 1)[0]
+    label = name or names[0].rsplit("-", 1)[0]
     meta: dict[str, Any] = {
         "format": FORMAT,
         "version": 2,
         "name": label,
         "num_examples": count,
         "fingerprint": fingerprint,
-        "source": f"indexed: {paths[0].name} … {paths[-1].name}" if len(paths) > 1 else f"indexed: {paths[0].name}",
+        "source": f"indexed: {names[0]} … {names[-1]}" if len(names) > 1 else f"indexed: {names[0]}",
         "shard_size": max(entry["nsamples"] for entry in entries),
         "fields": sorted(fields),
         "shards": entries,
     }
     out.mkdir(parents=True, exist_ok=True)
-    root = os.path.relpath(folder.resolve(), out.resolve())
+    root = folder.url if remote else os.path.relpath(folder.url, out.resolve())
     if root != ".":
         meta["shard_root"] = root
     if any(key != f"{index:09d}" for index, *_, key in rows):
@@ -159,17 +176,17 @@ def index_shards(
         "__kind__": "wids-shard-index-v1",
         "wids_version": 1,
         "name": label,
-        "shardlist": [{"url": str(Path(root) / e["url"]), "nsamples": e["nsamples"]} for e in entries],
+        "shardlist": [{"url": Location(root).join(e["url"]), "nsamples": e["nsamples"]} for e in entries],
     }
     targets = [out / OFFSETS, out / f"{label}.wids.json", out / INDEX]  # swapped in this order: the index last
     with staged(targets) as stage:
         np.save(stage / OFFSETS, offsets)
         (stage / f"{label}.wids.json").write_text(json.dumps(wids, indent=1) + "\n")
         (stage / INDEX).write_text(json.dumps(meta, indent=1) + "\n")
-    return ShardIndex.load(out)
+    return ShardIndex.load(out, storage_options=storage_options)
 
 
-def _offsets(rows: list[tuple[int, int, int, int, int, str]], count: int, paths: list[Path]) -> np.ndarray:
+def _offsets(rows: list[tuple[int, int, int, int, int, str]], count: int, paths: list[str]) -> np.ndarray:
     """The ``[N, 4]`` offsets table; the indices must be exactly ``0 … N-1`` (errors name shard and key)."""
     offsets = np.full((count, 4), -1, dtype=np.int64)
     for index, shard, start, length, checksum, key in rows:

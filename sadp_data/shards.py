@@ -15,13 +15,17 @@ Layout of a scored-shards folder ``OUT``:
 * ``scores.zarr``: the ``ScoreStore`` sidecar, created for N examples with the same fingerprint.
 
 Shards a user already has are indexed in place by ``sadp_data.indexing.index_shards`` (``sadp-data
-index``); their ``index.json`` may then name a ``shard_root``, the shards' folder relative to the index.
+index``); their ``index.json`` may then name a ``shard_root``, the shards' folder relative to the index
+(or a URL). The folder may be remote (``s3://…``, ``http(s)://…``; ``sadp_data.remote``): shards are then
+pinned by size and, where ``index.json`` records one, by ETag; the sidecar lives on local disk.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .staging import staged
+from .remote import Location
 from .store import ScoreStore
 
 INDEX = "index.json"
@@ -44,11 +48,26 @@ class ShardError(RuntimeError):
 
 @dataclass
 class ShardIndex:
-    """The parsed ``index.json`` and ``offsets.npy`` of a scored-shards folder."""
+    """The parsed ``index.json`` and ``offsets.npy`` of a scored-shards folder (``root``: a local path or a URL)."""
 
-    root: Path
+    root: Path | str
     meta: dict[str, Any]
     offsets: np.ndarray
+    location: Location | None = None
+
+    def __post_init__(self) -> None:
+        if self.location is None:
+            self.location = Location(self.root)
+
+    @property
+    def remote(self) -> bool:
+        """Whether the shards are read through fsspec (object storage or HTTP) rather than local files."""
+        return self.shard_location.remote
+
+    @property
+    def shard_location(self) -> Location:
+        """The folder of the shards: the index's own, or ``shard_root`` (relative to it, or a URL)."""
+        return self.location.child(self.meta.get("shard_root", "."))
 
     @property
     def num_examples(self) -> int:
@@ -67,8 +86,14 @@ class ShardIndex:
         return int(self.meta["shard_size"])
 
     def shard_path(self, shard: int) -> Path:
-        """Where shard ``shard`` lives: the index's folder, or ``shard_root`` relative to it (``index_shards``)."""
-        return self.root / self.meta.get("shard_root", ".") / self.meta["shards"][shard]["url"]
+        """Where shard ``shard`` lives on local disk (``shard_url`` for remote shards)."""
+        if self.remote:
+            raise TypeError(f"shard {shard} is remote ({self.shard_url(shard)}); it has no local path")
+        return Path(self.shard_url(shard))
+
+    def shard_url(self, shard: int) -> str:
+        """The path or URL of shard ``shard``: in the index's folder or ``shard_root`` (``index_shards``)."""
+        return self.shard_location.join(self.meta["shards"][shard]["url"])
 
     @property
     def keys_are_indices(self) -> bool:
@@ -86,33 +111,53 @@ class ShardIndex:
         expected = np.arange(self.num_examples) // self.shard_size
         return bool(np.array_equal(self.offsets[:, 0], expected))
 
-    def open_store(self, mode: str = "r+") -> ScoreStore:
-        """The score sidecar, checked against this index's size and fingerprint."""
-        return ScoreStore.open(self.root / SIDECAR, mode, num_examples=self.num_examples, fingerprint=self.fingerprint)
+    def sidecar_path(self) -> Path:
+        """Where the score sidecar lives: beside a local index; for a remote one, a local cache folder
+        (``$SADP_CACHE`` or ``~/.cache/sadp-data``) named by the dataset's name and fingerprint."""
+        if not self.location.remote:
+            return Path(self.root) / SIDECAR
+        cache = Path(os.environ.get("SADP_CACHE", Path.home() / ".cache" / "sadp-data"))
+        return cache / f"{self.meta['name']}-{self.fingerprint}" / SIDECAR
+
+    def open_store(self, mode: str = "r+", path: str | Path | None = None) -> ScoreStore:
+        """The score sidecar (``path``, default ``sidecar_path()``), checked against this index's size and
+        fingerprint. A remote dataset's sidecar is created empty on first use (its scores are local)."""
+        path = Path(path) if path is not None else self.sidecar_path()
+        if self.location.remote and not path.exists() and mode != "r":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ScoreStore.create(path, self.num_examples, fingerprint=self.fingerprint).close()
+        return ScoreStore.open(path, mode, num_examples=self.num_examples, fingerprint=self.fingerprint)
 
     @classmethod
-    def load(cls, root: str | Path, verify: bool = True) -> ShardIndex:
-        """Read the index; with ``verify``, check every shard exists with the indexed size."""
-        root = Path(root)
-        index_path = root / INDEX
-        if not index_path.is_file():
-            raise FileNotFoundError(f"{root}: no {INDEX}; convert data with `sadp-data convert SRC {root}`")
+    def load(cls, root: str | Path, verify: bool = True, storage_options: dict[str, Any] | None = None) -> ShardIndex:
+        """Read the index (local folder or URL); with ``verify``, check every shard exists with the indexed
+        size (and, for remote shards whose entry records one, the indexed ETag: a changed object is refused)."""
+        location = Location(root, storage_options)
+        root = location.url if location.remote else Path(root)
+        index_path = location.join(INDEX)
         try:
-            meta = json.loads(index_path.read_text())
+            raw = location.read_bytes(INDEX)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{root}: no {INDEX}; convert data with `sadp-data convert SRC {root}`") from error
+        except IsADirectoryError as error:
+            raise ShardError(f"{index_path}: is a folder, not an index") from error
+        try:
+            meta = json.loads(raw.decode())
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ShardError(f"{index_path}: not valid JSON ({error}); convert again") from error
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
             raise ShardError(f"{index_path}: not a scored-shards index (format {found!r})")
         _check_index(index_path, meta)
+        offsets_path = location.join(OFFSETS)
         try:
-            offsets = np.load(root / OFFSETS, allow_pickle=False)
+            offsets = np.load(io.BytesIO(location.read_bytes(OFFSETS)), allow_pickle=False)
         except Exception as error:  # numpy's header parser raises ValueError, SyntaxError, TokenError, ...
-            raise ShardError(f"{root / OFFSETS}: unreadable ({error!r}); convert again") from error
+            raise ShardError(f"{offsets_path}: unreadable ({error!r}); convert again") from error
         columns = 4 if meta["version"] >= 2 else 3
         if offsets.shape != (meta["num_examples"], columns) or offsets.dtype.kind not in "iu":
             raise ShardError(
-                f"{root / OFFSETS}: shape {offsets.shape} {offsets.dtype}, "
+                f"{offsets_path}: shape {offsets.shape} {offsets.dtype}, "
                 f"expected ({meta['num_examples']}, {columns}) integers"
             )
         if offsets.size:
@@ -120,21 +165,41 @@ class ShardIndex:
             bad = np.flatnonzero((shard < 0) | (shard >= len(meta["shards"])) | (start < 0) | (length <= 0))
             if bad.size:
                 raise ShardError(
-                    f"{root / OFFSETS}: row {int(bad[0])} {offsets[bad[0]].tolist()} points outside the "
+                    f"{offsets_path}: row {int(bad[0])} {offsets[bad[0]].tolist()} points outside the "
                     f"{len(meta['shards'])} shards ({bad.size} bad rows); convert again"
                 )
-        index = cls(root, meta, offsets)
+        index = cls(root, meta, offsets, location)
         if verify:
-            for shard, entry in enumerate(meta["shards"]):
-                path = index.shard_path(shard)
-                if not path.is_file():
-                    raise ShardError(f"shard {path} is missing")
-                if path.stat().st_size != entry["bytes"]:
-                    raise ShardError(
-                        f"shard {path} has {path.stat().st_size} bytes but the index says {entry['bytes']}: "
-                        "it was truncated or rewritten; convert again"
-                    )
+            index.check_shards()
         return index
+
+    def check_shards(self) -> None:
+        """Every shard exists with the indexed size and (where recorded) ETag; ``ShardError`` names the first that
+        does not. One listing (or one request per shard) for remote shards."""
+        names = [entry["url"] for entry in self.shards]
+        folder = self.shard_location
+        if folder.remote:
+            try:
+                infos = folder.infos(names)
+            except FileNotFoundError as error:
+                raise ShardError(f"{error}: a shard is missing") from error
+        else:
+            infos = []
+            for shard, name in enumerate(names):
+                if not Path(folder.join(name)).is_file():
+                    raise ShardError(f"shard {self.shard_url(shard)} is missing")
+                infos.append(folder.info(name))
+        for shard, (entry, info) in enumerate(zip(self.shards, infos, strict=True)):
+            if info.size != entry["bytes"]:
+                raise ShardError(
+                    f"shard {self.shard_url(shard)} has {info.size} bytes but the index says {entry['bytes']}: "
+                    "it was truncated or rewritten; convert again"
+                )
+            if entry.get("etag") and info.etag and info.etag != entry["etag"]:
+                raise ShardError(
+                    f"shard {self.shard_url(shard)} has ETag {info.etag} but the index says {entry['etag']}: the "
+                    "object was replaced after the index was written; refusing to read it (index or convert again)"
+                )
 
 
 #: Keys of ``index.json`` and of each of its shard entries, with the types they must have.
@@ -162,7 +227,7 @@ def _check_index(path: Path, meta: dict[str, Any]) -> None:
                 raise ShardError(f"{path}: {where} key {key!r} is {value!r}, expected {kind.__name__}; convert again")
 
     check(meta, _INDEX_KEYS, "the index")
-    if not isinstance(meta.get("shard_root", "."), str):
+    if not isinstance(meta.get("shard_root", "."), str):  # a folder relative to the index, or a URL
         raise ShardError(f"{path}: shard_root is {meta['shard_root']!r}, expected a folder relative to the index")
     for number, shard in enumerate(meta["shards"]):
         check(shard, _SHARD_KEYS, f"shard entry {number}")
@@ -170,113 +235,6 @@ def _check_index(path: Path, meta: dict[str, Any]) -> None:
             raise ShardError(f"{path}: shard entry {number} url {shard['url']!r} is not a file name in the folder")
     if meta["num_examples"] <= 0 or sum(s["nsamples"] for s in meta["shards"]) != meta["num_examples"]:
         raise ShardError(f"{path}: the shards' nsamples do not add up to num_examples={meta['num_examples']}")
-
-
-def _encode_fields(index: int, fields: dict[str, Any]) -> dict[str, Any]:
-    sample = {"__key__": f"{index:09d}", "index.cls": index}
-    for name, value in fields.items():
-        if "." not in name:
-            raise ValueError(f"field {name!r} of example {index} needs an extension (e.g. {name}.npy) to be encoded")
-        sample[name] = value
-    return sample
-
-
-def write_shards(
-    source,
-    out: str | Path,
-    shard_size: int = 10_000,
-    name: str = "train",
-    progress: bool = True,
-    overwrite: bool = False,
-) -> ShardIndex:
-    """Convert ``source`` (a ``sources.Source``) into scored shards in ``out``; returns the index.
-
-    Atomic (``sadp_data.staging``): the shards, index and a fresh sidecar are built in a hidden folder
-    beside ``out`` and swapped in at the end, so a failure or kill leaves an existing ``out`` whole,
-    and ``overwrite=True`` replaces all of it (no stale shards of an earlier conversion remain).
-    """
-    out = Path(out)
-    if shard_size <= 0:
-        raise ValueError(f"--shard-size must be positive, got {shard_size}")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{out} is not empty; choose a new folder or pass --overwrite (scores are never overwritten silently)"
-        )
-    count = len(source)
-    if count == 0:
-        raise ValueError(f"{source.name}: the source has no examples")
-    with staged([out]) as stage:
-        meta, offsets = _write_into(source, stage / out.name, shard_size, name, progress)
-    return ShardIndex(out, meta, offsets)
-
-
-def _write_into(source, out: Path, shard_size: int, name: str, progress: bool) -> tuple[dict, np.ndarray]:
-    """Write the shards, the index files and an empty sidecar of ``source`` into the new folder ``out``."""
-    import webdataset as wds
-    from tqdm.auto import tqdm
-
-    out.mkdir()
-    count = len(source)
-    fields: set[str] = set()
-    with wds.ShardWriter(str(out / f"{name}-%06d.tar"), maxcount=shard_size, verbose=0, mtime=0) as writer:
-        for index in tqdm(range(count), desc=f"convert {name}", unit="ex", disable=not progress):
-            sample = _encode_fields(index, source[index])
-            fields.update(key for key in sample if not key.startswith("__"))
-            writer.write(sample)
-    shard_files = sorted(out.glob(f"{name}-*.tar"))
-    offsets = np.zeros((count, 4), dtype=np.int64)
-    shards, digests = [], []
-    first = 0
-    for shard, path in enumerate(shard_files):
-        spans = _sample_spans(path)
-        data = path.read_bytes()
-        for key, (start, stop) in spans.items():
-            offsets[int(key)] = (shard, start, stop - start, sample_checksum(data[start:stop]))
-        digest = hashlib.sha256(data).hexdigest()
-        digests.append(digest)
-        shards.append(
-            {"url": path.name, "nsamples": len(spans), "first_index": first, "bytes": len(data), "sha256": digest}
-        )
-        first += len(spans)
-    if first != count:
-        raise ShardError(f"{out}: wrote {first} samples for {count} examples")
-    fingerprint = hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
-    meta = {
-        "format": FORMAT,
-        "version": 2,
-        "name": name,
-        "num_examples": count,
-        "fingerprint": fingerprint,
-        "source": source.name,
-        "shard_size": shard_size,
-        "fields": sorted(fields),
-        "shards": shards,
-    }
-    (out / INDEX).write_text(json.dumps(meta, indent=1) + "\n")
-    np.save(out / OFFSETS, offsets)
-    wids = {
-        "__kind__": "wids-shard-index-v1",
-        "wids_version": 1,
-        "name": name,
-        "shardlist": [{"url": s["url"], "nsamples": s["nsamples"]} for s in shards],
-    }
-    (out / f"{name}.wids.json").write_text(json.dumps(wids, indent=1) + "\n")
-    ScoreStore.create(out / SIDECAR, count, fingerprint=fingerprint).close()
-    return meta, offsets
-
-
-def _sample_spans(path: Path) -> dict[str, tuple[int, int]]:
-    """Byte range ``[first header, end of last member's data blocks)`` of every sample in a shard."""
-    spans: dict[str, tuple[int, int]] = {}
-    with tarfile.open(path, "r:") as archive:
-        for member in archive:
-            key = member.name.split(".", 1)[0]
-            end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-            start = spans[key][0] if key in spans else member.offset
-            spans[key] = (start, end)
-    return spans
 
 
 def sample_checksum(buffer: bytes) -> int:
@@ -294,13 +252,13 @@ def verify_shards(index: ShardIndex) -> list[str]:
     """
     bad = []
     for shard, entry in enumerate(index.shards):
-        path = index.shard_path(shard)
+        url = index.shard_url(shard)
         digest = hashlib.sha256()
-        with open(path, "rb") as handle:
+        with index.shard_location.fs.open(url, "rb") if index.remote else open(url, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         if digest.hexdigest() != entry.get("sha256"):
-            bad.append(str(path))
+            bad.append(url)
     return bad
 
 

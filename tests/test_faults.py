@@ -231,7 +231,7 @@ def test_reconverting_with_overwrite_replaces_everything_and_a_failure_leaves_th
 SLOW_CONVERT = """
 import sys, time
 import numpy as np
-from sadp_data.shards import write_shards
+from sadp_data.shard_writer import write_shards
 from sadp_data.sources import Source
 class Slow:
     def __len__(self):

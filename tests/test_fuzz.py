@@ -126,7 +126,7 @@ def test_tar_sample_headers(data):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    from sadp_data.shards import write_shards
+    from sadp_data.shard_writer import write_shards
 
     folder = tmp_path_factory.mktemp("fuzz")
     np.savez(folder / "d.npz", x=np.zeros((12, 2), np.float32), y=np.arange(12) % 3)

@@ -1,0 +1,283 @@
+"""Read only the planned samples of remote shards: coalesced range requests, read ahead in threads.
+
+A DataLoader worker's part of the epoch's plan is known before its first sample is read, so the
+reads are planned up front (``plan_blocks``, a pure function of the part's offsets and the options):
+
+1. **Blocks.** The part is cut into blocks of consecutive positions, each touching at most
+   ``window`` shards (the sampler visits shards in windows of that many, so a block is about one
+   window) and at most ``max_block`` positions (memory bound for plans that are not shard-local).
+2. **Ranges.** Within a block, each shard's samples are sorted by offset and ranges closer than
+   ``gap_bytes`` are merged into one request (fewer requests, a few unplanned bytes).
+3. **Whole shards.** When a block's samples cover at least ``whole_shard_fraction`` of a shard's
+   bytes, the shard is fetched whole in one request instead (and kept in the optional local cache).
+
+``read_blocks`` then fetches ``readahead`` blocks ahead of the one being consumed, in a thread pool,
+each block's ranges concurrently (fsspec's ``cat_ranges``), and yields every sample's bytes in plan
+order. Memory: about ``readahead + 1`` blocks of fetched bytes.
+
+What it trades: a sample is delivered only once its whole block has arrived (the first batch
+waits for one block), and ``gap_bytes`` spends some egress on unplanned bytes to save requests.
+``bench loader --backend remote`` measures both.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .remote import Location
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    """How remote shards are read (see the module docstring); the defaults come from the remote loader bench.
+
+    Args:
+        gap_bytes: merge two planned ranges of a shard when fewer than this many bytes separate them.
+        whole_shard_fraction: fetch a shard whole when a block's samples cover this fraction of it (> 1: never).
+        readahead: blocks fetched ahead of the one being consumed (0: fetch each block when needed).
+        max_block: at most this many plan positions per block.
+        retries: attempts per request on connection errors before the read fails naming the shard.
+        cache_dir: keep whole-fetched shards here (``None``: no cache) and read them locally after.
+        cache_bytes: evict the least recently used cached shards beyond this many bytes.
+    """
+
+    gap_bytes: int = 4096
+    whole_shard_fraction: float = 0.9
+    readahead: int = 2
+    max_block: int = 16384
+    retries: int = 3
+    cache_dir: str | None = None
+    cache_bytes: int = 8 << 30
+
+    def __post_init__(self) -> None:
+        for name in ("gap_bytes", "readahead", "max_block", "retries", "cache_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "max_block" else 0):
+                raise ValueError(f"FetchOptions.{name} must be a non-negative integer, got {value!r}")
+        if not isinstance(self.whole_shard_fraction, int | float) or self.whole_shard_fraction <= 0:
+            raise ValueError(f"FetchOptions.whole_shard_fraction must be positive, got {self.whole_shard_fraction!r}")
+
+
+@dataclass(frozen=True)
+class ShardRead:
+    """One shard's requests of a block: byte ranges ``[starts[j], stops[j])`` (``whole``: the entire shard)."""
+
+    shard: int
+    starts: np.ndarray
+    stops: np.ndarray
+    whole: bool
+
+
+@dataclass(frozen=True)
+class Block:
+    """Plan positions ``[begin, end)`` of a part, the reads that cover them, and where each sample lies:
+    position ``begin + p`` is in read ``read_of[p]``, range ``range_of[p]``, at byte ``offset_in[p]``,
+    ``length[p]`` bytes long."""
+
+    begin: int
+    end: int
+    reads: tuple[ShardRead, ...]
+    read_of: np.ndarray
+    range_of: np.ndarray
+    offset_in: np.ndarray
+    length: np.ndarray
+
+
+def coalesce(starts: np.ndarray, stops: np.ndarray, gap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merge ranges sorted by start whose gap is below ``gap``: ``(merged starts, merged stops, range of each input)``.
+
+    Overlapping or touching ranges always merge (a gap of 0 merges only those).
+    """
+    if starts.size == 0:
+        return starts.copy(), stops.copy(), np.zeros(0, np.int64)
+    reach = np.maximum.accumulate(stops)
+    new = np.ones(starts.shape[0], dtype=bool)
+    new[1:] = starts[1:] - reach[:-1] >= max(gap, 1) if gap > 0 else starts[1:] > reach[:-1]
+    which = np.cumsum(new) - 1
+    merged_starts = starts[new]
+    merged_stops = np.maximum.reduceat(stops, np.flatnonzero(new))
+    return merged_starts, merged_stops, which.astype(np.int64)
+
+
+def block_bounds(shards: np.ndarray, window: int, max_block: int) -> list[tuple[int, int]]:
+    """Plan positions cut into ``[begin, end)`` blocks of ≤ ``window`` distinct shards and ≤ ``max_block`` positions."""
+    bounds: list[tuple[int, int]] = []
+    begin, seen = 0, set()
+    for position, shard in enumerate(shards.tolist()):
+        if position - begin >= max_block or (shard not in seen and len(seen) >= window):
+            bounds.append((begin, position))
+            begin, seen = position, set()
+        seen.add(shard)
+    if shards.size:
+        bounds.append((begin, int(shards.size)))
+    return bounds
+
+
+def plan_blocks(
+    rows: np.ndarray, shard_bytes: Sequence[int], window: int, options: FetchOptions, begin: int = 0
+) -> list[Block]:
+    """The reads of a part whose offsets rows (``offsets.npy`` rows, plan order) are ``rows``; pure."""
+    shards, starts, stops = rows[:, 0], rows[:, 1], rows[:, 1] + rows[:, 2]
+    blocks = []
+    for first, last in block_bounds(shards, max(1, window), options.max_block):
+        reads: list[ShardRead] = []
+        count = last - first
+        read_of = np.empty(count, np.int64)
+        range_of = np.empty(count, np.int64)
+        offset_in = np.empty(count, np.int64)
+        local = shards[first:last]
+        for shard in np.unique(local).tolist():
+            members = np.flatnonzero(local == shard)
+            order = members[np.argsort(starts[first + members], kind="stable")]
+            lo, hi = starts[first + order], stops[first + order]
+            size = int(shard_bytes[shard])
+            if int((hi - lo).sum()) >= options.whole_shard_fraction * size:
+                merged_lo, merged_hi, which = np.array([0]), np.array([size]), np.zeros(order.size, np.int64)
+                whole = True
+            else:
+                merged_lo, merged_hi, which = coalesce(lo, hi, options.gap_bytes)
+                whole = False
+            read_of[order] = len(reads)
+            range_of[order] = which
+            offset_in[order] = lo - merged_lo[which]
+            reads.append(ShardRead(int(shard), merged_lo, merged_hi, whole))
+        length = rows[first:last, 2].astype(np.int64)
+        blocks.append(Block(begin + first, begin + last, tuple(reads), read_of, range_of, offset_in, length))
+    return blocks
+
+
+@dataclass
+class FetchStats:
+    """Requests and bytes fetched by this process (tests and the bench count at the server too)."""
+
+    requests: int = 0
+    bytes_fetched: int = 0
+    cache_hits: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, requests: int, size: int, cache_hits: int = 0) -> None:
+        with self.lock:
+            self.requests += requests
+            self.bytes_fetched += size
+            self.cache_hits += cache_hits
+
+
+class ShardCache:
+    """Whole shards on local disk, least recently used evicted past ``limit`` bytes; files appear atomically."""
+
+    def __init__(self, folder: str | os.PathLike[str], limit: int) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.limit = limit
+        self.lock = threading.Lock()
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+    def get(self, name: str, size: int) -> Path | None:
+        """The cached copy of shard ``name`` if it is there with ``size`` bytes (its access time refreshed)."""
+        path = self.path(name)
+        try:
+            if path.stat().st_size != size:
+                return None
+            os.utime(path)
+        except FileNotFoundError:
+            return None
+        return path
+
+    def put(self, name: str, data: bytes) -> None:
+        temporary = self.folder / f".{name}.{os.getpid()}.{threading.get_ident()}.part"
+        temporary.write_bytes(data)
+        os.replace(temporary, self.path(name))
+        with self.lock:
+            files = sorted(
+                (p for p in self.folder.iterdir() if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime
+            )
+            total = sum(p.stat().st_size for p in files)
+            for old in files:
+                if total <= self.limit or old.name == name:
+                    break
+                total -= old.stat().st_size
+                old.unlink(missing_ok=True)
+
+
+def _fetch(
+    location: Location,
+    names: Sequence[str],
+    block: Block,
+    cache: ShardCache | None,
+    sizes: Sequence[int],
+    stats: FetchStats,
+) -> list[list[bytes]]:
+    """The bytes of every range of ``block``, per read; errors name the shard and byte ranges."""
+    results = []
+    for read in block.reads:
+        name = names[read.shard]
+        cached = None if cache is None else cache.get(name, int(sizes[read.shard]))
+        try:
+            if cached is not None:
+                parts = Location(str(cached.parent)).read_ranges(cached.name, read.starts.tolist(), read.stops.tolist())
+                stats.add(0, 0, cache_hits=1)
+            else:
+                parts = location.read_ranges(name, read.starts.tolist(), read.stops.tolist())
+                stats.add(len(parts), int((read.stops - read.starts).sum()))
+                if read.whole and cache is not None:
+                    cache.put(name, parts[0])
+        except (OSError, ValueError) as error:
+            span = f"bytes {int(read.starts[0])}–{int(read.stops[-1])} in {read.starts.size} ranges"
+            raise OSError(f"shard {location.join(name)}: {span}: {error}") from error
+        results.append(parts)
+    return results
+
+
+def read_blocks(
+    location: Location,
+    names: Sequence[str],
+    sizes: Sequence[int],
+    blocks: Sequence[Block],
+    options: FetchOptions,
+    stats: FetchStats | None = None,
+    fingerprint: str = "",
+) -> Iterator[bytes | OSError]:
+    """The bytes of every planned sample of ``blocks``, in plan order, fetched ``options.readahead`` blocks ahead.
+
+    A block whose read fails (after the location's bounded retries) yields, for each of its
+    samples, the ``OSError`` naming the shard and byte ranges, and reading goes on with the next
+    block: the caller raises or skips. Blocks still in flight when the caller stops are cancelled.
+    """
+    stats = stats if stats is not None else FetchStats()
+    cache = None
+    if options.cache_dir is not None:
+        cache = ShardCache(Path(options.cache_dir) / (fingerprint or "shards"), options.cache_bytes)
+    if not blocks:
+        return
+    with ThreadPoolExecutor(max(1, options.readahead), thread_name_prefix="sadp-fetch") as pool:
+
+        def submit(block: Block) -> Future[list[list[bytes]]]:
+            return pool.submit(_fetch, location, names, block, cache, sizes, stats)
+
+        pending = [submit(block) for block in blocks[: options.readahead + 1]]
+        try:
+            for number, block in enumerate(blocks):
+                future = pending.pop(0)
+                if number + options.readahead + 1 < len(blocks):
+                    pending.append(submit(blocks[number + options.readahead + 1]))
+                try:
+                    parts = future.result()
+                except OSError as error:
+                    for _ in range(block.end - block.begin):
+                        yield error
+                    continue
+                where = (block.read_of, block.range_of, block.offset_in, block.length)
+                for read, part, offset, length in zip(*(column.tolist() for column in where), strict=True):
+                    yield bytes(memoryview(parts[read][part])[offset : offset + length])
+        finally:
+            for future in pending:
+                future.cancel()

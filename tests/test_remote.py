@@ -1,0 +1,230 @@
+"""Scored shards on object storage and over HTTP, against real servers on 127.0.0.1 (``bench/servers.py``).
+
+moto's standalone S3 server and nginx (with a counting proxy in front where bytes are counted): every
+kept sample arrives exactly once per epoch and equals the source; pruned samples' bytes are not
+fetched; a replaced object is refused; a server failure mid-epoch raises ``ShardError`` naming the
+shard after the bounded retries.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto")
+pytest.importorskip("aiohttp")
+
+from sadp_data.adapters.webdataset import ScoredShards
+from sadp_data.bench.servers import LatencyProxy, NginxServer, S3Server
+
+from sadp_data.cli import main
+from sadp_data.fetch import FetchOptions
+from sadp_data.indexing import index_shards
+from sadp_data.publish import publish_shards
+from sadp_data.shards import ShardError, ShardIndex
+from sadp_data.sources import open_source
+
+N, SHARD = 240, 40
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+@pytest.fixture(autouse=True)
+def _local_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SADP_CACHE", str(tmp_path / "cache"))  # remote datasets' sidecars
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
+    """N examples of 4 KiB (x: 64×64 uint8), as an .npz source."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (N, 64, 64), dtype=np.uint8)
+    y = rng.integers(0, 10, N)
+    path = tmp_path_factory.mktemp("source") / "data.npz"
+    np.savez(path, x=x, y=y)
+    return path, x, y
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def bucket(s3, request):
+    name = "b" + str(abs(hash(request.node.name)) % 10**8)
+    s3.create_bucket(name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="module")
+def served(data, tmp_path_factory):
+    """A scored-shards folder converted locally and served by nginx: ``(folder, server)``."""
+    folder = tmp_path_factory.mktemp("served") / "shards"
+    assert main(["convert", str(data[0]), str(folder), "--shard-size", str(SHARD), "--no-progress"]) == 0
+    if not Path(NGINX).exists():
+        pytest.skip("nginx is not installed")
+    with NginxServer(folder.parent, nginx=NGINX) as server:
+        yield folder, server
+
+
+def _epoch(url, keep, epoch=1, workers=0, options=None, fetch=None, **loader):
+    sampler = ScoredShards.sampler_for(
+        url, storage_options=options, keep_ratio=keep, epochs=4, warmup_epochs=0, seed=5, schedule="constant"
+    )
+    sampler.set_epoch(epoch)
+    dataset = ScoredShards(url, sampler, storage_options=options, fetch=fetch)
+    try:
+        batches = list(dataset.decode().to_tuple("x.npy", "y.cls").loader(16, num_workers=workers, **loader))
+    finally:
+        sampler.store.close()
+    return sampler, dataset, batches
+
+
+def _check_epoch(sampler, batches, x, y):
+    """Every planned example exactly once, with the source's bytes."""
+    indices = torch.cat([b[2] for b in batches]).numpy()
+    planned = sampler.plan.order
+    assert sorted(indices.tolist()) == sorted(planned.tolist()) and len(set(indices.tolist())) == len(planned)
+    np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in batches]), x[indices])
+    np.testing.assert_array_equal(torch.cat([b[1] for b in batches]).numpy(), y[indices])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_s3_convert_then_read_every_kept_sample_once(s3, bucket, data, workers):
+    path, x, y = data
+    url = f"{bucket}/fm"
+    options = s3.storage_options()
+    index = publish_shards(open_source(str(path)), url, shard_size=SHARD, progress=False, storage_options=options)
+    assert all(entry.get("etag") for entry in index.shards)  # pinned to the objects as uploaded
+    for keep in (1.0, 0.5):
+        sampler, _, batches = _epoch(url, keep, workers=workers, options=options)
+        _check_epoch(sampler, batches, x, y)
+    local = ShardIndex.load(url, storage_options=options)
+    assert local.fingerprint == index.fingerprint and local.sidecar_path().is_dir()
+
+
+def test_pruned_bytes_are_not_fetched_over_http(served, data):
+    folder, server = served
+    _, x, y = data
+    with LatencyProxy(server.url) as proxy:
+        url = f"{proxy.url}/{folder.name}"
+        fetch = FetchOptions(gap_bytes=0, whole_shard_fraction=2.0)
+        sampler, dataset, batches = _epoch(url, 0.5, fetch=fetch)
+        _check_epoch(sampler, batches, x, y)
+        shard_requests = [r for r in proxy.request_log() if r["path"].endswith(".tar") and r["method"] == "GET"]
+    index = dataset.index
+    planned = int(index.offsets[sampler.plan.order, 2].sum())
+    fetched = sum(r["bytes_sent"] for r in shard_requests)
+    total = sum(entry["bytes"] for entry in index.shards)
+    assert fetched == planned and fetched < 0.6 * total  # exactly the planned samples' bytes, counted at the server
+    assert all(r["range"] for r in shard_requests) and len(shard_requests) == dataset.fetch_stats.requests
+
+
+def test_whole_shard_fallback_and_coalescing_trade_requests_for_bytes(served, data):
+    folder, server = served
+    with LatencyProxy(server.url) as proxy:
+        url = f"{proxy.url}/{folder.name}"
+        _epoch(url, 0.5, fetch=FetchOptions(gap_bytes=0, whole_shard_fraction=2.0))
+        exact = proxy.stats()
+        proxy.reset()
+        _epoch(url, 0.5, fetch=FetchOptions(gap_bytes=1 << 20, whole_shard_fraction=2.0))
+        merged = proxy.stats()
+        proxy.reset()
+        _epoch(url, 0.9, fetch=FetchOptions(whole_shard_fraction=0.8))
+        whole = [r for r in proxy.request_log() if r["path"].endswith(".tar") and r["method"] == "GET"]
+    assert merged["requests"] < exact["requests"] and merged["bytes_sent"] > exact["bytes_sent"]
+    shard_bytes = {e["url"]: e["bytes"] for e in ShardIndex.load(folder).shards}
+    assert all(r["bytes_sent"] == shard_bytes[r["path"].rsplit("/", 1)[-1]] for r in whole)
+
+
+def test_a_replaced_object_is_refused(s3, bucket, data):
+    path, _, _ = data
+    url, options = f"{bucket}/fm", s3.storage_options()
+    index = publish_shards(open_source(str(path)), url, shard_size=SHARD, progress=False, storage_options=options)
+    location = index.shard_location
+    name = index.shards[1]["url"]
+    original = bytearray(location.read_bytes(name))
+    original[600] ^= 0xFF  # same size, different content
+    location.fs.pipe_file(location.join(name), bytes(original))
+    with pytest.raises(ShardError, match=f"{name} has ETag .* replaced"):
+        ShardIndex.load(url, storage_options=options)
+
+
+def test_a_changed_object_without_an_etag_fails_its_checksum(served, data, tmp_path):
+    folder, _ = served
+    copy = tmp_path / "www" / "copy"
+    shutil.copytree(folder, copy)
+    with NginxServer(copy.parent, nginx=NGINX) as other:
+        index = json.loads((copy / "index.json").read_text())
+        assert "etag" not in index["shards"][0]  # written locally: the crc32c of every sample is the pin
+        shard = copy / index["shards"][0]["url"]
+        raw = bytearray(shard.read_bytes())
+        raw[700] ^= 0xFF
+        shard.write_bytes(bytes(raw))
+        with pytest.raises(ShardError, match=f"{shard.name}.*checksum mismatch"):
+            _epoch(f"{other.url}/copy", 1.0)
+
+
+def test_a_server_failure_mid_epoch_names_the_shard(served, tmp_path):
+    folder, _ = served
+    copy = tmp_path / "www" / "copy"
+    shutil.copytree(folder, copy)
+    with NginxServer(copy.parent, nginx=NGINX) as other:
+        url = f"{other.url}/copy"
+        sampler = ScoredShards.sampler_for(url, keep_ratio=1.0, epochs=2, warmup_epochs=0, seed=1)
+        dataset = ScoredShards(url, sampler, fetch=FetchOptions(readahead=0))
+        later = ScoredShards(url, sampler, fetch=FetchOptions(readahead=0))
+        samples = iter(dataset)
+        next(samples)
+        for shard in copy.glob("*.tar"):
+            shard.unlink()  # the objects vanish mid-epoch: 404, not retried
+        with pytest.raises(ShardError, match=r"shard http://127\.0\.0\.1:\d+/copy/train-\d+\.tar"):
+            list(samples)
+        dataset = later
+        other.stop()  # the server is gone: connection refused, retried, then named
+        with pytest.raises(ShardError, match=r"train-\d+\.tar.*after 3 attempts"):
+            list(dataset)
+
+
+def test_index_remote_shards_in_place_and_stream_them(served, data, tmp_path):
+    folder, server = served
+    _, x, y = data
+    out = tmp_path / "index"
+    names = sorted(p.name for p in folder.glob("*.tar"))
+    pattern = f"{server.url}/{folder.name}/train-{{000000..{len(names) - 1:06d}}}.tar"
+    index = index_shards(pattern, out, progress=False)
+    assert index.meta["shard_root"] == f"{server.url}/{folder.name}" and index.remote
+    assert index.fingerprint == ShardIndex.load(folder).fingerprint  # the same shards: the same fingerprint
+    assert all(entry.get("etag") for entry in index.shards)
+    sampler, _, batches = _epoch(out, 0.5)
+    _check_epoch(sampler, batches, x, y)
+
+
+def test_convert_and_info_on_the_command_line(s3, bucket, data, capsys):
+    path, _, _ = data
+    url = f"{bucket}/cli"
+    options = json.dumps(s3.storage_options())
+    command = ["convert", str(path), url, "--shard-size", str(SHARD), "--no-progress", "--storage-options", options]
+    assert main(command) == 0
+    assert url in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(command)
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*command[:-2], "--shard-size", "100", "--overwrite", "--storage-options", options]) == 0
+    index = ShardIndex.load(url, storage_options=json.loads(options))
+    assert len(index.shards) == 3 and sorted(index.shard_location.fs.ls(url.removeprefix("s3://"))) == sorted(
+        f"{url.removeprefix('s3://')}/{name}"
+        for name in ["index.json", "offsets.npy", "train.wids.json"] + [e["url"] for e in index.shards]
+    )  # the old conversion's extra shards are gone
+    assert main(["info", url, "--verify", "--storage-options", options]) == 0
+    assert "all 3 shards match" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["info", url, "--storage-options", "[1]"])
+    assert "--storage-options must be a JSON object" in capsys.readouterr().err
