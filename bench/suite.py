@@ -1,6 +1,7 @@
 """``sadp-data bench [SUITE ...]``: run benchmark suites, print their tables, write their JSON.
 
-Suites: ``loader`` (backends ``torch``, ``webdataset``, ``ffcv``, ``dvs``), ``kernels``, ``store``,
+Suites: ``loader`` (backends ``torch``, ``webdataset``, ``ffcv``, ``dvs``, and ``remote`` when named:
+S3 and HTTP on loopback servers), ``kernels``, ``store``,
 ``score``, ``train``; ``all`` (the default) runs them in that order. Every JSON result gets a
 ``"run"`` entry: the command line, the machine, whether it was ``--quick``, when it started, how
 long it took (``wall_s``) and the load average (1, 5, 15 min) when it ended — above the CPU count,
@@ -32,7 +33,7 @@ from typing import Any
 SUITES = ("loader", "kernels", "store", "score", "train")
 #: Suites that run only when named (``all`` leaves them out): the frontier study takes about an hour.
 OWN_SUITES = ("frontier",)
-LOADER_BACKENDS = ("torch", "webdataset", "ffcv", "dvs")
+LOADER_BACKENDS = ("torch", "webdataset", "ffcv", "dvs", "remote")
 
 Results = Iterator[tuple[str, dict[str, Any]]]
 
@@ -176,7 +177,16 @@ def _loader(options: BenchOptions, several: bool, json_dir: Path | None) -> Resu
 
     rounds = 1 if options.quick else 3
     for backend in _loader_backends(options, several):
-        if backend == "dvs":
+        if backend == "remote":
+            from sadp_data.bench.loader_remote import format_remote_table, run_remote_bench
+
+            if options.nmnist_dir() is None:
+                raise ValueError("--backend remote needs --nmnist PATH (N-MNIST: its raw events are the samples)")
+            quick = {"rounds": 1, "limit": 200, "latencies_ms": (0.0, 5.0)} if options.quick else {}
+            result = run_remote_bench(options.nmnist_dir(), progress=options.progress, **quick)
+            print(format_remote_table(result))
+            _print_targets(result)
+        elif backend == "dvs":
             folder = options.data if options.backend == "dvs" and options.data else options.nmnist_dir()
             if folder is None:
                 raise ValueError("--backend dvs needs --data PATH or --nmnist PATH (an N-MNIST folder)")

@@ -296,8 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--backend",
-        help="loader: torch, webdataset, ffcv, dvs or all (default: webdataset alone; every available backend "
-        "when several suites run)",
+        help="loader: torch, webdataset, ffcv, dvs, remote (S3 and HTTP on loopback servers; needs --nmnist) or all "
+        "(default: webdataset alone; every available backend but remote when several suites run)",
     )
     bench.add_argument("--device", default="cpu", help="kernels: device of the torch backend and baselines")
     bench.add_argument("--quick", action="store_true", help="a small, fast version (a smoke test)")

@@ -216,24 +216,34 @@ def _fetch(
     sizes: Sequence[int],
     stats: FetchStats,
 ) -> list[list[bytes]]:
-    """The bytes of every range of ``block``, per read; errors name the shard and byte ranges."""
-    results = []
-    for read in block.reads:
-        name = names[read.shard]
-        cached = None if cache is None else cache.get(name, int(sizes[read.shard]))
-        try:
-            if cached is not None:
-                parts = Location(str(cached.parent)).read_ranges(cached.name, read.starts.tolist(), read.stops.tolist())
+    """The bytes of every range of ``block``, per read: cached shards read locally, every other range of the
+    block in one concurrent request batch. Errors name the shards and byte ranges."""
+    cached = [None if cache is None else cache.get(names[read.shard], int(sizes[read.shard])) for read in block.reads]
+    results: list[list[bytes]] = [[] for _ in block.reads]
+    wanted = [(number, read) for number, read in enumerate(block.reads) if cached[number] is None]
+    request_names = [names[read.shard] for _, read in wanted for _ in range(read.starts.size)]
+    starts = [start for _, read in wanted for start in read.starts.tolist()]
+    stops = [stop for _, read in wanted for stop in read.stops.tolist()]
+    try:
+        for number, path in enumerate(cached):
+            if path is not None:
+                read = block.reads[number]
+                local = Location(str(path.parent))
+                results[number] = local.read_ranges(
+                    [path.name] * read.starts.size, read.starts.tolist(), read.stops.tolist()
+                )
                 stats.add(0, 0, cache_hits=1)
-            else:
-                parts = location.read_ranges(name, read.starts.tolist(), read.stops.tolist())
-                stats.add(len(parts), int((read.stops - read.starts).sum()))
-                if read.whole and cache is not None:
-                    cache.put(name, parts[0])
-        except (OSError, ValueError) as error:
-            span = f"bytes {int(read.starts[0])}–{int(read.stops[-1])} in {read.starts.size} ranges"
-            raise OSError(f"shard {location.join(name)}: {span}: {error}") from error
-        results.append(parts)
+        parts = location.read_ranges(request_names, starts, stops) if starts else []
+    except (OSError, ValueError) as error:
+        shards = ", ".join(location.join(name) for name in sorted({names[read.shard] for read in block.reads}))
+        raise OSError(f"shard {shards}: {len(starts)} byte ranges: {error}") from error
+    stats.add(len(parts), sum(len(part) for part in parts))
+    position = 0
+    for number, read in wanted:
+        results[number] = parts[position : position + read.starts.size]
+        position += read.starts.size
+        if read.whole and cache is not None:
+            cache.put(names[read.shard], results[number][0])
     return results
 
 

@@ -142,22 +142,20 @@ class Location:
         with ThreadPoolExecutor(min(16, len(names) or 1)) as pool:
             return list(pool.map(self.info, names))
 
-    def read_ranges(self, name: str, starts: Sequence[int], stops: Sequence[int]) -> list[bytes]:
-        """Bytes ``[start, stop)`` of object ``name`` for each pair, fetched concurrently (fsspec's
-        ``cat_ranges``); each result is checked to have the requested length."""
-        path = self.join(name)
+    def read_ranges(self, names: Sequence[str], starts: Sequence[int], stops: Sequence[int]) -> list[bytes]:
+        """Bytes ``[starts[j], stops[j])`` of object ``names[j]`` for every j, all fetched concurrently (one
+        fsspec ``cat_ranges`` call); each result is checked to have the requested length."""
+        paths = [self.join(name) for name in names]
         if not self.remote:
-            with open(path, "rb") as handle:
-                parts = []
-                for start, stop in zip(starts, stops, strict=True):
+            parts = []
+            for path, start, stop in zip(paths, starts, stops, strict=True):
+                with open(path, "rb") as handle:
                     handle.seek(start)
                     parts.append(handle.read(stop - start))
         else:
-            count = len(starts)
-            parts = retrying(
-                lambda: self.fs.cat_ranges([path] * count, list(starts), list(stops), on_error="raise"), path
-            )
-        for part, start, stop in zip(parts, starts, stops, strict=True):
+            where = paths[0] if len(set(paths)) == 1 else f"{paths[0]} and {len(set(paths)) - 1} more"
+            parts = retrying(lambda: self.fs.cat_ranges(paths, list(starts), list(stops), on_error="raise"), where)
+        for part, path, start, stop in zip(parts, paths, starts, stops, strict=True):
             if isinstance(part, BaseException):
                 raise part
             if len(part) != stop - start:
