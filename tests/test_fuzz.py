@@ -124,6 +124,30 @@ def test_tar_sample_headers(data):
     assert all(isinstance(value, bytes) for key, value in sample.items() if key != "__key__")
 
 
+@FUZZ
+@given(data=mutated(_sample_bytes()))
+def test_the_fast_tar_header_path_agrees_with_tarfile(data):
+    """Every header the fast path accepts, tarfile reads the same way (name, size, type)."""
+    from sadp_data.shards import _plain_header
+
+    for position in range(0, len(data) - tarfile.BLOCKSIZE + 1, tarfile.BLOCKSIZE):
+        header = data[position : position + tarfile.BLOCKSIZE]
+        fast = _plain_header(header)
+        if fast is not None:
+            info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+            assert fast == (info.name, info.size, info.type)
+
+
+def test_long_ustar_names_use_the_prefix_field():
+    from sadp_data.shards import _plain_header
+
+    name = "a" * 120 + "/000000001.x.npy"
+    info = tarfile.TarInfo(name)
+    info.size = 3
+    header = info.tobuf(format=tarfile.USTAR_FORMAT)
+    assert _plain_header(header) == (name, 3, tarfile.REGTYPE)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     from sadp_data.shard_writer import write_shards
