@@ -8,7 +8,10 @@ A source spec is one of
 * ``module:callable``, a function returning a map-style dataset whose items are ``(x, y)`` pairs or
   dicts of arrays/numbers;
 * ``nmnist:PATH``, an N-MNIST folder: raw events per sample (``events.npy``, integrated at load
-  time), or ``T`` pre-integrated frames with ``frames=T``.
+  time), or ``T`` pre-integrated frames with ``frames=T``;
+* ``tonic:NAME:PATH``, a dataset in tonic's on-disk layout (``NMNIST``, ``DVSGesture``; PATH is
+  tonic's ``save_to`` or ``save_to/NAME``), read in place without downloading
+  (``sadp_data.events.tonic_layout``), stored like ``nmnist:PATH``.
 
 Every example becomes ``{"x.npy": array, "y.cls": int}`` (or ``"y.npy"`` for non-integer targets;
 dict items keep their own keys), which webdataset's decoders understand.
@@ -80,40 +83,66 @@ class _Pairs:
 
 
 class _Recordings:
-    """N-MNIST recordings as ``{"events.npy": events, "y.cls": label}`` or integrated frames."""
+    """Event recordings as ``{"events.npy": events, "y.cls": label}`` or ``T`` integrated frames.
 
-    def __init__(self, root: Path, split: str, frames: int | None) -> None:
-        from .events.nmnist import NMNIST
+    ``dataset`` items are ``(events, label)`` and ``dataset.path(index)`` names the file (for errors).
+    Frames are ``integrate(events, sensor_size, T)`` (equal time bins, no event dropped) stored as
+    int16: a count above 32767 raises rather than wrapping.
+    """
 
-        self.dataset = NMNIST(root, split)
-        self.frames = frames
+    def __init__(self, dataset: Any, sensor_size: tuple[int, int, int], frames: int | None) -> None:
+        self.dataset, self.sensor_size, self.frames = dataset, sensor_size, frames
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         from .events.frames import integrate
-        from .events.nmnist import SENSOR_SIZE
 
         events, label = self.dataset[index]
         if self.frames is None:
             return {"events.npy": events, "y.cls": label}
-        return {"x.npy": integrate(events, SENSOR_SIZE, self.frames).astype(np.int16), "y.cls": label}
+        try:
+            counts = integrate(events, self.sensor_size, self.frames)
+        except ValueError as error:
+            raise ValueError(f"{self.dataset.path(index)}: {error}") from error
+        if counts.size and counts.max() > np.iinfo(np.int16).max:
+            raise ValueError(f"{self.dataset.path(index)}: a frame count of {counts.max()} does not fit int16")
+        return {"x.npy": counts.astype(np.int16), "y.cls": label}
+
+
+def _event_source(spec: str, split: str, frames: int | None) -> Source:
+    """``nmnist:PATH`` or ``tonic:NAME:PATH``; the split and the frame transform enter the name."""
+    if frames is not None and frames <= 0:
+        raise ValueError(f"--frames must be positive, got {frames}")
+    suffix = "" if frames is None else f":frames={frames}:by=time"
+    if spec.startswith("nmnist:"):
+        from .events.nmnist import NMNIST, SENSOR_SIZE
+
+        root = Path(spec.partition(":")[2])
+        return Source(f"nmnist:{root.resolve()}:{split}{suffix}", _Recordings(NMNIST(root, split), SENSOR_SIZE, frames))
+    from .events.tonic_layout import LAYOUTS, TonicFolder
+
+    parts = spec.split(":", 2)
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise ValueError(f"{spec}: expected tonic:NAME:PATH with NAME one of {sorted(LAYOUTS)}")
+    dataset = TonicFolder(parts[1], parts[2], split)
+    name = f"tonic:{parts[1]}:{dataset.location.resolve()}:{split}{suffix}"
+    return Source(name, _Recordings(dataset, dataset.sensor_size, frames))
 
 
 def open_source(spec: str, split: str = "train", frames: int | None = None) -> Source:
     """Resolve a source spec (see the module docstring); errors name the spec and what is wrong.
 
-    ``nmnist:PATH`` reads an N-MNIST folder; with ``frames=T`` each recording is stored as ``T``
-    event-count frames (equal time bins, ``sadp_data.events.frames``) instead of raw events, and ``T``
-    becomes part of the source name (and, through the shard bytes, of the fingerprint).
+    ``nmnist:PATH`` reads an N-MNIST folder and ``tonic:NAME:PATH`` a tonic layout; with ``frames=T``
+    each recording is stored as ``T`` event-count frames (equal time bins, ``sadp_data.events.frames``)
+    instead of raw events, and ``T`` becomes part of the source name (and, through the shard bytes,
+    of the fingerprint).
     """
-    if spec.startswith("nmnist:"):
-        root = Path(spec.partition(":")[2])
-        suffix = "" if frames is None else f":frames={frames}:by=time"
-        return Source(f"nmnist:{root.resolve()}:{split}{suffix}", _Recordings(root, split, frames))
+    if spec.startswith(("nmnist:", "tonic:")):
+        return _event_source(spec, split, frames)
     if frames is not None:
-        raise ValueError("--frames applies to event sources (nmnist:PATH) only")
+        raise ValueError("--frames applies to event sources (nmnist:PATH, tonic:NAME:PATH) only")
     path = Path(spec)
     if path.is_dir():
         from .datasets import FashionMNIST
