@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dataset) into WebDataset shards with a byte-offset index and a Zarr score sidecar.",
     )
     convert.add_argument(
-        "source", help="IDX folder, file.npz, module:callable, nmnist:PATH, or tonic:NMNIST:PATH / tonic:DVSGesture:PATH"
+        "source", help="IDX folder, file.npz, module:callable, nmnist:PATH, tonic:NMNIST:PATH or tonic:DVSGesture:PATH"
     )
     convert.add_argument("out", help="output folder (must be new or empty), or a URL such as s3://bucket/prefix")
     convert.add_argument(
@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (default 10000)")
     convert.add_argument("--name", default="train", help="shard name prefix (default train)")
-    convert.add_argument("--split", default="train", choices=["train", "test"], help="split of an IDX folder, N-MNIST or tonic dataset")
+    convert.add_argument("--split", default="train", choices=["train", "test"], help="split to convert")
     convert.add_argument("--frames", type=int, help="event sources: store T integrated frames instead of raw events")
     convert.add_argument("--limit", type=int, help="convert only the first N examples")
     convert.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
