@@ -20,7 +20,17 @@ score needs ``SpikeAwareScorer``).
 How batches find their indices without InfoBatch's patch of ``DataLoader.__next__``: the sampler's
 order is known, and batches arrive in order, so ``update`` takes the next ``len(values)`` positions
 of the epoch's plan. The loader must therefore use ``trainset.sampler`` with ``in_order=True`` (the
-default) and every batch's losses must reach ``update`` once, in order. One process (no DDP yet).
+default) and every batch's losses must reach ``update`` once, in order.
+
+Data-parallel (``torch.distributed`` initialised when the ``InfoBatch`` is built): every rank plans
+the same epoch from the same scores and iterates its contiguous, equal slice of it
+(``sadp_data.distributed.rank_positions``: padded by repetition, never dropped), so ranks take equal
+step counts; ``update`` all-gathers each batch's ``(index, loss)`` pairs and applies them in rank
+order, so every rank's scores stay identical. Costs one small all-gather per batch.
+
+Resume: ``state_dict()`` holds the scores, the epoch's plan and this rank's position in it;
+``load_state_dict`` makes the next ``iter(sampler)`` continue that epoch where it stopped (same
+world size mid-epoch), then later epochs plan as usual.
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+
+from .distributed import per_rank, rank_and_world, rank_positions
 
 #: InfoBatch's initial score of every example (larger than any early loss, so epoch 0 prunes nothing).
 INITIAL_SCORE = 3.0
@@ -67,7 +79,10 @@ class _Sampler(Sampler[int]):
         return iter(self.owner._start_epoch().tolist())
 
     def __len__(self) -> int:
-        return len(self.owner._upcoming())
+        owner = self.owner
+        if owner._resuming:
+            return owner._rank_order().shape[0] - owner._position
+        return per_rank(len(owner._upcoming()), owner.world)
 
 
 class InfoBatch(Dataset):
@@ -107,6 +122,8 @@ class InfoBatch(Dataset):
         self._position = 0
         self._sampler = _Sampler(self)
         self._seen = np.zeros(len(dataset), dtype=np.uint32)  # type: ignore[arg-type]
+        self._resuming = False
+        self.rank, self.world = rank_and_world()
         if method != "infobatch":
             from .methods import METHODS, get_method
             from .schedule import KeepRatioSchedule
@@ -170,12 +187,57 @@ class InfoBatch(Dataset):
             self._next = self._make_plan(self.epoch + 1)
         return self._next[0]
 
+    def _rank_order(self) -> np.ndarray:
+        """Plan positions this rank visits in the current epoch (its slice, padded by repetition)."""
+        assert self._plan is not None
+        return rank_positions(self._plan[0].shape[0], self.rank, self.world)
+
     def _start_epoch(self) -> np.ndarray:
+        if self._resuming:  # continue the restored epoch where it stopped
+            self._resuming = False
+            return self._plan[0][self._rank_order()[self._position :]]
         self._upcoming()
         self._plan, self._next = self._next, None
         self.epoch += 1
         self._position = 0
-        return self._plan[0]
+        return self._plan[0][self._rank_order()]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs: scores, seen counts, the epoch, its plan and this rank's position."""
+        plan = self._plan if self._plan is not None else (np.zeros(0, np.int64), np.zeros(0, np.float32))
+        return {
+            "epoch": self.epoch,
+            "position": self._position,
+            "scores": self.scores.copy(),
+            "seen": self._seen.copy(),
+            "plan_order": plan[0].copy(),
+            "plan_weights": plan[1].copy(),
+            "world_size": self.world,
+            "method": self.method,
+            "seed": self.seed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()``; the next ``iter(sampler)`` continues its epoch (``ValueError`` naming the
+        setting when the method, seed, size or — mid-epoch — world size differ)."""
+        for name, value in (("method", self.method), ("seed", self.seed)):
+            if state[name] != value:
+                raise ValueError(f"the state was saved with {name}={state[name]!r}; this InfoBatch has {value!r}")
+        if np.asarray(state["scores"]).shape != self.scores.shape:
+            raise ValueError(f"the state holds {len(state['scores'])} scores; this dataset has {len(self)} examples")
+        order = np.asarray(state["plan_order"], dtype=np.int64)
+        mid_epoch = order.size and 0 < state["position"] < per_rank(order.size, int(state["world_size"]))
+        if mid_epoch and int(state["world_size"]) != self.world:
+            raise ValueError(
+                f"the state was saved mid-epoch with world_size={state['world_size']}; resume with that many ranks"
+            )
+        self.scores = np.asarray(state["scores"], dtype=np.float32).copy()
+        self._seen = np.asarray(state["seen"], dtype=np.uint32).copy()
+        self.epoch = int(state["epoch"])
+        self._position = int(state["position"])
+        self._plan = (order, np.asarray(state["plan_weights"], dtype=np.float32)) if order.size else None
+        self._next = None
+        self._resuming = bool(mid_epoch)
 
     def update(self, values: torch.Tensor) -> torch.Tensor:
         """Record the batch's per-example losses as its scores and return ``mean(weights · values)``.
@@ -189,16 +251,29 @@ class InfoBatch(Dataset):
         if self._plan is None:
             raise RuntimeError("update() before any epoch started: build the DataLoader with sampler=trainset.sampler")
         order, weights = self._plan
+        positions = self._rank_order()
         start = self._position
         stop = start + values.shape[0]
-        if stop > order.shape[0]:
+        if stop > positions.shape[0]:
             raise RuntimeError(
-                f"epoch {self.epoch} planned {order.shape[0]} examples but update() received {stop}: is the "
-                "DataLoader built with sampler=trainset.sampler, and each batch's loss passed to update() once?"
+                f"epoch {self.epoch} planned {positions.shape[0]} examples for this rank but update() received "
+                f"{stop}: is the DataLoader built with sampler=trainset.sampler, and each batch's loss passed to "
+                "update() once?"
             )
-        index = order[start:stop]
+        index = order[positions[start:stop]]
         self._position = stop
-        self.scores[index] = values.detach().float().cpu().numpy()
-        self._seen[index] += 1
-        batch_weights = torch.from_numpy(weights[start:stop]).to(values.device, values.dtype)
+        self._record(index, values.detach().float().cpu().numpy())
+        batch_weights = torch.from_numpy(weights[positions[start:stop]]).to(values.device, values.dtype)
         return (values * batch_weights).mean()
+
+    def _record(self, index: np.ndarray, losses: np.ndarray) -> None:
+        """Scores of one batch, from every rank in rank order when data-parallel (identical on all ranks)."""
+        pairs = [(index, losses)]
+        if self.world > 1:
+            import torch.distributed as dist
+
+            pairs = [None] * self.world
+            dist.all_gather_object(pairs, (index, losses))
+        for ranks_index, ranks_losses in pairs:
+            self.scores[ranks_index] = ranks_losses
+            self._seen[ranks_index] += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -89,7 +91,7 @@ def test_misuse_is_refused_clearly() -> None:
     with pytest.raises(ValueError, match="reduction='none'"):
         trainset.update(torch.zeros(()))
     trainset.update(torch.zeros(8))
-    with pytest.raises(RuntimeError, match="planned 10 examples but update\\(\\) received 12"):
+    with pytest.raises(RuntimeError, match="planned 10 examples for this rank but update\\(\\) received 12"):
         trainset.update(torch.zeros(4))
     with pytest.raises(ValueError, match="unknown method"):
         InfoBatch(TensorDataset(torch.zeros(10, 1)), 2, method="nope")
@@ -106,3 +108,62 @@ def test_the_readme_snippet_runs() -> None:
     exec(compile(snippet, "README.md (InfoBatch example)", "exec"), namespace)
     trainset = namespace["trainset"]
     assert trainset.epoch == 2 and trainset._position == len(trainset._plan[0])  # every epoch ran to its end
+
+
+def test_a_mid_epoch_state_resumes_the_identical_remaining_order() -> None:
+    data = TensorDataset(torch.arange(300, dtype=torch.float32))
+
+    def run(trainset, stop_after=None):
+        loader = DataLoader(trainset, batch_size=16, sampler=trainset.sampler)
+        seen = []
+        while trainset.epoch < 3 or trainset._position < len(trainset._rank_order()):
+            for step, (x,) in enumerate(loader):
+                seen.append(x.long().tolist())
+                trainset.update((x - 150.0).abs() + trainset.epoch)
+                if stop_after is not None and trainset.epoch == 1 and step == stop_after:
+                    return seen, trainset.state_dict()
+        return seen, None
+
+    reference, _ = run(InfoBatch(data, 4, prune_ratio=0.5, delta=0.75, seed=2))
+    first, state = run(InfoBatch(data, 4, prune_ratio=0.5, delta=0.75, seed=2), stop_after=3)
+    resumed = InfoBatch(data, 4, prune_ratio=0.5, delta=0.75, seed=2)
+    resumed.load_state_dict(state)
+    assert len(resumed.sampler) == len(resumed._rank_order()) - 4 * 16
+    rest, _ = run(resumed)
+    assert first + rest == reference
+    with pytest.raises(ValueError, match="seed=2"):
+        InfoBatch(data, 4, seed=3).load_state_dict(state)
+
+
+def test_two_gloo_ranks_share_one_plan_and_one_score_table(tmp_path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sadp_data.distributed import per_rank
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    worker = Path(__file__).parent / "workers" / "compat_ddp.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    processes = [
+        subprocess.Popen([sys.executable, str(worker), str(rank), "2", port, str(tmp_path)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in range(2)
+    ]  # fmt: skip
+    for process in processes:
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, output[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    for first, second in zip(ranks[0]["epochs"], ranks[1]["epochs"], strict=True):
+        assert first["plan"] == second["plan"]  # one plan, from identical scores
+        planned = len(first["plan"])
+        assert len(first["indices"]) == len(second["indices"]) == per_rank(planned, 2)
+        assert first["steps"] == second["steps"] == first["len"]
+        padded = [first["plan"][p % planned] for p in range(2 * per_rank(planned, 2))]
+        assert first["indices"] + second["indices"] == padded
+    assert ranks[0]["scores"] == ranks[1]["scores"] and ranks[0]["seen"] == ranks[1]["seen"]
+    assert len(ranks[0]["epochs"][1]["plan"]) < 101  # epoch 1 was pruned
