@@ -50,6 +50,37 @@ def rank_positions(count: int, rank: int, world: int) -> np.ndarray:
     return np.arange(rank * size, (rank + 1) * size, dtype=np.int64) % count
 
 
+def remaining_positions(count: int, saved_world: int, delivered: int) -> np.ndarray:
+    """Plan positions not yet delivered when each of ``saved_world`` ranks had delivered the first
+    ``delivered`` positions of its slice (``rank_positions``): ascending, each once.
+
+    Ranks run in lockstep (equal slices, equal batch size, equal step counts), so one rank's position
+    is every rank's, and this set is the same whichever rank's state is read. Positions delivered as
+    padding (a wrapped repeat) count as delivered.
+    """
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    size = per_rank(count, saved_world)
+    if not 0 <= delivered <= size:
+        raise ValueError(f"delivered={delivered} is outside [0, {size}], a rank's slice of {count} positions")
+    done = np.zeros(count, dtype=bool)
+    starts = np.arange(saved_world, dtype=np.int64) * size
+    taken = (starts[:, None] + np.arange(delivered, dtype=np.int64)[None, :]).reshape(-1) % count
+    done[taken] = True
+    return np.flatnonzero(~done)
+
+
+def elastic_positions(count: int, saved_world: int, delivered: int, rank: int, world: int) -> np.ndarray:
+    """The positions ``rank`` of a new ``world`` visits to finish an epoch checkpointed at ``saved_world``.
+
+    The remaining positions (``remaining_positions``), in plan order, split into ``world`` contiguous
+    equal slices, padded by repeating the first remaining ones: every remaining example is delivered
+    once across the new ranks, plus at most ``world − 1`` repeats so that the ranks stay in lockstep.
+    """
+    remaining = remaining_positions(count, saved_world, delivered)
+    return remaining[rank_positions(remaining.shape[0], rank, world)]
+
+
 def open_store(path, **open_kwargs: Any) -> ScoreStore:
     """Open a score sidecar for a data-parallel run: rank 0 for writing, every other rank as a mirror.
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .distributed import rank_positions
+from .distributed import elastic_positions, rank_positions
 
 
 def batch_count(count: int, batch_size: int, drop_last: bool = False) -> int:
@@ -80,8 +80,15 @@ class EpochPlan:
     def __len__(self) -> int:
         return int(self.order.shape[0])
 
-    def rank_slice(self, rank: int = 0, world: int = 1) -> PlanSlice:
-        """The positions data-parallel ``rank`` of ``world`` visits (the whole plan for one rank)."""
+    def rank_slice(self, rank: int = 0, world: int = 1, resumed_from: tuple[int, int] | None = None) -> PlanSlice:
+        """The positions data-parallel ``rank`` of ``world`` visits (the whole plan for one rank).
+
+        ``resumed_from=(saved_world, delivered)``: what is left of the epoch after a checkpoint taken
+        at another world size (``distributed.elastic_positions``).
+        """
+        if resumed_from is not None:
+            positions = elastic_positions(len(self), *resumed_from, rank, world)
+            return PlanSlice(self.order[positions], self.weights[positions])
         if world == 1 and rank == 0:
             return PlanSlice(self.order, self.weights)
         positions = rank_positions(len(self), rank, world)

@@ -20,11 +20,12 @@ from torch.utils.data import BatchSampler, Sampler
 
 from .arguments import require_integer, require_numbers
 from .diagnostics import plan_statistics
-from .distributed import per_rank, rank_and_world
+from .distributed import per_rank, rank_and_world, remaining_positions
 from .kernels import Backend, localize, sample_size
 from .methods import METHODS, PlanRequest, get_method
 from .methods.base import to_host
 from .plan import EpochPlan, PlanSlice, batch_count
+from .resume import check_state, resumed_from
 from .schedule import KeepRatioSchedule, Shape
 from .store import ScoreSnapshot, ScoreStore
 
@@ -146,6 +147,7 @@ class SADPSampler(Sampler[int]):
         self._start = 0
         self._position = 0
         self._iteration: tuple[int, int, Iterator[int]] | None = None
+        self._elastic: tuple[int, int] | None = None  # (saved world size, delivered per rank): elastic resume
 
     @property
     def epochs(self) -> int | None:
@@ -166,6 +168,7 @@ class SADPSampler(Sampler[int]):
             self._start = 0
             self._position = 0
             self._iteration = None
+            self._elastic = None
         self.epoch = int(epoch)
         if self.store is not None:  # scores recorded from now on carry this epoch, even before the plan is made
             self.store.set_epoch(self.epoch)
@@ -252,7 +255,7 @@ class SADPSampler(Sampler[int]):
 
     def rank_slice(self) -> PlanSlice:
         """This rank's part of the current epoch's plan: its examples in visiting order, with their weights."""
-        return self.plan.rank_slice(self.rank, self.num_replicas)
+        return self.plan.rank_slice(self.rank, self.num_replicas, self._elastic)
 
     def rank_order(self) -> np.ndarray:
         """This rank's examples of the current epoch in visiting order (its slice of the plan)."""
@@ -288,7 +291,10 @@ class SADPSampler(Sampler[int]):
 
     def epoch_length(self, epoch: int | None = None) -> int:
         """Examples this rank visits in ``epoch`` (default: the current one), known before any plan."""
-        return per_rank(sample_size(self.num_examples, self.keep_ratio(epoch)), self.num_replicas)
+        count = sample_size(self.num_examples, self.keep_ratio(epoch))
+        if self._elastic is not None and epoch in (None, self.epoch):
+            count = remaining_positions(count, *self._elastic).shape[0]
+        return per_rank(count, self.num_replicas)
 
     def __len__(self) -> int:
         """Examples this epoch still yields on this rank: ``ceil(round(keep_ratio·N) / num_replicas)``."""
@@ -340,6 +346,7 @@ class SADPSampler(Sampler[int]):
             "method": self.method,
             "num_replicas": self.num_replicas,
             "snapshot_version": self._plan.snapshot_version if self._plan is not None else None,
+            "resumed_from": None if self._elastic is None else list(self._elastic),
             "plan_settings": self._plan_settings(),
         }
 
@@ -365,39 +372,19 @@ class SADPSampler(Sampler[int]):
         version, else the snapshot the sampler persisted when it planned the epoch
         (``ScoreStore.save_snapshot``; warm-up/anneal epochs and ``method="random"`` do not depend on
         scores). Only if that snapshot is missing (a crash before its first flush) is the plan rebuilt
-        from the current scores, with a ``RuntimeWarning``. A state saved mid-epoch needs the same
-        world size; one saved at an epoch boundary works with any.
+        from the current scores, with a ``RuntimeWarning``. A state saved mid-epoch at another world
+        size resumes elastically: the examples the saved ranks had not delivered yet are split over
+        this world's ranks in plan order (``distributed.elastic_positions``), each delivered once
+        (plus padding); the resumed epoch then finishes at this world size.
         """
-        if state["num_examples"] != self.num_examples:
-            raise ValueError(f"state is for {state['num_examples']} examples, this sampler has {self.num_examples}")
-        if state["seed"] != self.seed or state["method"] != self.method:
-            raise ValueError(
-                f"state was saved with seed={state['seed']}, method={state['method']!r}; "
-                f"this sampler has seed={self.seed}, method={self.method!r}"
-            )
-        for name, saved_value in state.get("plan_settings", {}).items():
-            current = self._plan_settings().get(name)
-            if saved_value != current:
-                raise ValueError(
-                    f"state was saved by a sampler with {name}={saved_value!r}; this sampler has {name}={current!r}, "
-                    "so it would continue a different plan. Build the sampler with the settings of the saved run"
-                )
-        saved_world = int(state.get("num_replicas", 1))
-        if saved_world != self.num_replicas and int(state["position"]) > 0:
-            raise ValueError(
-                f"state was saved mid-epoch with {saved_world} ranks; this sampler has {self.num_replicas}. "
-                "Ranks' slices of an epoch depend on the world size: resume mid-epoch with the same world "
-                "size, or from a state saved at an epoch boundary (position 0), which works with any world size"
-            )
+        check_state(self, state)
         position = int(state["position"])
-        length = per_rank(sample_size(self.num_examples, self.keep_ratio(int(state["epoch"]))), self.num_replicas)
-        if not 0 <= position <= length:
-            raise ValueError(
-                f"state position {position} is outside [0, {length}], the length of epoch {state['epoch']}"
-            )
+        saved_world = int(state.get("num_replicas", 1))
         self.set_epoch(int(state["epoch"]))
         self._plan = None
-        self._start = self._position = int(state["position"])
+        self._elastic = resumed_from(state, self.num_replicas)
+        elastic_now = self._elastic is not None and saved_world != self.num_replicas
+        self._start = self._position = 0 if elastic_now else position
         self._iteration = None
         saved = state.get("snapshot_version")
         if saved is None or self._method.score is None or self.keep_ratio() >= 1.0 or self.store is None:

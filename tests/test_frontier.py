@@ -211,3 +211,17 @@ def test_resummarise_recomputes_summary_and_targets_from_the_runs(tmp_path):
     assert json.loads(path.read_text())["resummarised"]
     with pytest.raises(SystemExit):
         main(["bench", "train", "--resummarise", "--json", str(path)])
+
+
+def test_the_lever_study_runs_valid_variants_paired_with_the_defaults() -> None:
+    from sadp_data.bench.frontier_levers import lever_config
+
+    from sadp_data.methods import get_method
+
+    (part,) = lever_config().parts
+    specs = part.specs()
+    assert [spec.method for spec, _ in specs].count("sadp") == 2 + 6 and specs[0][1] == "full"
+    for spec, _ in specs:
+        if spec.method != "full":
+            get_method(spec.method, **dict(spec.method_options))  # every lever value is accepted
+    assert len(part.seeds) == 5 and part.config.train_size == 60000
