@@ -97,3 +97,28 @@ def test_remaining_positions_is_the_complement_of_what_the_saved_ranks_delivered
     assert elastic_positions(10, 3, 2, 1, 2).tolist() == remaining_positions(10, 3, 2)[per_rank(4, 2) :].tolist()
     with pytest.raises(ValueError, match="delivered=5"):
         remaining_positions(10, 3, 5)
+
+
+def test_wrap_resumes_elastically_with_its_weights(store):
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from sadp_data import wrap
+
+    dataset = TensorDataset(torch.arange(N))
+    saved = [wrap(dataset, sampler, batch_size=BATCH) for sampler in _samplers(store, 2)]
+    delivered = []
+    for loader in saved:
+        loader.set_epoch(2)
+        batches = iter(loader)
+        delivered += [int(i) for _ in range(2) for i in next(batches)[1]]
+    state = saved[0].state_dict()
+    new = [wrap(dataset, sampler, batch_size=BATCH) for sampler in _samplers(store, 4)]
+    rest = []
+    for loader in new:
+        loader.load_state_dict(state)
+        for x, index, weight in loader:
+            assert torch.equal(x, index) and weight.shape == index.shape  # items, indices and weights agree
+            rest += index.tolist()
+    plan = saved[0].sampler.plan.order.tolist()
+    assert set(rest) == set(plan) - set(delivered) and len(rest) - len(set(rest)) < 4
