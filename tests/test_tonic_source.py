@@ -233,3 +233,23 @@ def test_dvsgesture_layout_equals_tonics_dataset(tmp_path: Path, monkeypatch, ca
     _fails(bad, capsys, f"{recordings[0][0].parent / 'left.npy'}: a DVSGesture recording must be named <label>.npy")
     (save_to / "DVSGesture" / "ibmGestureTrain" / "nobody").mkdir()
     _fails(bad, capsys, "nobody: a DVSGesture folder must be named user<NN>_<lighting>")
+
+
+def test_the_readme_commands_run(layout, tmp_path: Path, monkeypatch) -> None:
+    """The README's tonic commands, as written, with ``~/data`` pointing at a tonic-layout folder."""
+    import shlex
+
+    save_to, _ = layout
+    _gesture_layout(save_to)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Event datasets in tonic's layout") :]
+    start = section.index("```bash") + len("```bash")
+    commands = [line.split("#")[0].strip() for line in section[start : section.index("```", start)].splitlines()]
+    monkeypatch.chdir(tmp_path)
+    ran = 0
+    for command in filter(None, commands):
+        argv = shlex.split(command.replace("~/data", str(save_to)))
+        assert argv[0] == "sadp-data"
+        assert main(argv[1:]) == 0, command
+        ran += 1
+    assert ran == 3 and ShardIndex.load(tmp_path / "out" / "gesture").num_examples > 0
