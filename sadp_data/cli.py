@@ -87,9 +87,12 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from .parallel_convert import check_workers
     from .shard_writer import write_shards
     from .sources import open_source
 
+    if check_workers(args.workers) > 1 and args.format == "ffcv":
+        raise ValueError(f"--workers {args.workers}: parallel conversion writes WebDataset shards, not --format ffcv")
     source = open_source(args.source, split=args.split, frames=args.frames)
     if args.limit is not None:
         source = source.head(args.limit)
@@ -103,14 +106,13 @@ def _convert(args: argparse.Namespace) -> int:
         )
         return 0
     options = {"shard_size": args.shard_size, "name": args.name, "progress": not args.no_progress}
+    options.update(overwrite=args.overwrite, workers=args.workers)
     if is_remote(args.out):
         from .publish import publish_shards
 
-        index = publish_shards(
-            source, args.out, overwrite=args.overwrite, storage_options=_storage_options(args), **options
-        )
+        index = publish_shards(source, args.out, storage_options=_storage_options(args), **options)
     else:
-        index = write_shards(source, args.out, overwrite=args.overwrite, **options)
+        index = write_shards(source, args.out, **options)
     _print_written(index, "at", args.out)
     return 0
 
@@ -249,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--frames", type=int, help="event sources: store T integrated frames instead of raw events")
     convert.add_argument("--limit", type=int, help="convert only the first N examples")
     convert.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
+    convert.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="P",
+        help="processes writing whole shards in parallel (default 1: serial); the output is byte-identical",
+    )
     convert.add_argument("--storage-options", help=STORAGE_OPTIONS_HELP)
     convert.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     convert.set_defaults(handler=_convert)

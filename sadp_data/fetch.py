@@ -273,12 +273,13 @@ def read_blocks(
         def submit(block: Block) -> Future[list[list[bytes]]]:
             return pool.submit(_fetch, location, names, block, cache, sizes, stats)
 
-        pending = [submit(block) for block in blocks[: options.readahead + 1]]
+        ahead = options.readahead
+        pending = [submit(block) for block in blocks[:ahead]]
         try:
             for number, block in enumerate(blocks):
+                if number + ahead < len(blocks):  # while block n is consumed, n+1 … n+ahead are in flight
+                    pending.append(submit(blocks[number + ahead]))
                 future = pending.pop(0)
-                if number + options.readahead + 1 < len(blocks):
-                    pending.append(submit(blocks[number + options.readahead + 1]))
                 try:
                     parts = future.result()
                 except OSError as error:

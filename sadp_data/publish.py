@@ -37,8 +37,12 @@ def publish_shards(
     progress: bool = True,
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
+    workers: int = 1,
 ) -> ShardIndex:
-    """Convert ``source`` into scored shards at the URL ``out`` (see the module docstring); returns the index."""
+    """Convert ``source`` into scored shards at the URL ``out`` (see the module docstring); returns the index.
+
+    ``workers > 1`` builds the shards in that many processes (``sadp_data.parallel_convert``; the same bytes).
+    """
     from tqdm.auto import tqdm
 
     if shard_size <= 0:
@@ -62,7 +66,7 @@ def publish_shards(
         raise ValueError(f"{source.name}: the source has no examples")
     with tempfile.TemporaryDirectory(prefix="sadp-publish-") as scratch:
         folder = Path(scratch) / "shards"
-        meta, offsets = build_shards(source, folder, shard_size, name, progress)
+        meta, offsets = build_shards(source, folder, shard_size, name, progress, workers)
         for entry in tqdm(meta["shards"], desc=f"upload to {out}", unit="shard", disable=not progress):
             location.upload(folder / entry["url"], entry["url"])
             info = location.info(entry["url"])

@@ -2,32 +2,31 @@
 
 The layout it writes is described in ``sadp_data.shards`` (which reads it); ``build_shards`` does the
 work into a new folder and is shared with ``sadp_data.publish`` (the same shards, uploaded).
-Conversions are deterministic: the same source always gives byte-identical shards.
+Conversions are deterministic: the same source always gives byte-identical shards, serially
+(``workers=1``: one webdataset ``ShardWriter``) or with ``workers=P`` processes each writing whole shards
+(``sadp_data.parallel_convert``), whose output is byte for byte the serial one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import tarfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from .parallel_convert import (
+    MAX_SHARD_BYTES,
+    ShardRecord,
+    check_workers,
+    encode_fields,
+    shard_record,
+    write_shards_parallel,
+)
 from .remote import is_remote
-from .shards import FORMAT, INDEX, OFFSETS, SIDECAR, ShardError, ShardIndex, sample_checksum
+from .shards import FORMAT, INDEX, OFFSETS, SIDECAR, ShardError, ShardIndex
 from .staging import staged
 from .store import ScoreStore
-
-
-def _encode_fields(index: int, fields: dict[str, Any]) -> dict[str, Any]:
-    sample = {"__key__": f"{index:09d}", "index.cls": index}
-    for name, value in fields.items():
-        if "." not in name:
-            raise ValueError(f"field {name!r} of example {index} needs an extension (e.g. {name}.npy) to be encoded")
-        sample[name] = value
-    return sample
 
 
 def write_shards(
@@ -37,6 +36,7 @@ def write_shards(
     name: str = "train",
     progress: bool = True,
     overwrite: bool = False,
+    workers: int = 1,
 ) -> ShardIndex:
     """Convert ``source`` (a ``sources.Source``) into scored shards in ``out``; returns the index.
 
@@ -44,7 +44,11 @@ def write_shards(
     beside ``out`` and swapped in at the end, so a failure or kill leaves an existing ``out`` whole,
     and ``overwrite=True`` replaces all of it (no stale shards of an earlier conversion remain).
     For a remote ``out`` (``s3://bucket/prefix``) use ``sadp_data.publish.publish_shards``.
+
+    ``workers=P`` converts with ``P`` processes (at most one per shard; ``sadp_data.parallel_convert``):
+    the same bytes as ``workers=1``; errors name the example and the source.
     """
+    check_workers(workers)
     if shard_size <= 0:
         raise ValueError(f"--shard-size must be positive, got {shard_size}")
     if is_remote(out):
@@ -60,38 +64,41 @@ def write_shards(
     if count == 0:
         raise ValueError(f"{source.name}: the source has no examples")
     with staged([out]) as stage:
-        meta, offsets = build_shards(source, stage / out.name, shard_size, name, progress)
+        meta, offsets = build_shards(source, stage / out.name, shard_size, name, progress, workers)
     return ShardIndex(out, meta, offsets)
 
 
-def build_shards(source, out: Path, shard_size: int, name: str, progress: bool) -> tuple[dict, np.ndarray]:
-    """Write the shards, the index files and an empty sidecar of ``source`` into the new folder ``out``."""
-    import webdataset as wds
-    from tqdm.auto import tqdm
+def build_shards(
+    source, out: Path, shard_size: int, name: str, progress: bool, workers: int = 1
+) -> tuple[dict, np.ndarray]:
+    """Write the shards, the index files and an empty sidecar of ``source`` into the new folder ``out``.
 
+    ``workers > 1`` with more than one shard writes the shards in that many processes; otherwise one
+    ``ShardWriter`` writes them in order. Both give the same bytes (``sadp_data.parallel_convert``).
+    """
     out.mkdir()
     count = len(source)
-    fields: set[str] = set()
-    with wds.ShardWriter(str(out / f"{name}-%06d.tar"), maxcount=shard_size, verbose=0, mtime=0) as writer:
-        for index in tqdm(range(count), desc=f"convert {name}", unit="ex", disable=not progress):
-            sample = _encode_fields(index, source[index])
-            fields.update(key for key in sample if not key.startswith("__"))
-            writer.write(sample)
-    shard_files = sorted(out.glob(f"{name}-*.tar"))
+    if check_workers(workers) > 1 and count > shard_size:
+        records = write_shards_parallel(source, out, shard_size, name, progress, workers)
+    else:
+        records = _write_serially(source, out, shard_size, name, progress)
+    fields = set().union(*(record.fields for record in records))
     offsets = np.zeros((count, 4), dtype=np.int64)
     shards, digests = [], []
     first = 0
-    for shard, path in enumerate(shard_files):
-        spans = _sample_spans(path)
-        data = path.read_bytes()
-        for key, (start, stop) in spans.items():
-            offsets[int(key)] = (shard, start, stop - start, sample_checksum(data[start:stop]))
-        digest = hashlib.sha256(data).hexdigest()
-        digests.append(digest)
+    for record in records:
+        offsets[record.indices] = record.rows
+        digests.append(record.sha256)
         shards.append(
-            {"url": path.name, "nsamples": len(spans), "first_index": first, "bytes": len(data), "sha256": digest}
+            {
+                "url": record.url,
+                "nsamples": len(record.indices),
+                "first_index": first,
+                "bytes": record.size,
+                "sha256": record.sha256,
+            }
         )
-        first += len(spans)
+        first += len(record.indices)
     if first != count:
         raise ShardError(f"{out}: wrote {first} samples for {count} examples")
     fingerprint = hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
@@ -119,13 +126,17 @@ def build_shards(source, out: Path, shard_size: int, name: str, progress: bool) 
     return meta, offsets
 
 
-def _sample_spans(path: Path) -> dict[str, tuple[int, int]]:
-    """Byte range ``[first header, end of last member's data blocks)`` of every sample in a shard."""
-    spans: dict[str, tuple[int, int]] = {}
-    with tarfile.open(path, "r:") as archive:
-        for member in archive:
-            key = member.name.split(".", 1)[0]
-            end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-            start = spans[key][0] if key in spans else member.offset
-            spans[key] = (start, end)
-    return spans
+def _write_serially(source, out: Path, shard_size: int, name: str, progress: bool) -> list[ShardRecord]:
+    """One ``ShardWriter`` over every example in order; the shards' records read back afterwards."""
+    import webdataset as wds
+    from tqdm.auto import tqdm
+
+    fields: set[str] = set()
+    pattern = str(out / f"{name}-%06d.tar")
+    with wds.ShardWriter(pattern, maxcount=shard_size, maxsize=MAX_SHARD_BYTES, verbose=0, mtime=0) as writer:
+        for index in tqdm(range(len(source)), desc=f"convert {name}", unit="ex", disable=not progress):
+            sample = encode_fields(index, source[index])
+            fields.update(key for key in sample if not key.startswith("__"))
+            writer.write(sample)
+    paths = sorted(out.glob(f"{name}-*.tar"))
+    return [shard_record(path, shard, frozenset(fields)) for shard, path in enumerate(paths)]

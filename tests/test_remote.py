@@ -108,6 +108,12 @@ def test_s3_convert_then_read_every_kept_sample_once(s3, bucket, data, workers):
         _check_epoch(sampler, batches, x, y)
     local = ShardIndex.load(url, storage_options=options)
     assert local.fingerprint == index.fingerprint and local.sidecar_path().is_dir()
+    if workers:  # shards built in parallel processes, then uploaded: the same bytes as the serial conversion
+        again = publish_shards(
+            open_source(str(path)), f"{bucket}/parallel", shard_size=SHARD, progress=False,
+            storage_options=options, workers=2,
+        )  # fmt: skip
+        assert again.fingerprint == index.fingerprint
 
 
 def test_pruned_bytes_are_not_fetched_over_http(served, data):
