@@ -1,11 +1,14 @@
 """Loader bench, remote backend: scored shards over S3 and HTTP, against webdataset streaming them whole.
 
 ``sadp-data bench loader --backend remote --nmnist PATH --json bench/results/loader-remote.json``.
-The N-MNIST recordings (raw events, about 47 KiB a sample) are converted to scored shards (100
-samples each), uploaded to moto's S3 server and served by nginx, both on 127.0.0.1 behind a
-``LatencyProxy`` that waits ``latency_ms`` (0, 5, 20) before forwarding each request and counts the
-requests and response bytes at the server side. Per storage (``s3``, ``http``) and latency, one
-epoch of each pipeline, through a ``DataLoader`` (batch ``BATCH``, ``workers`` workers):
+The N-MNIST recordings (raw events, about 47 KiB a sample), repeated ``repeat`` times (default 5:
+5,000 samples, 284 MB, so an epoch is not all start-up), are converted to scored shards (100 samples
+each), uploaded to moto's S3 server and served from local disk by nginx. Each storage is read
+through an nginx on 127.0.0.1 that waits ``latency_ms`` (0, 5, 20) inside nginx before serving each
+request (``echo_sleep``: a round trip that costs the client no CPU) — for S3 as a reverse proxy in
+front of moto — and whose access log counts the requests and response bytes at the server side.
+Per storage (``s3``, ``http``) and latency, one epoch of each pipeline, through a ``DataLoader``
+(batch ``BATCH``, ``workers`` workers):
 
 * ``stream``: webdataset streaming every shard whole (``DataPipeline`` of the shard list, split by
   worker, each shard opened as one fsspec stream, ``tar_file_expander`` / ``group_by_keys``) — what
@@ -32,6 +35,30 @@ from sadp_data.bench.loader_common import BATCH, KEEP_RATIOS, _fill_scores, _mea
 
 LATENCIES_MS = (0.0, 5.0, 20.0)
 SHARD_SIZE = 100
+
+
+class _Repeated:
+    """The items of ``data`` repeated ``times`` times (a larger dataset of the same samples)."""
+
+    def __init__(self, data, times: int) -> None:
+        self.data, self.times = data, times
+
+    def __len__(self) -> int:
+        return len(self.data) * self.times
+
+    def __getitem__(self, index: int):
+        return self.data[index % len(self.data)]
+
+
+def _served(server) -> dict[str, int]:
+    """Requests and response body bytes nginx logged since its last reset, once its log stops growing."""
+    records = server.requests()
+    while True:
+        time.sleep(0.05)
+        again = server.requests()
+        if len(again) == len(records):
+            return {"requests": len(again), "bytes_sent": sum(r["body_bytes_sent"] for r in again)}
+        records = again
 
 
 def _stream_epoch(urls: list[str], options: dict | None, workers: int) -> int:
@@ -77,6 +104,7 @@ def run_remote_bench(
     latencies_ms: tuple[float, ...] = LATENCIES_MS,
     limit: int | None = None,
     progress: bool = True,
+    repeat: int = 5,
 ) -> dict[str, Any]:
     """Returns ``{"backend": "remote", "results": [...], "summary": {...}, "settings": {...}}``.
 
@@ -85,60 +113,60 @@ def run_remote_bench(
     per storage, the keep-0.5 ratios to whole-shard streaming: bytes, and epoch time at every latency
     with a 95 % bootstrap interval.
     """
-    from sadp_data.bench.servers import LatencyProxy, NginxServer, S3Server
+    from contextlib import ExitStack
+
+    from sadp_data.bench.servers import NginxServer, S3Server
 
     from sadp_data.publish import publish_shards
     from sadp_data.shard_writer import write_shards
-    from sadp_data.sources import open_source
+    from sadp_data.sources import Source, open_source
     from sadp_data.store import ScoreStore
 
     source = open_source(f"nmnist:{nmnist_dir}")
     source = source if limit is None else source.head(limit)
+    if repeat > 1:
+        source = Source(f"{source.name}×{repeat}", _Repeated(source, repeat))
     with tempfile.TemporaryDirectory() as scratch, S3Server() as s3:
         www = Path(scratch) / "www"
-        index = write_shards(source, www / "nmnist", shard_size=SHARD_SIZE, progress=progress)
+        index = write_shards(source, www / "nmnist", shard_size=SHARD_SIZE, progress=progress, workers=2)
         s3.create_bucket("bench")
         publish_shards(source, "s3://bench/nmnist", shard_size=SHARD_SIZE, progress=progress,
                        storage_options=s3.storage_options())  # fmt: skip
         store = ScoreStore.create(Path(scratch) / "scores.zarr", index.num_examples, fingerprint=index.fingerprint)
         _fill_scores(store, index.num_examples)
-        with (
-            NginxServer(www) as nginx,
-            LatencyProxy(nginx.url) as http_proxy,
-            LatencyProxy(s3.endpoint_url) as s3_proxy,
-        ):
-            targets = {
-                "http": (f"{http_proxy.url}/nmnist", None, http_proxy),
-                "s3": ("s3://bench/nmnist", s3.storage_options(s3_proxy.url), s3_proxy),
-            }
+        with ExitStack() as servers:
+            front = {}
+            for latency in latencies_ms:
+                front["http", latency] = servers.enter_context(NginxServer(www, latency_ms=latency))
+                front["s3", latency] = servers.enter_context(NginxServer(upstream=s3.endpoint_url, latency_ms=latency))
             names = [entry["url"] for entry in index.shards]
             counters: dict[tuple, dict[str, int]] = {}
             loaders = {
-                (storage, keep): _sadp_loader(url, options, store, keep, workers)
-                for storage, (url, options, _) in targets.items()
+                (storage, latency, keep): _sadp_loader(*_target(storage, server, s3), store, keep, workers)
+                for (storage, latency), server in front.items()
                 for keep in KEEP_RATIOS
             }
 
             def measure(config: tuple, round_number: int) -> tuple[int, float]:
                 storage, latency, pipeline, keep = config
-                url, options, proxy = targets[storage]
-                proxy.latency_ms = latency
-                proxy.reset()
+                server = front[storage, latency]
+                url, options = _target(storage, server, s3)
+                server.reset()
                 start = time.perf_counter()
                 if pipeline == "stream":
                     count = _stream_epoch([f"{url}/{name}" for name in names], options, workers)
                 else:
-                    loader = loaders[(storage, keep)]
+                    loader = loaders[(storage, latency, keep)]
                     loader.set_epoch(round_number + 1)
                     count = sum(len(batch[0]) for batch in loader)
                 seconds = time.perf_counter() - start
-                counters[config] = proxy.stats()
+                counters[config] = _served(server)
                 return count, seconds
 
-            measure(("http", 0.0, "sadp", 0.5), -1)  # warm-up: compiled kernels, connections, page cache
+            measure(("http", latencies_ms[0], "sadp", 0.5), -1)  # warm-up: compiled kernels, connections, page cache
             configs = [
                 (storage, latency, pipeline, keep)
-                for storage in targets
+                for storage in ("http", "s3")
                 for latency in latencies_ms
                 for pipeline, keep in [("stream", 1.0)] + [("sadp", k) for k in KEEP_RATIOS]
             ]
@@ -161,7 +189,8 @@ def run_remote_bench(
         for storage, latency, pipeline, keep in [config]
     ]
     settings = {
-        "dataset": f"N-MNIST raw events ({index.num_examples} recordings)",
+        "dataset": f"N-MNIST raw events ({index.num_examples} samples: the recordings repeated {repeat}×)",
+        "latency": "nginx echo_sleep before serving each request (S3: nginx reverse proxy in front of moto)",
         "bytes_per_sample_mean": sum(e["bytes"] for e in index.shards) / index.num_examples,
         "shard_size": SHARD_SIZE,
         "shards": len(index.shards),
@@ -195,6 +224,13 @@ def remote_targets(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
             f"{storage}: epoch time at keep 0.5, 5 ms latency ÷ streaming", at5["epoch_s_vs_stream"], 0.6, "<="
         )
     return targets
+
+
+def _target(storage: str, server, s3) -> tuple[str, dict | None]:
+    """The dataset's URL and fsspec options through the delaying nginx ``server`` in front of ``storage``."""
+    if storage == "http":
+        return f"{server.url}/nmnist", None
+    return "s3://bench/nmnist", s3.storage_options(server.url)
 
 
 def _summary(results: list[dict[str, Any]], times: dict[tuple, list[float]]) -> dict[str, Any]:

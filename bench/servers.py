@@ -9,7 +9,6 @@ from binding port 0 and releasing it (a race: a child that finds it taken restar
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -19,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,9 +25,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 HOST = "127.0.0.1"
+#: nginx's echo module (Debian package libnginx-mod-http-echo, a dependency of nginx-light): ``echo_sleep``.
+ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
 #: The dummy credentials and region the S3 server and its clients use.
 AWS_KEY, AWS_SECRET, AWS_REGION = "testing", "testing", "us-east-1"
-_S = TypeVar("_S", bound="_Managed")
+_S = TypeVar("_S", bound="ManagedServer")
 
 
 class ServerStartError(RuntimeError):
@@ -56,7 +56,7 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-class _Managed:
+class ManagedServer:
     """``with server:`` is ``server.start()`` and, on leaving (also on an exception), ``server.stop()``."""
 
     port = 0  # 0 while not started
@@ -78,7 +78,7 @@ class _Managed:
         self.stop()
 
 
-class _Subprocess(_Managed):
+class _Subprocess(ManagedServer):
     """The lifecycle of a server run as a child process: temp folder, port, ready-wait, teardown."""
 
     name = "server"
@@ -174,7 +174,7 @@ class S3Server(_Subprocess):
             "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_EC2_METADATA_DISABLED": "1",
         }  # fmt: skip
 
-    endpoint_url = _Managed.url  #: ``http://127.0.0.1:PORT``: the endpoint for boto3, s3fs and a proxy's upstream
+    endpoint_url = ManagedServer.url  #: ``http://127.0.0.1:PORT``: the endpoint for boto3, s3fs and a proxy's upstream
 
     def storage_options(self, endpoint_url: str | None = None) -> dict[str, Any]:
         """s3fs/fsspec options for this server, or for ``endpoint_url`` (e.g. a :class:`LatencyProxy` in front)."""
@@ -213,18 +213,29 @@ class NginxServer(_Subprocess):
     ``workers`` worker processes, as root ``user root`` (to read a root-owned folder). The access log is unbuffered,
     a JSON object a line (keys of ``_FIELDS``; ``bytes_sent`` counts headers and body), written just after the
     response is sent: a client can have its last byte first, so pass ``min_count`` to wait for the lines.
+
+    ``latency_ms`` delays every request that long inside nginx before it is served (the echo module's
+    ``echo_sleep``, Debian's ``libnginx-mod-http-echo``): a per-request round trip that costs no CPU of the
+    client's process. ``upstream`` (a URL) makes it a reverse proxy to that server instead of serving ``root``
+    (any method; keep-alive to the upstream; ``Host`` passed through so S3 signatures hold): the delay and the
+    access log then apply to, e.g., moto's S3.
     """
 
     name = "nginx"
 
-    def __init__(self, root: str | os.PathLike[str], *, workers: int = 1, startup_timeout: float = 15.0,
-                 nginx: str | None = None) -> None:  # fmt: skip
+    def __init__(self, root: str | os.PathLike[str] | None = None, *, workers: int = 1, startup_timeout: float = 15.0,
+                 nginx: str | None = None, latency_ms: float = 0.0, upstream: str | None = None) -> None:  # fmt: skip
         super().__init__(startup_timeout)
-        self.root = Path(root).resolve()
-        if not self.root.is_dir():
+        if (root is None) == (upstream is None):
+            raise ValueError("NginxServer: give either a root folder to serve or an upstream URL to proxy")
+        self.root = Path(root or ".").resolve()
+        if upstream is None and not self.root.is_dir():
             raise NotADirectoryError(f"NginxServer: root {self.root} is not a folder")
-        if any(char in str(self.root) for char in "\"$;{}'\\"):
-            raise ValueError(f"NginxServer: root {self.root} has a character the generated config cannot hold")
+        if any(char in str(self.root) + (upstream or "") for char in "\"$;{}'\\ "):
+            raise ValueError(f"NginxServer: {upstream or self.root} has a character the generated config cannot hold")
+        if latency_ms < 0:
+            raise ValueError(f"NginxServer: latency_ms must be non-negative, got {latency_ms}")
+        self.latency_ms, self.upstream = float(latency_ms), upstream
         self.workers = workers
         self.binary = nginx or shutil.which("nginx") or "/usr/sbin/nginx"
         self._log_offset = 0
@@ -232,7 +243,11 @@ class NginxServer(_Subprocess):
     def _config(self, tmp: Path) -> str:
         temps = " ".join(f"{kind}_temp_path {tmp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi"))
         log_format = "{" + ",".join(f'"{key}":"{variable}"' for key, (variable, _) in _FIELDS.items()) + "}"
-        return f"""daemon off; master_process on; worker_processes {self.workers}; {"user root;" * (os.geteuid() == 0)}
+        user = "user root;" * (os.geteuid() == 0)
+        echo = f"load_module {ECHO_MODULE};\n" if self.latency_ms else ""
+        return (
+            echo
+            + f"""daemon off; master_process on; worker_processes {self.workers}; {user}
 pid {tmp / "nginx.pid"}; error_log {self.log_path} notice; events {{ worker_connections 1024; }}
 http {{
     default_type application/octet-stream; sendfile on; tcp_nopush on; tcp_nodelay on; server_tokens off; etag on;
@@ -240,9 +255,25 @@ http {{
     {temps} scgi_temp_path {tmp / "scgi"};
     log_format sadp escape=json '{log_format}';
     access_log {tmp / "access.log"} sadp;
-    server {{ listen {HOST}:{self.port}; root "{self.root}"; location / {{ limit_except GET {{ deny all; }} }} }}
+    {self._server()}
 }}
 """
+        )
+
+    def _server(self) -> str:
+        """The ``server`` block (and the upstream's): static files or a proxy, behind ``echo_sleep`` when delayed."""
+        serve, upstream = "limit_except GET { deny all; }", ""
+        if self.upstream is not None:
+            address = self.upstream.split("://", 1)[-1].rstrip("/")
+            upstream = "upstream backend { server " + address + "; keepalive 64; }"
+            serve = ('proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; '
+                     "proxy_set_header Host $http_host; proxy_buffering off; proxy_request_buffering off; "
+                     "client_max_body_size 0;")  # fmt: skip
+        routes = "location / { " + serve + " }"
+        if self.latency_ms:
+            sleep = f"{self.latency_ms / 1000:.3f}"  # echo_sleep takes at most 3 decimals (ms)
+            routes = "location / { echo_sleep " + sleep + "; echo_exec @serve; } location @serve { " + serve + " }"
+        return f'{upstream} server {{ listen {HOST}:{self.port}; root "{self.root}"; {routes} }}'
 
     def _ready(self) -> bool:  # nginx writes its pid file after binding the listening socket
         assert self.tmp is not None and self._proc is not None
@@ -282,139 +313,3 @@ http {{
     def reset(self) -> None:
         """Forget the requests logged so far (they stay in the file; later reads start after them)."""
         self._log_offset = self._parse()[1]
-
-
-#: Headers of one connection, not of the message (RFC 9110 §7.6.1): the proxy neither forwards nor returns them.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-                        "te", "trailer", "trailers", "transfer-encoding", "upgrade", "expect"})  # fmt: skip
-
-
-class LatencyProxy(_Managed):
-    """An HTTP reverse proxy on 127.0.0.1 that waits ``latency_ms`` before forwarding each request.
-
-    aiohttp on an event loop in a daemon thread of this process (so it shares the caller's GIL and CPU: about
-    0.5 GB/s over loopback, half of nginx direct); many requests in flight, their waits overlapping; keep-alive on
-    both sides (up to ``max_connections`` upstream). Forwarded unchanged: method, raw path and query, headers (the
-    client's ``Host`` too, so an S3 signature for the proxy's address holds), request body and response (status,
-    headers such as Content-Range, ETag, Content-Length; body streamed, nothing decompressed). Hop-by-hop headers
-    are dropped (the proxy answers ``Expect: 100-continue``); aiohttp adds ``Content-Type:
-    application/octet-stream`` to a body without one. ``latency_ms`` (settable any time) is waited once per request
-    before it goes upstream; responses are not throttled. Counted before the client sees the bytes (so complete
-    once a response is read): ``requests``, ``bytes_sent`` (body bytes), :meth:`request_log`.
-    """
-
-    def __init__(self, upstream_url: str, latency_ms: float = 0.0, *, max_connections: int = 256,
-                 startup_timeout: float = 10.0) -> None:  # fmt: skip
-        self.upstream_url = upstream_url.rstrip("/")
-        self.latency_ms = float(latency_ms)
-        self.max_connections, self.startup_timeout = max_connections, startup_timeout
-        self.requests = self.bytes_sent = 0
-        self._log: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: Any = None  # aiohttp objects: aiohttp is imported only when a proxy starts
-        self._session: Any = None
-
-    def stats(self) -> dict[str, int]:
-        """``{"requests": n, "bytes_sent": b}`` since start or :meth:`reset`."""
-        with self._lock:
-            return {"requests": self.requests, "bytes_sent": self.bytes_sent}
-
-    def request_log(self) -> list[dict[str, Any]]:
-        """Per-request records since start or :meth:`reset`, in arrival order (``status`` None until answered)."""
-        with self._lock:
-            return [dict(record) for record in self._log]
-
-    def reset(self) -> None:
-        """Zero the counters and clear the request log."""
-        with self._lock:
-            self.requests = self.bytes_sent = 0
-            self._log.clear()
-
-    async def _handle(self, request: Any) -> Any:
-        from aiohttp import ClientError, web
-
-        record = {"method": request.method, "path": request.raw_path, "range": request.headers.get("Range"),
-                  "status": None, "bytes_sent": 0}  # fmt: skip
-        with self._lock:
-            self.requests += 1
-            self._log.append(record)
-        await asyncio.sleep(max(self.latency_ms, 0.0) / 1000)  # 0: just a yield to the loop
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
-        response = web.StreamResponse()
-        try:
-            async with self._session.request(
-                request.method, self.upstream_url + request.raw_path, headers=headers, allow_redirects=False,
-                data=request.content if request.body_exists else None,
-                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-            ) as upstream:  # fmt: skip
-                response.set_status(upstream.status, upstream.reason)
-                for raw_key, raw_value in upstream.raw_headers:  # as sent: names keep their case (ETag)
-                    if (key := raw_key.decode("latin-1")).lower() not in HOP_BY_HOP:
-                        response.headers.add(key, raw_value.decode("latin-1"))
-                record["status"] = upstream.status
-                await response.prepare(request)
-                async for chunk in upstream.content.iter_any():
-                    with self._lock:
-                        record["bytes_sent"] += len(chunk)
-                        self.bytes_sent += len(chunk)
-                    await response.write(chunk)
-            await response.write_eof()
-            return response
-        except (ClientError, ConnectionError) as error:
-            if request.transport is None or request.transport.is_closing():
-                return response  # the client went away (e.g. it read only part of a body)
-            if response.prepared:
-                raise  # the upstream failed mid-body: aiohttp drops the connection, the client sees a short body
-            record["status"] = 502
-            return web.Response(status=502, text=f"LatencyProxy: upstream {self.upstream_url} failed: {error!r}\n")
-
-    async def _setup(self) -> None:
-        import aiohttp
-        from aiohttp import web
-
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=60), auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=None, connect=10), read_bufsize=1 << 20, trust_env=False)  # fmt: skip
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, HOST, 0).start()
-        self.port = int(self._runner.addresses[0][1])
-
-    async def _teardown(self) -> None:
-        if self._runner is not None:  # made after the session
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
-
-    def start(self) -> LatencyProxy:
-        """Start the event loop thread and the server; on failure clean up and raise :class:`ServerStartError`."""
-        if self._thread is not None:
-            raise RuntimeError("LatencyProxy is already started")
-        loop = self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=loop.run_forever, name=f"LatencyProxy({self.upstream_url})", daemon=True)
-        self._thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self._setup(), loop).result(self.startup_timeout)
-        except BaseException as error:
-            self.stop()
-            raise ServerStartError(f"LatencyProxy to {self.upstream_url} failed to start: {error!r}") from error
-        return self
-
-    def stop(self) -> None:
-        """Close the listening socket, its connections, the upstream session and the thread. Idempotent."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self._teardown(), loop).result(10)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
-            if not thread.is_alive():
-                loop.close()
-            self._loop = self._thread = self._runner = self._session = None
-            self.port = 0

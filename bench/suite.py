@@ -182,7 +182,7 @@ def _loader(options: BenchOptions, several: bool, json_dir: Path | None) -> Resu
 
             if options.nmnist_dir() is None:
                 raise ValueError("--backend remote needs --nmnist PATH (N-MNIST: its raw events are the samples)")
-            quick = {"rounds": 1, "limit": 200, "latencies_ms": (0.0, 5.0)} if options.quick else {}
+            quick = {"rounds": 1, "limit": 200, "latencies_ms": (0.0, 5.0), "repeat": 1} if options.quick else {}
             result = run_remote_bench(options.nmnist_dir(), progress=options.progress, **quick)
             print(format_remote_table(result))
             _print_targets(result)

@@ -21,7 +21,8 @@ pytest.importorskip("moto")
 pytest.importorskip("aiohttp")
 
 from sadp_data.adapters.webdataset import ScoredShards
-from sadp_data.bench.servers import LatencyProxy, NginxServer, S3Server
+from sadp_data.bench.latency_proxy import LatencyProxy
+from sadp_data.bench.servers import NginxServer, S3Server
 
 from sadp_data.cli import main
 from sadp_data.fetch import FetchOptions

@@ -13,11 +13,13 @@ import os
 import shutil
 import socket
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sadp_data.bench.servers import LatencyProxy, NginxServer, S3Server, ServerStartError, free_port, port_open
+from sadp_data.bench.latency_proxy import LatencyProxy
+from sadp_data.bench.servers import NginxServer, S3Server, ServerStartError, free_port, port_open
 
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
 needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
@@ -262,3 +264,28 @@ def test_a_taken_port_is_detected_and_the_server_restarts_on_another(monkeypatch
         with S3Server() as s3:
             assert s3.port != taken
             s3.create_bucket("after-retry")
+
+
+def test_nginx_delays_each_request_inside_nginx_and_proxies_s3(root: Path, s3: S3Server) -> None:
+    import s3fs
+
+    if NGINX is None:
+        pytest.skip("nginx is not installed")
+    name = "data/a.bin"
+    with NginxServer(root, latency_ms=20, nginx=NGINX) as slow:
+        start = time.perf_counter()
+        for _ in range(5):
+            request = urllib.request.Request(f"{slow.url}/{name}", headers={"Range": "bytes=2-9"})
+            with urllib.request.urlopen(request) as response:
+                assert response.status == 206 and response.read() == (root / name).read_bytes()[2:10]
+        assert time.perf_counter() - start >= 5 * 0.02  # a lower bound only
+        assert [r["body_bytes_sent"] for r in slow.requests(min_count=5)] == [8] * 5
+    s3.create_bucket("front")
+    s3fs.S3FileSystem(skip_instance_cache=True, **s3.storage_options()).pipe_file("front/k", b"0123456789" * 100)
+    with NginxServer(upstream=s3.endpoint_url, latency_ms=5, nginx=NGINX) as front:
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3.storage_options(front.url))
+        assert fs.cat_ranges(["front/k"] * 2, [0, 15], [3, 20]) == [b"012", b"56789"]
+        ranged = [r for r in front.requests(min_count=2) if r["range"]]
+        assert sorted(r["body_bytes_sent"] for r in ranged) == [3, 5]
+    with pytest.raises(ValueError, match="either a root folder"):
+        NginxServer(root, upstream=s3.endpoint_url)
