@@ -22,7 +22,9 @@ from sadp_data.bench.suite import OWN_SUITES
 from sadp_data.bench.targets import format_targets, target
 
 BUDGET_S = {False: 60 * 60, True: 5 * 60}
-LOADER_ORDER = ("torch", "webdataset", "ffcv", "dvs")
+LOADER_ORDER = ("torch", "webdataset", "ffcv", "dvs", "remote")
+#: Loader results with their own table, not in the throughput plot.
+OWN_TABLE = ("dvs", "remote")
 
 
 def load_results(folder: str | Path) -> dict[str, dict[str, Any]]:
@@ -161,7 +163,7 @@ def plot_score_histograms(train: dict[str, Any], path: Path) -> bool:
 def plot_loader_throughput(loaders: dict[str, dict[str, Any]], path: Path) -> None:
     """Samples/s of each backend's plain loader and of ours at every keep ratio, per worker count."""
     plt = _pyplot()
-    backends = [name for name in LOADER_ORDER if name in loaders and name != "dvs"]
+    backends = [name for name in LOADER_ORDER if name in loaders and name not in OWN_TABLE]
     figure, axes = plt.subplots(1, len(backends), figsize=(5 * len(backends), 3.8), squeeze=False)
     for axis, backend in zip(axes[0], backends, strict=True):
         result = loaders[backend]
@@ -328,10 +330,14 @@ def _loader_section(loaders: dict[str, dict[str, Any]], folder: Path) -> list[st
             lines += [f"{result['recordings']} recordings, {result['events']:,} events.", ""]
             lines += ["| implementation | M events/s |", "|---|---|"]
             lines += [f"| {k} | {v['events_per_s'] / 1e6:.1f} |" for k, v in result["integration"].items()]
+        elif backend == "remote":
+            from sadp_data.bench.loader_remote import format_remote_table
+
+            lines.append(format_remote_table(result))
         else:
             lines.append(format_loader_table(result))
         lines.append("")
-    if any(name != "dvs" for name in loaders):
+    if any(name not in OWN_TABLE for name in loaders):
         plot_loader_throughput(loaders, folder / "loader-throughput.png")
         lines += ["![loader throughput](loader-throughput.png)", ""]
     return lines
