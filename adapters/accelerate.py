@@ -37,6 +37,7 @@ from accelerate import Accelerator
 from accelerate.data_loader import BatchSamplerShard, DataLoaderStateMixin
 from accelerate.state import GradientState
 from accelerate.utils import send_to_device
+from sadp_data.adapters._wrapped import WrappedLoader
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sadp_data.distributed import rank_and_world
@@ -47,7 +48,7 @@ from sadp_data.sampler import SADPSampler
 __all__ = ["AcceleratedLoader", "check_not_resharded", "prepare_loader"]
 
 
-class AcceleratedLoader(DataLoaderStateMixin):
+class AcceleratedLoader(WrappedLoader, DataLoaderStateMixin):
     """``sadp_data.wrap``'s batches on ``accelerator.device``, seen by Accelerate's gradient state.
 
     Iterating yields the batches of the sampler's current epoch from its resume position, each moved
@@ -59,20 +60,10 @@ class AcceleratedLoader(DataLoaderStateMixin):
     """
 
     def __init__(self, loader: SADPLoader, accelerator: Accelerator) -> None:
-        if not isinstance(loader, SADPLoader):
-            raise TypeError(f"loader must be the SADPLoader sadp_data.wrap returns, got {type(loader).__name__}")
-        self.loader = loader
+        WrappedLoader.__init__(self, loader)
         self.accelerator = accelerator
         self.device = accelerator.device
         self.gradient_state = GradientState()
-
-    @property
-    def sampler(self) -> SADPSampler:
-        return self.loader.sampler
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.loader.loader.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch to iterate next (``SADPSampler.set_epoch``): call it before every epoch."""

@@ -41,6 +41,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import lightning.pytorch as pl
+from sadp_data.adapters._wrapped import WrappedLoader
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sadp_data.loader import SADPLoader, wrap
@@ -51,7 +52,7 @@ from sadp_data.scorer import SpikeAwareScorer
 __all__ = ["LightningLoader", "SADPCallback", "find_train_loader", "train_dataloader"]
 
 
-class LightningLoader:
+class LightningLoader(WrappedLoader):
     """A train loader Lightning iterates as is: ``sadp_data.wrap``'s batches, no length, no state.
 
     Iterating yields the wrapped loader's batches (``(*batch, index, weight)``, dict batches with
@@ -59,23 +60,6 @@ class LightningLoader:
     finds ``loader.sampler`` and calls its ``set_epoch`` every epoch. See the module docstring for
     why it has neither ``__len__`` nor ``state_dict``: ``num_batches(epoch)`` gives the length.
     """
-
-    def __init__(self, loader: SADPLoader) -> None:
-        if not isinstance(loader, SADPLoader):
-            raise TypeError(f"loader must be the SADPLoader sadp_data.wrap returns, got {type(loader).__name__}")
-        self.loader = loader
-
-    @property
-    def sampler(self) -> SADPSampler:
-        return self.loader.sampler
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.loader.loader.batch_size)
-
-    @property
-    def drop_last(self) -> bool:
-        return bool(self.loader.loader.drop_last)
 
     def num_batches(self, epoch: int | None = None) -> int:
         """Batches this rank trains in ``epoch`` (default: the sampler's current one), resumed or not."""

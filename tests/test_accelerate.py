@@ -29,6 +29,7 @@ from torch.utils.data import BatchSampler, DataLoader, TensorDataset
 
 pytest.importorskip("accelerate")
 
+from _readme import run_readme_block
 from accelerate import Accelerator
 from accelerate.data_loader import BatchSamplerShard, prepare_data_loader
 from sadp_data.adapters.accelerate import AcceleratedLoader, check_not_resharded, prepare_loader
@@ -219,15 +220,11 @@ def test_loaders_prepare_would_reshard_are_refused() -> None:
         prepare_loader(accelerator, dataset, other_world)
 
 
+def test_the_readme_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the snippet creates its sidecar in the working folder
+    namespace = run_readme_block("## Accelerate")
+    assert namespace["sampler"].epoch == namespace["epochs"] - 1 and (tmp_path / "accelerate.scores.zarr").is_dir()
+
+
 if __name__ == "__main__":  # one of the processes torchrun starts
     _script(Path(sys.argv[1]))
-
-
-def test_the_readme_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Accelerate") :]
-    start = section.index("```python") + len("```python")
-    monkeypatch.chdir(tmp_path)  # the snippet creates its sidecar in the working folder
-    namespace: dict = {}
-    exec(compile(section[start : section.index("```", start)], "README.md (Accelerate example)", "exec"), namespace)
-    assert namespace["sampler"].epoch == namespace["epochs"] - 1 and (tmp_path / "accelerate.scores.zarr").is_dir()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _readme import run_readme_block
 from torch.utils.data import DataLoader, TensorDataset
 
 from sadp_data.compat import INITIAL_SCORE, InfoBatch, infobatch_plan
@@ -98,14 +99,8 @@ def test_misuse_is_refused_clearly() -> None:
 
 
 def test_the_readme_snippet_runs() -> None:
-    from pathlib import Path
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Coming from InfoBatch") :]
-    start = section.index("```python") + len("```python")
-    snippet = section[start : section.index("```", start)]
-    namespace: dict = {}
-    exec(compile(snippet, "README.md (InfoBatch example)", "exec"), namespace)
+    namespace = run_readme_block("## Coming from InfoBatch")
     trainset = namespace["trainset"]
     assert trainset.epoch == 2 and trainset._position == len(trainset._plan[0])  # every epoch ran to its end
 

@@ -19,6 +19,7 @@ from sadp_data.store import ScoreStoreError
 
 N = 300
 
+from _readme import readme_block  # noqa: E402
 from _samplers import unbiased_sampler  # noqa: E402
 
 
@@ -204,11 +205,7 @@ def test_page_window_reads_pages_in_windows(tmp_path: Path) -> None:
 
 def test_the_readme_example_trains_the_demo_snn_from_a_beton(tmp_path: Path, monkeypatch) -> None:
     """The README's FFCV snippet, run as written on a small .beton of 28x28 images."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme[readme.index("## FFCV") :]
-    snippet = section[
-        section.index("```python") + len("```python") : section.index("```", section.index("```python") + 3)
-    ]
+    snippet = readme_block("## FFCV")
     assert "importance_loader(path, sampler" in snippet
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "data.npz", x=rng.integers(0, 255, (200, 28, 28), dtype=np.uint8), y=rng.integers(0, 10, 200))

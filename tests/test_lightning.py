@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 pl = pytest.importorskip("lightning.pytorch")
 
+from _readme import run_readme_block  # noqa: E402
 from sadp_data.adapters.lightning import (  # noqa: E402
     LightningLoader,
     SADPCallback,
@@ -375,16 +376,12 @@ def test_total_steps_counts_optimizer_steps_with_accumulation() -> None:
         callback.total_steps(accumulate_grad_batches=0)
 
 
-if __name__ == "__main__":  # one DDP rank; Lightning runs this file again for the other
-    _ddp_script(Path(sys.argv[1]))
-
-
 def test_the_readme_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Lightning") :]
-    start = section.index("```python") + len("```python")
     monkeypatch.chdir(tmp_path)  # the snippet creates its sidecar in the working folder
-    namespace: dict = {"__name__": "readme_lightning"}
-    exec(compile(section[start : section.index("```", start)], "README.md (Lightning example)", "exec"), namespace)
+    namespace = run_readme_block("## Lightning", {"__name__": "readme_lightning"})
     trainer, model = namespace["trainer"], namespace["model"]
     assert trainer.global_step == model.sadp.total_steps() and trainer.current_epoch == namespace["epochs"]
+
+
+if __name__ == "__main__":  # one DDP rank; Lightning runs this file again for the other
+    _ddp_script(Path(sys.argv[1]))

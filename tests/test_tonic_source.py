@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _readme import readme_block
 
 from sadp_data.cli import main
 from sadp_data.events import EVENT_DTYPE
@@ -241,10 +242,8 @@ def test_the_readme_commands_run(layout, tmp_path: Path, monkeypatch) -> None:
 
     save_to, _ = layout
     _gesture_layout(save_to)
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme[readme.index("### Event datasets in tonic's layout") :]
-    start = section.index("```bash") + len("```bash")
-    commands = [line.split("#")[0].strip() for line in section[start : section.index("```", start)].splitlines()]
+    block = readme_block("### Event datasets in tonic's layout", "bash")
+    commands = [line.split("#")[0].strip() for line in block.splitlines()]
     monkeypatch.chdir(tmp_path)
     ran = 0
     for command in filter(None, commands):
