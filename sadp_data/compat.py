@@ -28,6 +28,11 @@ the same epoch from the same scores and iterates its contiguous, equal slice of 
 step counts; ``update`` all-gathers each batch's ``(index, loss)`` pairs and applies them in rank
 order, so every rank's scores stay identical. Costs one small all-gather per batch.
 
+Scores live in memory, or with ``store=`` (a ``ScoreStore`` for ``len(dataset)`` examples; under DDP
+``sadp_data.distributed.open_store`` on every rank) also in the crash-safe sidecar: a new
+``InfoBatch`` over the same store starts from the scores recorded so far (never-scored examples at
+``INITIAL_SCORE``). The store needs finite, non-negative losses.
+
 Resume: ``state_dict()`` holds the scores, the epoch's plan and this rank's position in it;
 ``load_state_dict`` makes the next ``iter(sampler)`` continue that epoch where it stopped (same
 world size mid-epoch), then later epochs plan as usual.
@@ -43,6 +48,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from .distributed import per_rank, rank_and_world, rank_positions
+from .store import ScoreStore
 
 #: InfoBatch's initial score of every example (larger than any early loss, so epoch 0 prunes nothing).
 INITIAL_SCORE = 3.0
@@ -101,6 +107,7 @@ class InfoBatch(Dataset):
         *,
         method: str = "infobatch",
         seed: int = 0,
+        store: ScoreStore | None = None,
     ) -> None:
         if num_epochs <= 0:
             raise ValueError(f"num_epochs must be positive, got {num_epochs}")
@@ -116,12 +123,18 @@ class InfoBatch(Dataset):
         self.method = method
         self.seed = int(seed)
         self.scores = np.full(len(dataset), INITIAL_SCORE, dtype=np.float32)  # type: ignore[arg-type]
+        self.store = store
         self.epoch = -1
         self._plan: tuple[np.ndarray, np.ndarray] | None = None
         self._next: tuple[np.ndarray, np.ndarray] | None = None
         self._position = 0
         self._sampler = _Sampler(self)
         self._seen = np.zeros(len(dataset), dtype=np.uint32)  # type: ignore[arg-type]
+        if store is not None:
+            if store.num_examples != len(dataset):  # type: ignore[arg-type]
+                raise ValueError(f"store holds {store.num_examples} examples; the dataset has {len(dataset)}")
+            self._seen = store.seen().astype(np.uint32)
+            self.scores = np.where(self._seen > 0, store.scores(), INITIAL_SCORE).astype(np.float32)
         self._resuming = False
         self.rank, self.world = rank_and_world()
         if method != "infobatch":
@@ -205,6 +218,8 @@ class InfoBatch(Dataset):
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs: scores, seen counts, the epoch, its plan and this rank's position."""
         plan = self._plan if self._plan is not None else (np.zeros(0, np.int64), np.zeros(0, np.float32))
+        if self.store is not None:
+            self.store.flush()
         return {
             "epoch": self.epoch,
             "position": self._position,
@@ -277,3 +292,5 @@ class InfoBatch(Dataset):
         for ranks_index, ranks_losses in pairs:
             self.scores[ranks_index] = ranks_losses
             self._seen[ranks_index] += 1
+            if self.store is not None:
+                self.store.update(ranks_index, ranks_losses, epoch=self.epoch)

@@ -162,3 +162,23 @@ def test_two_gloo_ranks_share_one_plan_and_one_score_table(tmp_path) -> None:
         assert first["indices"] + second["indices"] == padded
     assert ranks[0]["scores"] == ranks[1]["scores"] and ranks[0]["seen"] == ranks[1]["seen"]
     assert len(ranks[0]["epochs"][1]["plan"]) < 101  # epoch 1 was pruned
+
+
+def test_scores_persist_in_a_score_store_and_a_new_run_starts_from_them(tmp_path) -> None:
+    from sadp_data import ScoreStore
+
+    data = TensorDataset(torch.arange(120, dtype=torch.float32))
+    with ScoreStore.create(tmp_path / "scores.zarr", 120) as store:
+        trainset = InfoBatch(data, 3, prune_ratio=0.5, store=store)
+        loader = DataLoader(trainset, batch_size=16, sampler=trainset.sampler)
+        for _ in range(2):
+            for (x,) in loader:
+                trainset.update((x - 60.0).abs())
+        trainset.state_dict()  # flushes the store
+        expected = trainset.scores.copy()
+    with ScoreStore.open(tmp_path / "scores.zarr", "r+") as store:
+        again = InfoBatch(data, 3, prune_ratio=0.5, store=store)
+        np.testing.assert_array_equal(again.scores, expected)
+        assert (again._seen > 0).all()
+    with ScoreStore.create(tmp_path / "other.zarr", 7) as other, pytest.raises(ValueError, match="holds 7 examples"):
+        InfoBatch(data, 3, store=other)
