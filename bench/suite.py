@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 SUITES = ("loader", "kernels", "store", "score", "train")
-#: Suites that run only when named (``all`` leaves them out): the frontier study takes about an hour.
-OWN_SUITES = ("frontier",)
+#: Suites that run only when named (``all`` leaves them out): the frontier study takes about two hours,
+#: the scale bench needs about 12 GB of memory.
+OWN_SUITES = ("frontier", "scale")
 LOADER_BACKENDS = ("torch", "webdataset", "ffcv", "dvs", "remote")
 
 Results = Iterator[tuple[str, dict[str, Any]]]
@@ -258,6 +259,15 @@ def _frontier(options: BenchOptions, several: bool, json_dir: Path | None) -> Re
     yield "frontier", result
 
 
+def _scale(options: BenchOptions, several: bool, json_dir: Path | None) -> Results:
+    from sadp_data.bench.scale import format_scale_table, run_scale_bench
+
+    result = run_scale_bench(10**6 if options.quick else 10**8, world=4)
+    print(format_scale_table(result))
+    _print_targets(result)
+    yield "scale", result
+
+
 RUNNERS: dict[str, Callable[[BenchOptions, bool, Path | None], Results]] = {
     "loader": _loader,
     "kernels": _kernels,
@@ -265,6 +275,7 @@ RUNNERS: dict[str, Callable[[BenchOptions, bool, Path | None], Results]] = {
     "score": _score,
     "train": _train,
     "frontier": _frontier,
+    "scale": _scale,
 }
 
 

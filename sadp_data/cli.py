@@ -299,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
         "throughput, memory per example, hook overhead; score: fidelity of the importance scores; train: "
         "end-to-end accuracy and speedup of every method; all (default): every suite above; frontier (run only "
         "when named, about an hour): accuracy against cost of every method and SADP's ablation, paired over 5 "
-        "seeds, with FRONTIER.md and plots beside its JSON; report: write REPORT.md and plots from the JSON in "
+        "seeds, with FRONTIER.md and plots beside its JSON; scale (only when named): per-rank memory and plan "
+        "time of the sharded score table vs the replicated one, 4 gloo ranks at N = 10^8; report: write REPORT.md "
+        "and plots from the JSON in "
         "--json DIR",
     )
     bench.add_argument(

@@ -426,3 +426,14 @@ def test_gloo_ranks_reading_only_their_shards(tmp_path: Path, world: int) -> Non
     for rank, (walked, owned) in enumerate(handled(scores, seen, size, smoothing, world)):
         report = json.loads((tmp_path / f"rank{rank}.json").read_text())  # torch's buffers are numpy's here
         assert report["peak"] <= allowance(report["shard"], max(walked, owned, per_rank(size, world)), count)
+
+
+def test_the_scale_bench_runs_both_designs_and_finds_them_identical() -> None:
+    from sadp_data.bench.scale import format_scale_table, run_scale_bench
+
+    result = run_scale_bench(4 * 65536, world=2, timeout_s=300)
+    sharded, replicated = result["results"]
+    assert result["identical"] and result["targets"]["identical"]["pass"]
+    assert replicated["score_table_bytes_per_example_per_rank"] == 12.0
+    assert sharded["score_table_bytes_per_example_per_rank"] == 6.0  # two equal shards of four blocks
+    assert "sharded" in format_scale_table(result)
