@@ -219,17 +219,11 @@ def _capping(comm: Comm, weights: np.ndarray, num_examples: int, sample_size: in
             uncapped = total - hit_total
             if (sample_size - count) / uncapped >= guess:
                 capped, remaining, total = hits, float(sample_size - count), uncapped
-    while True:
-        scale = remaining / total
-        newly = ~capped & _over(weights, scale)
-        count, newly_total = _count_and_sum(comm, weights, newly)
-        if count == 0:
-            return scale, capped
-        capped |= newly
-        remaining -= count
-        if remaining == 0.0:
-            return 0.0, capped
-        total -= newly_total
+
+    def count_and_sum(newly: np.ndarray) -> tuple[int, float]:
+        return _count_and_sum(comm, weights, newly)
+
+    return reference.capping_rounds(lambda scale: _over(weights, scale), count_and_sum, capped, remaining, total)
 
 
 def _room(fixed: np.ndarray, capped: np.ndarray, up: bool) -> np.ndarray:

@@ -212,17 +212,31 @@ def capping_scale(weights: np.ndarray, sample_size: int) -> tuple[float, np.ndar
             uncapped = total - blocked_sum(np.where(hits, weights, 0.0))
             if (sample_size - count) / uncapped >= guess:
                 capped, remaining, total = hits, float(sample_size - count), uncapped
+
+    def count_and_sum(newly: np.ndarray) -> tuple[int, float]:
+        return int(np.count_nonzero(newly)), blocked_sum(np.where(newly, weights, 0.0))
+
+    return capping_rounds(lambda scale: scale * weights >= 1.0, count_and_sum, capped, remaining, total)
+
+
+def capping_rounds(reaches_one, count_and_sum, capped: np.ndarray, remaining: float, total: float):
+    """The capping iteration of ``capping_scale`` from a start: ``(c, capped)``.
+
+    ``reaches_one(c)`` flags the examples with ``c·w ≥ 1``; ``count_and_sum(newly)`` returns how many
+    are newly capped and the blocked sum of their weights. Passed in so that the sharded planner
+    (``sadp_data.sharded_plan``) runs this very loop with its sums taken across ranks.
+    """
     while True:
         scale = remaining / total
-        newly = ~capped & (scale * weights >= 1.0)
-        count = int(np.count_nonzero(newly))
+        newly = ~capped & reaches_one(scale)
+        count, newly_total = count_and_sum(newly)
         if count == 0:
             return scale, capped
         capped |= newly
         remaining -= count
         if remaining == 0.0:
             return 0.0, capped
-        total -= blocked_sum(np.where(newly, weights, 0.0))
+        total -= newly_total
 
 
 def inclusion_probabilities(weights: np.ndarray, sample_size: int) -> np.ndarray:
