@@ -131,27 +131,13 @@ def test_a_mid_epoch_state_resumes_the_identical_remaining_order() -> None:
 
 
 def test_two_gloo_ranks_share_one_plan_and_one_score_table(tmp_path) -> None:
-    import os
-    import socket
-    import subprocess
-    import sys
     from pathlib import Path
+
+    from _ranks import run_ranks
 
     from sadp_data.distributed import per_rank
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
-    worker = Path(__file__).parent / "workers" / "compat_ddp.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    processes = [
-        subprocess.Popen([sys.executable, str(worker), str(rank), "2", port, str(tmp_path)], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for rank in range(2)
-    ]  # fmt: skip
-    for process in processes:
-        output, _ = process.communicate(timeout=120)
-        assert process.returncode == 0, output[-3000:]
+    run_ranks(Path(__file__).parent / "workers" / "compat_ddp.py", 2, str(tmp_path), timeout=120)
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     for first, second in zip(ranks[0]["epochs"], ranks[1]["epochs"], strict=True):
         assert first["plan"] == second["plan"]  # one plan, from identical scores

@@ -5,13 +5,11 @@ and end with identical score mirrors (the all-gathered scores); only rank 0 writ
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _ranks import run_ranks
 
 import sadp_data as sd
 from sadp_data.distributed import ScoreExchange, per_rank, rank_positions
@@ -24,25 +22,7 @@ TIMEOUT_S = 300
 
 
 def _launch(workdir: Path, world: int) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(rank), str(world), str(workdir)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(world)
-    ]
-    try:
-        for process in processes:
-            output, _ = process.communicate(timeout=TIMEOUT_S)
-            assert process.returncode == 0, output[-3000:]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
+    run_ranks(WORKER, world, str(workdir), timeout=TIMEOUT_S)
     return [json.loads((workdir / f"rank{rank}.json").read_text()) for rank in range(world)]
 
 

@@ -11,10 +11,6 @@ table, and one measures a rank's allocations by replaying the messages it receiv
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import tracemalloc
 from collections.abc import Callable, Sequence
@@ -23,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _ranks import run_ranks as run_rank_processes
 
 from sadp_data import sharded_plan as sharded
 from sadp_data.distributed import per_rank, rank_positions
@@ -384,12 +381,6 @@ def test_a_rank_allocates_for_its_shard_and_slice_not_for_the_table(tmp_path: Pa
         assert received <= volume, f"rank {rank} received {received} bytes, more than {volume}"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.parametrize("world", [2, 4])
 def test_gloo_ranks_reading_only_their_shards(tmp_path: Path, world: int) -> None:
     count, size, smoothing = 300_000, sample_size(300_000, 0.5), 0.1
@@ -399,25 +390,7 @@ def test_gloo_ranks_reading_only_their_shards(tmp_path: Path, world: int) -> Non
     (tmp_path / "case.json").write_text(
         json.dumps({"N": count, "K": size, "smoothing": smoothing, "seed": 7, "epoch": 3})
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(rank), str(world), str(tmp_path)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(world)
-    ]
-    try:
-        for process in processes:
-            output, _ = process.communicate(timeout=180)
-            assert process.returncode == 0, output[-3000:]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
+    run_rank_processes(WORKER, world, str(tmp_path), timeout=180)
     order, weights = reference.plan(scores, seen, size, smoothing, False, KEYS)
     for rank in range(world):
         with np.load(tmp_path / f"rank{rank}.npz") as part:

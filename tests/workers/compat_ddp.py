@@ -1,4 +1,5 @@
-"""One rank of the InfoBatch drop-in under gloo: ``python compat_ddp.py RANK WORLD PORT OUT``; writes OUT/rankR.json."""
+"""One rank of the InfoBatch drop-in under gloo: ``python compat_ddp.py RANK WORLD OUT`` (MASTER_ADDR/PORT set);
+writes OUT/rankR.json."""
 
 import json
 import os
@@ -12,8 +13,7 @@ from sadp_data.compat import InfoBatch
 
 
 def main() -> None:
-    rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    rank, world, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     dist.init_process_group("gloo", rank=rank, world_size=world)
     data = TensorDataset(torch.arange(101, dtype=torch.float32))
     trainset = InfoBatch(data, 4, prune_ratio=0.5, delta=0.75)

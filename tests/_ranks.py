@@ -1,0 +1,43 @@
+"""Start data-parallel ranks as processes for the tests that need real ``torch.distributed`` groups."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bind to 0, release)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_ranks(script: Path, world: int, *args: str, timeout: float = 300) -> None:
+    """Run ``python script RANK WORLD *args`` for every rank at once and wait for all of them.
+
+    Each rank gets ``MASTER_ADDR=127.0.0.1``, a free ``MASTER_PORT`` and ``OMP_NUM_THREADS=1``; a rank
+    that fails fails the test with the tail of its output, and ranks still running are killed.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), str(world), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(world)
+    ]
+    try:
+        for rank, process in enumerate(processes):
+            output, _ = process.communicate(timeout=timeout)
+            assert process.returncode == 0, f"rank {rank} of {world} failed:\n{output[-3000:]}"
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
