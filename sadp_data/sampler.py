@@ -169,6 +169,7 @@ class SADPSampler(Sampler[int]):
             self._position = 0
             self._iteration = None
             self._elastic = None
+            self._resume_snapshot = None  # a resumed epoch's snapshot is for that epoch only
         self.epoch = int(epoch)
         if self.store is not None:  # scores recorded from now on carry this epoch, even before the plan is made
             self.store.set_epoch(self.epoch)

@@ -213,3 +213,19 @@ def test_resume_with_another_world_size(store: ScoreStore) -> None:
     assert len(single) == 500 and single.epoch == 2
     with pytest.raises(ValueError, match="rank must be in"):
         unbiased_sampler(store, 0.5, num_replicas=2, rank=2)
+
+
+def test_moving_to_another_epoch_after_a_resume_plans_from_the_current_scores(store: ScoreStore) -> None:
+    """The snapshot a mid-epoch state resumes from belongs to that epoch only."""
+    saved = unbiased_sampler(store, 0.5, epochs=6, seed=4)
+    saved.set_epoch(2)
+    iterator = iter(saved)
+    [next(iterator) for _ in range(10)]
+    state = saved.state_dict()
+    store.update(np.arange(1000), np.random.default_rng(1).gamma(2.0, size=1000))  # the scores move on
+    resumed = unbiased_sampler(store, 0.5, epochs=6, seed=4)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(3)  # the user moves on before iterating the resumed epoch
+    fresh = unbiased_sampler(store, 0.5, epochs=6, seed=4)
+    fresh.set_epoch(3)
+    np.testing.assert_array_equal(resumed.plan.order, fresh.plan.order)
