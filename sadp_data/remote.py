@@ -7,8 +7,8 @@ local folder read with ordinary files; any other URL (``s3://bucket/prefix``, ``
 A local ``Location`` keeps its ``storage_options`` for the remote folders it names (a local index
 whose shards are remote).
 
-The filesystem is created lazily in each process and never pickled, so a ``Location`` can be sent
-to DataLoader workers (forked or spawned) and each opens its own connections.
+The filesystem is created lazily in each process (never pickled, and re-created after a fork), so a
+``Location`` can be sent to DataLoader workers (forked or spawned) and each opens its own connections.
 
 Trade-off: a remote ``Location`` offers only what reading and publishing a dataset needs (whole
 objects, byte ranges, sizes and ETags, uploads); listing is used where the store supports it and
@@ -56,6 +56,7 @@ class Location:
         self.url = text.rstrip("/") if self.remote else text
         self.storage_options = dict(storage_options or {})
         self._fs: Any = None
+        self._fs_pid = 0
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_fs": None}
@@ -68,12 +69,13 @@ class Location:
         """The fsspec filesystem of a remote location (created on first use in this process)."""
         if not self.remote:
             raise TypeError(f"{self.url} is a local folder; it has no fsspec filesystem")
-        if self._fs is None:
+        if self._fs is None or self._fs_pid != os.getpid():  # fsspec's async filesystems are not fork-safe
             import fsspec
 
             protocol = self.url.split("://", 1)[0]
             try:
                 self._fs = fsspec.filesystem(protocol, **self.storage_options)
+                self._fs_pid = os.getpid()
             except ImportError as error:
                 raise ImportError(
                     f"reading {self.url} needs fsspec's {protocol} filesystem: "

@@ -28,6 +28,7 @@ import json
 import os
 import tarfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +65,15 @@ class ShardIndex:
         """Whether the shards are read through fsspec (object storage or HTTP) rather than local files."""
         return self.shard_location.remote
 
-    @property
+    @cached_property
     def shard_location(self) -> Location:
         """The folder of the shards: the index's own, or ``shard_root`` (relative to it, or a URL)."""
         return self.location.child(self.meta.get("shard_root", "."))
+
+    @cached_property
+    def shard_urls(self) -> list[str]:
+        """The path or URL of every shard, in shard order (resolved once: readers name a shard per sample)."""
+        return [self.shard_location.join(entry["url"]) for entry in self.meta["shards"]]
 
     @property
     def num_examples(self) -> int:
@@ -93,7 +99,7 @@ class ShardIndex:
 
     def shard_url(self, shard: int) -> str:
         """The path or URL of shard ``shard``: in the index's folder or ``shard_root`` (``index_shards``)."""
-        return self.shard_location.join(self.meta["shards"][shard]["url"])
+        return self.shard_urls[shard]
 
     @property
     def keys_are_indices(self) -> bool:
