@@ -125,14 +125,17 @@ class ShardIndex:
         cache = Path(os.environ.get("SADP_CACHE", Path.home() / ".cache" / "sadp-data"))
         return cache / f"{self.meta['name']}-{self.fingerprint}" / SIDECAR
 
-    def open_store(self, mode: str = "r+", path: str | Path | None = None) -> ScoreStore:
+    def open_store(self, mode: str = "r+", path: str | Path | None = None, flush_interval: float = 1.0) -> ScoreStore:
         """The score sidecar (``path``, default ``sidecar_path()``), checked against this index's size and
-        fingerprint. A remote dataset's sidecar is created empty on first use (its scores are local)."""
+        fingerprint, flushed every ``flush_interval`` seconds (``ScoreStore.open``). A remote dataset's
+        sidecar is created empty on first use (its scores are local)."""
         path = Path(path) if path is not None else self.sidecar_path()
         if self.location.remote and not path.exists() and mode != "r":
             path.parent.mkdir(parents=True, exist_ok=True)
             ScoreStore.create(path, self.num_examples, fingerprint=self.fingerprint).close()
-        return ScoreStore.open(path, mode, num_examples=self.num_examples, fingerprint=self.fingerprint)
+        return ScoreStore.open(
+            path, mode, num_examples=self.num_examples, fingerprint=self.fingerprint, flush_interval=flush_interval
+        )
 
     @classmethod
     def load(cls, root: str | Path, verify: bool = True, storage_options: dict[str, Any] | None = None) -> ShardIndex:

@@ -2,6 +2,8 @@
 
 import json
 import os
+import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 import sadp_data as sd
+from sadp_data.cli import main
 
 WORKER = Path(__file__).parent / "workers" / "resume_train.py"
 TIMEOUT_S = 180
@@ -20,9 +23,10 @@ STEPS_BEFORE_KILL = 30 + 7  # the 30 warm-up steps, then 7 of the 15 steps of th
 
 
 def _run(workdir: Path, mode: str, pause: float = 0.0) -> subprocess.Popen:
+    shards = (workdir / "shards.url").read_text() if (workdir / "shards.url").exists() else None
     return subprocess.Popen(
-        [sys.executable, str(WORKER), str(workdir), mode, str(pause)],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [sys.executable, str(WORKER), str(workdir), mode, str(pause), *([shards] if shards else [])],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "SADP_CACHE": str(workdir / "cache")},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -34,18 +38,45 @@ def _finish(process: subprocess.Popen) -> None:
     assert process.returncode == 0, output[-3000:]
 
 
-def _fresh(workdir: Path) -> Path:
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """nginx serving a folder on 127.0.0.1: ``(folder, base URL)``."""
+    from sadp_data.bench.servers import NginxServer
+
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        pytest.skip("nginx is not installed")
+    folder = tmp_path_factory.mktemp("served")
+    with NginxServer(folder, nginx=nginx) as server:
+        yield folder, server.url
+
+
+def _fresh(workdir: Path, source: str, served: tuple[Path, str] | None) -> Path:
+    """A run folder: its own sidecar, and for ``shards``/``http`` the examples converted to scored shards
+    (local, or under nginx's folder and read by URL) whose address ``_run`` passes to the worker."""
     workdir.mkdir()
-    sd.ScoreStore.create(workdir / "scores.zarr", 480).close()
+    if source == "tensors":
+        sd.ScoreStore.create(workdir / "scores.zarr", 480).close()
+        return workdir
+    x, y = runpy.run_path(str(WORKER))["examples"]()  # the worker's own examples
+    np.savez(workdir / "data.npz", x=x, y=y)
+    out = workdir / "shards" if source == "shards" else served[0] / workdir.name
+    assert main(["convert", str(workdir / "data.npz"), str(out), "--shard-size", "64", "--no-progress"]) == 0
+    (workdir / "shards.url").write_text(str(out) if source == "shards" else f"{served[1]}/{workdir.name}")
     return workdir
 
 
-def test_sigkill_mid_epoch_then_resume_continues_the_identical_order(tmp_path: Path) -> None:
-    reference = _fresh(tmp_path / "uninterrupted")
+@pytest.mark.parametrize("source", ["tensors", "shards", "http"])
+def test_sigkill_mid_epoch_then_resume_continues_the_identical_order(tmp_path: Path, source: str, request) -> None:
+    """Through ``wrap`` over tensors, and through ``ScoredShards`` with 2 DataLoader workers over a local
+    folder and over nginx: a SIGKILL mid-epoch, then a resume from the last checkpoint, delivers the
+    uninterrupted run's order exactly."""
+    served = request.getfixturevalue("served") if source == "http" else None
+    reference = _fresh(tmp_path / f"{source}-uninterrupted", source, served)
     _finish(_run(reference, "run"))
     expected = json.loads((reference / "final.json").read_text())
 
-    workdir = _fresh(tmp_path / "killed")
+    workdir = _fresh(tmp_path / f"{source}-killed", source, served)
     victim = _run(workdir, "run", pause=0.05)
     deadline = time.monotonic() + TIMEOUT_S
     progress = workdir / "progress"
@@ -59,7 +90,9 @@ def test_sigkill_mid_epoch_then_resume_continues_the_identical_order(tmp_path: P
 
     checkpoint = torch.load(workdir / "checkpoint.pt", weights_only=False)
     assert checkpoint["loader"]["epoch"] == 1 and 0 < checkpoint["loader"]["position"] < 240  # mid-epoch
-    with sd.ScoreStore.open(workdir / "scores.zarr", "r") as store:  # opens cleanly after the kill
+    if source != "tensors":
+        assert checkpoint["loader"]["num_workers"] == 2 and all(checkpoint["loader"]["worker_positions"])
+    with sd.ScoreStore.open(_sidecar(workdir), "r") as store:  # opens cleanly after the kill
         assert store.version >= checkpoint["store_version"]  # nothing flushed before the checkpoint is lost
         assert store.saved_snapshot() is not None
         assert (store.seen() > 0).all()  # the warm-up epoch scored everything
@@ -69,6 +102,16 @@ def test_sigkill_mid_epoch_then_resume_continues_the_identical_order(tmp_path: P
     assert resumed[: len(checkpoint["delivered"])] == checkpoint["delivered"]
     assert resumed == expected  # the remaining order, and every later epoch, as if never interrupted
     assert len(expected) == 480 + 240 + 240 + 480
+
+
+def _sidecar(workdir: Path) -> Path:
+    if not (workdir / "shards.url").exists():
+        return workdir / "scores.zarr"
+    from sadp_data.shards import ShardIndex
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SADP_CACHE", str(workdir / "cache"))
+        return ShardIndex.load((workdir / "shards.url").read_text()).sidecar_path()
 
 
 def test_writer_failure_reaches_the_training_loop(tmp_path: Path) -> None:
