@@ -15,7 +15,9 @@ Per storage (``s3``, ``http``) and latency, one epoch of each pipeline, through 
   a webdataset user gets, reading every byte;
 * ``sadp``: ``ScoredShards`` at keep 1.0, 0.7 and 0.5 with the default ``FetchOptions``, each built
   once (index loaded, shards checked) before the rounds, as a training run builds it once; a timed
-  epoch is ``set_epoch`` (the plan) and the iteration.
+  epoch is ``set_epoch`` (the plan) and the iteration;
+* ``sadp-obstore``: the same at keep 0.5 with ``FetchOptions(client="obstore")`` (the same requests,
+  sent by obstore instead of fsspec).
 
 Samples are delivered as bytes (no decode), so the figures are the loading itself. Configurations
 run in rounds in shuffled order (``loader_common._measure_rounds``); the median epoch time of the
@@ -35,6 +37,8 @@ from sadp_data.bench.loader_common import BATCH, KEEP_RATIOS, _fill_scores, _mea
 
 LATENCIES_MS = (0.0, 5.0, 20.0)
 SHARD_SIZE = 100
+CLIENTS = {"sadp": "fsspec", "sadp-obstore": "obstore"}  #: pipeline → FetchOptions.client
+SADP_PIPELINES = [("sadp", keep) for keep in KEEP_RATIOS] + [("sadp-obstore", 0.5)]
 
 
 class _Repeated:
@@ -86,14 +90,18 @@ def _stream_epoch(urls: list[str], options: dict | None, workers: int) -> int:
     return sum(len(batch[0]) for batch in loader)
 
 
-def _sadp_loader(url: str, options: dict | None, store, keep: float, workers: int):
-    """``ScoredShards`` at ``keep`` over ``url``, built once per configuration (as a training run builds it)."""
+def _sadp_loader(url: str, options: dict | None, store, keep: float, workers: int, client: str = "fsspec"):
+    """``ScoredShards`` at ``keep`` over ``url``, built once per configuration (as a training run builds it),
+    reading shard bytes through ``client`` (``FetchOptions.client``)."""
     from sadp_data.adapters.webdataset import ScoredShards
+
+    from sadp_data.fetch import FetchOptions
 
     sampler = ScoredShards.sampler_for(
         url, store=store, storage_options=options, keep_ratio=keep, warmup_epochs=0, anneal_fraction=0.0
     )
-    dataset = ScoredShards(url, sampler, storage_options=options).to_tuple("events.npy", "y.cls")
+    dataset = ScoredShards(url, sampler, storage_options=options, fetch=FetchOptions(client=client))
+    dataset = dataset.to_tuple("events.npy", "y.cls")
     return dataset.loader(BATCH, num_workers=workers)
 
 
@@ -142,13 +150,15 @@ def run_remote_bench(
             names = [entry["url"] for entry in index.shards]
             counters: dict[tuple, dict[str, int]] = {}
             loaders = {
-                (storage, latency, keep): _sadp_loader(*_target(storage, server, s3), store, keep, workers)
+                (storage, latency, pipeline, keep): _sadp_loader(
+                    *_target(storage, server, s3), store, keep, workers, CLIENTS[pipeline]
+                )
                 for (storage, latency), server in front.items()
-                for keep in KEEP_RATIOS
+                for pipeline, keep in SADP_PIPELINES
             }
 
             def measure(config: tuple, round_number: int) -> tuple[int, float]:
-                storage, latency, pipeline, keep = config
+                storage, latency, pipeline, _ = config
                 server = front[storage, latency]
                 url, options = _target(storage, server, s3)
                 server.reset()
@@ -156,7 +166,7 @@ def run_remote_bench(
                 if pipeline == "stream":
                     count = _stream_epoch([f"{url}/{name}" for name in names], options, workers)
                 else:
-                    loader = loaders[(storage, latency, keep)]
+                    loader = loaders[config]
                     loader.set_epoch(round_number + 1)
                     count = sum(len(batch[0]) for batch in loader)
                 seconds = time.perf_counter() - start
@@ -168,7 +178,7 @@ def run_remote_bench(
                 (storage, latency, pipeline, keep)
                 for storage in ("http", "s3")
                 for latency in latencies_ms
-                for pipeline, keep in [("stream", 1.0)] + [("sadp", k) for k in KEEP_RATIOS]
+                for pipeline, keep in [("stream", 1.0), *SADP_PIPELINES]
             ]
             times, counts = _measure_rounds(configs, rounds, measure, "bench loader remote", progress)
         store.close()
@@ -254,6 +264,12 @@ def _summary(results: list[dict[str, Any]], times: dict[tuple, list[float]]) -> 
                 "epoch_s_vs_stream": half["epoch_s"] / stream["epoch_s"],
                 "epoch_s_vs_stream_ci95": [low, high],
             }
+            if (storage, latency, "sadp-obstore", 0.5) in times:
+                obstore = times[(storage, latency, "sadp-obstore", 0.5)]
+                stream_times = times[(storage, latency, "stream", 1.0)]
+                row = per_latency[f"{latency:g}"]
+                row["obstore_epoch_s_vs_stream"] = statistics.median(obstore) / stream["epoch_s"]
+                row["obstore_epoch_s_vs_stream_ci95"] = list(ratio_interval(obstore, stream_times, statistics.median))
         summary[storage] = per_latency
     return summary
 
@@ -274,8 +290,12 @@ def format_remote_table(result: dict[str, Any]) -> str:
     for storage, per_latency in result["summary"].items():
         for latency, row in per_latency.items():
             low, high = row["epoch_s_vs_stream_ci95"]
+            obstore = ""
+            if "obstore_epoch_s_vs_stream" in row:
+                o_low, o_high = row["obstore_epoch_s_vs_stream_ci95"]
+                obstore = f"; through obstore {row['obstore_epoch_s_vs_stream']:.3f}× [{o_low:.3f}, {o_high:.3f}]"
             lines.append(
                 f"\n{storage}, {latency} ms, keep 0.5 vs whole-shard streaming: bytes {row['bytes_vs_stream']:.3f}×, "
-                f"epoch {row['epoch_s_vs_stream']:.3f}× [{low:.3f}, {high:.3f}]"
+                f"epoch {row['epoch_s_vs_stream']:.3f}× [{low:.3f}, {high:.3f}]{obstore}"
             )
     return "\n".join(lines)

@@ -144,19 +144,35 @@ class Location:
         with ThreadPoolExecutor(min(16, len(names) or 1)) as pool:
             return list(pool.map(self.info, names))
 
-    def read_ranges(self, names: Sequence[str], starts: Sequence[int], stops: Sequence[int]) -> list[bytes]:
+    def read_ranges(
+        self,
+        names: Sequence[str],
+        starts: Sequence[int],
+        stops: Sequence[int],
+        *,
+        attempts: int = 3,
+        client: str = "fsspec",
+        client_options: dict[str, Any] | None = None,
+    ) -> list[bytes | memoryview]:
         """Bytes ``[starts[j], stops[j])`` of object ``names[j]`` for every j, all fetched concurrently (one
-        fsspec ``cat_ranges`` call); each result is checked to have the requested length."""
+        fsspec ``cat_ranges`` call, or with ``client="obstore"`` one obstore request per range:
+        ``sadp_data.remote_obstore``), each connection error retried up to ``attempts`` attempts in all;
+        each result is checked to have the requested length."""
         paths = [self.join(name) for name in names]
         if not self.remote:
-            parts = []
+            parts: list[bytes | memoryview] = []
             for path, start, stop in zip(paths, starts, stops, strict=True):
                 with open(path, "rb") as handle:
                     handle.seek(start)
                     parts.append(handle.read(stop - start))
+        elif client == "obstore":
+            from .remote_obstore import read_ranges
+
+            parts = list(read_ranges(paths, starts, stops, self.storage_options, client_options, attempts))
         else:
             where = paths[0] if len(set(paths)) == 1 else f"{paths[0]} and {len(set(paths)) - 1} more"
-            parts = retrying(lambda: self.fs.cat_ranges(paths, list(starts), list(stops), on_error="raise"), where)
+            fetch = lambda: self.fs.cat_ranges(paths, list(starts), list(stops), on_error="raise")  # noqa: E731
+            parts = retrying(fetch, where, attempts=attempts)
         for part, path, start, stop in zip(parts, paths, starts, stops, strict=True):
             if isinstance(part, BaseException):
                 raise part

@@ -328,6 +328,36 @@ def test_bench_loader_torch_backend_json_shape() -> None:
     assert "wrap(SADPSampler)" in format_loader_table(result)
 
 
+def test_bench_loader_remote_json_shape() -> None:
+    """A tiny remote bench against moto and nginx: every pipeline per storage, the documented keys, and
+    bytes counted at the server that follow the plan (keep 0.5 fetches about half of streaming's)."""
+    pytest.importorskip("moto")
+    pytest.importorskip("obstore")
+    import shutil
+
+    if not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()):
+        pytest.skip("nginx is not installed")
+    from sadp_data.bench.loader_remote import format_remote_table, run_remote_bench
+
+    result = run_remote_bench(NMNIST, rounds=1, latencies_ms=(5.0,), limit=200, progress=False, repeat=1)
+    rows = result["results"]
+    assert {(r["storage"], r["pipeline"], r["keep_ratio"]) for r in rows} == {
+        (storage, pipeline, keep)
+        for storage in ("http", "s3")
+        for pipeline, keep in [("stream", 1.0), ("sadp", 1.0), ("sadp", 0.7), ("sadp", 0.5), ("sadp-obstore", 0.5)]
+    }
+    keys = {"keep_ratio", "latency_ms", "pipeline", "bytes_fetched", "requests", "epoch_s"}
+    assert all(keys <= set(row) and row["samples"] > 0 for row in rows)
+    for storage in ("http", "s3"):
+        half = {r["pipeline"]: r for r in rows if r["storage"] == storage and r["keep_ratio"] == 0.5}
+        assert half["sadp"]["samples"] == half["sadp-obstore"]["samples"] == 100
+        assert half["sadp"]["bytes_fetched"] == half["sadp-obstore"]["bytes_fetched"]  # the same requests
+        assert 0.3 < result["summary"][storage]["5"]["bytes_vs_stream"] < 0.7
+        assert "obstore_epoch_s_vs_stream_ci95" in result["summary"][storage]["5"]
+    _check_targets(result["targets"])
+    assert "through obstore" in format_remote_table(result)
+
+
 def test_trimmed_mean_and_ratio_interval() -> None:
     from sadp_data.bench.loader import ratio_interval, trimmed_mean
 

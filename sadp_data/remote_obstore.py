@@ -1,0 +1,121 @@
+"""Byte-range reads through obstore (Rust's ``object_store``), the faster client for fetching planned samples.
+
+``FetchOptions(client="obstore")`` sends a block's byte ranges through obstore instead of fsspec: one
+``get_range_async`` per range, all of a block's ranges awaited together. The requests are the same as
+fsspec's (obstore's own ``get_ranges`` would merge ranges up to 1 MiB apart and fetch pruned bytes,
+so it is not used). Measured on 127.0.0.1 (``docs/remote.md``), the same 1,497 ranges took half of
+fsspec's time over nginx; over moto's S3 server both are bound by the server.
+
+Only the reads of shard bytes go through obstore; listing, sizes, ETags and uploads stay with fsspec.
+The fsspec ``storage_options`` of the common keys are translated to obstore's configuration
+(:func:`obstore_config`); any other key is refused by name rather than dropped, and a user can pass
+obstore's own settings with ``FetchOptions(client_options={...})`` (keyword arguments of
+``obstore.store.from_url``) instead. Retries are obstore's: ``attempts − 1`` retries with its backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from typing import Any
+
+#: URL schemes obstore reads here.
+SCHEMES = ("s3", "gs", "gcs", "http", "https")
+
+_S3_KEYS = {"key": "access_key_id", "secret": "secret_access_key", "token": "session_token"}
+_stores: dict[tuple[str, int, str], Any] = {}
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``(root, path)``: the bucket or host URL an obstore store is made for, and the object's path in it."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in SCHEMES:
+        raise ValueError(f"obstore reads {', '.join(SCHEMES)} URLs, not {url!r}")
+    host, _, path = rest.partition("/")
+    return f"{scheme}://{host}", path
+
+
+def obstore_config(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of ``obstore.store.from_url`` equivalent to fsspec ``storage_options`` for ``url``.
+
+    S3: ``key``/``secret``/``token``, ``endpoint_url`` (also inside ``client_kwargs``), ``region_name``
+    (in ``client_kwargs``), ``anon``, and ``config_kwargs={"s3": {"addressing_style": "path"}}``.
+    HTTP(S) and GCS: no options. Anything else raises ``ValueError`` naming the key.
+    """
+    scheme = url.partition("://")[0]
+    options = dict(storage_options)
+    config: dict[str, Any] = {}
+    if scheme == "s3":
+        for fsspec_key, obstore_key in _S3_KEYS.items():
+            if fsspec_key in options:
+                config[obstore_key] = options.pop(fsspec_key)
+        client = dict(options.pop("client_kwargs", {}) or {})
+        endpoint = options.pop("endpoint_url", None) or client.pop("endpoint_url", None)
+        if endpoint:
+            config["endpoint"] = endpoint
+        if "region_name" in client:
+            config["region"] = client.pop("region_name")
+        if options.pop("anon", False):
+            config["skip_signature"] = True
+        addressing = (options.pop("config_kwargs", {}) or {}).get("s3", {}).get("addressing_style")
+        if addressing == "path":
+            config["virtual_hosted_style_request"] = False
+        leftover = sorted(options) + [f"client_kwargs.{key}" for key in sorted(client)]
+    else:
+        leftover = sorted(options)
+    if leftover:
+        raise ValueError(
+            f"FetchOptions(client='obstore') cannot translate storage_options {leftover} for {url}: pass "
+            "obstore's settings as FetchOptions(client_options={...}) (obstore.store.from_url keywords)"
+        )
+    plain_http = scheme == "http" or str(config.get("endpoint", "")).startswith("http://")
+    return {"config": config, "client_options": {"allow_http": True} if plain_http else {}}
+
+
+def _store(root: str, storage_options: dict[str, Any], client_options: dict[str, Any] | None, attempts: int) -> Any:
+    """obstore's store for ``root`` in this process (stores are not fork-safe: one per process)."""
+    from obstore.store import from_url
+
+    key = (root, os.getpid(), repr((sorted(storage_options.items()), client_options, attempts)))
+    if key not in _stores:
+        settings = dict(client_options) if client_options is not None else obstore_config(root, storage_options)
+        settings.setdefault("retry_config", {"max_retries": max(0, attempts - 1)})
+        _stores[key] = from_url(root, **settings)
+    return _stores[key]
+
+
+def read_ranges(
+    urls: Sequence[str],
+    starts: Sequence[int],
+    stops: Sequence[int],
+    storage_options: dict[str, Any],
+    client_options: dict[str, Any] | None = None,
+    attempts: int = 3,
+) -> list[memoryview]:
+    """Bytes ``[starts[j], stops[j])`` of object ``urls[j]``, one request per range, all in flight at once.
+
+    Raises ``OSError`` naming the object of the first failed range (obstore's error attached).
+    """
+    try:
+        import obstore
+    except ImportError as error:
+        raise ImportError("FetchOptions(client='obstore') needs obstore: pip install 'sadp-data[remote]'") from error
+    targets = [split_url(url) for url in urls]
+    stores = {root: _store(root, storage_options, client_options, attempts) for root in {root for root, _ in targets}}
+
+    async def gather() -> list[Any]:
+        requests = (
+            obstore.get_range_async(stores[root], path, start=int(start), end=int(stop))
+            for (root, path), start, stop in zip(targets, starts, stops, strict=True)
+        )
+        return await asyncio.gather(*requests, return_exceptions=True)
+
+    parts = asyncio.run(gather())
+    for url, part in zip(urls, parts, strict=True):
+        if isinstance(part, BaseException):
+            missing = isinstance(part, FileNotFoundError) or type(part).__name__ == "NotFoundError"
+            kind = FileNotFoundError if missing else OSError
+            detail = str(part).splitlines()[0] if str(part) else ""
+            raise kind(f"{url}: {type(part).__name__} (obstore, at most {attempts} attempts): {detail}") from part
+    return [memoryview(part) for part in parts]
