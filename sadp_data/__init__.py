@@ -15,6 +15,7 @@ from .plan import EpochPlan, PlanSlice
 from .sampler import SADPSampler
 from .schedule import KeepRatioSchedule
 from .scorer import SpikeAwareScorer
+from .sharded_store import ShardedScoreStore
 from .store import ScoreSnapshot, ScoreStore, ScoreStoreError, dataset_fingerprint
 
 __version__ = "0.1.0"
@@ -28,6 +29,7 @@ __all__ = [
     "ScoreSnapshot",
     "ScoreStore",
     "ScoreStoreError",
+    "ShardedScoreStore",
     "SpikeAwareScorer",
     "dataset_fingerprint",
     "plan_epoch",

@@ -112,3 +112,36 @@ class EpochPlan:
                 "was set_epoch called on the sampler that feeds this loader?"
             )
         return found
+
+
+@dataclass
+class RankPlan(EpochPlan):
+    """One rank's slice of an epoch plan that no rank holds whole (a ``ShardedScoreStore``).
+
+    ``order`` and ``weights`` are positions ``rank_positions(K, rank, world)`` of the global plan, so
+    ``rank_slice`` returns them for this rank alone and ``weights_of`` finds indices of this slice
+    (by binary search: no array of size ``N``). Elastic resume needs the whole plan and is refused.
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    def rank_slice(self, rank: int = 0, world: int = 1, resumed_from: tuple[int, int] | None = None) -> PlanSlice:
+        if (rank, world) != (self.rank, self.world) or resumed_from is not None:
+            raise ValueError(
+                f"this plan is rank {self.rank}'s slice of {self.world} (a sharded score table): it cannot give "
+                f"rank {rank} of {world}{' after an elastic resume' if resumed_from is not None else ''}"
+            )
+        return PlanSlice(self.order, self.weights)
+
+    def weights_of(self, indices: Any) -> np.ndarray:
+        index = np.asarray(indices.detach().cpu().numpy() if hasattr(indices, "detach") else indices)
+        index = index.astype(np.int64, copy=False).reshape(-1)
+        ranked = np.argsort(self.order, kind="stable")
+        where = np.minimum(np.searchsorted(self.order[ranked], index), max(0, len(self) - 1))
+        missing = np.flatnonzero(self.order[ranked][where] != index) if len(self) else np.arange(index.size)
+        if missing.size:
+            raise KeyError(
+                f"examples {index[missing[:5]].tolist()} are not in rank {self.rank}'s slice of epoch {self.epoch}"
+            )
+        return self.weights[ranked[where]].astype(np.float32)

@@ -24,9 +24,11 @@ from .distributed import per_rank, rank_and_world, remaining_positions
 from .kernels import Backend, localize, sample_size
 from .methods import METHODS, PlanRequest, get_method
 from .methods.base import to_host
-from .plan import EpochPlan, PlanSlice, batch_count
+from .plan import EpochPlan, PlanSlice, RankPlan, batch_count
 from .resume import check_state, resumed_from
 from .schedule import KeepRatioSchedule, Shape
+from .sharded_plan import plan_rank_slice
+from .sharded_store import ShardedScoreStore
 from .store import ScoreSnapshot, ScoreStore
 
 
@@ -110,6 +112,8 @@ class SADPSampler(Sampler[int]):
         rank = default_rank if rank is None else int(rank)
         if num_replicas <= 0 or not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, num_replicas), got rank={rank}, num_replicas={num_replicas}")
+        if isinstance(store, ShardedScoreStore):
+            store.check_sampler(self._method, rank, num_replicas, shard_size is not None or groups is not None)
         self.store = store
         self.num_examples = store.num_examples if store is not None else int(num_examples)
         if method == "full":
@@ -217,18 +221,15 @@ class SADPSampler(Sampler[int]):
             if reads_scores:
                 scores, seen, last_epoch = snapshot.scores, snapshot.seen, snapshot.last_epoch
         self._resume_snapshot = None
-        request = PlanRequest(
-            scores,
-            seen,
-            self.num_examples,
-            keep,
-            self.seed,
-            epoch,
-            self.epochs,
-            self.smoothing,
-            self.backend,
-            last_epoch,
-        )
+        if isinstance(self.store, ShardedScoreStore):  # this rank's slice only: no array of size N here
+            settings = {"keep_ratio": keep, "seed": self.seed, "epoch": epoch, "smoothing": self.smoothing}
+            order, weights = plan_rank_slice(self._method, snapshot, settings, self.store)
+            request = PlanRequest(None, None, self.num_examples, keep, self.seed, epoch, self.epochs, 0.0, "numpy")
+            self._stats[epoch] = plan_statistics(request, order, weights, {"rank_slice": True})
+            where = {"rank": self.rank, "world": self.num_replicas}
+            return RankPlan(epoch, keep, order, weights, self.num_examples, version, **where)
+        settings = (self.num_examples, keep, self.seed, epoch, self.epochs, self.smoothing, self.backend)
+        request = PlanRequest(scores, seen, *settings, last_epoch)
         order, weights, info = self._method.plan_with_info(request)
         order, weights = to_host(order), to_host(weights)
         self._stats[epoch] = plan_statistics(request, order, weights, info)

@@ -30,6 +30,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .distributed import ScoreExchange, rank_and_world
 from .score_kernels import cross_entropy_scores, mean_logit_scores
+from .sharded_store import ShardedScoreStore
 from .store import ScoreStore
 
 _MAX_PENDING_CALLS = 4096
@@ -62,7 +63,9 @@ class SpikeAwareScorer:
         sync_every: in a data-parallel run (``torch.distributed`` initialised, world size > 1), the
             scores of all ranks are all-gathered every ``sync_every`` steps and applied on every rank,
             so every rank's store mirror stays identical (``sadp_data.distributed.ScoreExchange``);
-            open the store with ``sadp_data.distributed.open_store`` so only rank 0 writes it.
+            open the store with ``sadp_data.distributed.open_store`` so only rank 0 writes it. A
+            ``ShardedScoreStore`` is not all-gathered: it routes each score to the rank owning its
+            example (its own ``sync_every``).
 
     The readout may be applied once to ``[T, B, H]`` or ``[T·B, H]`` inputs (spikingjelly
     multi-step, ``SeqToANNContainer``) or once per time step to ``[B, H]`` (single-step models);
@@ -87,8 +90,8 @@ class SpikeAwareScorer:
         self.model = model
         self.store = store
         self.exchange: ScoreExchange | None = None
-        if store is not None and rank_and_world()[1] > 1:
-            self.exchange = ScoreExchange(store, sync_every)
+        if store is not None and rank_and_world()[1] > 1 and not isinstance(store, ShardedScoreStore):
+            self.exchange = ScoreExchange(store, sync_every)  # a ShardedScoreStore routes scores itself
         self.last_scores: torch.Tensor | None = None
         #: (module, input, output, forward number) of every readout call since the last step.
         self._calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor, int]] = []

@@ -384,3 +384,33 @@ def sharded_plan_epoch(
     keys = reference.epoch_keys(seed, epoch)
     size = sample_size(int(num_examples), keep_ratio)
     return sharded_plan(local_scores, seen, num_examples, size, smoothing, keys, rank, world, comm)
+
+
+def require_sharded_method(method: Any) -> None:
+    """Raise ``ValueError`` unless ``method`` plans on a sharded table: ``sadp`` with at most ``weight_power`` set."""
+    from dataclasses import replace
+
+    from .methods.sadp import SADP
+
+    if not isinstance(method, SADP) or replace(method, weight_power=SADP.weight_power) != SADP():
+        raise ValueError(
+            f"a ShardedScoreStore plans with method='sadp' and at most its weight_power option, not {method!r}: "
+            "use a replicated ScoreStore for the other methods and options"
+        )
+
+
+def plan_rank_slice(method: Any, snapshot: Any, request: dict[str, Any], store: Any) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's slice of ``sadp``'s plan from its region ``snapshot`` of the sharded ``store``; collective.
+
+    ``request``: ``keep_ratio``, ``seed``, ``epoch``, ``smoothing``. Equal to the replicated
+    sampler's ``plan.rank_slice(rank, world)`` for the same scores: the draw of ``sharded_plan_epoch``,
+    its weights raised to ``weight_power`` on pruned epochs, as ``SADP.plan_with_info`` does.
+    """
+    keep = float(request["keep_ratio"])
+    order, weights = sharded_plan_epoch(
+        snapshot.scores, keep, request["seed"], request["epoch"], store.num_examples, seen=snapshot.seen,
+        smoothing=request["smoothing"], comm=store.comm, rank=store.rank, world=store.world,
+    )  # fmt: skip
+    if keep < 1.0 and method.weight_power != 1.0:
+        weights = np.power(weights.astype(np.float64), method.weight_power).astype(np.float32)
+    return order, weights

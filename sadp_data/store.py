@@ -102,12 +102,14 @@ class ScoreStore:
         overwrite: bool = False,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         flush_interval: float = 1.0,
+        owner_rank: int = 0,
     ) -> ScoreStore:
         """Create an empty sidecar for ``num_examples`` examples and open it for writing.
 
         Refuses to replace an existing sidecar unless ``overwrite=True`` (scores are costly to
         recompute). ``fingerprint`` identifies the dataset (see ``dataset_fingerprint``); opening
-        with a different one later is refused. Atomic: the sidecar is written beside ``path`` and
+        with a different one later is refused. In a process group only rank ``owner_rank`` may open
+        it for writing (0; a ``ShardedScoreStore`` region: its rank). Atomic: the sidecar is written beside ``path`` and
         renamed into place, so a failure leaves ``path`` as it was (``sadp_data.staging``).
         """
         path = Path(path)
@@ -120,7 +122,7 @@ class ScoreStore:
         from .staging import staged
 
         with staged([path]) as stage:  # a failure (a full disk, say) leaves no half-made sidecar at path
-            _write_empty(stage / path.name, int(num_examples), fingerprint, int(chunk_size))
+            _write_empty(stage / path.name, int(num_examples), fingerprint, int(chunk_size), int(owner_rank))
         group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+")
         return cls(path, group, read_only=False, flush_interval=flush_interval)
 

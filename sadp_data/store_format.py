@@ -43,8 +43,9 @@ class Fingerprinted(Protocol):
     fingerprint: str | None
 
 
-def write_empty(path: Path, num_examples: int, fingerprint: str | None, chunk_size: int) -> None:
-    """Write a new, empty format-2 sidecar at ``path`` (every chunk on disk, checksummed)."""
+def write_empty(path: Path, num_examples: int, fingerprint: str | None, chunk_size: int, owner_rank: int = 0) -> None:
+    """Write a new, empty format-2 sidecar at ``path`` (every chunk on disk, checksummed), written in a
+    process group by rank ``owner_rank`` only (recorded when it is not 0)."""
     group = zarr.open_group(zarr.storage.LocalStore(path), mode="w")
     chunks = (min(chunk_size, num_examples),)
     for name, dtype, fill in ARRAYS:
@@ -61,6 +62,7 @@ def write_empty(path: Path, num_examples: int, fingerprint: str | None, chunk_si
             "format_version": FORMAT_VERSION,
             "version": 0,
             "keep_ratio_history": [],
+            **({"owner_rank": owner_rank} if owner_rank else {}),
         }
     )
 

@@ -83,7 +83,7 @@ class MirrorWriter:
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
         if persist:
-            self._lock_fd = acquire_writer_lock(path)
+            self._lock_fd = acquire_writer_lock(path, int(group.attrs.get("owner_rank", 0)))
             self._thread = threading.Thread(target=self._loop, name=f"sadp-store-writer:{path.name}", daemon=True)
             self._thread.start()
         _track(self)
@@ -205,6 +205,7 @@ class MirrorWriter:
                 self._writing = True
             try:
                 self._write_round(snapshot, chunks, version)
+                snapshot = None  # written: the thread must not hold a copy of the table while it waits
             except BaseException as error:  # surfaced in the caller's thread by check_error
                 with self._lock:
                     self._error = error
@@ -239,16 +240,17 @@ class MirrorWriter:
         self._group.attrs.update({"version": version, "keep_ratio_history": history})
 
 
-def acquire_writer_lock(path: Path) -> int:
+def acquire_writer_lock(path: Path, owner: int = 0) -> int:
     """Take the sidecar's exclusive writer lock (``flock`` on its folder) or raise ``ScoreStoreError``.
 
     The OS releases the lock when the holder closes the store or dies (SIGKILL included), so a crashed
     run never blocks the next one. Two writers of one sidecar, in one process or two, would silently
     lose each other's updates; this makes the second one fail instead. The lock is on the folder
     itself (its inode never changes, and zarr sees no extra file); ``flock`` is advisory and local:
-    on network filesystems that do not support it the lock does nothing.
+    on network filesystems that do not support it the lock does nothing. In a process group only rank
+    ``owner`` may take it.
     """
-    _refuse_other_ranks(path)
+    _refuse_other_ranks(path, owner)
     import fcntl
 
     fd = os.open(path, os.O_RDONLY)
@@ -265,15 +267,16 @@ def acquire_writer_lock(path: Path) -> int:
     return fd
 
 
-def _refuse_other_ranks(path: Path) -> None:
-    """In an initialised process group, ranks > 0 must not write the sidecar: rank 0 does."""
+def _refuse_other_ranks(path: Path, owner: int) -> None:
+    """In an initialised process group, only rank ``owner`` writes the sidecar (rank 0, or the rank whose
+    region of a ``ShardedScoreStore`` it holds)."""
     try:
         import torch.distributed as dist
     except ImportError:
         return
-    if dist.is_available() and dist.is_initialized() and dist.get_rank() > 0:
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != owner:
         raise ScoreStoreError(
-            f"{path}: rank {dist.get_rank()} opened the sidecar for writing, but rank 0 writes it; use "
+            f"{path}: rank {dist.get_rank()} opened the sidecar for writing, but rank {owner} writes it; use "
             "sadp_data.distributed.open_store(path) on every rank (rank 0 writes, the others mirror), or "
             "ScoreStore.open(path, mode='mirror')"
         )

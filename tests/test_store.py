@@ -266,3 +266,19 @@ def test_a_snapshot_is_written_once_per_version_and_always_after_reopening(tmp_p
     reopened.flush()
     reopened.close()
     np.testing.assert_array_equal(ScoreStore.open(path, "r").saved_snapshot().scores, other.scores)
+
+
+def test_the_writer_thread_lets_go_of_a_snapshot_once_it_is_written(tmp_path: Path) -> None:
+    """After a flush nothing in the store holds the persisted snapshot (a copy of the whole table)."""
+    import gc
+    import weakref
+
+    with ScoreStore.create(tmp_path / "s.zarr", 1000) as store:
+        store.update(np.arange(1000), np.ones(1000, np.float32))
+        snapshot = store.begin_epoch(1, 0.5)
+        held = weakref.ref(snapshot)
+        store.flush()
+        assert store.saved_snapshot().version == snapshot.version  # on disk
+        del snapshot
+        gc.collect()
+        assert held() is None

@@ -1,0 +1,263 @@
+"""``ShardedScoreStore``: each data-parallel rank holds, writes and plans from only its region of the score table.
+
+With ``world`` ranks and ``N`` examples, rank ``r`` owns examples ``[lo, hi) = shard_bounds(N, world)[r]``
+(``sadp_data.sharded_plan``: contiguous runs of whole sum blocks). Its region lives in its own
+sidecar, ``FOLDER/w{world}-r{rank}.zarr`` (an ordinary ``ScoreStore`` of ``hi − lo`` examples: the
+same checksums, writer thread and crash safety), so no two ranks ever write one file and nothing of
+size ``N`` exists on any rank. ``SADPSampler(store)`` recognises a sharded store and plans with
+``sharded_plan`` (each rank draws its own slice of the one global plan, bit-identical to the
+single-process plan of the same scores, seed and epoch); ``SpikeAwareScorer(model, store)`` hands
+it every batch's scores, which it routes to their owners (``Comm.exchange``, a personalised
+all-to-all) instead of all-gathering them: a rank receives only the scores of its own examples.
+
+Guarantees and trade-offs:
+
+* ``update`` buffers; every ``sync_every`` updates, and at every epoch boundary, the ranks exchange
+  their buffers (a collective: every rank calls ``update`` equally often, as data-parallel training
+  steps do). Scores keep the epoch they were pushed in; they are applied in rank order, oldest epoch
+  first (as ``distributed.ScoreExchange`` does for replicated stores).
+* ``begin_epoch`` makes the snapshot of every region, stamps it with the global version (the sum of
+  the regions' versions, all-gathered), persists it and waits for it to reach disk before the epoch
+  starts, so a mid-epoch checkpoint taken on any rank can be resumed on every rank from the same
+  snapshots. ``saved_snapshot`` agrees across ranks: a region's snapshot is used only when every
+  rank has one of the same global version. ``version`` is ``None``: between boundaries there is no
+  single version without a collective.
+* Every rank owns at least one block of ``SUM_BLOCK`` (65,536) examples; smaller tables are refused
+  (a replicated ``ScoreStore`` is small there).
+* A folder of regions is tied to its world size: opening it at another world size is refused,
+  naming the regions found (the sampler's elastic resume is for replicated stores).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .distributed import rank_and_world
+from .kernels.reference import SUM_BLOCK
+from .sharded_plan import require_sharded_method, shard_bounds
+from .sharded_shuffle import Comm, LocalComm, TorchComm
+from .store import ScoreStore
+from .store_snapshot import ScoreSnapshot
+from .store_update import as_index_array, as_score_array, bad_indices, bad_scores, raise_bad_entries
+
+_LOW_32 = (1 << 32) - 1
+
+
+def region_name(world: int, rank: int) -> str:
+    """The file name of rank ``rank``'s region of a table sharded over ``world`` ranks."""
+    return f"w{world}-r{rank}.zarr"
+
+
+class ShardedScoreStore:
+    """Rank ``rank``'s region of a score table sharded over ``world`` ranks (see the module docstring)."""
+
+    def __init__(
+        self, region: ScoreStore, num_examples: int, rank: int, world: int, comm: Comm, sync_every: int = 1
+    ) -> None:
+        if sync_every <= 0:
+            raise ValueError(f"sync_every must be a positive number of updates, got {sync_every}")
+        self.region = region
+        self.num_examples = int(num_examples)
+        self.rank, self.world, self.comm = int(rank), int(world), comm
+        self.bounds = shard_bounds(self.num_examples, self.world)
+        self.lo, self.hi = self.bounds[self.rank]
+        if region.num_examples != self.hi - self.lo:
+            owned = self.hi - self.lo
+            raise ValueError(f"{region.path} holds {region.num_examples} examples; rank {rank} owns {owned}")
+        self.sync_every = int(sync_every)
+        self._starts = np.array([lo for lo, _ in self.bounds], dtype=np.int64)
+        self._pending: list[tuple[np.ndarray, np.ndarray, int]] = []
+        self._updates = 0
+        self._hooks: list[Callable[[], None]] = []
+
+    @classmethod
+    def open(
+        cls,
+        folder: str | Path,
+        num_examples: int,
+        *,
+        fingerprint: str | None = None,
+        sync_every: int = 1,
+        flush_interval: float = 1.0,
+        rank: int | None = None,
+        world: int | None = None,
+        comm: Comm | None = None,
+    ) -> ShardedScoreStore:
+        """This rank's region in ``folder`` (created empty on first use); collective-free.
+
+        ``rank``/``world`` default to ``torch.distributed``'s, ``comm`` to ``TorchComm()`` (gloo; under
+        NCCL pass ``TorchComm(dist.new_group(backend="gloo"))``) or ``LocalComm()`` for one process.
+        ``fingerprint`` (the dataset's) is pinned in every region with the region's bounds, so a
+        region of other data or of another ``num_examples`` is refused by name.
+        """
+        if rank is None or world is None:
+            rank, world = rank_and_world()
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        others = sorted(p.name for p in folder.glob("w*-r*.zarr") if not p.name.startswith(f"w{world}-r"))
+        if others:
+            raise ValueError(
+                f"{folder} holds score regions of another world size ({', '.join(others[:4])}); a sharded "
+                f"store is resumed at the world size it was written with, not at {world}"
+            )
+        bounds = shard_bounds(int(num_examples), int(world))
+        if any(lo == hi for lo, hi in bounds):
+            raise ValueError(
+                f"{num_examples} examples are too few to shard over {world} ranks (every rank owns whole blocks of "
+                f"{SUM_BLOCK:,} examples): use a replicated ScoreStore, whose table is small at this size"
+            )
+        lo, hi = bounds[int(rank)]
+        pin = f"{fingerprint or 'scores'}|examples {lo}-{hi} of {num_examples}"
+        path = folder / region_name(world, rank)
+        if not path.exists():
+            ScoreStore.create(path, hi - lo, fingerprint=pin, owner_rank=int(rank)).close()
+        region = ScoreStore.open(path, "r+", num_examples=hi - lo, fingerprint=pin, flush_interval=flush_interval)
+        comm = comm if comm is not None else (LocalComm() if world == 1 else TorchComm())
+        return cls(region, num_examples, rank, world, comm, sync_every)
+
+    # -- what the sampler and scorer read ------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self.region.path
+
+    @property
+    def version(self) -> None:
+        """``None``: a sharded table has a global version only at epoch boundaries (snapshots carry it)."""
+        return None
+
+    @property
+    def current_epoch(self) -> int:
+        return self.region.current_epoch
+
+    @property
+    def read_only(self) -> bool:
+        return self.region.read_only
+
+    @property
+    def keep_ratio_history(self) -> list[tuple[int, float]]:
+        return self.region.keep_ratio_history
+
+    def scores(self) -> np.ndarray:
+        """This rank's region of the scores (read-only view; example ``lo + i`` at ``i``)."""
+        return self.region.scores()
+
+    def seen(self) -> np.ndarray:
+        return self.region.seen()
+
+    def last_epoch(self) -> np.ndarray:
+        return self.region.last_epoch()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Stamp ``epoch`` on later updates that pass none."""
+        self.region.set_epoch(epoch)
+
+    def check_sampler(self, method: Any, rank: int, world: int, localized: bool) -> None:
+        """Raise ``ValueError`` unless a sampler with these settings can plan from this store."""
+        require_sharded_method(method)
+        if (rank, world) != (self.rank, self.world):
+            raise ValueError(f"{self!r} is rank {self.rank} of {self.world}; the sampler is rank {rank} of {world}")
+        if localized:
+            raise ValueError("shard_size/groups (shard-local ordering) are not supported with a ShardedScoreStore")
+
+    # -- scores -------------------------------------------------------------------------------
+
+    def update(self, indices: Any, scores: Any, epoch: int | None = None) -> None:
+        """Queue scores of any examples (global indices); every ``sync_every`` calls, route (collective).
+
+        Bad input raises at once on the calling rank, naming positions and values, and queues nothing.
+        """
+        index = as_index_array(indices)
+        values = as_score_array(scores, index.shape[0])
+        if bad_indices(index, self.num_examples).any() or bad_scores(values).any():
+            raise_bad_entries(index, values, self.num_examples)
+        stamp = self.region.current_epoch if epoch is None else int(epoch)
+        self._pending.append((index.astype(np.int64, copy=True), values.astype(np.float32, copy=True), stamp))
+        self._updates += 1
+        if self._updates % self.sync_every == 0:
+            self.route()
+
+    def route(self) -> None:
+        """Collective: send every queued score to the rank owning its example; apply what arrives here."""
+        if self._pending:
+            index = np.concatenate([entry[0] for entry in self._pending])
+            values = np.concatenate([entry[1] for entry in self._pending])
+            stamps = np.concatenate([np.full(entry[0].shape[0], entry[2], np.int64) for entry in self._pending])
+        else:
+            index, values, stamps = np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
+        self._pending = []
+        words = (stamps << 32) | (values.view(np.uint32).astype(np.int64) & _LOW_32)
+        records = np.stack([index, words], axis=1)
+        owners = np.searchsorted(self._starts, index, side="right") - 1
+        received = self.comm.exchange([records[owners == rank].reshape(-1) for rank in range(self.world)])
+        merged = np.concatenate(received).reshape(-1, 2) if received else np.zeros((0, 2), np.int64)
+        arrived, words = merged[:, 0], merged[:, 1]
+        scores = (words & _LOW_32).astype(np.uint32).view(np.float32)
+        epochs = words >> 32
+        for epoch in np.unique(epochs).tolist():
+            chosen = epochs == epoch
+            self.region.update(arrived[chosen] - self.lo, scores[chosen], epoch=int(epoch))
+
+    def add_sync_hook(self, hook: Callable[[], None]) -> None:
+        self._hooks.append(hook)
+
+    def synchronize(self) -> None:
+        """Collective: route the queued scores, then run the sync hooks."""
+        self.route()
+        for hook in self._hooks:
+            hook()
+
+    # -- the epoch boundary ---------------------------------------------------------------------
+
+    def begin_epoch(
+        self,
+        epoch: int,
+        keep_ratio: float,
+        *,
+        resume_from: ScoreSnapshot | None = None,
+        persist_snapshot: bool = True,
+        num_replicas: int = 1,
+    ) -> ScoreSnapshot:
+        """``ScoreStore.begin_epoch`` on the regions (collective): this rank's region snapshot, stamped
+        with the global version, persisted and on disk before it is returned for pruned epochs."""
+        if resume_from is not None:
+            return self.region.begin_epoch(epoch, keep_ratio, resume_from=resume_from)
+        self.synchronize()
+        local = self.region.begin_epoch(epoch, keep_ratio, persist_snapshot=False)
+        versions = self.comm.all_gather(np.array([local.version], np.int64))
+        snapshot = ScoreSnapshot(local.scores, local.seen, int(sum(int(v[0]) for v in versions)), local.last_epoch)
+        if persist_snapshot and keep_ratio < 1.0:
+            self.region.save_snapshot(snapshot)
+            self.region.flush()
+        return snapshot
+
+    def saved_snapshot(self) -> ScoreSnapshot | None:
+        """Collective: this region's persisted snapshot if every rank has one of the same global version."""
+        local = self.region.saved_snapshot()
+        mine = np.array([local is not None, -1 if local is None else local.version], np.int64)
+        everyone = self.comm.all_gather(mine)
+        agreed = all(int(v[0]) == 1 and int(v[1]) == int(mine[1]) for v in everyone)
+        return local if agreed else None
+
+    def record_keep_ratio(self, epoch: int, keep_ratio: float) -> None:
+        self.region.record_keep_ratio(epoch, keep_ratio)
+
+    def flush(self) -> None:
+        """Wait until this rank's region is on disk (queued, unrouted scores stay queued)."""
+        self.region.flush()
+
+    def close(self) -> None:
+        self.region.close()
+
+    def __enter__(self) -> ShardedScoreStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ShardedScoreStore({self.path}, examples {self.lo}-{self.hi} of {self.num_examples})"
