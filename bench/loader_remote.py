@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sadp_data.bench.loader_common import BATCH, KEEP_RATIOS, _fill_scores, _measure_rounds, ratio_interval
+from sadp_data.bench.remote_clients import measure_clients
 
 LATENCIES_MS = (0.0, 5.0, 20.0)
 SHARD_SIZE = 100
@@ -119,7 +120,8 @@ def run_remote_bench(
     Each result: ``storage, keep_ratio, latency_ms, pipeline, bytes_fetched, requests, epoch_s``
     (median over ``rounds``), ``epoch_s_rounds``, ``samples``, ``samples_per_s``. The summary gives,
     per storage, the keep-0.5 ratios to whole-shard streaming: bytes, and epoch time at every latency
-    with a 95 % bootstrap interval.
+    with a 95 % bootstrap interval. ``clients``, per ``"storage latency"``: the keep-0.5 plan's byte
+    ranges read through fsspec and through obstore alone (``remote_clients.measure_clients``).
     """
     from contextlib import ExitStack
 
@@ -181,6 +183,10 @@ def run_remote_bench(
                 for pipeline, keep in [("stream", 1.0), *SADP_PIPELINES]
             ]
             times, counts = _measure_rounds(configs, rounds, measure, "bench loader remote", progress)
+            clients = {
+                f"{storage} {latency:g}": measure_clients(loaders[(storage, latency, "sadp", 0.5)], rounds)
+                for storage, latency in front
+            }
         store.close()
     results = [
         {
@@ -215,6 +221,7 @@ def run_remote_bench(
         "summary": summary,
         "targets": remote_targets(summary),
         "settings": settings,
+        "clients": clients,
     }
 
 
@@ -286,6 +293,11 @@ def format_remote_table(result: dict[str, Any]) -> str:
             f"| {row['storage']} | {row['latency_ms']:g} | {row['pipeline']} | {row['keep_ratio']:g} | "
             f"{row['bytes_fetched'] / 1e6:.1f} | {row['requests']} | {row['epoch_s']:.3f} | "
             f"{row['samples_per_s']:.0f} |"
+        )
+    for where, row in result.get("clients", {}).items():
+        lines.append(
+            f"\n{where} ms, the keep-0.5 plan's {row['ranges']} byte ranges read alone: fsspec "
+            f"{row['fsspec']['read_s']:.3f} s, obstore {row['obstore']['read_s']:.3f} s"
         )
     for storage, per_latency in result["summary"].items():
         for latency, row in per_latency.items():

@@ -3,7 +3,7 @@
 ``FetchOptions(client="obstore")`` sends a block's byte ranges through obstore instead of fsspec: one
 ``get_range_async`` per range, all of a block's ranges awaited together. The requests are the same as
 fsspec's (obstore's own ``get_ranges`` would merge ranges up to 1 MiB apart and fetch pruned bytes,
-so it is not used). Measured on 127.0.0.1 (``docs/remote.md``), the same 1,497 ranges took half of
+so it is not used). Measured on 127.0.0.1 (the ``clients`` part of the remote loader bench, README), reads took half of
 fsspec's time over nginx; over moto's S3 server both are bound by the server.
 
 Only the reads of shard bytes go through obstore; listing, sizes, ETags and uploads stay with fsspec.

@@ -355,7 +355,11 @@ def test_bench_loader_remote_json_shape() -> None:
         assert 0.3 < result["summary"][storage]["5"]["bytes_vs_stream"] < 0.7
         assert "obstore_epoch_s_vs_stream_ci95" in result["summary"][storage]["5"]
     _check_targets(result["targets"])
-    assert "through obstore" in format_remote_table(result)
+    assert "through obstore" in format_remote_table(result) and "read alone" in format_remote_table(result)
+    clients = result["clients"]["http 5"]  # the same plan's ranges read alone, without the loader
+    half = next(r for r in rows if (r["storage"], r["pipeline"], r["keep_ratio"]) == ("http", "sadp", 0.5))
+    assert clients["fsspec"]["bytes"] == clients["obstore"]["bytes"] == half["bytes_fetched"]
+    assert clients["ranges"] == half["requests"] and clients["fsspec"]["read_s"] > 0
 
 
 def test_trimmed_mean_and_ratio_interval() -> None:
