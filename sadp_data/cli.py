@@ -357,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as error:
         parser.exit(2, f"sadp-data {args.command}: error: {error}\n")
+    except (OSError, KeyError, ImportError) as error:  # e.g. a permission, a source's missing key, an extra
+        parser.exit(2, f"sadp-data {args.command}: error: {type(error).__name__}: {error}\n")
 
 
 if __name__ == "__main__":

@@ -130,3 +130,18 @@ def test_bad_scores_and_unsupported_settings_are_refused_by_name(tmp_path) -> No
             plan.weights_of(np.setdiff1d(np.arange(100), plan.order)[:1])
         with pytest.raises(ValueError, match="elastic resume"):
             plan.rank_slice(0, 1, resumed_from=(2, 10))
+
+
+def test_the_readme_snippet_runs(tmp_path, monkeypatch) -> None:
+    from _readme import run_readme_block
+
+    monkeypatch.chdir(tmp_path)
+    train_set = torch.utils.data.TensorDataset(torch.zeros(65536 + 7, 3))
+    namespace = run_readme_block("### A score table sharded across ranks", {"sd": sd, "train_set": train_set,
+                                 "model": torch.nn.Linear(3, 2)})  # fmt: skip
+    store, sampler, scorer = namespace["store"], namespace["sampler"], namespace["scorer"]
+    assert scorer.exchange is None and (tmp_path / "train.scores-regions" / "w1-r0.zarr").is_dir()
+    sampler.set_epoch(1)
+    assert len(sampler.rank_order()) == sample_size(65536 + 7, sampler.keep_ratio(1)) < 65536
+    assert sampler.stats()[-1]["rank_slice"]
+    store.close()

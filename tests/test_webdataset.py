@@ -96,6 +96,17 @@ def test_info_is_readable(shards: Path, capsys) -> None:
     assert "examples     250" in text and "4 x up to 64 samples" in text and "scored       10 of 250" in text
 
 
+def test_the_command_line_names_os_errors_without_a_traceback(shards: Path, capsys, monkeypatch) -> None:
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(shards / "index.json"))
+
+    monkeypatch.setattr(ShardIndex, "load", denied)
+    with pytest.raises(SystemExit) as stop:
+        main(["info", str(shards)])
+    assert stop.value.code == 2
+    assert "sadp-data info: error: PermissionError: [Errno 13] Permission denied:" in capsys.readouterr().err
+
+
 def test_bad_shards_are_named(shards: Path) -> None:
     victim = shards / "train-000001.tar"
     data = bytearray(victim.read_bytes())
