@@ -47,6 +47,13 @@ from sadp_data.shards import ShardError, ShardIndex, parse_sample, sample_checks
 from sadp_data.store import check_store_belongs
 
 
+def _loaded(root: str | Path | ShardIndex, storage_options: dict[str, Any] | None) -> ShardIndex:
+    """``root`` itself when it is a loaded index, else the index it names (loaded and checked)."""
+    if isinstance(root, ShardIndex):
+        return root
+    return ShardIndex.load(root, storage_options=storage_options)
+
+
 def _batch_size(batch: Any) -> int:
     """Examples in a collated batch (tuple, list or dict of tensors or arrays)."""
     first = (
@@ -187,7 +194,7 @@ class ScoredShards(IterableDataset):
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | ShardIndex,
         sampler: SADPSampler,
         *,
         window: int | None = None,
@@ -198,14 +205,15 @@ class ScoredShards(IterableDataset):
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        self.index = ShardIndex.load(root, storage_options=storage_options)
+        self.index = _loaded(root, storage_options)
         self.fetch = fetch if fetch is not None else FetchOptions()
         self.fetch_stats = FetchStats()
         if sampler.num_examples != self.index.num_examples:
             raise ValueError(
-                f"the sampler covers {sampler.num_examples} examples but {root} holds {self.index.num_examples}"
+                f"the sampler covers {sampler.num_examples} examples but {self.index.root} holds "
+                f"{self.index.num_examples}"
             )
-        check_store_belongs(sampler.store, self.index.fingerprint, str(root))
+        check_store_belongs(sampler.store, self.index.fingerprint, str(self.index.root))
         self.sampler = sampler
         self.window = window or sampler.window
         self.on_error = on_error
@@ -218,11 +226,15 @@ class ScoredShards(IterableDataset):
 
     @staticmethod
     def sampler_for(
-        root: str | Path, store=None, storage_options: dict[str, Any] | None = None, **sampler_kwargs: Any
+        root: str | Path | ShardIndex,
+        store=None,
+        storage_options: dict[str, Any] | None = None,
+        **sampler_kwargs: Any,
     ) -> SADPSampler:
         """An ``SADPSampler`` over the shards' sidecar (``ShardIndex.sidecar_path``: local even for remote
-        shards) with shard-local ordering set up."""
-        index = ShardIndex.load(root, storage_options=storage_options)
+        shards) with shard-local ordering set up. ``root`` may be a loaded ``ShardIndex``: pass the same
+        one to ``ScoredShards`` to read and check a remote index once instead of twice."""
+        index = _loaded(root, storage_options)
         store = store if store is not None else index.open_store()
         if index.consecutive_shards:
             return SADPSampler(store, shard_size=index.shard_size, **sampler_kwargs)

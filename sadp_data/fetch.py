@@ -49,7 +49,7 @@ class FetchOptions:
         cache_dir: keep whole-fetched shards here (``None``: no cache) and read them locally after.
         cache_bytes: evict the least recently used cached shards beyond this many bytes.
         client: ``"fsspec"`` (the default; the filesystem of ``storage_options``) or ``"obstore"``
-            (``sadp_data.remote_obstore``: the same requests through obstore, faster over HTTP), for
+            (``sadp_data.remote_obstore``: the same requests sent by obstore; no faster in the bench), for
             the shard reads only.
         client_options: with ``client="obstore"``, keywords of ``obstore.store.from_url`` used instead
             of the translation of ``storage_options``.

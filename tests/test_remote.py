@@ -135,6 +135,21 @@ def test_pruned_bytes_are_not_fetched_over_http(served, data, client):
     assert all(r["range"] for r in shard_requests) and len(shard_requests) == dataset.fetch_stats.requests
 
 
+def test_a_loaded_index_is_read_once_for_sampler_and_dataset(served, data):
+    folder, server = served
+    _, x, y = data
+    with LatencyProxy(server.url) as proxy:
+        url = f"{proxy.url}/{folder.name}"
+        index = ShardIndex.load(url)
+        sampler = ScoredShards.sampler_for(index, keep_ratio=0.5, epochs=4, warmup_epochs=0, seed=5)
+        sampler.set_epoch(1)
+        dataset = ScoredShards(index, sampler).decode().to_tuple("x.npy", "y.cls")
+        _check_epoch(sampler, list(dataset.loader(16)), x, y)
+        sampler.store.close()
+        index_reads = [r for r in proxy.request_log() if r["path"].endswith("/index.json")]
+    assert len(index_reads) == 1 and dataset.index is index
+
+
 def test_whole_shard_fallback_and_coalescing_trade_requests_for_bytes(served, data):
     folder, server = served
     with LatencyProxy(server.url) as proxy:
