@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +30,10 @@ from .shards import FORMAT, INDEX, OFFSETS, SIDECAR, ShardError, ShardIndex
 from .staging import staged
 from .store import ScoreStore
 
+#: An engine that writes every shard of a source into a folder: ``(source, folder, shard_size, name,
+#: progress) -> [ShardRecord, ...]`` in shard order, shard ``k`` holding examples ``[k·S, (k+1)·S)``.
+ShardsWriter = Callable[[Any, Path, int, str, bool], list[ShardRecord]]
+
 
 def write_shards(
     source,
@@ -37,6 +43,7 @@ def write_shards(
     progress: bool = True,
     overwrite: bool = False,
     workers: int = 1,
+    writer: ShardsWriter | None = None,
 ) -> ShardIndex:
     """Convert ``source`` (a ``sources.Source``) into scored shards in ``out``; returns the index.
 
@@ -46,7 +53,10 @@ def write_shards(
     For a remote ``out`` (``s3://bucket/prefix``) use ``sadp_data.publish.publish_shards``.
 
     ``workers=P`` converts with ``P`` processes (at most one per shard; ``sadp_data.parallel_convert``):
-    the same bytes as ``workers=1``; errors name the example and the source.
+    the same bytes as ``workers=1``; errors name the example and the source. ``writer`` replaces the
+    engine that writes the shards (``writer(source, folder, shard_size, name, progress)`` returns their
+    ``ShardRecord``s in shard order; e.g. Ray tasks, ``sadp_data.adapters.ray``); the index, the
+    staging and the checks stay these.
     """
     check_workers(workers)
     if shard_size <= 0:
@@ -64,12 +74,12 @@ def write_shards(
     if count == 0:
         raise ValueError(f"{source.name}: the source has no examples")
     with staged([out]) as stage:
-        meta, offsets = build_shards(source, stage / out.name, shard_size, name, progress, workers)
+        meta, offsets = build_shards(source, stage / out.name, shard_size, name, progress, workers, writer)
     return ShardIndex(out, meta, offsets)
 
 
 def build_shards(
-    source, out: Path, shard_size: int, name: str, progress: bool, workers: int = 1
+    source, out: Path, shard_size: int, name: str, progress: bool, workers: int = 1, writer: ShardsWriter | None = None
 ) -> tuple[dict, np.ndarray]:
     """Write the shards, the index files and an empty sidecar of ``source`` into the new folder ``out``.
 
@@ -78,10 +88,20 @@ def build_shards(
     """
     out.mkdir()
     count = len(source)
-    if check_workers(workers) > 1 and count > shard_size:
+    if writer is not None:
+        records = writer(source, out, shard_size, name, progress)
+    elif check_workers(workers) > 1 and count > shard_size:
         records = write_shards_parallel(source, out, shard_size, name, progress, workers)
     else:
         records = _write_serially(source, out, shard_size, name, progress)
+    return finish_shards(out, records, count, source.name, shard_size, name)
+
+
+def finish_shards(
+    out: Path, records: list[ShardRecord], count: int, source_name: str, shard_size: int, name: str
+) -> tuple[dict, np.ndarray]:
+    """Merge the shards' ``records`` (in shard order) into ``index.json``, ``offsets.npy``, the ``wids``
+    list and an empty sidecar in ``out``, whichever engine wrote the shards (serial, processes, Ray)."""
     fields = set().union(*(record.fields for record in records))
     offsets = np.zeros((count, 4), dtype=np.int64)
     shards, digests = [], []
@@ -108,7 +128,7 @@ def build_shards(
         "name": name,
         "num_examples": count,
         "fingerprint": fingerprint,
-        "source": source.name,
+        "source": source_name,
         "shard_size": shard_size,
         "fields": sorted(fields),
         "shards": shards,
