@@ -137,7 +137,9 @@ class RankPlan(EpochPlan):
     def weights_of(self, indices: Any) -> np.ndarray:
         index = np.asarray(indices.detach().cpu().numpy() if hasattr(indices, "detach") else indices)
         index = index.astype(np.int64, copy=False).reshape(-1)
-        ranked = np.argsort(self.order, kind="stable")
+        if self._lookup is None:  # here: the slice's positions in index order, sorted once
+            self._lookup = np.argsort(self.order, kind="stable")
+        ranked = self._lookup
         where = np.minimum(np.searchsorted(self.order[ranked], index), max(0, len(self) - 1))
         missing = np.flatnonzero(self.order[ranked][where] != index) if len(self) else np.arange(index.size)
         if missing.size:

@@ -30,6 +30,7 @@ Guarantees and trade-offs:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,7 @@ class ShardedScoreStore:
         stamp = self.region.current_epoch if epoch is None else int(epoch)
         self._pending.append((index.astype(np.int64, copy=True), values.astype(np.float32, copy=True), stamp))
         self._updates += 1
-        if self._updates % self.sync_every == 0:
+        if self._updates >= self.sync_every:
             self.route()
 
     def route(self) -> None:
@@ -189,7 +190,7 @@ class ShardedScoreStore:
             stamps = np.concatenate([np.full(entry[0].shape[0], entry[2], np.int64) for entry in self._pending])
         else:
             index, values, stamps = np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
-        self._pending = []
+        self._pending, self._updates = [], 0
         words = (stamps << 32) | (values.view(np.uint32).astype(np.int64) & _LOW_32)
         records = np.stack([index, words], axis=1)
         owners = np.searchsorted(self._starts, index, side="right") - 1
@@ -251,6 +252,17 @@ class ShardedScoreStore:
         self.region.flush()
 
     def close(self) -> None:
+        """Close this rank's region. Scores still queued (``sync_every > 1``) are not routed here, since
+        routing is a collective: a ``RuntimeWarning`` counts them (call ``route()`` on every rank first)."""
+        queued = sum(entry[0].shape[0] for entry in self._pending)
+        if queued:
+            warnings.warn(
+                f"{self!r} closed with {queued} scores queued and not routed to their owners: they are lost; "
+                "call store.route() on every rank before closing",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._pending = []
         self.region.close()
 
     def __enter__(self) -> ShardedScoreStore:

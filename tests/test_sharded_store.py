@@ -125,11 +125,16 @@ def test_bad_scores_and_unsupported_settings_are_refused_by_name(tmp_path) -> No
         sampler = _sampler(store)
         sampler.set_epoch(1)
         plan = sampler.plan
+        store.sync_every = 2
+        store.update(np.array([5]), np.array([1.5]))  # queued until the second update
+        assert store.scores()[5] == 0.0
         assert plan.weights_of(plan.order[:3]).tolist() == plan.weights[:3].tolist()
         with pytest.raises(KeyError, match="not in rank 0's slice"):
             plan.weights_of(np.setdiff1d(np.arange(100), plan.order)[:1])
         with pytest.raises(ValueError, match="elastic resume"):
             plan.rank_slice(0, 1, resumed_from=(2, 10))
+        with pytest.warns(RuntimeWarning, match="closed with 1 scores queued"):
+            store.close()
 
 
 def test_the_readme_snippet_runs(tmp_path, monkeypatch) -> None:
