@@ -45,9 +45,22 @@ def planned_ranges(loader: Any, epoch: int) -> list[tuple[list[str], list[int], 
 
 
 def measure_clients(loader: Any, rounds: int = 3, epoch: int = 1) -> dict[str, Any]:
-    """``{client: {"read_s": median, "read_s_rounds": [...], "bytes": n}, "ranges": R, "blocks": B}``."""
+    """``{client: {"read_s": median, "read_s_rounds": [...], "bytes": n}, "ranges": R, "blocks": B}``.
+
+    The reads run in a spawned process: obstore is not fork-safe, so this process, which forks
+    DataLoader workers that read through obstore, must not use it itself (``remote_obstore``).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     location = loader.dataset.index.shard_location
     blocks = planned_ranges(loader, epoch)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        return child.submit(_read_rounds, location, blocks, rounds).result()
+
+
+def _read_rounds(location: Any, blocks: list[tuple[list[str], list[int], list[int]]], rounds: int) -> dict[str, Any]:
+    """The rounds of ``measure_clients`` (in its spawned process)."""
     times: dict[str, list[float]] = {client: [] for client in CLIENTS}
     counts: dict[str, int] = {}
     for round_number in range(rounds):

@@ -1,4 +1,4 @@
-"""Byte-range reads through obstore (Rust's ``object_store``), an alternative client for fetching planned samples.
+"""Byte-range reads through obstore (Rust's ``object_store``), an alternative client for planned samples.
 
 ``FetchOptions(client="obstore")`` sends a block's byte ranges through obstore instead of fsspec: one
 ``get_range_async`` per range, all of a block's ranges awaited together. The requests are the same as
@@ -12,6 +12,10 @@ The fsspec ``storage_options`` of the common keys are translated to obstore's co
 (:func:`obstore_config`); any other key is refused by name rather than dropped, and a user can pass
 obstore's own settings with ``FetchOptions(client_options={...})`` (keyword arguments of
 ``obstore.store.from_url``) instead. Retries are obstore's: ``attempts − 1`` retries with its backoff.
+
+obstore is not fork-safe: a process forked after it read through obstore (DataLoader workers forked
+from a main process that read first) would hang, so such a read raises ``RuntimeError`` at once
+(``check_not_forked``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,27 @@ SCHEMES = ("s3", "gs", "gcs", "http", "https")
 
 _S3_KEYS = {"key": "access_key_id", "secret": "secret_access_key", "token": "session_token"}
 _stores: dict[tuple[str, int, str], Any] = {}
+#: The process that first read through obstore here: its tokio runtime does not survive ``fork``.
+_used_in: int | None = None
+
+
+def check_not_forked() -> None:
+    """Raise ``RuntimeError`` in a process forked from one that already read through obstore.
+
+    obstore's tokio runtime loses its threads in a forked child, so a read there would hang forever
+    (obstore is not fork-safe). The usual case: reading in the main process, then DataLoader workers
+    (forked by default on Linux) reading too. Fail fast instead, saying what to do.
+    """
+    global _used_in
+    if _used_in is None:
+        _used_in = os.getpid()
+    elif _used_in != os.getpid():
+        raise RuntimeError(
+            f"FetchOptions(client='obstore') in process {os.getpid()}, forked from process {_used_in} after it "
+            "read through obstore: obstore's runtime does not survive fork and the read would hang. Read only "
+            "in the DataLoader workers (not in the main process first), start them with "
+            "multiprocessing_context='spawn', or use client='fsspec'"
+        )
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -102,6 +127,7 @@ def read_ranges(
         import obstore
     except ImportError as error:
         raise ImportError("FetchOptions(client='obstore') needs obstore: pip install 'sadp-data[remote]'") from error
+    check_not_forked()
     targets = [split_url(url) for url in urls]
     stores = {root: _store(root, storage_options, client_options, attempts) for root in {root for root, _ in targets}}
 

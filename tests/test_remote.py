@@ -99,6 +99,8 @@ def _check_epoch(sampler, batches, x, y):
 
 @pytest.mark.parametrize(("workers", "client"), [(0, "fsspec"), (2, "fsspec"), (2, "obstore")])
 def test_s3_convert_then_read_every_kept_sample_once(s3, bucket, data, workers, client):
+    """With obstore in forked workers: this must run before any test reads through obstore in this
+    process (obstore is not fork-safe, see the last test)."""
     path, x, y = data
     url = f"{bucket}/fm"
     options = s3.storage_options()
@@ -273,3 +275,15 @@ def test_convert_and_info_on_the_command_line(s3, bucket, data, capsys):
     with pytest.raises(SystemExit):
         main(["info", url, "--storage-options", "[1]"])
     assert "--storage-options must be a JSON object" in capsys.readouterr().err
+
+
+def test_obstore_in_a_process_forked_after_the_parent_used_it_fails_fast(served, data):
+    """obstore is not fork-safe: DataLoader workers forked after the main process read through it raise
+    at once (instead of hanging). Last in this file: from here on this process has used obstore."""
+    folder, server = served
+    _, x, y = data
+    url = f"{server.url}/{folder.name}"
+    sampler, _, batches = _epoch(url, 0.5, fetch=FetchOptions(client="obstore"))  # in this process
+    _check_epoch(sampler, batches, x, y)
+    with pytest.raises(RuntimeError, match=r"forked from process \d+ after it read through obstore"):
+        _epoch(url, 0.5, workers=2, fetch=FetchOptions(client="obstore"))
