@@ -71,18 +71,26 @@ def _ray_writer(data: Any, name: str) -> Callable[..., list[ShardRecord]]:
 
         ranges = list(shard_ranges(len(source), shard_size))
         cuts = [start for _, start, _ in ranges[1:]]
-        pieces = [data] if isinstance(data, Source) or not cuts else data.split_at_indices(cuts)
-        task = ray.remote(_shard_task)
+        if isinstance(data, Source):
+            pieces = [ray.put(data)] * len(ranges)  # one copy in the object store, not one per task
+        else:
+            pieces = data.split_at_indices(cuts) if cuts else [data]
+        task, destination = ray.remote(_shard_task), str(folder.resolve())  # the tasks' cwd is not ours
         futures = [
-            task.remote(data if isinstance(data, Source) else pieces[shard], name, str(folder.resolve()),
-                        f"{shards_name}-{shard:06d}.tar", shard, start, stop)
+            task.remote(pieces[shard], name, destination, f"{shards_name}-{shard:06d}.tar", shard, start, stop)
             for shard, start, stop in ranges
-        ]  # fmt: skip
+        ]
         records = []
-        with tqdm(total=len(source), desc=f"convert {shards_name} (Ray)", unit="ex", disable=not progress) as bar:
-            for future, (_, start, stop) in zip(futures, ranges, strict=True):
-                records.append(ray.get(future))
-                bar.update(stop - start)
+        try:
+            with tqdm(total=len(source), desc=f"convert {shards_name} (Ray)", unit="ex", disable=not progress) as bar:
+                for future, (_, start, stop) in zip(futures, ranges, strict=True):
+                    records.append(ray.get(future))
+                    bar.update(stop - start)
+        except BaseException:  # no task may go on writing into the staging folder that is about to be removed
+            for future in futures:
+                ray.cancel(future, force=True)
+            ray.wait(futures, num_returns=len(futures), timeout=30)
+            raise
         return records
 
     return write
@@ -104,10 +112,10 @@ def write_shards_ray(
     ``shard_writer.write_shards``; ``source_name`` names a Dataset in the index and in errors
     (default ``"ray dataset"``). Ray must be initialised (``ray.init``) or it starts a local instance.
     """
-    ray = _ray()
+    _ray()
     if isinstance(data, Source):
         return write_shards(data, out, shard_size, name, progress, overwrite, writer=_ray_writer(data, data.name))
-    context = ray.data.DataContext.get_current()
+    context = data.context  # a Dataset executes with the context it was created with, not the current one
     ordered, context.execution_options.preserve_order = context.execution_options.preserve_order, True
     try:
         label = source_name or "ray dataset"

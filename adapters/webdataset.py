@@ -207,6 +207,11 @@ class ScoredShards(IterableDataset):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.index = _loaded(root, storage_options)
         self.fetch = fetch if fetch is not None else FetchOptions()
+        if self.fetch.client == "obstore" and self.index.remote:  # bad settings fail here, not per block
+            from sadp_data.remote_obstore import check_settings
+
+            location = self.index.shard_location
+            check_settings(location.url, location.storage_options, self.fetch.client_options)
         self.fetch_stats = FetchStats()
         if sampler.num_examples != self.index.num_examples:
             raise ValueError(

@@ -59,7 +59,7 @@ def split_url(url: str) -> tuple[str, str]:
     if not sep or scheme not in SCHEMES:
         raise ValueError(f"obstore reads {', '.join(SCHEMES)} URLs, not {url!r}")
     host, _, path = rest.partition("/")
-    return f"{scheme}://{host}", path
+    return f"{'gs' if scheme == 'gcs' else scheme}://{host}", path  # obstore knows gcs:// as gs://
 
 
 def obstore_config(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
@@ -84,10 +84,14 @@ def obstore_config(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
             config["region"] = client.pop("region_name")
         if options.pop("anon", False):
             config["skip_signature"] = True
-        addressing = (options.pop("config_kwargs", {}) or {}).get("s3", {}).get("addressing_style")
+        botocore = {key: dict(value) for key, value in (options.pop("config_kwargs", {}) or {}).items()}
+        addressing = botocore.get("s3", {}).pop("addressing_style", None)
         if addressing == "path":
             config["virtual_hosted_style_request"] = False
+        elif addressing is not None:
+            botocore.setdefault("s3", {})["addressing_style"] = addressing
         leftover = sorted(options) + [f"client_kwargs.{key}" for key in sorted(client)]
+        leftover += [f"config_kwargs.{key}.{inner}" for key, value in botocore.items() for inner in sorted(value)]
     else:
         leftover = sorted(options)
     if leftover:
@@ -97,6 +101,13 @@ def obstore_config(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
         )
     plain_http = scheme == "http" or str(config.get("endpoint", "")).startswith("http://")
     return {"config": config, "client_options": {"allow_http": True} if plain_http else {}}
+
+
+def check_settings(url: str, storage_options: dict[str, Any], client_options: dict[str, Any] | None) -> None:
+    """Raise ``ValueError`` now (not at the first read) if obstore cannot read ``url`` with these settings."""
+    root, _ = split_url(url)
+    if client_options is None:
+        obstore_config(root, storage_options)
 
 
 def _store(root: str, storage_options: dict[str, Any], client_options: dict[str, Any] | None, attempts: int) -> Any:

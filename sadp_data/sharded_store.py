@@ -48,6 +48,15 @@ from .store_update import as_index_array, as_score_array, bad_indices, bad_score
 _LOW_32 = (1 << 32) - 1
 
 
+def _raise_if_any_failed(votes: list[np.ndarray], failure: Exception | None, what: str) -> None:
+    """After a collective vote (``-1``: that rank failed): raise on every rank, this rank's own error if it had one."""
+    failed = [rank for rank, vote in enumerate(votes) if int(vote[0]) == -1]
+    if failure is not None:
+        raise failure
+    if failed:
+        raise RuntimeError(f"rank {failed[0]} failed at {what} (its error says why); every rank stops here")
+
+
 def region_name(world: int, rank: int) -> str:
     """The file name of rank ``rank``'s region of a table sharded over ``world`` ranks."""
     return f"w{world}-r{rank}.zarr"
@@ -57,11 +66,19 @@ class ShardedScoreStore:
     """Rank ``rank``'s region of a score table sharded over ``world`` ranks (see the module docstring)."""
 
     def __init__(
-        self, region: ScoreStore, num_examples: int, rank: int, world: int, comm: Comm, sync_every: int = 1
+        self,
+        region: ScoreStore,
+        num_examples: int,
+        rank: int,
+        world: int,
+        comm: Comm,
+        sync_every: int = 1,
+        fingerprint: str | None = None,
     ) -> None:
         if sync_every <= 0:
             raise ValueError(f"sync_every must be a positive number of updates, got {sync_every}")
         self.region = region
+        self.fingerprint = fingerprint  #: the dataset's (each region pins it with its bounds)
         self.num_examples = int(num_examples)
         self.rank, self.world, self.comm = int(rank), int(world), comm
         self.bounds = shard_bounds(self.num_examples, self.world)
@@ -73,6 +90,7 @@ class ShardedScoreStore:
         self._starts = np.array([lo for lo, _ in self.bounds], dtype=np.int64)
         self._pending: list[tuple[np.ndarray, np.ndarray, int]] = []
         self._updates = 0
+        self._bad: Exception | None = None
         self._hooks: list[Callable[[], None]] = []
 
     @classmethod
@@ -95,6 +113,8 @@ class ShardedScoreStore:
         ``fingerprint`` (the dataset's) is pinned in every region with the region's bounds, so a
         region of other data or of another ``num_examples`` is refused by name.
         """
+        if (rank is None) != (world is None):
+            raise ValueError(f"pass both rank and world or neither, got rank={rank}, world={world}")
         if rank is None or world is None:
             rank, world = rank_and_world()
         folder = Path(folder)
@@ -115,10 +135,10 @@ class ShardedScoreStore:
         pin = f"{fingerprint or 'scores'}|examples {lo}-{hi} of {num_examples}"
         path = folder / region_name(world, rank)
         if not path.exists():
-            ScoreStore.create(path, hi - lo, fingerprint=pin, owner_rank=int(rank)).close()
+            ScoreStore.create(path, hi - lo, fingerprint=pin, owner_rank=-1).close()  # its rank's own file
         region = ScoreStore.open(path, "r+", num_examples=hi - lo, fingerprint=pin, flush_interval=flush_interval)
         comm = comm if comm is not None else (LocalComm() if world == 1 else TorchComm())
-        return cls(region, num_examples, rank, world, comm, sync_every)
+        return cls(region, num_examples, rank, world, comm, sync_every, fingerprint)
 
     # -- what the sampler and scorer read ------------------------------------------------------
 
@@ -170,12 +190,19 @@ class ShardedScoreStore:
     def update(self, indices: Any, scores: Any, epoch: int | None = None) -> None:
         """Queue scores of any examples (global indices); every ``sync_every`` calls, route (collective).
 
-        Bad input raises at once on the calling rank, naming positions and values, and queues nothing.
+        Bad input (an index outside ``[0, N)``, a NaN, infinite or negative score) queues nothing of
+        the call and raises at the route it would have joined, on every rank at once (so no rank is left
+        waiting in a collective): on the calling rank the error names positions and values, on the
+        others it names the rank.
         """
         index = as_index_array(indices)
         values = as_score_array(scores, index.shape[0])
         if bad_indices(index, self.num_examples).any() or bad_scores(values).any():
-            raise_bad_entries(index, values, self.num_examples)
+            try:
+                raise_bad_entries(index, values, self.num_examples)
+            except (IndexError, ValueError) as error:  # raised at the next route, on every rank at once
+                self._bad = self._bad or error
+            index, values = index[:0], values[:0]
         stamp = self.region.current_epoch if epoch is None else int(epoch)
         self._pending.append((index.astype(np.int64, copy=True), values.astype(np.float32, copy=True), stamp))
         self._updates += 1
@@ -190,18 +217,28 @@ class ShardedScoreStore:
             stamps = np.concatenate([np.full(entry[0].shape[0], entry[2], np.int64) for entry in self._pending])
         else:
             index, values, stamps = np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
-        self._pending, self._updates = [], 0
         words = (stamps << 32) | (values.view(np.uint32).astype(np.int64) & _LOW_32)
         records = np.stack([index, words], axis=1)
         owners = np.searchsorted(self._starts, index, side="right") - 1
-        received = self.comm.exchange([records[owners == rank].reshape(-1) for rank in range(self.world)])
+        parts = [records[owners == rank].reshape(-1) for rank in range(self.world)]
+        if self._bad is not None:  # a record no index can be: every rank learns that this one failed
+            parts = [np.concatenate([part, np.array([-1, self.rank], np.int64)]) for part in parts]
+        received = self.comm.exchange(parts)
+        self._pending, self._updates = [], 0
         merged = np.concatenate(received).reshape(-1, 2) if received else np.zeros((0, 2), np.int64)
+        failed = merged[merged[:, 0] < 0, 1]
+        merged = merged[merged[:, 0] >= 0]
         arrived, words = merged[:, 0], merged[:, 1]
         scores = (words & _LOW_32).astype(np.uint32).view(np.float32)
         epochs = words >> 32
         for epoch in np.unique(epochs).tolist():
             chosen = epochs == epoch
             self.region.update(arrived[chosen] - self.lo, scores[chosen], epoch=int(epoch))
+        if failed.size:  # the good scores are in; now every rank stops at the same point
+            error, self._bad = self._bad, None
+            if error is not None:
+                raise error
+            raise ValueError(f"rank {int(failed[0])} pushed bad scores (its error names them); its call was not kept")
 
     def add_sync_hook(self, hook: Callable[[], None]) -> None:
         self._hooks.append(hook)
@@ -228,8 +265,14 @@ class ShardedScoreStore:
         if resume_from is not None:
             return self.region.begin_epoch(epoch, keep_ratio, resume_from=resume_from)
         self.synchronize()
-        local = self.region.begin_epoch(epoch, keep_ratio, persist_snapshot=False)
-        versions = self.comm.all_gather(np.array([local.version], np.int64))
+        local = failure = None
+        try:
+            local = self.region.begin_epoch(epoch, keep_ratio, persist_snapshot=False)
+        except (OSError, RuntimeError, ValueError) as error:  # e.g. the region's writer failed: tell every rank
+            failure = error
+        versions = self.comm.all_gather(np.array([-1 if local is None else local.version], np.int64))
+        _raise_if_any_failed(versions, failure, f"epoch {epoch}'s boundary")
+        assert local is not None
         snapshot = ScoreSnapshot(local.scores, local.seen, int(sum(int(v[0]) for v in versions)), local.last_epoch)
         if persist_snapshot and keep_ratio < 1.0:
             self.region.save_snapshot(snapshot)
@@ -238,9 +281,14 @@ class ShardedScoreStore:
 
     def saved_snapshot(self) -> ScoreSnapshot | None:
         """Collective: this region's persisted snapshot if every rank has one of the same global version."""
-        local = self.region.saved_snapshot()
-        mine = np.array([local is not None, -1 if local is None else local.version], np.int64)
+        local = failure = None
+        try:
+            local = self.region.saved_snapshot()
+        except (OSError, RuntimeError, ValueError) as error:  # a damaged region: every rank raises, none waits
+            failure = error
+        mine = np.array([local is not None, -1 if local is None else local.version, failure is not None], np.int64)
         everyone = self.comm.all_gather(mine)
+        _raise_if_any_failed([np.array([-1 if int(v[2]) else 0]) for v in everyone], failure, "the saved snapshots")
         agreed = all(int(v[0]) == 1 and int(v[1]) == int(mine[1]) for v in everyone)
         return local if agreed else None
 

@@ -109,8 +109,9 @@ class ScoreStore:
         Refuses to replace an existing sidecar unless ``overwrite=True`` (scores are costly to
         recompute). ``fingerprint`` identifies the dataset (see ``dataset_fingerprint``); opening
         with a different one later is refused. In a process group only rank ``owner_rank`` may open
-        it for writing (0; a ``ShardedScoreStore`` region: its rank). Atomic: the sidecar is written beside ``path`` and
-        renamed into place, so a failure leaves ``path`` as it was (``sadp_data.staging``).
+        it for writing (0; ``-1``: any rank, for the regions of a ``ShardedScoreStore``). Atomic: the
+        sidecar is written beside ``path`` and renamed into place, so a failure leaves ``path`` as it
+        was (``sadp_data.staging``).
         """
         path = Path(path)
         if not isinstance(num_examples, (int, np.integer)) or isinstance(num_examples, bool) or num_examples <= 0:

@@ -45,7 +45,7 @@ class Fingerprinted(Protocol):
 
 def write_empty(path: Path, num_examples: int, fingerprint: str | None, chunk_size: int, owner_rank: int = 0) -> None:
     """Write a new, empty format-2 sidecar at ``path`` (every chunk on disk, checksummed), written in a
-    process group by rank ``owner_rank`` only (recorded when it is not 0)."""
+    process group by rank ``owner_rank`` only (recorded when it is not 0; ``-1``: by any rank)."""
     group = zarr.open_group(zarr.storage.LocalStore(path), mode="w")
     chunks = (min(chunk_size, num_examples),)
     for name, dtype, fill in ARRAYS:

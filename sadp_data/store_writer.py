@@ -268,13 +268,13 @@ def acquire_writer_lock(path: Path, owner: int = 0) -> int:
 
 
 def _refuse_other_ranks(path: Path, owner: int) -> None:
-    """In an initialised process group, only rank ``owner`` writes the sidecar (rank 0, or the rank whose
-    region of a ``ShardedScoreStore`` it holds)."""
+    """In an initialised process group, only rank ``owner`` writes the sidecar (rank 0; ``-1``: any rank,
+    for a ``ShardedScoreStore`` region, one file per rank, where the writer lock alone keeps one writer)."""
     try:
         import torch.distributed as dist
     except ImportError:
         return
-    if dist.is_available() and dist.is_initialized() and dist.get_rank() != owner:
+    if owner >= 0 and dist.is_available() and dist.is_initialized() and dist.get_rank() != owner:
         raise ScoreStoreError(
             f"{path}: rank {dist.get_rank()} opened the sidecar for writing, but rank {owner} writes it; use "
             "sadp_data.distributed.open_store(path) on every rank (rank 0 writes, the others mirror), or "

@@ -223,7 +223,7 @@ def test_a_server_failure_mid_epoch_names_the_shard(served, tmp_path, client):
 
 
 def test_obstore_takes_the_s3_options_it_can_translate_and_names_the_rest(s3):
-    from sadp_data.remote_obstore import obstore_config
+    from sadp_data.remote_obstore import obstore_config, split_url
 
     settings = obstore_config("s3://bucket/prefix", s3.storage_options())
     assert settings["config"] == {
@@ -238,6 +238,11 @@ def test_obstore_takes_the_s3_options_it_can_translate_and_names_the_rest(s3):
         obstore_config("s3://bucket", {"client_kwargs": {"verify": False}})
     with pytest.raises(ValueError, match=r"FetchOptions\.client must be"):
         FetchOptions(client="boto3")
+    with pytest.raises(ValueError, match=r"config_kwargs\.s3\.payload_signing_enabled"):
+        obstore_config("s3://b", {"config_kwargs": {"s3": {"addressing_style": "path", "payload_signing_enabled": 1}}})
+    assert split_url("gcs://bucket/a/b.tar") == ("gs://bucket", "a/b.tar")  # obstore's name for it
+    with pytest.raises(ValueError, match="obstore reads"):
+        split_url("ftp://host/x")
 
 
 def test_index_remote_shards_in_place_and_stream_them(served, data, tmp_path):

@@ -82,7 +82,13 @@ def test_ranks_plan_route_and_resume_from_their_regions_alone(tmp_path, scores, 
         assert np.array_equal(part["resumed"], part["order"])  # 100 delivered, checkpoint, reopen, the rest
         assert report["position"] == 100 and report["stats"]["rank_slice"] is True
         assert report["stats"]["sample_size"] == len(positions)
+    for rank, report in enumerate(reports):  # one rank's bad scores stop every rank at the same exchange
+        expected = "1 scores are NaN" if rank == world - 1 else f"rank {world - 1} pushed bad scores"
+        assert expected in report["bad"], report["bad"]
     bounds = shard_bounds(N, world)
+    for rank, part in enumerate(parts):  # the good ranks' scores of that exchange are kept, the bad one's not
+        lo = bounds[rank][0]
+        assert part["after_bad"][7] == (scores[lo + 7] if rank == world - 1 else np.float32(2.5))
     for pusher, part in enumerate(parts):  # every pushed score is at its owner, stamped with its epoch
         for index, value in zip(part["pushed_index"].tolist(), part["pushed_value"].tolist(), strict=True):
             owner = next(r for r, (lo, hi) in enumerate(bounds) if lo <= index < hi)

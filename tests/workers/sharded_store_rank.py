@@ -82,10 +82,18 @@ def main(rank: int, world: int, workdir: Path) -> None:
     resumed = sampler_for(again, case)
     resumed.load_state_dict(state)
     out["resumed"] = np.array(delivered + list(resumed), dtype=np.int64)
+    bad = np.array([np.nan if rank == world - 1 else 2.5], np.float32)  # the last rank diverged
+    try:
+        again.update(np.array([again.lo + 7]), bad, epoch=1)  # in its own region
+        outcome = "no error"
+    except (ValueError, IndexError) as error:  # on every rank, none left waiting in the exchange
+        outcome = str(error)
+    out["after_bad"] = again.scores().copy()
     again.close()
     np.savez(workdir / f"rank{rank}.npz", **out)
     report = {"resident": resident, "peak": peak, "owned": store.hi - store.lo, "stats": stats}
     report["position"] = state["position"]
+    report["bad"] = outcome
     (workdir / f"rank{rank}.json").write_text(json.dumps(report))
     dist.destroy_process_group()
 
