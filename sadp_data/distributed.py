@@ -160,9 +160,19 @@ class ScoreExchange:
         gathered = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(gathered, padded, group=self.group)
         merged = torch.cat([part[:, :size] for part, size in zip(gathered, sizes, strict=True)], dim=1).cpu().numpy()
-        all_indices, words = merged[0], merged[1]
-        all_scores = (words & _LOW_32).astype(np.uint32).view(np.float32)
-        all_epochs = words >> 32  # arithmetic shift: epoch -1 (never set) survives
-        for epoch in np.unique(all_epochs).tolist():
-            chosen = all_epochs == epoch
-            self.store.update(all_indices[chosen], all_scores[chosen], epoch=int(epoch))
+        apply_packed(self.store, merged[0], merged[1])
+
+
+def pack_scores(scores: np.ndarray, epochs: np.ndarray) -> np.ndarray:
+    """One int64 word per score: its epoch in the high 32 bits, its float32 bits in the low 32."""
+    return (epochs.astype(np.int64) << 32) | (scores.astype(np.float32).view(np.uint32).astype(np.int64) & _LOW_32)
+
+
+def apply_packed(store: Any, indices: np.ndarray, words: np.ndarray, offset: int = 0) -> None:
+    """Apply exchanged ``(index, word)`` pairs (``pack_scores``) to ``store`` at ``indices − offset``: one
+    update per epoch present, oldest first, so for an example scored twice the later score wins."""
+    scores = (words & _LOW_32).astype(np.uint32).view(np.float32)
+    epochs = words >> 32  # arithmetic shift: epoch -1 (never set) survives
+    for epoch in np.unique(epochs).tolist():
+        chosen = epochs == epoch
+        store.update(indices[chosen] - offset, scores[chosen], epoch=int(epoch))

@@ -37,15 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from .distributed import rank_and_world
+from .distributed import apply_packed, pack_scores, rank_and_world
 from .kernels.reference import SUM_BLOCK
 from .sharded_plan import require_sharded_method, shard_bounds
 from .sharded_shuffle import Comm, LocalComm, TorchComm
 from .store import ScoreStore
 from .store_snapshot import ScoreSnapshot
 from .store_update import as_index_array, as_score_array, bad_indices, bad_scores, raise_bad_entries
-
-_LOW_32 = (1 << 32) - 1
 
 
 def _raise_if_any_failed(votes: list[np.ndarray], failure: Exception | None, what: str) -> None:
@@ -217,7 +215,7 @@ class ShardedScoreStore:
             stamps = np.concatenate([np.full(entry[0].shape[0], entry[2], np.int64) for entry in self._pending])
         else:
             index, values, stamps = np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
-        words = (stamps << 32) | (values.view(np.uint32).astype(np.int64) & _LOW_32)
+        words = pack_scores(values, stamps)
         records = np.stack([index, words], axis=1)
         owners = np.searchsorted(self._starts, index, side="right") - 1
         parts = [records[owners == rank].reshape(-1) for rank in range(self.world)]
@@ -228,12 +226,7 @@ class ShardedScoreStore:
         merged = np.concatenate(received).reshape(-1, 2) if received else np.zeros((0, 2), np.int64)
         failed = merged[merged[:, 0] < 0, 1]
         merged = merged[merged[:, 0] >= 0]
-        arrived, words = merged[:, 0], merged[:, 1]
-        scores = (words & _LOW_32).astype(np.uint32).view(np.float32)
-        epochs = words >> 32
-        for epoch in np.unique(epochs).tolist():
-            chosen = epochs == epoch
-            self.region.update(arrived[chosen] - self.lo, scores[chosen], epoch=int(epoch))
+        apply_packed(self.region, merged[:, 0], merged[:, 1], offset=self.lo)
         if failed.size:  # the good scores are in; now every rank stops at the same point
             error, self._bad = self._bad, None
             if error is not None:
