@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from sadp_data.fetch import FetchOptions, FetchStats, plan_blocks, read_blocks
+from sadp_data.fetch import BlockPlanner, FetchOptions, FetchStats, RequestCosts, read_blocks
 from sadp_data.plan import PlanSlice, batch_count
 from sadp_data.sampler import SADPSampler
 from sadp_data.shards import ShardError, ShardIndex, parse_sample, sample_checksum
@@ -189,7 +189,8 @@ class ScoredShards(IterableDataset):
     (``FetchOptions``: range merging, whole-shard fallback, read-ahead, retries, local cache). A
     failed remote read is retried ``fetch.retries`` times on connection errors, then raises
     ``ShardError`` naming the shard (or skips its block's samples with ``on_error="skip"``).
-    ``fetch_stats`` counts this process's requests and bytes (per DataLoader worker in workers).
+    ``fetch_stats`` counts this process's requests and bytes (per DataLoader worker in workers);
+    ``request_costs`` is what ``FetchOptions(adaptive=True)`` has measured of them (kept across epochs).
     """
 
     def __init__(
@@ -213,6 +214,7 @@ class ScoredShards(IterableDataset):
             location = self.index.shard_location
             check_settings(location.url, location.storage_options, self.fetch.client_options)
         self.fetch_stats = FetchStats()
+        self.request_costs = RequestCosts()
         if sampler.num_examples != self.index.num_examples:
             raise ValueError(
                 f"the sampler covers {sampler.num_examples} examples but {self.index.root} holds "
@@ -337,9 +339,11 @@ class ScoredShards(IterableDataset):
         index = self.index
         names = [entry["url"] for entry in index.shards]
         sizes = [entry["bytes"] for entry in index.shards]
-        blocks = plan_blocks(index.offsets[part.order, :3], sizes, self.window, self.fetch)
+        blocks = BlockPlanner(index.offsets[part.order, :3], sizes, self.window, self.fetch)
         location = index.shard_location
-        return read_blocks(location, names, sizes, blocks, self.fetch, self.fetch_stats, index.fingerprint)
+        return read_blocks(
+            location, names, sizes, blocks, self.fetch, self.fetch_stats, index.fingerprint, self.request_costs
+        )
 
     def _checked(self, example: int, buffer: bytes | OSError) -> dict[str, Any] | None:
         """A fetched sample's checks and parse (``_read`` without the local read)."""

@@ -11,6 +11,13 @@ reads are planned up front (``plan_blocks``, a pure function of the part's offse
 3. **Whole shards.** When a block's samples cover at least ``whole_shard_fraction`` of a shard's
    bytes, the shard is fetched whole in one request instead (and kept in the optional local cache).
 
+With ``FetchOptions(adaptive=True)`` steps 2 and 3 are chosen per block from what requests cost
+this reader instead (``RequestCosts``: ``seconds ≈ t₀ + a·requests + b·bytes``, fitted to its own
+request batches). Merging two ranges saves one request and reads their gap, so ranges closer than
+``a/b`` bytes are merged (for a linear cost this is the cheapest merging), and a shard is read
+whole when one request for all its bytes is predicted cheaper. Block bounds stay a pure function
+of the plan; only which bytes are fetched depends on the measured costs, never what is delivered.
+
 ``read_blocks`` then fetches ``readahead`` blocks ahead of the one being consumed, in a thread pool,
 each block's ranges concurrently (fsspec's ``cat_ranges``), and yields every sample's bytes in plan
 order. Memory: about ``readahead + 1`` blocks of fetched bytes.
@@ -22,8 +29,10 @@ waits for one block), and ``gap_bytes`` spends some egress on unplanned bytes to
 
 from __future__ import annotations
 
+import math
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from .remote import Location
+from .request_costs import RequestCosts
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,10 @@ class FetchOptions:
             the shard reads only.
         client_options: with ``client="obstore"``, keywords of ``obstore.store.from_url`` used instead
             of the translation of ``storage_options``.
+        adaptive: plan each block's reads from the measured cost of this reader's requests
+            (``RequestCosts``; ``gap_bytes`` and ``whole_shard_fraction`` serve the first blocks only).
+            It minimises predicted time, not bytes: where requests are expensive (a server that spends
+            milliseconds on each) it fetches unplanned bytes in fewer, larger requests.
     """
 
     gap_bytes: int = 4096
@@ -64,6 +78,7 @@ class FetchOptions:
     cache_bytes: int = 8 << 30
     client: str = "fsspec"
     client_options: dict[str, Any] | None = None
+    adaptive: bool = False
 
     def __post_init__(self) -> None:
         for name in ("gap_bytes", "readahead", "max_block", "retries", "cache_bytes"):
@@ -75,6 +90,8 @@ class FetchOptions:
             raise ValueError(f"FetchOptions.client must be 'fsspec' or 'obstore', got {self.client!r}")
         if not isinstance(self.whole_shard_fraction, int | float) or self.whole_shard_fraction <= 0:
             raise ValueError(f"FetchOptions.whole_shard_fraction must be positive, got {self.whole_shard_fraction!r}")
+        if not isinstance(self.adaptive, bool):
+            raise ValueError(f"FetchOptions.adaptive must be True or False, got {self.adaptive!r}")
 
 
 @dataclass(frozen=True)
@@ -132,37 +149,75 @@ def block_bounds(shards: np.ndarray, window: int, max_block: int) -> list[tuple[
     return bounds
 
 
-def plan_blocks(
-    rows: np.ndarray, shard_bytes: Sequence[int], window: int, options: FetchOptions, begin: int = 0
-) -> list[Block]:
-    """The reads of a part whose offsets rows (``offsets.npy`` rows, plan order) are ``rows``; pure."""
-    shards, starts, stops = rows[:, 0], rows[:, 1], rows[:, 1] + rows[:, 2]
-    blocks = []
-    for first, last in block_bounds(shards, max(1, window), options.max_block):
+def shard_reads(
+    lo: np.ndarray, hi: np.ndarray, size: int, options: FetchOptions, request_cost: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """One shard's requests for ranges ``[lo, hi)`` sorted by start: ``(starts, stops, range of each input, whole)``.
+
+    ``request_cost`` ``None``: the fixed rule (merge gaps below ``gap_bytes``, whole at
+    ``whole_shard_fraction``). Otherwise one request is taken to cost as much as reading
+    ``request_cost`` bytes: gaps below it are merged, and the shard is read whole when ``size +
+    request_cost`` is at most the merged ranges' bytes plus their requests' cost (``inf``: always whole).
+    """
+    whole_read = (np.array([0]), np.array([size]), np.zeros(lo.size, np.int64), True)
+    if request_cost is None:
+        if int((hi - lo).sum()) >= options.whole_shard_fraction * size:
+            return whole_read
+        return (*coalesce(lo, hi, options.gap_bytes), False)
+    if math.isinf(request_cost):
+        return whole_read
+    merged_lo, merged_hi, which = coalesce(lo, hi, math.ceil(request_cost))
+    if size + request_cost <= float((merged_hi - merged_lo).sum()) + merged_lo.size * request_cost:
+        return whole_read
+    return merged_lo, merged_hi, which, False
+
+
+class BlockPlanner:
+    """The reads of a part whose offsets rows (``offsets.npy`` rows, plan order) are ``rows``, block by block.
+
+    The block bounds (``block_bounds``) are fixed when it is built; ``block(n, request_cost)`` plans
+    block ``n``'s reads by ``shard_reads``, a pure function of the rows, the shard sizes and
+    ``request_cost``.
+    """
+
+    def __init__(
+        self, rows: np.ndarray, shard_bytes: Sequence[int], window: int, options: FetchOptions, begin: int = 0
+    ) -> None:
+        self.rows, self.shard_bytes, self.options, self.begin = rows, shard_bytes, options, begin
+        self.bounds = block_bounds(rows[:, 0], max(1, window), options.max_block)
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def block(self, number: int, request_cost: float | None = None) -> Block:
+        first, last = self.bounds[number]
+        rows = self.rows[first:last]
+        shards, starts, stops = rows[:, 0], rows[:, 1], rows[:, 1] + rows[:, 2]
         reads: list[ShardRead] = []
-        count = last - first
-        read_of = np.empty(count, np.int64)
-        range_of = np.empty(count, np.int64)
-        offset_in = np.empty(count, np.int64)
-        local = shards[first:last]
-        for shard in np.unique(local).tolist():
-            members = np.flatnonzero(local == shard)
-            order = members[np.argsort(starts[first + members], kind="stable")]
-            lo, hi = starts[first + order], stops[first + order]
-            size = int(shard_bytes[shard])
-            if int((hi - lo).sum()) >= options.whole_shard_fraction * size:
-                merged_lo, merged_hi, which = np.array([0]), np.array([size]), np.zeros(order.size, np.int64)
-                whole = True
-            else:
-                merged_lo, merged_hi, which = coalesce(lo, hi, options.gap_bytes)
-                whole = False
+        read_of = np.empty(last - first, np.int64)
+        range_of = np.empty(last - first, np.int64)
+        offset_in = np.empty(last - first, np.int64)
+        for shard in np.unique(shards).tolist():
+            members = np.flatnonzero(shards == shard)
+            order = members[np.argsort(starts[members], kind="stable")]
+            lo, hi = starts[order], stops[order]
+            merged_lo, merged_hi, which, whole = shard_reads(
+                lo, hi, int(self.shard_bytes[shard]), self.options, request_cost
+            )
             read_of[order] = len(reads)
             range_of[order] = which
             offset_in[order] = lo - merged_lo[which]
             reads.append(ShardRead(int(shard), merged_lo, merged_hi, whole))
-        length = rows[first:last, 2].astype(np.int64)
-        blocks.append(Block(begin + first, begin + last, tuple(reads), read_of, range_of, offset_in, length))
-    return blocks
+        length = rows[:, 2].astype(np.int64)
+        return Block(self.begin + first, self.begin + last, tuple(reads), read_of, range_of, offset_in, length)
+
+
+def plan_blocks(
+    rows: np.ndarray, shard_bytes: Sequence[int], window: int, options: FetchOptions, begin: int = 0
+) -> list[Block]:
+    """Every block of ``BlockPlanner(rows, …)`` planned by the fixed rule; pure."""
+    planner = BlockPlanner(rows, shard_bytes, window, options, begin)
+    return [planner.block(number) for number in range(len(planner))]
 
 
 @dataclass
@@ -228,6 +283,7 @@ def _fetch(
     sizes: Sequence[int],
     stats: FetchStats,
     options: FetchOptions,
+    costs: RequestCosts | None = None,
 ) -> list[list[bytes | memoryview]]:
     """The bytes of every range of ``block``, per read: cached shards read locally, every other range of the
     block in one concurrent request batch. Errors name the shards and byte ranges."""
@@ -249,7 +305,10 @@ def _fetch(
         parts = []
         if starts:
             settings = {"client": options.client, "client_options": options.client_options}
+            began = time.perf_counter()
             parts = location.read_ranges(request_names, starts, stops, attempts=options.retries, **settings)
+            if costs is not None:
+                costs.observe(len(parts), sum(len(part) for part in parts), time.perf_counter() - began)
     except (OSError, ValueError) as error:
         shards = ", ".join(location.join(name) for name in sorted({names[read.shard] for read in block.reads}))
         raise OSError(f"shard {shards}: {len(starts)} byte ranges: {error}") from error
@@ -267,35 +326,45 @@ def read_blocks(
     location: Location,
     names: Sequence[str],
     sizes: Sequence[int],
-    blocks: Sequence[Block],
+    blocks: Sequence[Block] | BlockPlanner,
     options: FetchOptions,
     stats: FetchStats | None = None,
     fingerprint: str = "",
+    costs: RequestCosts | None = None,
 ) -> Iterator[bytes | OSError]:
     """The bytes of every planned sample of ``blocks``, in plan order, fetched ``options.readahead`` blocks ahead.
 
-    A block whose read fails (after the location's bounded retries) yields, for each of its
-    samples, the ``OSError`` naming the shard and byte ranges, and reading goes on with the next
-    block: the caller raises or skips. Blocks still in flight when the caller stops are cancelled.
+    ``blocks`` planned already, or a ``BlockPlanner`` whose blocks are planned as they are submitted:
+    by the fixed rule, or with ``options.adaptive`` by ``costs`` (a ``RequestCosts``, new if ``None``),
+    which the fetches feed. A block whose read fails (after the location's bounded retries) yields,
+    for each of its samples, the ``OSError`` naming the shard and byte ranges, and reading goes on
+    with the next block: the caller raises or skips. Blocks still in flight when the caller stops are
+    cancelled.
     """
     stats = stats if stats is not None else FetchStats()
     cache = None
     if options.cache_dir is not None:
         cache = ShardCache(Path(options.cache_dir) / (fingerprint or "shards"), options.cache_bytes)
-    if not blocks:
+    if options.adaptive and costs is None:
+        costs = RequestCosts()
+    if not len(blocks):
         return
     with ThreadPoolExecutor(max(1, options.readahead), thread_name_prefix="sadp-fetch") as pool:
 
-        def submit(block: Block) -> Future[list[list[bytes | memoryview]]]:
-            return pool.submit(_fetch, location, names, block, cache, sizes, stats, options)
+        def submit(number: int) -> tuple[Block, Future[list[list[bytes | memoryview]]]]:
+            if isinstance(blocks, BlockPlanner):
+                block = blocks.block(number, costs.request_cost() if options.adaptive and costs else None)
+            else:
+                block = blocks[number]
+            return block, pool.submit(_fetch, location, names, block, cache, sizes, stats, options, costs)
 
-        ahead = options.readahead
-        pending = [submit(block) for block in blocks[:ahead]]
+        ahead, count = options.readahead, len(blocks)
+        pending = [submit(number) for number in range(min(ahead, count))]
         try:
-            for number, block in enumerate(blocks):
-                if number + ahead < len(blocks):  # while block n is consumed, n+1 … n+ahead are in flight
-                    pending.append(submit(blocks[number + ahead]))
-                future = pending.pop(0)
+            for number in range(count):
+                if number + ahead < count:  # while block n is consumed, n+1 … n+ahead are in flight
+                    pending.append(submit(number + ahead))
+                block, future = pending.pop(0)
                 try:
                     parts = future.result()
                 except OSError as error:
@@ -306,5 +375,5 @@ def read_blocks(
                 for read, part, offset, length in zip(*(column.tolist() for column in where), strict=True):
                     yield bytes(memoryview(parts[read][part])[offset : offset + length])
         finally:
-            for future in pending:
+            for _, future in pending:
                 future.cancel()

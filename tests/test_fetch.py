@@ -7,11 +7,24 @@ offsets point at. Servers come in ``tests/test_remote.py``.
 
 from __future__ import annotations
 
+import math
+import time
+
 import numpy as np
 import pytest
 
-from sadp_data.fetch import FetchOptions, FetchStats, block_bounds, coalesce, plan_blocks, read_blocks
+from sadp_data.fetch import (
+    BlockPlanner,
+    FetchOptions,
+    FetchStats,
+    block_bounds,
+    coalesce,
+    plan_blocks,
+    read_blocks,
+    shard_reads,
+)
 from sadp_data.remote import Location, is_remote
+from sadp_data.request_costs import RequestCosts
 
 
 def test_coalesce_merges_ranges_closer_than_the_gap():
@@ -128,7 +141,8 @@ def test_the_cache_serves_whole_shards_locally_and_evicts_past_its_limit(tmp_pat
 
 
 @pytest.mark.parametrize(
-    ("name", "value"), [("gap_bytes", -1), ("readahead", 1.5), ("max_block", 0), ("whole_shard_fraction", 0)]
+    ("name", "value"),
+    [("gap_bytes", -1), ("readahead", 1.5), ("max_block", 0), ("whole_shard_fraction", 0), ("adaptive", "yes")],
 )
 def test_bad_fetch_options_are_refused_by_name(name, value):
     with pytest.raises(ValueError, match=name):
@@ -145,3 +159,105 @@ def test_locations_tell_urls_from_paths():
     with pytest.raises(ValueError, match="climbs above"):
         Location("s3://bucket").child("../..")
     assert Location("file:///tmp/x").url == "/tmp/x"
+
+
+def test_shard_reads_priced_by_request_cost_merge_cheap_gaps_and_read_whole_when_cheaper():
+    lo, hi = np.array([0, 1000, 1100, 5000]), np.array([900, 1050, 1500, 5200])
+    options = FetchOptions(gap_bytes=0, whole_shard_fraction=2.0)
+    starts, stops, which, whole = shard_reads(lo, hi, 100_000, options, request_cost=None)  # the fixed rule
+    assert starts.tolist() == [0, 1000, 1100, 5000] and not whole
+    starts, stops, which, whole = shard_reads(lo, hi, 100_000, options, request_cost=200)  # gaps 100 and 50 merge
+    assert starts.tolist() == [0, 5000] and stops.tolist() == [1500, 5200] and which.tolist() == [0, 0, 0, 1]
+    assert not whole
+    # gaps below c merge (the cheapest merging under a linear cost); 3,500 bytes apart stays 2 requests up to c = 3,500
+    assert shard_reads(lo, hi, 6000, options, request_cost=3000)[0].tolist() == [0, 5000]
+    starts, stops, _, whole = shard_reads(lo, hi, 6000, options, request_cost=5000)
+    assert starts.tolist() == [0] and stops.tolist() == [5200] and not whole  # one range: cheaper than the shard
+    assert shard_reads(lo, hi, 5200, options, request_cost=5000)[3]  # the one range is the shard: read it whole
+    assert shard_reads(lo, hi, 10**9, options, request_cost=math.inf)[3]
+
+
+def test_the_planner_with_no_request_cost_is_plan_blocks():
+    rng = np.random.default_rng(5)
+    table, sizes = _table(rng)
+    order = rng.permutation(len(table))[:90]
+    options = FetchOptions(gap_bytes=700, whole_shard_fraction=0.6, max_block=25)
+    planner = BlockPlanner(table[order], sizes, 2, options, begin=10)
+    for block, again in zip(
+        plan_blocks(table[order], sizes, 2, options, begin=10), map(planner.block, range(len(planner))), strict=True
+    ):
+        assert (block.begin, block.end) == (again.begin, again.end)
+        assert all(
+            (a.starts == b.starts).all() and a.whole == b.whole for a, b in zip(block.reads, again.reads, strict=True)
+        )
+
+
+def test_request_costs_fit_recovers_a_linear_cost_and_probe_then_price_blocks():
+    costs = RequestCosts(probe_blocks=4)
+    assert [costs.request_cost() for _ in range(4)] == [None, math.inf, None, math.inf]  # the probes
+    assert costs.request_cost() is None  # nothing measured yet: the fixed rule
+    latency, per_request, per_byte = 0.004, 0.002, 5e-9
+    for requests, size in [(20, 1_000_000), (2, 3_000_000), (35, 1_500_000), (3, 2_500_000), (10, 800_000)]:
+        costs.observe(requests, size, latency + per_request * requests + per_byte * size)
+    fitted = costs.fit()
+    assert fitted == pytest.approx((latency, per_request, per_byte), rel=1e-6)
+    assert costs.request_cost() == pytest.approx(per_request / per_byte, rel=1e-6)  # 400 kB a request
+    free_bytes = RequestCosts(probe_blocks=0)
+    for requests, size in [(5, 10), (1, 1000), (9, 500)]:
+        free_bytes.observe(requests, size, 0.001 * requests)
+    assert free_bytes.request_cost() == math.inf  # bytes cost nothing: read shards whole
+    assert RequestCosts(probe_blocks=0).fit() is None
+
+
+class _PricedLocation(Location):
+    """A local folder whose range batches take ``per_request`` s a request and ``per_byte`` s a byte, in series
+    (a server that spends CPU on each request, as moto's does)."""
+
+    def __init__(self, root, per_request: float, per_byte: float) -> None:
+        super().__init__(root)
+        self.per_request, self.per_byte = per_request, per_byte
+
+    def read_ranges(self, names, starts, stops, **settings):
+        time.sleep(
+            self.per_request * len(starts) + self.per_byte * sum(b - a for a, b in zip(starts, stops, strict=True))
+        )
+        return super().read_ranges(names, starts, stops, **settings)
+
+
+@pytest.mark.parametrize("priced", ["requests", "bytes"])
+def test_adaptive_reads_deliver_the_same_bytes_and_follow_what_requests_cost(tmp_path, priced):
+    rng = np.random.default_rng(6)
+    table, sizes = _table(rng, shards=10, per_shard=30, size=(1000, 6000))
+    names = [f"s{shard}.bin" for shard in range(10)]
+    blobs = [rng.integers(0, 256, size, dtype=np.uint8).tobytes() for size in sizes]
+    for name, blob in zip(names, blobs, strict=True):
+        (tmp_path / name).write_bytes(blob)
+    keep = np.sort(rng.permutation(len(table))[:150])  # half of each shard in shard order: one block a shard
+    fixed = FetchOptions(gap_bytes=0, whole_shard_fraction=2.0, readahead=0)
+    adaptive = FetchOptions(gap_bytes=0, whole_shard_fraction=2.0, readahead=0, adaptive=True)
+    location = _PricedLocation(tmp_path, *((0.004, 0.0) if priced == "requests" else (0.0, 2e-7)))
+    planner = BlockPlanner(table[keep], sizes, 1, adaptive)
+    costs, stats = RequestCosts(), FetchStats()
+    got = list(read_blocks(location, names, sizes, planner, adaptive, stats, costs=costs))
+    expected = [blobs[s][start : start + length] for s, start, length in table[keep].tolist()]
+    assert got == expected and len(planner) == 10
+    baseline = FetchStats()
+    assert (
+        list(read_blocks(location, names, sizes, plan_blocks(table[keep], sizes, 1, fixed), fixed, baseline))
+        == expected
+    )
+    assert [n for n, _, _ in costs.observations[1::2][:2]] == [1, 1]  # the whole-shard probes: one request each
+    later = costs.observations[4:]  # the six blocks planned from the fit
+    if priced == "requests":  # a request costs as much as ~20 MB here: one request for each later shard
+        assert [n for n, _, _ in later] == [1] * 6
+        first_to_last = [
+            int(r.stops.max() - r.starts.min()) for b in plan_blocks(table[keep], sizes, 1, fixed)[4:] for r in b.reads
+        ]
+        # one range from the first kept byte to the last, or the whole shard where bytes measured as free
+        assert all(
+            size in (span, whole) for (_, size, _), span, whole in zip(later, first_to_last, sizes[4:], strict=True)
+        )
+    else:  # requests are free next to bytes: no later shard is read whole, and at most the planned bytes are read
+        planned = plan_blocks(table[keep], sizes, 1, fixed)[4:]
+        assert [size for _, size, _ in later] == [int((r.stops - r.starts).sum()) for b in planned for r in b.reads]
+        assert stats.requests > 6 * 2 + 4
