@@ -17,7 +17,9 @@ Per storage (``s3``, ``http``) and latency, one epoch of each pipeline, through 
   once (index loaded, shards checked) before the rounds, as a training run builds it once; a timed
   epoch is ``set_epoch`` (the plan) and the iteration;
 * ``sadp-obstore``: the same at keep 0.5 with ``FetchOptions(client="obstore")`` (the same requests,
-  sent by obstore instead of fsspec).
+  sent by obstore instead of fsspec);
+* ``sadp-adaptive``: the same at keep 0.5 with ``FetchOptions(adaptive=True)`` (reads planned from the
+  measured cost of requests; DataLoader workers start afresh each epoch, so each epoch probes again).
 
 Samples are delivered as bytes (no decode), so the figures are the loading itself. Configurations
 run in rounds in shuffled order (``loader_common._measure_rounds``); the median epoch time of the
@@ -38,8 +40,13 @@ from sadp_data.bench.remote_clients import measure_clients
 
 LATENCIES_MS = (0.0, 5.0, 20.0)
 SHARD_SIZE = 100
-CLIENTS = {"sadp": "fsspec", "sadp-obstore": "obstore"}  #: pipeline → FetchOptions.client
-SADP_PIPELINES = [("sadp", keep) for keep in KEEP_RATIOS] + [("sadp-obstore", 0.5)]
+#: pipeline → its FetchOptions
+PIPELINE_FETCH: dict[str, dict[str, Any]] = {
+    "sadp": {},
+    "sadp-obstore": {"client": "obstore"},
+    "sadp-adaptive": {"adaptive": True},
+}
+SADP_PIPELINES = [("sadp", keep) for keep in KEEP_RATIOS] + [("sadp-obstore", 0.5), ("sadp-adaptive", 0.5)]
 
 
 class _Repeated:
@@ -91,9 +98,9 @@ def _stream_epoch(urls: list[str], options: dict | None, workers: int) -> int:
     return sum(len(batch[0]) for batch in loader)
 
 
-def _sadp_loader(url: str, options: dict | None, store, keep: float, workers: int, client: str = "fsspec"):
+def _sadp_loader(url: str, options: dict | None, store, keep: float, workers: int, fetch: dict[str, Any]):
     """``ScoredShards`` at ``keep`` over ``url``, built once per configuration (as a training run builds it),
-    reading shard bytes through ``client`` (``FetchOptions.client``)."""
+    reading shard bytes with ``FetchOptions(**fetch)``."""
     from sadp_data.adapters.webdataset import ScoredShards
 
     from sadp_data.fetch import FetchOptions
@@ -101,7 +108,7 @@ def _sadp_loader(url: str, options: dict | None, store, keep: float, workers: in
     sampler = ScoredShards.sampler_for(
         url, store=store, storage_options=options, keep_ratio=keep, warmup_epochs=0, anneal_fraction=0.0
     )
-    dataset = ScoredShards(url, sampler, storage_options=options, fetch=FetchOptions(client=client))
+    dataset = ScoredShards(url, sampler, storage_options=options, fetch=FetchOptions(**fetch))
     dataset = dataset.to_tuple("events.npy", "y.cls")
     return dataset.loader(BATCH, num_workers=workers)
 
@@ -153,7 +160,7 @@ def run_remote_bench(
             counters: dict[tuple, dict[str, int]] = {}
             loaders = {
                 (storage, latency, pipeline, keep): _sadp_loader(
-                    *_target(storage, server, s3), store, keep, workers, CLIENTS[pipeline]
+                    *_target(storage, server, s3), store, keep, workers, PIPELINE_FETCH[pipeline]
                 )
                 for (storage, latency), server in front.items()
                 for pipeline, keep in SADP_PIPELINES
@@ -240,6 +247,13 @@ def remote_targets(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
         targets[f"{storage}_epoch_5ms"] = target(
             f"{storage}: epoch time at keep 0.5, 5 ms latency ÷ streaming", at5["epoch_s_vs_stream"], 0.6, "<="
         )
+        if "adaptive_epoch_s_vs_stream" in at5:
+            targets[f"{storage}_epoch_5ms_adaptive"] = target(
+                f"{storage}: epoch time at keep 0.5, 5 ms latency ÷ streaming, FetchOptions(adaptive=True)",
+                at5["adaptive_epoch_s_vs_stream"],
+                0.6,
+                "<=",
+            )
     return targets
 
 
@@ -271,12 +285,18 @@ def _summary(results: list[dict[str, Any]], times: dict[tuple, list[float]]) -> 
                 "epoch_s_vs_stream": half["epoch_s"] / stream["epoch_s"],
                 "epoch_s_vs_stream_ci95": [low, high],
             }
-            if (storage, latency, "sadp-obstore", 0.5) in times:
-                obstore = times[(storage, latency, "sadp-obstore", 0.5)]
+            row = per_latency[f"{latency:g}"]
+            for pipeline, prefix in (("sadp-obstore", "obstore"), ("sadp-adaptive", "adaptive")):
+                if (storage, latency, pipeline, 0.5) not in times:
+                    continue
+                other = times[(storage, latency, pipeline, 0.5)]
                 stream_times = times[(storage, latency, "stream", 1.0)]
-                row = per_latency[f"{latency:g}"]
-                row["obstore_epoch_s_vs_stream"] = statistics.median(obstore) / stream["epoch_s"]
-                row["obstore_epoch_s_vs_stream_ci95"] = list(ratio_interval(obstore, stream_times, statistics.median))
+                row[f"{prefix}_epoch_s_vs_stream"] = statistics.median(other) / stream["epoch_s"]
+                row[f"{prefix}_epoch_s_vs_stream_ci95"] = list(ratio_interval(other, stream_times, statistics.median))
+                if prefix == "adaptive":
+                    served = next(r for r in rows if r["latency_ms"] == latency and r["pipeline"] == pipeline)
+                    row["adaptive_bytes_vs_stream"] = served["bytes_fetched"] / stream["bytes_fetched"]
+                    row["adaptive_requests"] = served["requests"]
         summary[storage] = per_latency
     return summary
 
@@ -302,12 +322,18 @@ def format_remote_table(result: dict[str, Any]) -> str:
     for storage, per_latency in result["summary"].items():
         for latency, row in per_latency.items():
             low, high = row["epoch_s_vs_stream_ci95"]
-            obstore = ""
+            others = ""
             if "obstore_epoch_s_vs_stream" in row:
                 o_low, o_high = row["obstore_epoch_s_vs_stream_ci95"]
-                obstore = f"; through obstore {row['obstore_epoch_s_vs_stream']:.3f}× [{o_low:.3f}, {o_high:.3f}]"
+                others += f"; through obstore {row['obstore_epoch_s_vs_stream']:.3f}× [{o_low:.3f}, {o_high:.3f}]"
+            if "adaptive_epoch_s_vs_stream" in row:
+                a_low, a_high = row["adaptive_epoch_s_vs_stream_ci95"]
+                others += (
+                    f"; adaptive: bytes {row['adaptive_bytes_vs_stream']:.3f}×, epoch "
+                    f"{row['adaptive_epoch_s_vs_stream']:.3f}× [{a_low:.3f}, {a_high:.3f}]"
+                )
             lines.append(
                 f"\n{storage}, {latency} ms, keep 0.5 vs whole-shard streaming: bytes {row['bytes_vs_stream']:.3f}×, "
-                f"epoch {row['epoch_s_vs_stream']:.3f}× [{low:.3f}, {high:.3f}]{obstore}"
+                f"epoch {row['epoch_s_vs_stream']:.3f}× [{low:.3f}, {high:.3f}]{others}"
             )
     return "\n".join(lines)

@@ -26,7 +26,7 @@ class RequestCosts:
     is not possible). Trade-off: the probes may read a few whole shards the fixed rule would not.
     """
 
-    def __init__(self, probe_blocks: int = 4) -> None:
+    def __init__(self, probe_blocks: int = 2) -> None:
         self.probe_blocks = probe_blocks
         self.observations: list[tuple[int, int, float]] = []
         self.planned = 0

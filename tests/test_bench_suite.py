@@ -328,6 +328,9 @@ def test_bench_loader_torch_backend_json_shape() -> None:
     assert "wrap(SADPSampler)" in format_loader_table(result)
 
 
+SADP_AT_HALF = [("sadp", 0.5), ("sadp-obstore", 0.5), ("sadp-adaptive", 0.5)]
+
+
 def test_bench_loader_remote_json_shape() -> None:
     """A tiny remote bench against moto and nginx: every pipeline per storage, the documented keys, and
     bytes counted at the server that follow the plan (keep 0.5 fetches about half of streaming's)."""
@@ -344,18 +347,24 @@ def test_bench_loader_remote_json_shape() -> None:
     assert {(r["storage"], r["pipeline"], r["keep_ratio"]) for r in rows} == {
         (storage, pipeline, keep)
         for storage in ("http", "s3")
-        for pipeline, keep in [("stream", 1.0), ("sadp", 1.0), ("sadp", 0.7), ("sadp", 0.5), ("sadp-obstore", 0.5)]
+        for pipeline, keep in [("stream", 1.0), ("sadp", 1.0), ("sadp", 0.7), *SADP_AT_HALF]
     }
     keys = {"keep_ratio", "latency_ms", "pipeline", "bytes_fetched", "requests", "epoch_s"}
     assert all(keys <= set(row) and row["samples"] > 0 for row in rows)
     for storage in ("http", "s3"):
         half = {r["pipeline"]: r for r in rows if r["storage"] == storage and r["keep_ratio"] == 0.5}
-        assert half["sadp"]["samples"] == half["sadp-obstore"]["samples"] == 100
+        assert half["sadp"]["samples"] == half["sadp-obstore"]["samples"] == half["sadp-adaptive"]["samples"] == 100
         assert half["sadp"]["bytes_fetched"] == half["sadp-obstore"]["bytes_fetched"]  # the same requests
         assert 0.3 < result["summary"][storage]["5"]["bytes_vs_stream"] < 0.7
-        assert "obstore_epoch_s_vs_stream_ci95" in result["summary"][storage]["5"]
+        # adaptive reads at least the planned bytes and at most what streaming reads (plus the tar trailers)
+        streamed = next(r for r in rows if r["storage"] == storage and r["pipeline"] == "stream")["bytes_fetched"]
+        assert half["sadp"]["bytes_fetched"] <= half["sadp-adaptive"]["bytes_fetched"] <= 1.01 * streamed
+        assert {"obstore_epoch_s_vs_stream_ci95", "adaptive_epoch_s_vs_stream_ci95"} <= set(
+            result["summary"][storage]["5"]
+        )
     _check_targets(result["targets"])
-    assert "through obstore" in format_remote_table(result) and "read alone" in format_remote_table(result)
+    table = format_remote_table(result)
+    assert "through obstore" in table and "read alone" in table and "adaptive: bytes" in table
     clients = result["clients"]["http 5"]  # the same plan's ranges read alone, without the loader
     half = next(r for r in rows if (r["storage"], r["pipeline"], r["keep_ratio"]) == ("http", "sadp", 0.5))
     assert clients["fsspec"]["bytes"] == clients["obstore"]["bytes"] == half["bytes_fetched"]

@@ -237,7 +237,7 @@ def test_adaptive_reads_deliver_the_same_bytes_and_follow_what_requests_cost(tmp
     adaptive = FetchOptions(gap_bytes=0, whole_shard_fraction=2.0, readahead=0, adaptive=True)
     location = _PricedLocation(tmp_path, *((0.004, 0.0) if priced == "requests" else (0.0, 2e-7)))
     planner = BlockPlanner(table[keep], sizes, 1, adaptive)
-    costs, stats = RequestCosts(), FetchStats()
+    costs, stats = RequestCosts(probe_blocks=4), FetchStats()
     got = list(read_blocks(location, names, sizes, planner, adaptive, stats, costs=costs))
     expected = [blobs[s][start : start + length] for s, start, length in table[keep].tolist()]
     assert got == expected and len(planner) == 10
