@@ -23,7 +23,11 @@ class RequestCosts:
     when every block is planned alike, which leaves ``a`` and ``b`` unidentified, so the first
     ``probe_blocks`` blocks alternate between the fixed rule and whole-shard reads. After them a
     block is planned with ``request_cost = a/b`` bytes (``None`` — the fixed rule — while the fit
-    is not possible). Trade-off: the probes may read a few whole shards the fixed rule would not.
+    is not possible). Two distinct batches fit ``a`` and ``b`` alone (t₀ = 0), three or more all
+    three. With the default read-ahead of 2, a reader's first three blocks are planned before any
+    fit (two probes and one by the fixed rule); a reader whose part of the epoch is a few blocks
+    long (DataLoader workers start afresh each epoch) gains less. Trade-off: the probes may read a
+    few whole shards the fixed rule would not.
     """
 
     def __init__(self, probe_blocks: int = 2) -> None:
@@ -37,15 +41,16 @@ class RequestCosts:
             self.observations.append((requests, size, seconds))
 
     def fit(self) -> tuple[float, float, float] | None:
-        """``(t₀ s, a s per request, b s per byte)``, or ``None`` with fewer than 3 distinct observations."""
+        """``(t₀ s, a s per request, b s per byte)``; t₀ = 0 from 2 distinct observations, ``None`` from fewer."""
         with self.lock:
             data = np.array(self.observations, dtype=np.float64).reshape(-1, 3)
-        if np.unique(data[:, :2], axis=0).shape[0] < 3:
+        distinct = np.unique(data[:, :2], axis=0).shape[0]
+        if distinct < 2:
             return None
         scale = max(float(data[:, 1].max()), 1.0)  # bytes in units of the largest batch: a conditioned system
         design = np.column_stack([np.ones(len(data)), data[:, 0], data[:, 1] / scale])
         best, best_error = np.zeros(3), float(np.sum(data[:, 2] ** 2))
-        for mask in range(1, 8):  # exact NNLS for three unknowns: the best non-negative solution on a support
+        for mask in range(1, 8) if distinct >= 3 else (2, 4, 6):  # exact NNLS: the best non-negative support
             columns = [j for j in range(3) if mask >> j & 1]
             solution, *_ = np.linalg.lstsq(design[:, columns], data[:, 2], rcond=None)
             if (solution >= 0).all():

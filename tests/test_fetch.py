@@ -207,6 +207,11 @@ def test_request_costs_fit_recovers_a_linear_cost_and_probe_then_price_blocks():
         free_bytes.observe(requests, size, 0.001 * requests)
     assert free_bytes.request_cost() == math.inf  # bytes cost nothing: read shards whole
     assert RequestCosts(probe_blocks=0).fit() is None
+    two = RequestCosts(probe_blocks=0)  # two distinct batches: a and b alone
+    two.observe(100, 1_000_000, 100 * per_request + 1_000_000 * per_byte)
+    assert two.fit() is None
+    two.observe(4, 2_000_000, 4 * per_request + 2_000_000 * per_byte)
+    assert two.fit() == pytest.approx((0.0, per_request, per_byte), rel=1e-6)
 
 
 class _PricedLocation(Location):
