@@ -34,7 +34,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from .remote import Location
-from .request_costs import RequestCosts
+from .request_costs import PROBE, RequestCosts
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class ShardRead:
 class Block:
     """Plan positions ``[begin, end)`` of a part, the reads that cover them, and where each sample lies:
     position ``begin + p`` is in read ``read_of[p]``, range ``range_of[p]``, at byte ``offset_in[p]``,
-    ``length[p]`` bytes long."""
+    ``length[p]`` bytes long. ``probe``: ``RequestCosts``'s probe block (its ranged and whole reads timed apart)."""
 
     begin: int
     end: int
@@ -117,6 +117,7 @@ class Block:
     range_of: np.ndarray
     offset_in: np.ndarray
     length: np.ndarray
+    probe: bool = False
 
 
 def coalesce(starts: np.ndarray, stops: np.ndarray, gap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -177,7 +178,7 @@ class BlockPlanner:
 
     The block bounds (``block_bounds``) are fixed when it is built; ``block(n, request_cost)`` plans
     block ``n``'s reads by ``shard_reads``, a pure function of the rows, the shard sizes and
-    ``request_cost``.
+    ``request_cost`` (``PROBE``: the block's first shard by the fixed rule, its others whole).
     """
 
     def __init__(
@@ -197,19 +198,19 @@ class BlockPlanner:
         read_of = np.empty(last - first, np.int64)
         range_of = np.empty(last - first, np.int64)
         offset_in = np.empty(last - first, np.int64)
-        for shard in np.unique(shards).tolist():
+        probe = request_cost == PROBE
+        for position, shard in enumerate(np.unique(shards).tolist()):
             members = np.flatnonzero(shards == shard)
             order = members[np.argsort(starts[members], kind="stable")]
             lo, hi = starts[order], stops[order]
-            merged_lo, merged_hi, which, whole = shard_reads(
-                lo, hi, int(self.shard_bytes[shard]), self.options, request_cost
-            )
+            cost = (None if position == 0 else math.inf) if probe else request_cost
+            merged_lo, merged_hi, which, whole = shard_reads(lo, hi, int(self.shard_bytes[shard]), self.options, cost)
             read_of[order] = len(reads)
             range_of[order] = which
             offset_in[order] = lo - merged_lo[which]
             reads.append(ShardRead(int(shard), merged_lo, merged_hi, whole))
         length = rows[:, 2].astype(np.int64)
-        return Block(self.begin + first, self.begin + last, tuple(reads), read_of, range_of, offset_in, length)
+        return Block(self.begin + first, self.begin + last, tuple(reads), read_of, range_of, offset_in, length, probe)
 
 
 def plan_blocks(
@@ -286,13 +287,14 @@ def _fetch(
     costs: RequestCosts | None = None,
 ) -> list[list[bytes | memoryview]]:
     """The bytes of every range of ``block``, per read: cached shards read locally, every other range of the
-    block in one concurrent request batch. Errors name the shards and byte ranges."""
+    block in one concurrent request batch (a probe block: its ranged and its whole reads in two batches,
+    each timed for ``costs``). Errors name the shards and byte ranges."""
     cached = [None if cache is None else cache.get(names[read.shard], int(sizes[read.shard])) for read in block.reads]
     results: list[list[bytes | memoryview]] = [[] for _ in block.reads]
     wanted = [(number, read) for number, read in enumerate(block.reads) if cached[number] is None]
-    request_names = [names[read.shard] for _, read in wanted for _ in range(read.starts.size)]
-    starts = [start for _, read in wanted for start in read.starts.tolist()]
-    stops = [stop for _, read in wanted for stop in read.stops.tolist()]
+    batches = [[w for w in wanted if not w[1].whole], [w for w in wanted if w[1].whole]] if block.probe else [wanted]
+    ranges = sum(read.starts.size for _, read in wanted)
+    settings = {"client": options.client, "client_options": options.client_options}
     try:
         for number, path in enumerate(cached):
             if path is not None:
@@ -302,23 +304,30 @@ def _fetch(
                     [path.name] * read.starts.size, read.starts.tolist(), read.stops.tolist()
                 )
                 stats.add(0, 0, cache_hits=1)
-        parts = []
-        if starts:
-            settings = {"client": options.client, "client_options": options.client_options}
+        for batch in filter(None, batches):
+            request_names = [names[read.shard] for _, read in batch for _ in range(read.starts.size)]
+            starts = [start for _, read in batch for start in read.starts.tolist()]
+            stops = [stop for _, read in batch for stop in read.stops.tolist()]
             began = time.perf_counter()
             parts = location.read_ranges(request_names, starts, stops, attempts=options.retries, **settings)
+            size = sum(len(part) for part in parts)
             if costs is not None:
-                costs.observe(len(parts), sum(len(part) for part in parts), time.perf_counter() - began)
+                costs.observe(len(parts), size, time.perf_counter() - began)
+            stats.add(len(parts), size)
+            position = 0
+            for number, read in batch:
+                results[number] = parts[position : position + read.starts.size]
+                position += read.starts.size
     except (OSError, ValueError) as error:
         shards = ", ".join(location.join(name) for name in sorted({names[read.shard] for read in block.reads}))
-        raise OSError(f"shard {shards}: {len(starts)} byte ranges: {error}") from error
-    stats.add(len(parts), sum(len(part) for part in parts))
-    position = 0
-    for number, read in wanted:
-        results[number] = parts[position : position + read.starts.size]
-        position += read.starts.size
-        if read.whole and cache is not None:
-            cache.put(names[read.shard], results[number][0])
+        raise OSError(f"shard {shards}: {ranges} byte ranges: {error}") from error
+    finally:
+        if block.probe and costs is not None:
+            costs.probe_done()
+    if cache is not None:
+        for number, read in wanted:
+            if read.whole:
+                cache.put(names[read.shard], results[number][0])
     return results
 
 
@@ -351,29 +360,34 @@ def read_blocks(
         return
     with ThreadPoolExecutor(max(1, options.readahead), thread_name_prefix="sadp-fetch") as pool:
 
-        def submit(number: int) -> tuple[Block, Future[list[list[bytes | memoryview]]]]:
-            if isinstance(blocks, BlockPlanner):
-                block = blocks.block(number, costs.request_cost() if options.adaptive and costs else None)
-            else:
-                block = blocks[number]
-            return block, pool.submit(_fetch, location, names, block, cache, sizes, stats, options, costs)
+        def planned(number: int) -> Block:  # in the pool's thread: an adaptive plan waits for the probe there
+            if not isinstance(blocks, BlockPlanner):
+                return blocks[number]
+            return blocks.block(number, costs.request_cost() if options.adaptive and costs else None)
+
+        def fetched(number: int) -> tuple[Block, list[list[bytes | memoryview]]]:
+            block = planned(number)
+            return block, _fetch(location, names, block, cache, sizes, stats, options, costs)
 
         ahead, count = options.readahead, len(blocks)
-        pending = [submit(number) for number in range(min(ahead, count))]
+        pending = [pool.submit(fetched, number) for number in range(min(ahead, count))]
         try:
             for number in range(count):
                 if number + ahead < count:  # while block n is consumed, n+1 … n+ahead are in flight
-                    pending.append(submit(number + ahead))
-                block, future = pending.pop(0)
+                    pending.append(pool.submit(fetched, number + ahead))
+                future = pending.pop(0)
                 try:
-                    parts = future.result()
+                    block, parts = future.result()
                 except OSError as error:
-                    for _ in range(block.end - block.begin):
+                    first, last = (
+                        blocks.bounds[number] if isinstance(blocks, BlockPlanner) else (0, len(blocks[number].length))
+                    )
+                    for _ in range(last - first):
                         yield error
                     continue
                 where = (block.read_of, block.range_of, block.offset_in, block.length)
                 for read, part, offset, length in zip(*(column.tolist() for column in where), strict=True):
                     yield bytes(memoryview(parts[read][part])[offset : offset + length])
         finally:
-            for _, future in pending:
+            for future in pending:
                 future.cancel()

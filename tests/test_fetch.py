@@ -8,6 +8,7 @@ offsets point at. Servers come in ``tests/test_remote.py``.
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import numpy as np
@@ -24,7 +25,7 @@ from sadp_data.fetch import (
     shard_reads,
 )
 from sadp_data.remote import Location, is_remote
-from sadp_data.request_costs import RequestCosts
+from sadp_data.request_costs import PROBE, RequestCosts
 
 
 def test_coalesce_merges_ranges_closer_than_the_gap():
@@ -192,26 +193,33 @@ def test_the_planner_with_no_request_cost_is_plan_blocks():
         )
 
 
-def test_request_costs_fit_recovers_a_linear_cost_and_probe_then_price_blocks():
-    costs = RequestCosts(probe_blocks=4)
-    assert [costs.request_cost() for _ in range(4)] == [None, math.inf, None, math.inf]  # the probes
-    assert costs.request_cost() is None  # nothing measured yet: the fixed rule
+def test_request_costs_probe_first_then_wait_for_it_and_price_blocks_by_the_fit():
+    costs = RequestCosts()
+    assert costs.request_cost() == PROBE  # the first block probes
+    answers: list[float | None] = []
+    waiting = threading.Thread(target=lambda: answers.append(costs.request_cost()))
+    waiting.start()
+    time.sleep(0.2)
+    assert waiting.is_alive() and not answers  # the next block waits for the probe to come back
     latency, per_request, per_byte = 0.004, 0.002, 5e-9
     for requests, size in [(20, 1_000_000), (2, 3_000_000), (35, 1_500_000), (3, 2_500_000), (10, 800_000)]:
         costs.observe(requests, size, latency + per_request * requests + per_byte * size)
-    fitted = costs.fit()
-    assert fitted == pytest.approx((latency, per_request, per_byte), rel=1e-6)
-    assert costs.request_cost() == pytest.approx(per_request / per_byte, rel=1e-6)  # 400 kB a request
-    free_bytes = RequestCosts(probe_blocks=0)
+    costs.probe_done()
+    waiting.join(5)
+    assert answers == [pytest.approx(per_request / per_byte, rel=1e-6)]  # 400 kB a request
+    assert costs.fit() == pytest.approx((latency, per_request, per_byte), rel=1e-6)
+    free_bytes = RequestCosts()
     for requests, size in [(5, 10), (1, 1000), (9, 500)]:
         free_bytes.observe(requests, size, 0.001 * requests)
-    assert free_bytes.request_cost() == math.inf  # bytes cost nothing: read shards whole
-    assert RequestCosts(probe_blocks=0).fit() is None
-    two = RequestCosts(probe_blocks=0)  # two distinct batches: a and b alone
+    assert free_bytes.request_cost() == math.inf  # measured already (a reader reused): no probe; bytes are free
+    assert RequestCosts().fit() is None
+    two = RequestCosts()  # two distinct batches: a and b alone
     two.observe(100, 1_000_000, 100 * per_request + 1_000_000 * per_byte)
     assert two.fit() is None
     two.observe(4, 2_000_000, 4 * per_request + 2_000_000 * per_byte)
     assert two.fit() == pytest.approx((0.0, per_request, per_byte), rel=1e-6)
+    late = RequestCosts(probe_timeout=0.1)
+    assert late.request_cost() == PROBE and late.request_cost() is None  # a probe that never returns: fixed rule
 
 
 class _PricedLocation(Location):
@@ -229,40 +237,37 @@ class _PricedLocation(Location):
         return super().read_ranges(names, starts, stops, **settings)
 
 
+@pytest.mark.parametrize("readahead", [0, 2])
 @pytest.mark.parametrize("priced", ["requests", "bytes"])
-def test_adaptive_reads_deliver_the_same_bytes_and_follow_what_requests_cost(tmp_path, priced):
+def test_adaptive_reads_deliver_the_same_bytes_and_follow_what_requests_cost(tmp_path, priced, readahead):
     rng = np.random.default_rng(6)
     table, sizes = _table(rng, shards=10, per_shard=30, size=(1000, 6000))
     names = [f"s{shard}.bin" for shard in range(10)]
     blobs = [rng.integers(0, 256, size, dtype=np.uint8).tobytes() for size in sizes]
     for name, blob in zip(names, blobs, strict=True):
         (tmp_path / name).write_bytes(blob)
-    keep = np.sort(rng.permutation(len(table))[:150])  # half of each shard in shard order: one block a shard
-    fixed = FetchOptions(gap_bytes=0, whole_shard_fraction=2.0, readahead=0)
-    adaptive = FetchOptions(gap_bytes=0, whole_shard_fraction=2.0, readahead=0, adaptive=True)
+    keep = np.sort(rng.permutation(len(table))[:150])  # half of each shard in shard order: 5 blocks of 2 shards
+    fixed = FetchOptions(gap_bytes=0, whole_shard_fraction=2.0, readahead=readahead)
+    adaptive = FetchOptions(gap_bytes=0, whole_shard_fraction=2.0, readahead=readahead, adaptive=True)
     location = _PricedLocation(tmp_path, *((0.004, 0.0) if priced == "requests" else (0.0, 2e-7)))
-    planner = BlockPlanner(table[keep], sizes, 1, adaptive)
-    costs, stats = RequestCosts(probe_blocks=4), FetchStats()
+    planner = BlockPlanner(table[keep], sizes, 2, adaptive)
+    costs, stats = RequestCosts(), FetchStats()
     got = list(read_blocks(location, names, sizes, planner, adaptive, stats, costs=costs))
     expected = [blobs[s][start : start + length] for s, start, length in table[keep].tolist()]
-    assert got == expected and len(planner) == 10
+    assert got == expected and len(planner) == 5
     baseline = FetchStats()
-    assert (
-        list(read_blocks(location, names, sizes, plan_blocks(table[keep], sizes, 1, fixed), fixed, baseline))
-        == expected
-    )
-    assert [n for n, _, _ in costs.observations[1::2][:2]] == [1, 1]  # the whole-shard probes: one request each
-    later = costs.observations[4:]  # the six blocks planned from the fit
+    planned = plan_blocks(table[keep], sizes, 2, fixed)
+    assert list(read_blocks(location, names, sizes, planned, fixed, baseline)) == expected
+    ranged_probe, whole_probe, *later = costs.observations  # the probe: shard 0 by the fixed rule, shard 1 whole
+    assert ranged_probe[0] == planned[0].reads[0].starts.size and whole_probe[:2] == (1, sizes[1])
+    assert len(later) == 4  # the four blocks planned from the fit, one batch each
     if priced == "requests":  # a request costs as much as ~20 MB here: one request for each later shard
-        assert [n for n, _, _ in later] == [1] * 6
-        first_to_last = [
-            int(r.stops.max() - r.starts.min()) for b in plan_blocks(table[keep], sizes, 1, fixed)[4:] for r in b.reads
-        ]
-        # one range from the first kept byte to the last, or the whole shard where bytes measured as free
-        assert all(
-            size in (span, whole) for (_, size, _), span, whole in zip(later, first_to_last, sizes[4:], strict=True)
+        assert [n for n, _, _ in later] == [2] * 4
+        sent = sum(size for _, size, _ in later)  # each shard one range, first kept byte to last, or whole
+        spans = sum(int(r.stops.max() - r.starts.min()) for b in planned[1:] for r in b.reads)
+        assert spans <= sent <= sum(sizes[2:])
+    else:  # requests are free next to bytes: no later shard is read whole, and exactly the planned bytes are read
+        assert sorted(size for _, size, _ in later) == sorted(
+            sum(int((r.stops - r.starts).sum()) for r in b.reads) for b in planned[1:]
         )
-    else:  # requests are free next to bytes: no later shard is read whole, and at most the planned bytes are read
-        planned = plan_blocks(table[keep], sizes, 1, fixed)[4:]
-        assert [size for _, size, _ in later] == [int((r.stops - r.starts).sum()) for b in planned for r in b.reads]
-        assert stats.requests > 6 * 2 + 4
+        assert stats.requests > 4 * 2 + 2
