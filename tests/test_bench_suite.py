@@ -356,9 +356,9 @@ def test_bench_loader_remote_json_shape() -> None:
         assert half["sadp"]["samples"] == half["sadp-obstore"]["samples"] == half["sadp-adaptive"]["samples"] == 100
         assert half["sadp"]["bytes_fetched"] == half["sadp-obstore"]["bytes_fetched"]  # the same requests
         assert 0.3 < result["summary"][storage]["5"]["bytes_vs_stream"] < 0.7
-        # adaptive reads at least the planned bytes and at most what streaming reads (plus the tar trailers)
-        streamed = next(r for r in rows if r["storage"] == storage and r["pipeline"] == "stream")["bytes_fetched"]
-        assert half["sadp"]["bytes_fetched"] <= half["sadp-adaptive"]["bytes_fetched"] <= 1.01 * streamed
+        # adaptive reads at least the planned bytes (more where requests cost more than the bytes between them;
+        # here, 2 shards read by 2 workers, it may read more than streaming, which gives each shard to one worker)
+        assert half["sadp"]["bytes_fetched"] <= half["sadp-adaptive"]["bytes_fetched"]
         assert {"obstore_epoch_s_vs_stream_ci95", "adaptive_epoch_s_vs_stream_ci95"} <= set(
             result["summary"][storage]["5"]
         )
