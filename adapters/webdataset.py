@@ -190,7 +190,9 @@ class ScoredShards(IterableDataset):
     failed remote read is retried ``fetch.retries`` times on connection errors, then raises
     ``ShardError`` naming the shard (or skips its block's samples with ``on_error="skip"``).
     ``fetch_stats`` counts this process's requests and bytes (per DataLoader worker in workers);
-    ``request_costs`` is what ``FetchOptions(adaptive=True)`` has measured of them (kept across epochs).
+    ``request_costs`` is what ``FetchOptions(adaptive=True)`` has measured of them, kept across epochs
+    in the process that reads (with ``num_workers=0`` or persistent workers; DataLoader workers forked
+    each epoch start again from the main process's copy, which they do not update).
     """
 
     def __init__(

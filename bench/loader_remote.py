@@ -24,7 +24,8 @@ Per storage (``s3``, ``http``) and latency, one epoch of each pipeline, through 
 Samples are delivered as bytes (no decode), so the figures are the loading itself. Configurations
 run in rounds in shuffled order (``loader_common._measure_rounds``); the median epoch time of the
 rounds is reported, with bytes and requests of the last round (they do not vary: the plan of a
-round is fixed by its epoch number, the same for every configuration).
+round is fixed by its epoch number, the same for every configuration; except ``sadp-adaptive``'s,
+which follow the request times measured in that round).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from .remote import Location
-from .request_costs import PROBE, RequestCosts
+from .request_costs import RequestCosts
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,8 @@ class FetchOptions:
         client_options: with ``client="obstore"``, keywords of ``obstore.store.from_url`` used instead
             of the translation of ``storage_options``.
         adaptive: plan each block's reads from the measured cost of this reader's requests
-            (``RequestCosts``; ``gap_bytes`` and ``whole_shard_fraction`` serve the first blocks only).
+            (``RequestCosts``; ``gap_bytes`` and ``whole_shard_fraction`` still plan a probe's first
+            shard and any block planned while no fit is possible).
             It minimises predicted time, not bytes: where requests are expensive (a server that spends
             milliseconds on each) it fetches unplanned bytes in fewer, larger requests.
     """
@@ -178,7 +179,8 @@ class BlockPlanner:
 
     The block bounds (``block_bounds``) are fixed when it is built; ``block(n, request_cost)`` plans
     block ``n``'s reads by ``shard_reads``, a pure function of the rows, the shard sizes and
-    ``request_cost`` (``PROBE``: the block's first shard by the fixed rule, its others whole).
+    ``request_cost``; ``probe``: the block's first shard by the fixed rule, its others whole
+    (``RequestCosts``' probe).
     """
 
     def __init__(
@@ -190,7 +192,7 @@ class BlockPlanner:
     def __len__(self) -> int:
         return len(self.bounds)
 
-    def block(self, number: int, request_cost: float | None = None) -> Block:
+    def block(self, number: int, request_cost: float | None = None, probe: bool = False) -> Block:
         first, last = self.bounds[number]
         rows = self.rows[first:last]
         shards, starts, stops = rows[:, 0], rows[:, 1], rows[:, 1] + rows[:, 2]
@@ -198,7 +200,6 @@ class BlockPlanner:
         read_of = np.empty(last - first, np.int64)
         range_of = np.empty(last - first, np.int64)
         offset_in = np.empty(last - first, np.int64)
-        probe = request_cost == PROBE
         for position, shard in enumerate(np.unique(shards).tolist()):
             members = np.flatnonzero(shards == shard)
             order = members[np.argsort(starts[members], kind="stable")]
@@ -229,6 +230,12 @@ class FetchStats:
     bytes_fetched: int = 0
     cache_hits: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __getstate__(self) -> dict[str, int]:  # a spawned DataLoader worker gets the counts, not the lock
+        return {"requests": self.requests, "bytes_fetched": self.bytes_fetched, "cache_hits": self.cache_hits}
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        self.__dict__.update(state, lock=threading.Lock())
 
     def add(self, requests: int, size: int, cache_hits: int = 0) -> None:
         with self.lock:
@@ -321,9 +328,6 @@ def _fetch(
     except (OSError, ValueError) as error:
         shards = ", ".join(location.join(name) for name in sorted({names[read.shard] for read in block.reads}))
         raise OSError(f"shard {shards}: {ranges} byte ranges: {error}") from error
-    finally:
-        if block.probe and costs is not None:
-            costs.probe_done()
     if cache is not None:
         for number, read in wanted:
             if read.whole:
@@ -356,25 +360,36 @@ def read_blocks(
         cache = ShardCache(Path(options.cache_dir) / (fingerprint or "shards"), options.cache_bytes)
     if options.adaptive and costs is None:
         costs = RequestCosts()
+    if not options.adaptive:
+        costs = None
     if not len(blocks):
         return
     with ThreadPoolExecutor(max(1, options.readahead), thread_name_prefix="sadp-fetch") as pool:
 
-        def planned(number: int) -> Block:  # in the pool's thread: an adaptive plan waits for the probe there
+        def fetched(
+            number: int, decided: tuple[bool, float | None] | None
+        ) -> tuple[Block, list[list[bytes | memoryview]]]:
             if not isinstance(blocks, BlockPlanner):
-                return blocks[number]
-            return blocks.block(number, costs.request_cost() if options.adaptive and costs else None)
+                block = blocks[number]
+                return block, _fetch(location, names, block, cache, sizes, stats, options, costs)
+            probe, request_cost = decided or (costs.plan_next() if costs is not None else (False, None))
+            try:  # planned in the pool's thread: an adaptive plan waits for the probe there, not the consumer
+                block = blocks.block(number, request_cost, probe)
+                return block, _fetch(location, names, block, cache, sizes, stats, options, costs)
+            finally:
+                if probe:
+                    costs.probe_done()
 
-        def fetched(number: int) -> tuple[Block, list[list[bytes | memoryview]]]:
-            block = planned(number)
-            return block, _fetch(location, names, block, cache, sizes, stats, options, costs)
+        def submit(number: int) -> Future[tuple[Block, list[list[bytes | memoryview]]]]:
+            first = number == 0 and costs is not None and isinstance(blocks, BlockPlanner)  # block 0 is the probe
+            return pool.submit(fetched, number, costs.plan_next() if first else None)
 
         ahead, count = options.readahead, len(blocks)
-        pending = [pool.submit(fetched, number) for number in range(min(ahead, count))]
+        pending = [submit(number) for number in range(min(ahead, count))]
         try:
             for number in range(count):
                 if number + ahead < count:  # while block n is consumed, n+1 … n+ahead are in flight
-                    pending.append(pool.submit(fetched, number + ahead))
+                    pending.append(submit(number + ahead))
                 future = pending.pop(0)
                 try:
                     block, parts = future.result()

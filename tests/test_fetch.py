@@ -8,6 +8,7 @@ offsets point at. Servers come in ``tests/test_remote.py``.
 from __future__ import annotations
 
 import math
+import pickle
 import threading
 import time
 
@@ -25,7 +26,7 @@ from sadp_data.fetch import (
     shard_reads,
 )
 from sadp_data.remote import Location, is_remote
-from sadp_data.request_costs import PROBE, RequestCosts
+from sadp_data.request_costs import RequestCosts
 
 
 def test_coalesce_merges_ranges_closer_than_the_gap():
@@ -195,9 +196,9 @@ def test_the_planner_with_no_request_cost_is_plan_blocks():
 
 def test_request_costs_probe_first_then_wait_for_it_and_price_blocks_by_the_fit():
     costs = RequestCosts()
-    assert costs.request_cost() == PROBE  # the first block probes
-    answers: list[float | None] = []
-    waiting = threading.Thread(target=lambda: answers.append(costs.request_cost()))
+    assert costs.plan_next() == (True, None)  # nothing measured: the first block probes
+    answers: list[tuple[bool, float | None]] = []
+    waiting = threading.Thread(target=lambda: answers.append(costs.plan_next()))
     waiting.start()
     time.sleep(0.2)
     assert waiting.is_alive() and not answers  # the next block waits for the probe to come back
@@ -206,20 +207,44 @@ def test_request_costs_probe_first_then_wait_for_it_and_price_blocks_by_the_fit(
         costs.observe(requests, size, latency + per_request * requests + per_byte * size)
     costs.probe_done()
     waiting.join(5)
-    assert answers == [pytest.approx(per_request / per_byte, rel=1e-6)]  # 400 kB a request
+    assert answers == [(False, pytest.approx(per_request / per_byte, rel=1e-6))]  # 400 kB a request
     assert costs.fit() == pytest.approx((latency, per_request, per_byte), rel=1e-6)
     free_bytes = RequestCosts()
     for requests, size in [(5, 10), (1, 1000), (9, 500)]:
         free_bytes.observe(requests, size, 0.001 * requests)
-    assert free_bytes.request_cost() == math.inf  # measured already (a reader reused): no probe; bytes are free
-    assert RequestCosts().fit() is None
-    two = RequestCosts()  # two distinct batches: a and b alone
+    assert free_bytes.plan_next() == (False, math.inf)  # measured already (a reader reused): bytes are free
+    two = RequestCosts()  # two independent batches: a and b alone
     two.observe(100, 1_000_000, 100 * per_request + 1_000_000 * per_byte)
     assert two.fit() is None
     two.observe(4, 2_000_000, 4 * per_request + 2_000_000 * per_byte)
     assert two.fit() == pytest.approx((0.0, per_request, per_byte), rel=1e-6)
+    collinear = RequestCosts()  # whole-shard batches only: (k, k·S) says nothing about a against b
+    for shards in (1, 2, 3):
+        collinear.observe(shards, shards * 1_000_000, shards * 0.01)
+    assert collinear.fit() is None
+
+
+def test_a_probe_that_never_returns_or_says_nothing_leaves_the_fixed_rule_and_probes_again():
     late = RequestCosts(probe_timeout=0.1)
-    assert late.request_cost() == PROBE and late.request_cost() is None  # a probe that never returns: fixed rule
+    assert late.plan_next() == (True, None)
+    began = time.perf_counter()
+    assert late.plan_next() == (True, None)  # waited out the lost probe, then probes again
+    assert late.plan_next() == (True, None) and time.perf_counter() - began < 1.0  # no wait beyond each timeout
+    quiet = RequestCosts()
+    assert quiet.plan_next() == (True, None)
+    quiet.observe(10, 10_000, 0.01)  # one batch only (say the other shards were cached)
+    quiet.probe_done()
+    assert quiet.plan_next() == (True, None)  # still no fit: the next block probes
+
+
+def test_request_costs_and_fetch_stats_travel_to_spawned_workers():
+    costs, stats = RequestCosts(), FetchStats()
+    costs.observe(3, 300, 0.01)
+    stats.add(2, 100)
+    costs_copy, stats_copy = pickle.loads(pickle.dumps((costs, stats)))
+    assert list(costs_copy.observations) == [(3, 300, 0.01)] and costs_copy.plan_next() == (True, None)
+    stats_copy.add(1, 1)
+    assert (stats_copy.requests, stats_copy.bytes_fetched) == (3, 101)
 
 
 class _PricedLocation(Location):
@@ -237,7 +262,7 @@ class _PricedLocation(Location):
         return super().read_ranges(names, starts, stops, **settings)
 
 
-@pytest.mark.parametrize("readahead", [0, 2])
+@pytest.mark.parametrize("readahead", [0, 1, 2])
 @pytest.mark.parametrize("priced", ["requests", "bytes"])
 def test_adaptive_reads_deliver_the_same_bytes_and_follow_what_requests_cost(tmp_path, priced, readahead):
     rng = np.random.default_rng(6)
@@ -249,7 +274,7 @@ def test_adaptive_reads_deliver_the_same_bytes_and_follow_what_requests_cost(tmp
     keep = np.sort(rng.permutation(len(table))[:150])  # half of each shard in shard order: 5 blocks of 2 shards
     fixed = FetchOptions(gap_bytes=0, whole_shard_fraction=2.0, readahead=readahead)
     adaptive = FetchOptions(gap_bytes=0, whole_shard_fraction=2.0, readahead=readahead, adaptive=True)
-    location = _PricedLocation(tmp_path, *((0.004, 0.0) if priced == "requests" else (0.0, 2e-7)))
+    location = _PricedLocation(tmp_path, *((0.004, 0.0) if priced == "requests" else (0.0, 1e-6)))
     planner = BlockPlanner(table[keep], sizes, 2, adaptive)
     costs, stats = RequestCosts(), FetchStats()
     got = list(read_blocks(location, names, sizes, planner, adaptive, stats, costs=costs))
@@ -266,8 +291,25 @@ def test_adaptive_reads_deliver_the_same_bytes_and_follow_what_requests_cost(tmp
         sent = sum(size for _, size, _ in later)  # each shard one range, first kept byte to last, or whole
         spans = sum(int(r.stops.max() - r.starts.min()) for b in planned[1:] for r in b.reads)
         assert spans <= sent <= sum(sizes[2:])
-    else:  # requests are free next to bytes: no later shard is read whole, and exactly the planned bytes are read
-        assert sorted(size for _, size, _ in later) == sorted(
-            sum(int((r.stops - r.starts).sum()) for r in b.reads) for b in planned[1:]
-        )
+    else:  # requests are nearly free next to bytes (1 µs a byte): no later shard is read whole, about the
+        # planned bytes are read (a gap merges only if the sleeps overshoot by ~1 ms a request; none is < 1 kB)
+        planned_bytes = sum(int((r.stops - r.starts).sum()) for b in planned[1:] for r in b.reads)
+        sent = sum(size for _, size, _ in later)
+        assert planned_bytes <= sent <= 1.2 * planned_bytes and sent < sum(sizes[2:]) * 0.8
         assert stats.requests > 4 * 2 + 2
+
+
+def test_a_failed_probe_block_yields_its_errors_and_the_next_block_probes_without_waiting(tmp_path):
+    rng = np.random.default_rng(7)
+    table, sizes = _table(rng, shards=6, per_shard=10)
+    names = [f"s{shard}.bin" for shard in range(6)]
+    blobs = [rng.integers(0, 256, size, dtype=np.uint8).tobytes() for size in sizes]
+    for name, blob in list(zip(names, blobs, strict=True))[1:]:  # s0.bin is missing: the probe block fails
+        (tmp_path / name).write_bytes(blob)
+    options = FetchOptions(readahead=2, adaptive=True)
+    planner = BlockPlanner(table, sizes, 2, options)
+    began = time.perf_counter()
+    got = list(read_blocks(Location(tmp_path), names, sizes, planner, options))
+    assert time.perf_counter() - began < 30  # far below the probe timeout: nobody waited for the lost probe
+    assert all(isinstance(item, OSError) and "s0.bin" in str(item) for item in got[:20])
+    assert got[20:] == [blobs[s][start : start + length] for s, start, length in table[20:].tolist()]

@@ -97,21 +97,28 @@ def _check_epoch(sampler, batches, x, y):
     np.testing.assert_array_equal(torch.cat([b[1] for b in batches]).numpy(), y[indices])
 
 
-@pytest.mark.parametrize(("workers", "client"), [(0, "fsspec"), (2, "fsspec"), (2, "obstore")])
-def test_s3_convert_then_read_every_kept_sample_once(s3, bucket, data, workers, client):
+@pytest.mark.parametrize(
+    ("workers", "client", "adaptive"),
+    [(0, "fsspec", False), (2, "fsspec", False), (2, "obstore", False), (2, "fsspec", True)],
+)
+def test_s3_convert_then_read_every_kept_sample_once(s3, bucket, data, workers, client, adaptive):
     """With obstore in forked workers: this must run before any test reads through obstore in this
-    process (obstore is not fork-safe, see the last test)."""
+    process (obstore is not fork-safe, see the last test). ``adaptive``: reads planned from the
+    measured request costs (``FetchOptions(adaptive=True)``) deliver the same samples."""
     path, x, y = data
     url = f"{bucket}/fm"
     options = s3.storage_options()
     index = publish_shards(open_source(str(path)), url, shard_size=SHARD, progress=False, storage_options=options)
     assert all(entry.get("etag") for entry in index.shards)  # pinned to the objects as uploaded
     for keep in (1.0, 0.5):
-        sampler, _, batches = _epoch(url, keep, workers=workers, options=options, fetch=FetchOptions(client=client))
+        fetch = FetchOptions(client=client, adaptive=adaptive)
+        sampler, _, batches = _epoch(url, keep, workers=workers, options=options, fetch=fetch)
         _check_epoch(sampler, batches, x, y)
     local = ShardIndex.load(url, storage_options=options)
     assert local.fingerprint == index.fingerprint and local.sidecar_path().is_dir()
-    if workers and client == "fsspec":  # shards built in parallel processes, then uploaded: the serial bytes
+    if (
+        workers and client == "fsspec" and not adaptive
+    ):  # shards built in parallel processes, then uploaded: the serial bytes
         again = publish_shards(
             open_source(str(path)), f"{bucket}/parallel", shard_size=SHARD, progress=False,
             storage_options=options, workers=2,
