@@ -123,7 +123,9 @@ class TorchComm:
         if len(per_destination) != world:
             raise ValueError(f"exchange needs one array per rank ({world}), got {len(per_destination)}")
         dtype = np.asarray(per_destination[0]).dtype
-        raws = [_raw(np.asarray(part, dtype=dtype)) for part in per_destination]
+        # one leading byte per destination: gloo is not safe with empty buffers or splits (an all-empty
+        # exchange, common when no rank has scores queued, crashed a later collective now and then)
+        raws = [np.concatenate([_PAD, _raw(np.asarray(part, dtype=dtype))]) for part in per_destination]
         send_sizes = np.array([raw.shape[0] for raw in raws], dtype=np.int64)
         receive_sizes = np.zeros(world, dtype=np.int64)
         dist.all_to_all_single(torch.from_numpy(receive_sizes), torch.from_numpy(send_sizes), group=self.group)
@@ -137,7 +139,10 @@ class TorchComm:
             group=self.group,
         )
         edges = np.concatenate([[0], np.cumsum(receive_sizes)])
-        return [receive[edges[r] : edges[r + 1]].view(dtype) for r in range(world)]
+        return [receive[edges[r] + 1 : edges[r + 1]].view(dtype) for r in range(world)]
+
+
+_PAD = np.zeros(1, np.uint8)  #: the byte ``TorchComm.exchange`` puts before each destination's bytes
 
 
 def _pack(key: np.ndarray, index: np.ndarray, weight: np.ndarray) -> np.ndarray:

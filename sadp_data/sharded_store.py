@@ -43,7 +43,7 @@ from .sharded_plan import require_sharded_method, shard_bounds
 from .sharded_shuffle import Comm, LocalComm, TorchComm
 from .store import ScoreStore
 from .store_snapshot import ScoreSnapshot
-from .store_update import as_index_array, as_score_array, bad_indices, bad_scores, raise_bad_entries
+from .store_update import as_epoch_stamp, as_index_array, as_score_array, bad_indices, bad_scores, raise_bad_entries
 
 
 def _raise_if_any_failed(votes: list[np.ndarray], failure: Exception | None, what: str) -> None:
@@ -72,6 +72,7 @@ class ShardedScoreStore:
         comm: Comm,
         sync_every: int = 1,
         fingerprint: str | None = None,
+        created: bool = False,
     ) -> None:
         if sync_every <= 0:
             raise ValueError(f"sync_every must be a positive number of updates, got {sync_every}")
@@ -90,6 +91,8 @@ class ShardedScoreStore:
         self._updates = 0
         self._bad: Exception | None = None
         self._hooks: list[Callable[[], None]] = []
+        #: 0: this rank found no region file and started an empty one; 1: found one, unscored; 2: found scores
+        self.found = 0 if created else 1 + bool(np.any(region.seen()))
 
     @classmethod
     def open(
@@ -132,11 +135,12 @@ class ShardedScoreStore:
         lo, hi = bounds[int(rank)]
         pin = f"{fingerprint or 'scores'}|examples {lo}-{hi} of {num_examples}"
         path = folder / region_name(world, rank)
-        if not path.exists():
+        created = not path.exists()
+        if created:
             ScoreStore.create(path, hi - lo, fingerprint=pin, owner_rank=-1).close()  # its rank's own file
         region = ScoreStore.open(path, "r+", num_examples=hi - lo, fingerprint=pin, flush_interval=flush_interval)
         comm = comm if comm is not None else (LocalComm() if world == 1 else TorchComm())
-        return cls(region, num_examples, rank, world, comm, sync_every, fingerprint)
+        return cls(region, num_examples, rank, world, comm, sync_every, fingerprint, created)
 
     # -- what the sampler and scorer read ------------------------------------------------------
 
@@ -188,20 +192,20 @@ class ShardedScoreStore:
     def update(self, indices: Any, scores: Any, epoch: int | None = None) -> None:
         """Queue scores of any examples (global indices); every ``sync_every`` calls, route (collective).
 
-        Bad input (an index outside ``[0, N)``, a NaN, infinite or negative score) queues nothing of
-        the call and raises at the route it would have joined, on every rank at once (so no rank is left
-        waiting in a collective): on the calling rank the error names positions and values, on the
-        others it names the rank.
+        Bad input (an index outside ``[0, N)``, a NaN, infinite or negative score, arrays of the wrong
+        shape or type, an epoch outside ``[-1, 2**31)``) queues nothing of the call and raises at the
+        route it would have joined, on every rank at once (so no rank is left waiting in a collective):
+        on the calling rank the error names positions and values, on the others it names the rank.
         """
-        index = as_index_array(indices)
-        values = as_score_array(scores, index.shape[0])
-        if bad_indices(index, self.num_examples).any() or bad_scores(values).any():
-            try:
+        try:  # any error is raised at the next route, on every rank at once
+            index = as_index_array(indices)
+            values = as_score_array(scores, index.shape[0])
+            stamp = as_epoch_stamp(epoch, self.region.current_epoch)
+            if bad_indices(index, self.num_examples).any() or bad_scores(values).any():
                 raise_bad_entries(index, values, self.num_examples)
-            except (IndexError, ValueError) as error:  # raised at the next route, on every rank at once
-                self._bad = self._bad or error
-            index, values = index[:0], values[:0]
-        stamp = self.region.current_epoch if epoch is None else int(epoch)
+        except (IndexError, TypeError, ValueError) as error:
+            self._bad = self._bad or error
+            index, values, stamp = np.zeros(0, np.int64), np.zeros(0, np.float32), self.region.current_epoch
         self._pending.append((index.astype(np.int64, copy=True), values.astype(np.float32, copy=True), stamp))
         self._updates += 1
         if self._updates >= self.sync_every:
@@ -219,6 +223,11 @@ class ShardedScoreStore:
         records = np.stack([index, words], axis=1)
         owners = np.searchsorted(self._starts, index, side="right") - 1
         parts = [records[owners == rank].reshape(-1) for rank in range(self.world)]
+        if self._bad is None:
+            try:  # a failed writer thread (say, a full disk) stops every rank here, not this one alone
+                self.region.check_writable()
+            except (OSError, RuntimeError) as error:
+                self._bad = error
         if self._bad is not None:  # a record no index can be: every rank learns that this one failed
             parts = [np.concatenate([part, np.array([-1, self.rank], np.int64)]) for part in parts]
         received = self.comm.exchange(parts)
@@ -226,12 +235,18 @@ class ShardedScoreStore:
         merged = np.concatenate(received).reshape(-1, 2) if received else np.zeros((0, 2), np.int64)
         failed = merged[merged[:, 0] < 0, 1]
         merged = merged[merged[:, 0] >= 0]
-        apply_packed(self.region, merged[:, 0], merged[:, 1], offset=self.lo)
-        if failed.size:  # the good scores are in; now every rank stops at the same point
+        if failed.size:  # the good scores go in where the region can take them; then every rank stops here
             error, self._bad = self._bad, None
-            if error is not None:
-                raise error
-            raise ValueError(f"rank {int(failed[0])} pushed bad scores (its error names them); its call was not kept")
+            if error is None:
+                apply_packed(self.region, merged[:, 0], merged[:, 1], offset=self.lo)
+                raise ValueError(
+                    f"rank {int(failed[0])} failed at the score route (bad scores or a failed writer; its error "
+                    "says which); its call was not kept"
+                )
+            if not isinstance(error, OSError | RuntimeError):
+                apply_packed(self.region, merged[:, 0], merged[:, 1], offset=self.lo)
+            raise error
+        apply_packed(self.region, merged[:, 0], merged[:, 1], offset=self.lo)
 
     def add_sync_hook(self, hook: Callable[[], None]) -> None:
         self._hooks.append(hook)
@@ -263,13 +278,19 @@ class ShardedScoreStore:
             local = self.region.begin_epoch(epoch, keep_ratio, persist_snapshot=False)
         except (OSError, RuntimeError, ValueError) as error:  # e.g. the region's writer failed: tell every rank
             failure = error
-        versions = self.comm.all_gather(np.array([-1 if local is None else local.version], np.int64))
+        versions = self.comm.all_gather(np.array([-1 if local is None else local.version, self.found], np.int64))
         _raise_if_any_failed(versions, failure, f"epoch {epoch}'s boundary")
+        self._check_regions_found([int(v[1]) for v in versions])
         assert local is not None
         snapshot = ScoreSnapshot(local.scores, local.seen, int(sum(int(v[0]) for v in versions)), local.last_epoch)
         if persist_snapshot and keep_ratio < 1.0:
-            self.region.save_snapshot(snapshot)
-            self.region.flush()
+            try:  # a full disk while writing the snapshot stops every rank here, not this one alone
+                self.region.save_snapshot(snapshot)
+                self.region.flush()
+            except (OSError, RuntimeError) as error:
+                failure = error
+            votes = self.comm.all_gather(np.array([-1 if failure is not None else 0], np.int64))
+            _raise_if_any_failed(votes, failure, f"epoch {epoch}'s snapshot")
         return snapshot
 
     def saved_snapshot(self) -> ScoreSnapshot | None:
@@ -279,11 +300,25 @@ class ShardedScoreStore:
             local = self.region.saved_snapshot()
         except (OSError, RuntimeError, ValueError) as error:  # a damaged region: every rank raises, none waits
             failure = error
-        mine = np.array([local is not None, -1 if local is None else local.version, failure is not None], np.int64)
+        mine = np.array(
+            [local is not None, -1 if local is None else local.version, failure is not None, self.found], np.int64
+        )
         everyone = self.comm.all_gather(mine)
         _raise_if_any_failed([np.array([-1 if int(v[2]) else 0]) for v in everyone], failure, "the saved snapshots")
+        self._check_regions_found([int(v[3]) for v in everyone])
         agreed = all(int(v[0]) == 1 and int(v[1]) == int(mine[1]) for v in everyone)
         return local if agreed else None
+
+    def _check_regions_found(self, found: list[int]) -> None:
+        """Raise on every rank when some ranks started empty regions while others found scored ones (a region
+        file lost, or node-local regions after the job moved): its examples would silently count as unseen."""
+        if 0 in found and 2 in found:
+            new = [rank for rank, code in enumerate(found) if code == 0]
+            raise ValueError(
+                f"ranks {new} found no region file in {self.region.path.parent} (started empty) while the other "
+                "ranks found theirs: a resumed sharded store needs every rank's region (on node-local storage, "
+                "copy the regions back to the ranks that wrote them)"
+            )
 
     def record_keep_ratio(self, epoch: int, keep_ratio: float) -> None:
         self.region.record_keep_ratio(epoch, keep_ratio)
@@ -294,7 +329,8 @@ class ShardedScoreStore:
 
     def close(self) -> None:
         """Close this rank's region. Scores still queued (``sync_every > 1``) are not routed here, since
-        routing is a collective: a ``RuntimeWarning`` counts them (call ``route()`` on every rank first)."""
+        routing is a collective: a ``RuntimeWarning`` counts them (call ``route()`` on every rank first).
+        A refused ``update`` that no route has reported yet is raised after the region is closed."""
         queued = sum(entry[0].shape[0] for entry in self._pending)
         if queued:
             warnings.warn(
@@ -305,6 +341,9 @@ class ShardedScoreStore:
             )
             self._pending = []
         self.region.close()
+        if self._bad is not None:  # a refused call that no route reported: report it now, not never
+            error, self._bad = self._bad, None
+            raise error
 
     def __enter__(self) -> ShardedScoreStore:
         return self

@@ -40,7 +40,7 @@ from .store_format import (
 )
 from .store_format import write_empty as _write_empty
 from .store_snapshot import ScoreSnapshot, read_snapshot
-from .store_update import as_index_array, as_score_array, raise_bad_entries
+from .store_update import as_epoch_stamp, as_index_array, as_score_array, raise_bad_entries
 from .store_writer import MirrorWriter
 
 __all__ = [
@@ -254,7 +254,7 @@ class ScoreStore:
 
         ``begin_epoch`` calls this. Persisted with the next round of chunks, or by ``flush``/``close``.
         """
-        self._check_writable()
+        self.check_writable()
         self._mirror.record_keep_ratio(epoch, keep_ratio)
 
     def add_sync_hook(self, hook: Callable[[], None]) -> None:
@@ -282,10 +282,10 @@ class ScoreStore:
         Each score is stamped with ``epoch``, by default ``current_epoch`` (the latest
         ``begin_epoch``/``set_epoch``).
         """
-        self._check_writable()
+        self.check_writable()
         index = as_index_array(indices)
         values = as_score_array(scores, index.shape[0])
-        stamp = self._current_epoch if epoch is None else int(epoch)
+        stamp = as_epoch_stamp(epoch, self._current_epoch)
         if self._mirror.apply(index, values, stamp) >= 0:
             raise_bad_entries(index, values, self.num_examples)
 
@@ -328,7 +328,8 @@ class ScoreStore:
             f"version={self.version}{', read-only' if self.read_only else ''})"
         )
 
-    def _check_writable(self) -> None:
+    def check_writable(self) -> None:
+        """Raise unless updates can be taken: the writer thread's error, read-only or closed."""
         self._mirror.check_error()
         if self.read_only:
             raise PermissionError(f"{self.path} was opened read-only (mode='r')")

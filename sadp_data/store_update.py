@@ -49,6 +49,18 @@ def as_score_array(scores: Any, length: int) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
+def as_epoch_stamp(epoch: Any, default: int) -> int:
+    """The epoch to stamp scores with (``default`` for ``None``): an integer in ``[-1, 2**31)``, the range the
+    sidecar's int32 ``epoch`` array and the routed records hold."""
+    if epoch is None:
+        return int(default)
+    if isinstance(epoch, bool) or not isinstance(epoch, int | np.integer):
+        raise TypeError(f"epoch must be an integer, got {epoch!r}")
+    if not -1 <= int(epoch) < 2**31:
+        raise ValueError(f"epoch {int(epoch)} is outside [-1, 2**31)")
+    return int(epoch)
+
+
 def raise_bad_entries(index: np.ndarray, values: np.ndarray, num_examples: int) -> None:
     """The error for a batch the update kernel refused, naming up to five bad positions and values."""
     bad = np.flatnonzero(bad_indices(index, num_examples))

@@ -20,9 +20,11 @@ def run_ranks(script: Path, world: int, *args: str, timeout: float = 300) -> Non
     """Run ``python script RANK WORLD *args`` for every rank at once and wait for all of them.
 
     Each rank gets ``MASTER_ADDR=127.0.0.1``, a free ``MASTER_PORT`` and ``OMP_NUM_THREADS=1``; a rank
-    that fails fails the test with the tail of its output, and ranks still running are killed.
+    that fails fails the test with the tail of every failed rank's output (one killed by a signal first,
+    with its threads' Python stacks), and ranks still running are killed.
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    env["PYTHONFAULTHANDLER"] = "1"  # a rank that crashes (a signal) prints every thread's Python stack
     processes = [
         subprocess.Popen(
             [sys.executable, str(script), str(rank), str(world), *args],
@@ -34,9 +36,16 @@ def run_ranks(script: Path, world: int, *args: str, timeout: float = 300) -> Non
         for rank in range(world)
     ]
     try:
-        for rank, process in enumerate(processes):
-            output, _ = process.communicate(timeout=timeout)
-            assert process.returncode == 0, f"rank {rank} of {world} failed:\n{output[-3000:]}"
+        outputs = [process.communicate(timeout=timeout)[0] for process in processes]
+        failed = sorted(
+            (rank for rank, process in enumerate(processes) if process.returncode),
+            key=lambda rank: processes[rank].returncode >= 0,  # a rank killed by a signal first: it is the cause
+        )
+        report = "\n".join(
+            f"rank {rank} of {world} failed (exit {processes[rank].returncode}):\n{outputs[rank][-3000:]}"
+            for rank in failed
+        )
+        assert not failed, report
     finally:
         for process in processes:
             if process.poll() is None:

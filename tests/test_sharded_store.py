@@ -83,7 +83,7 @@ def test_ranks_plan_route_and_resume_from_their_regions_alone(tmp_path, scores, 
         assert report["position"] == 100 and report["stats"]["rank_slice"] is True
         assert report["stats"]["sample_size"] == len(positions)
     for rank, report in enumerate(reports):  # one rank's bad scores stop every rank at the same exchange
-        expected = "1 scores are NaN" if rank == world - 1 else f"rank {world - 1} pushed bad scores"
+        expected = "1 scores are NaN" if rank == world - 1 else f"rank {world - 1} failed at the score route"
         assert expected in report["bad"], report["bad"]
     bounds = shard_bounds(N, world)
     for rank, part in enumerate(parts):  # the good ranks' scores of that exchange are kept, the bad one's not
@@ -98,6 +98,17 @@ def test_ranks_plan_route_and_resume_from_their_regions_alone(tmp_path, scores, 
     for report in reports:  # held after the plan: this rank's region (and its slice), not the table
         assert report["resident"] <= 1.1 * replicated["resident"] / world + (1 << 20), (report, replicated)
         assert report["peak"] <= PEAK_PER_OWNED * report["owned"] + (2 << 20), report  # all of it scales as 1/W
+
+
+def test_a_malformed_call_and_a_lost_region_stop_every_rank_at_the_same_collective(tmp_path) -> None:
+    run_ranks(Path(__file__).parent / "workers" / "sharded_faults_rank.py", 2, str(tmp_path), timeout=120)
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert "scores must be 1-D with one value per index" in reports[1]["malformed"]  # its own error, by name
+    assert "rank 1 failed at the score route" in reports[0]["malformed"]
+    for report in reports:  # the route after it works on both ranks: nobody is a collective behind
+        assert report["after"] == "no error" and report["region_scores"] == "[2.0]"
+        assert "ranks [1] found no region file" in report["lost_region"], report
+        assert "copy the regions back" in report["lost_region"]
 
 
 def test_a_region_folder_refuses_another_world_size_and_other_data(tmp_path) -> None:
@@ -118,6 +129,10 @@ def test_bad_scores_and_unsupported_settings_are_refused_by_name(tmp_path) -> No
             store.update(torch.tensor([3, 65546]), torch.tensor([1.0, 1.0]))
         with pytest.raises(ValueError, match="NaN, infinite or negative"):
             store.update(np.array([3]), np.array([np.nan]))
+        with pytest.raises(ValueError, match=r"epoch 2147483648 is outside \[-1, 2\*\*31\)"):
+            store.update(np.array([3]), np.array([1.0]), epoch=2**31)
+        with pytest.raises(TypeError, match="indices must be an integer array"):
+            store.update(np.array([3.0]), np.array([1.0]))
         store.update(np.array([3, 65540]), np.array([2.0, 5.0]))  # routed at once (sync_every=1)
         assert store.scores()[[3, 65540]].tolist() == [2.0, 5.0]
         with pytest.raises(ValueError, match="method='sadp' and at most its weight_power"):
@@ -139,8 +154,13 @@ def test_bad_scores_and_unsupported_settings_are_refused_by_name(tmp_path) -> No
             plan.weights_of(np.setdiff1d(np.arange(100), plan.order)[:1])
         with pytest.raises(ValueError, match="elastic resume"):
             plan.rank_slice(0, 1, resumed_from=(2, 10))
-        with pytest.warns(RuntimeWarning, match="closed with 1 scores queued"):
-            store.close()
+        store.sync_every = 10
+        store.update(np.array([5]), np.array([-1.0]))  # refused, queued as nothing: no route reported it yet
+        with (
+            pytest.warns(RuntimeWarning, match="closed with 1 scores queued"),
+            pytest.raises(ValueError, match="negative"),
+        ):
+            store.close()  # the refusal is raised at close, not lost
 
 
 def test_the_readme_snippet_runs(tmp_path, monkeypatch) -> None:
