@@ -235,18 +235,16 @@ class ShardedScoreStore:
         merged = np.concatenate(received).reshape(-1, 2) if received else np.zeros((0, 2), np.int64)
         failed = merged[merged[:, 0] < 0, 1]
         merged = merged[merged[:, 0] >= 0]
-        if failed.size:  # the good scores go in where the region can take them; then every rank stops here
-            error, self._bad = self._bad, None
-            if error is None:
-                apply_packed(self.region, merged[:, 0], merged[:, 1], offset=self.lo)
-                raise ValueError(
-                    f"rank {int(failed[0])} failed at the score route (bad scores or a failed writer; its error "
-                    "says which); its call was not kept"
-                )
-            if not isinstance(error, OSError | RuntimeError):
-                apply_packed(self.region, merged[:, 0], merged[:, 1], offset=self.lo)
+        error, self._bad = self._bad, None
+        if not isinstance(error, OSError | RuntimeError):  # the good scores go in, unless this region's writer failed
+            apply_packed(self.region, merged[:, 0], merged[:, 1], offset=self.lo)
+        if error is not None:  # then every rank stops here: this one with its own error
             raise error
-        apply_packed(self.region, merged[:, 0], merged[:, 1], offset=self.lo)
+        if failed.size:
+            raise ValueError(
+                f"rank {int(failed[0])} failed at the score route (bad scores or a failed writer; its error says "
+                "which); its call was not kept"
+            )
 
     def add_sync_hook(self, hook: Callable[[], None]) -> None:
         self._hooks.append(hook)
