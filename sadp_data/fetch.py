@@ -214,6 +214,20 @@ class BlockPlanner:
         return Block(self.begin + first, self.begin + last, tuple(reads), read_of, range_of, offset_in, length, probe)
 
 
+class _Planned:
+    """Blocks planned already, served as a ``BlockPlanner`` serves its own (no cost advice taken)."""
+
+    def __init__(self, blocks: Sequence[Block]) -> None:
+        self.blocks = blocks
+        self.bounds = [(block.begin, block.end) for block in blocks]
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def block(self, number: int, request_cost: float | None = None, probe: bool = False) -> Block:
+        return self.blocks[number]
+
+
 def plan_blocks(
     rows: np.ndarray, shard_bytes: Sequence[int], window: int, options: FetchOptions, begin: int = 0
 ) -> list[Block]:
@@ -358,33 +372,29 @@ def read_blocks(
     cache = None
     if options.cache_dir is not None:
         cache = ShardCache(Path(options.cache_dir) / (fingerprint or "shards"), options.cache_bytes)
-    if options.adaptive and costs is None:
-        costs = RequestCosts()
-    if not options.adaptive:
-        costs = None
-    if not len(blocks):
+    costs = (costs or RequestCosts()) if options.adaptive else None
+    planner = blocks if isinstance(blocks, BlockPlanner) else _Planned(blocks)
+    planning = costs if isinstance(blocks, BlockPlanner) else None  # blocks planned already take no advice
+    if not len(planner):
         return
     with ThreadPoolExecutor(max(1, options.readahead), thread_name_prefix="sadp-fetch") as pool:
 
         def fetched(
             number: int, decided: tuple[bool, float | None] | None
         ) -> tuple[Block, list[list[bytes | memoryview]]]:
-            if not isinstance(blocks, BlockPlanner):
-                block = blocks[number]
-                return block, _fetch(location, names, block, cache, sizes, stats, options, costs)
-            probe, request_cost = decided or (costs.plan_next() if costs is not None else (False, None))
+            probe, request_cost = decided or (planning.plan_next() if planning is not None else (False, None))
             try:  # planned in the pool's thread: an adaptive plan waits for the probe there, not the consumer
-                block = blocks.block(number, request_cost, probe)
+                block = planner.block(number, request_cost, probe)
                 return block, _fetch(location, names, block, cache, sizes, stats, options, costs)
             finally:
-                if probe:
-                    costs.probe_done()
+                if probe and planning is not None:
+                    planning.probe_done()
 
         def submit(number: int) -> Future[tuple[Block, list[list[bytes | memoryview]]]]:
-            first = number == 0 and costs is not None and isinstance(blocks, BlockPlanner)  # block 0 is the probe
-            return pool.submit(fetched, number, costs.plan_next() if first else None)
+            decided = planning.plan_next() if planning is not None and number == 0 else None  # block 0 probes
+            return pool.submit(fetched, number, decided)
 
-        ahead, count = options.readahead, len(blocks)
+        ahead, count = options.readahead, len(planner)
         pending = [submit(number) for number in range(min(ahead, count))]
         try:
             for number in range(count):
@@ -394,9 +404,7 @@ def read_blocks(
                 try:
                     block, parts = future.result()
                 except OSError as error:
-                    first, last = (
-                        blocks.bounds[number] if isinstance(blocks, BlockPlanner) else (0, len(blocks[number].length))
-                    )
+                    first, last = planner.bounds[number]
                     for _ in range(last - first):
                         yield error
                     continue

@@ -125,11 +125,14 @@ class TorchComm:
         dtype = np.asarray(per_destination[0]).dtype
         # one leading byte per destination: gloo is not safe with empty buffers or splits (an all-empty
         # exchange, common when no rank has scores queued, crashed a later collective now and then)
-        raws = [np.concatenate([_PAD, _raw(np.asarray(part, dtype=dtype))]) for part in per_destination]
-        send_sizes = np.array([raw.shape[0] for raw in raws], dtype=np.int64)
+        raws = [_raw(np.asarray(part, dtype=dtype)) for part in per_destination]
+        send_sizes = np.array([raw.shape[0] + 1 for raw in raws], dtype=np.int64)
         receive_sizes = np.zeros(world, dtype=np.int64)
         dist.all_to_all_single(torch.from_numpy(receive_sizes), torch.from_numpy(send_sizes), group=self.group)
-        send = np.concatenate(raws)
+        send = np.zeros(int(send_sizes.sum()), dtype=np.uint8)  # each destination: a zero byte, then its bytes
+        starts = np.concatenate([[0], np.cumsum(send_sizes)])
+        for start, raw in zip(starts.tolist(), raws, strict=False):
+            send[start + 1 : start + 1 + raw.shape[0]] = raw
         receive = np.empty(int(receive_sizes.sum()), dtype=np.uint8)
         dist.all_to_all_single(
             torch.from_numpy(receive),
@@ -140,9 +143,6 @@ class TorchComm:
         )
         edges = np.concatenate([[0], np.cumsum(receive_sizes)])
         return [receive[edges[r] + 1 : edges[r + 1]].view(dtype) for r in range(world)]
-
-
-_PAD = np.zeros(1, np.uint8)  #: the byte ``TorchComm.exchange`` puts before each destination's bytes
 
 
 def _pack(key: np.ndarray, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
