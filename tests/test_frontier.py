@@ -225,3 +225,33 @@ def test_the_lever_study_runs_valid_variants_paired_with_the_defaults() -> None:
         if spec.method != "full":
             get_method(spec.method, **dict(spec.method_options))  # every lever value is accepted
     assert len(part.seeds) == 5 and part.config.train_size == 60000
+
+
+def test_the_seed_study_pools_earlier_seeds_per_keep_ratio_and_reads_equivalence() -> None:
+    import argparse
+
+    from sadp_data.bench.frontier_seeds import _seed_range, paired_summary, seeds_config
+
+    part = "fashion-mnist/mlp"
+    runs = []
+    for seed in range(8):
+        runs.append(_run(part, "full", 1.0, seed, 0.890))
+        runs.append(_run(part, "epsilon_greedy", 0.5, seed, 0.890))
+        runs.append(_run(part, "sadp", 0.5, seed, 0.890 + (0.0002 if seed % 2 else -0.0001)))
+        if seed < 5:  # the other keep ratio has fewer seeds, and a large gain
+            runs.append(_run(part, "epsilon_greedy", 0.7, seed, 0.880))
+            runs.append(_run(part, "sadp", 0.7, seed, 0.885 + 0.001 * seed))
+    runs.append(_run("other/part", "sadp", 0.5, 99, 0.1))  # another part's runs are never paired
+    tie, gain = paired_summary(runs, 0.5), paired_summary(runs, 0.7)
+    assert tie["seeds"] == list(range(8)) and gain["seeds"] == list(range(5))
+    assert tie["sadp_minus_epsilon_greedy"]["mean"] == pytest.approx(0.005)
+    assert tie["sadp_minus_epsilon_greedy"]["equivalent_within_margin"]  # differences of ±0.02 pt: within 0.1 pt
+    assert gain["sadp_minus_epsilon_greedy"]["mean"] == pytest.approx(0.7)
+    low, high = gain["sadp_minus_epsilon_greedy"]["ci90"]
+    assert 0.1 < low < 0.7 < high and not gain["sadp_minus_epsilon_greedy"]["equivalent_within_margin"]
+    assert _seed_range("10-19") == tuple(range(10, 20)) and _seed_range("3") == (3,)
+    for bad in ("ten", "5-2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--seeds"):
+            _seed_range(bad)
+    (study,) = seeds_config((10, 11), (0.5, 0.7)).parts
+    assert study.seeds == (10, 11) and study.keep_ratios == (0.5, 0.7) and study.variants == ()
