@@ -255,3 +255,23 @@ def test_the_seed_study_pools_earlier_seeds_per_keep_ratio_and_reads_equivalence
             _seed_range(bad)
     (study,) = seeds_config((10, 11), (0.5, 0.7)).parts
     assert study.seeds == (10, 11) and study.keep_ratios == (0.5, 0.7) and study.variants == ()
+
+
+def test_the_report_lists_every_seed_study_beside_the_frontier_json(tmp_path: Path) -> None:
+    from sadp_data.bench.frontier_report import _more_seeds_section, _seed_ranges
+
+    assert _more_seeds_section(tmp_path) == []
+    cell = {"mean": 0.05, "ci95_half_width": 0.1, "ci90": [-0.03, 0.13]}
+    old = {"seeds": [0, 1, 2], "sadp_minus_epsilon_greedy": cell, "sadp_minus_full": cell}
+    old |= {"sadp_mean": 89.0, "epsilon_greedy_mean": 88.9, "full_mean": 89.0}
+    (tmp_path / "frontier-seeds.json").write_text(json.dumps({"paired": old}))
+    new = {"0.5": {**old, "seeds": [0, 1, 2, 4, 10, 11]}, "0.7": {**old, "seeds": [0, 10]}}
+    (tmp_path / "frontier-seeds-b.json").write_text(json.dumps({"paired": new}))
+    (tmp_path / "frontier-seeds-b.partial.json").write_text("{not json")  # an unfinished study is skipped
+    text = "\n".join(_more_seeds_section(tmp_path))
+    assert "| `frontier-seeds-b.json` | 0.5 | 6 (0–2, 4, 10–11) |" in text
+    assert (
+        "| `frontier-seeds-b.json` | 0.7 | 2 (0, 10) |" in text and "| `frontier-seeds.json` | 0.5 | 3 (0–2) |" in text
+    )
+    assert "+0.050 ± 0.100 (90 %: -0.030 to +0.130)" in text
+    assert _seed_ranges([3]) == "3"
