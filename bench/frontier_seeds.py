@@ -21,12 +21,14 @@ import statistics
 import sys
 import time
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from sadp_data.bench.frontier import FrontierConfig, run_frontier_bench
 from sadp_data.bench.frontier_levers import lever_config
 from sadp_data.bench.frontier_summary import _t_interval
+from sadp_data.bench.suite import run_record
 
 PART = "fashion-mnist/mlp"
 EQUIVALENCE_MARGIN = 0.1
@@ -111,11 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     for path in earlier:
         if not path.is_file():
             parser.error(f"earlier result file {path} does not exist")
-    started = time.time()
+    started, clock = datetime.now(timezone.utc), time.perf_counter()
     config = seeds_config(args.seeds, tuple(args.keep))
     result = run_frontier_bench(config, show_progress=False, partial_json=args.out.with_suffix(".partial.json"))
-    result["wall_s"] = time.time() - started
+    result["wall_s"] = time.perf_counter() - clock
     result["command"] = f"{prog} " + " ".join(sys.argv[1:] if argv is None else argv)
+    result["run"] = run_record(result["command"], "frontier", False, started, result["wall_s"])
     previous: dict[tuple[str, str, float, int], dict[str, Any]] = {}
     for path in earlier:
         for run in json.loads(path.read_text())["runs"]:

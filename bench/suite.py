@@ -86,6 +86,21 @@ class BenchOptions:
         return Path(self.nmnist) if self.nmnist else default_nmnist_dir()
 
 
+def run_record(
+    command: str, suite: str, quick: bool, started: datetime, wall_s: float, machine: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``run`` entry every result file carries (``bench/report.py`` reads it): command, timing, load, machine."""
+    return {
+        "command": command,
+        "suite": suite,
+        "quick": quick,
+        "started": started.isoformat(timespec="seconds"),
+        "wall_s": wall_s,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "machine": machine_info() if machine is None else machine,
+    }
+
+
 def machine_info() -> dict[str, Any]:
     """Where the figures were measured: OS, CPU model and count, memory, library versions, GPU."""
     import numba
@@ -322,15 +337,7 @@ def run_suites(suites: list[str], options: BenchOptions, json_target: str | None
         clock = time.perf_counter()
         for name, result in RUNNERS[suite](options, len(suites) > 1, folder):
             now = time.perf_counter()
-            result["run"] = {
-                "command": options.command,
-                "suite": suite,
-                "quick": options.quick,
-                "started": started.isoformat(timespec="seconds"),
-                "wall_s": now - clock,
-                "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-                "machine": machine,
-            }
+            result["run"] = run_record(options.command, suite, options.quick, started, now - clock, machine)
             started, clock = datetime.now(timezone.utc), now
             path = folder / f"{name}.json" if folder is not None else (Path(json_target) if json_target else None)
             if path is not None:
