@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from sadp_data.bench.frontier import FrontierConfig, Part, Variant, run_frontier_bench
+from sadp_data.bench.suite import run_record
 from sadp_data.bench.training_data import DemoConfig
 
 KEEP_RATIOS = (0.5, 0.7)
@@ -43,10 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m sadp_data.bench.frontier_levers OUT.json", file=sys.stderr)
         return 2
     out = Path(args[0])
-    started = time.time()
+    started, clock = datetime.now(timezone.utc), time.perf_counter()
     result = run_frontier_bench(lever_config(), show_progress=False, partial_json=out.with_suffix(".partial.json"))
-    result["wall_s"] = time.time() - started
+    result["wall_s"] = time.perf_counter() - clock
     result["command"] = f"python -m sadp_data.bench.frontier_levers {out}"
+    result["run"] = run_record(result["command"], "frontier", False, started, result["wall_s"])
     out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 

@@ -275,3 +275,36 @@ def test_the_report_lists_every_seed_study_beside_the_frontier_json(tmp_path: Pa
     )
     assert "+0.050 ± 0.100 (90 %: -0.030 to +0.130)" in text
     assert _seed_ranges([3]) == "3"
+
+
+def test_the_seed_study_writes_pooled_pairs_and_its_run_record(tmp_path: Path, monkeypatch) -> None:
+    import sadp_data.bench.frontier_seeds as frontier_seeds
+
+    part = "fashion-mnist/mlp"
+    earlier = [
+        _run(part, v, k, s, 0.89) for s in (0, 1) for v, k in (("full", 1.0), ("sadp", 0.5), ("epsilon_greedy", 0.5))
+    ]
+    earlier.append(_run(part, "sadp", 0.5, 2, 0.5))  # a seed the new study reruns: its new run wins
+    (tmp_path / "earlier.json").write_text(json.dumps({"runs": earlier}))
+    asked = []
+
+    def fake_bench(config, show_progress, partial_json):
+        (study,) = config.parts
+        asked.append((study.seeds, study.keep_ratios))
+        runs = [_run(part, "full", 1.0, s, 0.89) for s in study.seeds]
+        runs += [_run(part, "epsilon_greedy", 0.5, s, 0.89) for s in study.seeds]
+        runs += [_run(part, "sadp", 0.5, s, 0.891) for s in study.seeds]
+        return {"runs": runs}
+
+    monkeypatch.setattr(frontier_seeds, "run_frontier_bench", fake_bench)
+    out = tmp_path / "seeds.json"
+    assert frontier_seeds.main([str(out), str(tmp_path / "earlier.json"), "--seeds", "2-3", "--keep", "0.5"]) == 0
+    result = json.loads(out.read_text())
+    assert asked == [((2, 3), (0.5,))]
+    cell = result["paired"]["0.5"]
+    assert cell["seeds"] == [0, 1, 2, 3] and cell["sadp_minus_epsilon_greedy"]["per_seed"] == pytest.approx(
+        [0, 0, 0.1, 0.1]
+    )
+    assert result["run"]["command"].endswith("--seeds 2-3 --keep 0.5") and result["run"]["machine"]["cpu_count"] >= 1
+    with pytest.raises(SystemExit):
+        frontier_seeds.main([str(out), str(tmp_path / "missing.json")])
