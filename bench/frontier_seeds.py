@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
 import time
 from dataclasses import replace
@@ -50,17 +48,6 @@ def _accuracy(runs: list[dict[str, Any]], variant: str, keep: float) -> dict[int
     }
 
 
-def _equivalence_interval(values: list[float]) -> tuple[float, float]:
-    """The 90 % t-interval of the mean: both one-sided tests of TOST at 5 % pass when it lies inside ±margin."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, mean
-    from scipy import stats
-
-    half = float(stats.t.ppf(0.95, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
-    return mean - half, mean + half
-
-
 def paired_summary(runs: list[dict[str, Any]], keep: float = 0.5) -> dict[str, Any]:
     """At ``keep``: SADP, ε-greedy and full accuracy per seed pooled over ``runs``, and the paired differences."""
     sadp, greedy, full = (
@@ -69,11 +56,14 @@ def paired_summary(runs: list[dict[str, Any]], keep: float = 0.5) -> dict[str, A
         _accuracy(runs, "full", 1.0),
     )
     seeds = sorted(set(sadp) & set(greedy) & set(full))
+    if not seeds:
+        raise ValueError(f"no seed has full data, sadp and epsilon_greedy at keep {keep:g} in part {PART!r}")
     summary: dict[str, Any] = {"keep_ratio": keep, "seeds": seeds}
     for name, other in (("sadp_minus_epsilon_greedy", greedy), ("sadp_minus_full", full)):
         differences = [sadp[s] - other[s] for s in seeds]
         mean, half_width = _t_interval(differences)
-        low, high = _equivalence_interval(differences)
+        _, tost_half_width = _t_interval(differences, confidence=0.90)  # both one-sided 5 % tests of TOST
+        low, high = mean - tost_half_width, mean + tost_half_width
         summary[name] = {
             "per_seed": differences,
             "mean": mean,
@@ -113,17 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     for path in earlier:
         if not path.is_file():
             parser.error(f"earlier result file {path} does not exist")
+    previous: dict[tuple[str, str, float, int], dict[str, Any]] = {}
+    for path in earlier:  # read before the hours of training, so a bad file stops the study at once
+        for run in json.loads(path.read_text())["runs"]:
+            if int(run["seed"]) not in args.seeds:
+                previous[(run["part"], run["variant"], float(run["keep_ratio"]), int(run["seed"]))] = run
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     config = seeds_config(args.seeds, tuple(args.keep))
     result = run_frontier_bench(config, show_progress=False, partial_json=args.out.with_suffix(".partial.json"))
     result["wall_s"] = time.perf_counter() - clock
     result["command"] = f"{prog} " + " ".join(sys.argv[1:] if argv is None else argv)
     result["run"] = run_record(result["command"], "frontier", False, started, result["wall_s"])
-    previous: dict[tuple[str, str, float, int], dict[str, Any]] = {}
-    for path in earlier:
-        for run in json.loads(path.read_text())["runs"]:
-            if int(run["seed"]) not in args.seeds:
-                previous[(run["part"], run["variant"], float(run["keep_ratio"]), int(run["seed"]))] = run
     pooled = list(previous.values()) + result["runs"]
     result["paired"] = {f"{keep:g}": paired_summary(pooled, keep) for keep in args.keep}
     result["paired_earlier_runs_from"] = [str(path) for path in earlier]

@@ -34,14 +34,15 @@ TIME_TO_ACCURACY_MARGIN = 0.003
 PLATEAU_TOLERANCE = 0.002
 
 
-def _t_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and 95 % t-interval half-width (0 for one value)."""
+def _t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and two-sided t-interval half-width at ``confidence`` (0 for one value)."""
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, 0.0
     from scipy import stats
 
-    return mean, float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+    quantile = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1))
+    return mean, quantile * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def _load_adjusted_efficiency(run: dict[str, Any], full: dict[str, Any]) -> float:

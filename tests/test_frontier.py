@@ -253,6 +253,8 @@ def test_the_seed_study_pools_earlier_seeds_per_keep_ratio_and_reads_equivalence
     for bad in ("ten", "5-2"):
         with pytest.raises(argparse.ArgumentTypeError, match="--seeds"):
             _seed_range(bad)
+    with pytest.raises(ValueError, match="keep 0.3"):
+        paired_summary(runs, 0.3)  # no seed has both methods there
     (study,) = seeds_config((10, 11), (0.5, 0.7)).parts
     assert study.seeds == (10, 11) and study.keep_ratios == (0.5, 0.7) and study.variants == ()
 
