@@ -15,6 +15,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from sadp_data.bench.frontier import FrontierConfig, Part, Variant, run_frontier_bench
 from sadp_data.bench.suite import run_record
@@ -39,17 +40,24 @@ def lever_config() -> FrontierConfig:
     return FrontierConfig((part,))
 
 
+def run_study(config: FrontierConfig, out: Path, command: str) -> dict[str, Any]:
+    """``run_frontier_bench`` of ``config`` (finished runs kept in ``out``'s ``.partial.json``), with its
+    wall time, ``command`` and the ``run`` entry (machine, timing) that ``bench/report.py`` reads."""
+    started, clock = datetime.now(timezone.utc), time.perf_counter()
+    result = run_frontier_bench(config, show_progress=False, partial_json=out.with_suffix(".partial.json"))
+    result["wall_s"] = time.perf_counter() - clock
+    result["command"] = command
+    result["run"] = run_record(command, "frontier", False, started, result["wall_s"])
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m sadp_data.bench.frontier_levers OUT.json", file=sys.stderr)
         return 2
     out = Path(args[0])
-    started, clock = datetime.now(timezone.utc), time.perf_counter()
-    result = run_frontier_bench(lever_config(), show_progress=False, partial_json=out.with_suffix(".partial.json"))
-    result["wall_s"] = time.perf_counter() - clock
-    result["command"] = f"python -m sadp_data.bench.frontier_levers {out}"
-    result["run"] = run_record(result["command"], "frontier", False, started, result["wall_s"])
+    result = run_study(lever_config(), out, f"python -m sadp_data.bench.frontier_levers {out}")
     out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 

@@ -17,16 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sadp_data.bench.frontier import FrontierConfig, run_frontier_bench
-from sadp_data.bench.frontier_levers import lever_config
+from sadp_data.bench import frontier_levers
+from sadp_data.bench.frontier import FrontierConfig
 from sadp_data.bench.frontier_summary import _t_interval
-from sadp_data.bench.suite import run_record
 
 PART = "fashion-mnist/mlp"
 EQUIVALENCE_MARGIN = 0.1
@@ -34,7 +31,7 @@ EQUIVALENCE_MARGIN = 0.1
 
 def seeds_config(seeds: tuple[int, ...] = (5, 6, 7, 8, 9), keep_ratios: tuple[float, ...] = (0.5,)) -> FrontierConfig:
     """The lever study's MLP part with SADP and ε-greedy at ``keep_ratios`` for ``seeds`` (``full`` is always run)."""
-    part = replace(lever_config().parts[0], methods=("sadp", "epsilon_greedy"), keep_ratios=keep_ratios,
+    part = replace(frontier_levers.lever_config().parts[0], methods=("sadp", "epsilon_greedy"), keep_ratios=keep_ratios,
                    seeds=seeds, variants=())  # fmt: skip
     return FrontierConfig((part,))
 
@@ -108,12 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         for run in json.loads(path.read_text())["runs"]:
             if int(run["seed"]) not in args.seeds:
                 previous[(run["part"], run["variant"], float(run["keep_ratio"]), int(run["seed"]))] = run
-    started, clock = datetime.now(timezone.utc), time.perf_counter()
-    config = seeds_config(args.seeds, tuple(args.keep))
-    result = run_frontier_bench(config, show_progress=False, partial_json=args.out.with_suffix(".partial.json"))
-    result["wall_s"] = time.perf_counter() - clock
-    result["command"] = f"{prog} " + " ".join(sys.argv[1:] if argv is None else argv)
-    result["run"] = run_record(result["command"], "frontier", False, started, result["wall_s"])
+    command = f"{prog} " + " ".join(sys.argv[1:] if argv is None else argv)
+    result = frontier_levers.run_study(seeds_config(args.seeds, tuple(args.keep)), args.out, command)
     pooled = list(previous.values()) + result["runs"]
     result["paired"] = {f"{keep:g}": paired_summary(pooled, keep) for keep in args.keep}
     result["paired_earlier_runs_from"] = [str(path) for path in earlier]

@@ -253,7 +253,7 @@ def test_the_seed_study_pools_earlier_seeds_per_keep_ratio_and_reads_equivalence
     for bad in ("ten", "5-2"):
         with pytest.raises(argparse.ArgumentTypeError, match="--seeds"):
             _seed_range(bad)
-    with pytest.raises(ValueError, match="keep 0.3"):
+    with pytest.raises(ValueError, match=r"keep 0\.3"):
         paired_summary(runs, 0.3)  # no seed has both methods there
     (study,) = seeds_config((10, 11), (0.5, 0.7)).parts
     assert study.seeds == (10, 11) and study.keep_ratios == (0.5, 0.7) and study.variants == ()
@@ -280,6 +280,7 @@ def test_the_report_lists_every_seed_study_beside_the_frontier_json(tmp_path: Pa
 
 
 def test_the_seed_study_writes_pooled_pairs_and_its_run_record(tmp_path: Path, monkeypatch) -> None:
+    import sadp_data.bench.frontier_levers as frontier_levers
     import sadp_data.bench.frontier_seeds as frontier_seeds
 
     part = "fashion-mnist/mlp"
@@ -298,7 +299,7 @@ def test_the_seed_study_writes_pooled_pairs_and_its_run_record(tmp_path: Path, m
         runs += [_run(part, "sadp", 0.5, s, 0.891) for s in study.seeds]
         return {"runs": runs}
 
-    monkeypatch.setattr(frontier_seeds, "run_frontier_bench", fake_bench)
+    monkeypatch.setattr(frontier_levers, "run_frontier_bench", fake_bench)
     out = tmp_path / "seeds.json"
     assert frontier_seeds.main([str(out), str(tmp_path / "earlier.json"), "--seeds", "2-3", "--keep", "0.5"]) == 0
     result = json.loads(out.read_text())
