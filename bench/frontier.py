@@ -7,14 +7,7 @@ cosine learning-rate schedule and epochs, through the library's three lines (``w
 ``SpikeAwareScorer``). Runs of one (part, seed) train interleaved in one process (``harness.train_runs``)
 so machine load hits them alike; (part, seed) groups are spread over ``workers`` processes.
 
-Parts (``FrontierConfig.default``):
-
-* ``fashion-mnist/mlp``: all 60,000 training and 10,000 test images, an MLP SNN (784–256–10, T=4);
-  every method at keep ratios 0.3, 0.5, 0.7, and the SADP ablation at 0.5;
-* ``fashion-mnist/conv``: the conv SNN (8 and 16 channels) on a 6,000-image subset, all 10,000 test
-  images, SADP, random and the two strongest baselines (InfoBatch, ε-greedy) at 0.5;
-* ``nmnist/conv``: the N-MNIST subset pooled with its test recordings (1,100) in 5 folds, one fold
-  per seed, so every recording is tested once (1,100 test points instead of 100).
+Parts: ``FrontierConfig.default`` (``frontier_config``).
 
 Cost is the number of examples forwarded and back-propagated over the whole run (warm-up and anneal
 included); every method plans exactly ``round(k·N)`` examples per pruned epoch, so runs at one keep
@@ -36,12 +29,12 @@ import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sadp_data.bench.frontier_config import ContestedCells, FrontierConfig, Part, Variant, events_config
 from sadp_data.bench.frontier_report import format_frontier_table, write_frontier_report
 from sadp_data.bench.frontier_summary import (
     ALL_METHODS,
@@ -55,9 +48,11 @@ from sadp_data.bench.training_data import DemoConfig
 
 __all__ = [
     "ALL_METHODS",
+    "ContestedCells",
     "FrontierConfig",
     "Part",
     "Variant",
+    "events_config",
     "format_frontier_table",
     "frontier_targets",
     "resummarise",
@@ -65,127 +60,6 @@ __all__ = [
     "summarise",
     "write_frontier_report",
 ]
-
-
-@dataclass(frozen=True)
-class Variant:
-    """An ablation run: ``method`` with ``options`` (and ``SADPSampler`` settings ``sampler_options``) at
-    ``keep_ratio``, labelled ``label``."""
-
-    label: str
-    keep_ratio: float
-    options: tuple[tuple[str, Any], ...]
-    method: str = "sadp"
-    sampler_options: tuple[tuple[str, Any], ...] = ()
-
-
-@dataclass(frozen=True)
-class Part:
-    """One block of the study: a dataset and model (``config``), the methods, keep ratios and seeds."""
-
-    name: str
-    config: DemoConfig
-    methods: tuple[str, ...]
-    keep_ratios: tuple[float, ...]
-    seeds: tuple[int, ...]
-    variants: tuple[Variant, ...] = ()
-    probe_every: int = 0
-    probe_size: int = 256
-
-    def specs(self) -> list[tuple[RunSpec, str]]:
-        """``(RunSpec, variant label)`` of every run of one seed; ``full`` first."""
-        from sadp_data.methods import METHODS
-
-        runs = [(RunSpec("full", "full", 1.0), "full")]
-        for method in self.methods:
-            for keep in self.keep_ratios:
-                runs.append((RunSpec(f"{method}@{keep:g}", method, keep, METHODS[method].score), method))
-        for variant in self.variants:
-            score = METHODS[variant.method].score
-            name = f"{variant.label}@{variant.keep_ratio:g}"
-            spec = RunSpec(name, variant.method, variant.keep_ratio, score, variant.options, variant.sampler_options)
-            runs.append((spec, variant.label))
-        return runs
-
-
-def _ablation(keep: float) -> tuple[Variant, ...]:
-    """One lever changed at a time from the default ``sadp`` (α = 0, decreasing schedule; ``docs/method.md``),
-    and the best baseline given SADP's schedule, so a win can be traced to the score or to the schedule."""
-    decreasing = (("schedule", "decreasing"),)
-    return (
-        Variant("sadp α=1 (Horvitz–Thompson)", keep, (("weight_power", 1.0),)),
-        Variant("sadp α=0.5, normalised", keep, (("weight_power", 0.5), ("normalize", True))),
-        Variant("sadp constant schedule", keep, (), sampler_options=(("schedule", "constant"),)),
-        Variant("sadp staleness 0.2", keep, (("staleness", 0.2),)),
-        Variant("sadp α=0.5, target ESS 0.8", keep, (("weight_power", 0.5), ("target_ess", 0.8))),
-        Variant("sadp gate 0.25", keep, (("gate", 0.25),)),
-        Variant("sadp levers, loss score", keep, (("weight_power", 0.0),), "loss_proportional", decreasing),
-        Variant("epsilon_greedy, decreasing schedule", keep, (), "epsilon_greedy", decreasing),
-    )
-
-
-def events_config(
-    train_size: int, test_size: int, epochs: int, time_steps: int, channels: tuple[int, int], batch_size: int = 32
-) -> DemoConfig:
-    """An N-MNIST part's settings: the pooled recordings in 5 folds (fold = seed), every test recording
-    evaluated after every epoch."""
-    return DemoConfig(
-        train_size=train_size,
-        test_size=test_size,
-        eval_size=test_size,
-        epochs=epochs,
-        batch_size=batch_size,
-        time_steps=time_steps,
-        channels=channels,
-        dataset="nmnist",
-        folds=5,
-    )
-
-
-@dataclass
-class FrontierConfig:
-    """What the frontier bench runs (``default()``: the study, about 90–100 min on 2 idle CPU cores)."""
-
-    parts: tuple[Part, ...] = field(default_factory=tuple)
-    workers: int = 2
-
-    @classmethod
-    def default(cls, nmnist: bool = True) -> FrontierConfig:
-        seeds = (0, 1, 2, 3, 4)
-        mlp = DemoConfig(
-            train_size=60000, test_size=10000, eval_size=10000, epochs=14, model="mlp", hidden=(256,), time_steps=4
-        )
-        conv = DemoConfig(train_size=6000, test_size=10000, eval_size=2000, epochs=12, channels=(8, 16))
-        events = events_config(1100, 1100, epochs=12, time_steps=8, channels=(8, 16))
-        strongest = ("sadp", "random", "infobatch", "epsilon_greedy")
-        parts = [
-            Part("fashion-mnist/mlp", mlp, ALL_METHODS, (0.3, 0.5, 0.7), seeds, _ablation(0.5), probe_every=3),
-            Part("fashion-mnist/conv", conv, strongest, (0.5,), seeds, probe_every=4, probe_size=128),
-        ]
-        if nmnist:
-            parts.append(Part("nmnist/conv", events, strongest, (0.5,), seeds))
-        return cls(tuple(parts))
-
-    @classmethod
-    def quick(cls, nmnist: bool = True) -> FrontierConfig:
-        """Two seeds on tiny subsets (a few minutes): a smoke test of the whole pipeline."""
-        mlp = DemoConfig(train_size=1024, test_size=500, eval_size=500, epochs=4, model="mlp", hidden=(64,))
-        events = events_config(160, 40, epochs=3, time_steps=4, channels=(4, 8))
-        parts = [
-            Part(
-                "fashion-mnist/mlp",
-                mlp,
-                ("random", "sadp", "infobatch", "epsilon_greedy"),
-                (0.5,),
-                (0, 1),
-                _ablation(0.5)[:1],
-                probe_every=2,
-                probe_size=32,
-            )
-        ]
-        if nmnist:
-            parts.append(Part("nmnist/conv", events, ("sadp", "random"), (0.5,), (0, 1)))
-        return cls(tuple(parts), workers=2)
 
 
 def _fresh_scores(kind: str):
@@ -245,7 +119,7 @@ def train_group(part: Part, seed: int, data_dir: str | None, nmnist_dir: str | N
     torch.set_num_threads(threads)
     config = dataclasses.replace(part.config, seed=seed, fold=seed % part.config.folds if part.config.folds else 0)
     folder = nmnist_dir if config.dataset == "nmnist" else data_dir
-    specs = part.specs()
+    specs = part.specs(seed)
     probes: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         data = prepare_data(config, folder, Path(scratch))
@@ -346,6 +220,8 @@ def _config_json(config: FrontierConfig) -> dict[str, Any]:
                 "keep_ratios": list(part.keep_ratios),
                 "seeds": list(part.seeds),
                 "variants": [dataclasses.asdict(v) for v in part.variants],
+                "variant_seeds": list(part.seeds[: part.variant_seeds]),
+                "contested": None if part.contested is None else dataclasses.asdict(part.contested),
                 "probe_every": part.probe_every,
                 "probe_size": part.probe_size,
             }
@@ -366,7 +242,8 @@ def run_frontier_bench(
     """Run the study; returns ``{"runs", "summary", "targets", "config"}``.
 
     (part, seed) groups run in ``config.workers`` spawned processes, the CPUs shared evenly between
-    them; the largest groups start first. With ``partial_json``, the runs finished so far are written
+    them; the parts' own seeds start first, in part order (the largest first), and the contested cells'
+    small groups fill the gaps at the end. With ``partial_json``, the runs finished so far are written
     there after every group, so a study cut short keeps what it measured.
     """
     from tqdm.auto import tqdm
@@ -376,6 +253,7 @@ def run_frontier_bench(
     ):
         raise FileNotFoundError(f"the frontier bench's nmnist part needs an N-MNIST folder; {nmnist_dir} is not one")
     tasks = [(part, seed) for part in config.parts for seed in part.seeds]
+    tasks += [(part, seed) for part in config.parts for seed in part.all_seeds[len(part.seeds) :]]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = max(1, min(config.workers, len(tasks)))
     threads = max(1, cpus // workers)

@@ -41,8 +41,9 @@ def format_frontier_table(result: dict[str, Any]) -> str:
         lines = [
             f"**{part}**",
             "",
-            "| method | keep | realised keep | examples (M) | accuracy (%) ± 95 % CI | SADP − this (pt) ± 95 % CI "
-            "| train time (s) | speedup ÷ theoretical (load-adjusted) | time to full − 0.3 pt (s) |",
+            "| method | keep | realised keep | examples (M) | accuracy (%) ± 95 % CI "
+            "| SADP − this (pt) ± 95 % CI (pairs) | train time (s) | speedup ÷ theoretical (load-adjusted) "
+            "| time to full − 0.3 pt (s) |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in _rows_of(result, part):
@@ -59,7 +60,7 @@ def format_frontier_table(result: dict[str, Any]) -> str:
                     p = _paired_of(result, part, keep, r["variant"], r["keep_ratio"])
                     if p is not None:
                         label = f"@{keep:g}: " if r["keep_ratio"] == 1.0 else ""
-                        cells.append(f"{label}{p['difference_pt']:+.2f} ± {p['ci95_pt']:.2f}")
+                        cells.append(f"{label}{p['difference_pt']:+.2f} ± {p['ci95_pt']:.2f} ({p['pairs']})")
                 versus = "; ".join(cells) or "—"
             reached = (
                 "—"
@@ -232,6 +233,25 @@ def _more_seeds_section(folder: Path) -> list[str]:
     ]
 
 
+def _seed_design(settings: dict[str, Any]) -> str:
+    """The part's ablation seeds and contested cells, as a clause of its settings line ("" when neither)."""
+    text = ""
+    if settings.get("variants") and settings.get("variant_seeds") not in (None, settings["seeds"]):
+        text += f"; the ablation variants on seeds {settings['variant_seeds']}"
+    contested = settings.get("contested")
+    if contested:
+        cells = (
+            ", ".join(contested["methods"])
+            + " and full data at k = "
+            + ", ".join(f"{k:g}" for k in contested["keep_ratios"])
+        )
+        text += (
+            f"; the contested cells ({cells}) on seeds {contested['seeds']} too (fixed before the run), so their "
+            "rows and paired differences rest on more seeds than the others' (pairs in brackets)"
+        )
+    return text
+
+
 def write_frontier_report(json_path: str | Path, out: str | Path | None = None) -> Path:
     """``FRONTIER.md`` (or ``out``) and the PNGs, in the folder of ``json_path``, from one frontier JSON."""
     from sadp_data.bench.targets import format_targets
@@ -284,7 +304,7 @@ def write_frontier_report(json_path: str | Path, out: str | Path | None = None) 
             f"T = {s['time_steps']}, model {s['model']}"
             + (f" {s['hidden']}" if s["model"] == "mlp" else f" {s['channels']}")
             + f", warm-up {s['warmup_epochs']}, anneal {s['anneal_fraction']}, λ = {s['smoothing']}, "
-            f"seeds {settings['seeds']}.",
+            f"seeds {settings['seeds']}{_seed_design(settings)}.",
             "",
         ]
         if plateau:

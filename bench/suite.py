@@ -263,8 +263,11 @@ def _frontier(options: BenchOptions, several: bool, json_dir: Path | None) -> Re
     config = (FrontierConfig.quick if options.quick else FrontierConfig.default)(nmnist=nmnist is not None)
     if options.seeds is not None:
         config = dataclasses.replace(
-            config, parts=tuple(dataclasses.replace(p, seeds=tuple(range(options.seeds))) for p in config.parts)
-        )
+            config,
+            parts=tuple(
+                dataclasses.replace(p, seeds=tuple(range(options.seeds)), contested=None) for p in config.parts
+            ),
+        )  # N seeds of the whole grid, no contested cells' extra seeds
     partial = json_dir / "frontier.partial.json" if json_dir is not None else options.partial_json
     result = run_frontier_bench(
         config, data_dir=options.data, nmnist_dir=nmnist, show_progress=options.progress, partial_json=partial

@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--seeds",
         type=int,
-        help="train, frontier: number of seeds (train: default 3, --quick 1; frontier: 5, --quick 2)",
+        help="train, frontier: number of seeds (train: default 3, --quick 1; frontier: 5 for the whole grid "
+        "and 5 more for the contested cells, --quick 2; with --seeds N, N seeds of the whole grid only)",
     )
     bench.add_argument("--train-size", type=int, help="train: training examples per dataset (override)")
     bench.add_argument("--epochs", type=int, help="train: epochs (override)")

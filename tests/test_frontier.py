@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 pytest.importorskip("spikingjelly")
 
 from sadp_data.bench.frontier import (
+    ContestedCells,
     FrontierConfig,
     Part,
     Variant,
@@ -71,6 +73,8 @@ def _tiny_config(nmnist: bool) -> FrontierConfig:
             (Variant("sadp α=1", 0.5, (("weight_power", 1.0),)),),
             probe_every=1,
             probe_size=16,
+            variant_seeds=1,
+            contested=ContestedCells(("sadp",), (0.5,), (2,)),
         )
     ]
     if nmnist:
@@ -90,7 +94,10 @@ def test_frontier_bench_writes_runs_summary_targets_and_report(tmp_path):
         partial_json=tmp_path / "p.json",
     )
     runs = result["runs"]
-    assert len(runs) == 2 * 5 + (2 if nmnist else 0)
+    # Seed 0: full, the three methods and the variant; seed 1 without the variant; seed 2 (contested) full and sadp.
+    per_seed = Counter(r["seed"] for r in runs if r["part"] == "fashion-mnist/mlp")
+    assert sorted(per_seed.items()) == [(0, 5), (1, 4), (2, 2)]
+    assert len(runs) == 11 + (2 if nmnist else 0)
     for run in runs:
         assert RUN_KEYS <= set(run)
         assert len(run["accuracy_per_epoch"]) == (3 if run["part"] == "fashion-mnist/mlp" else 2)
@@ -104,12 +111,16 @@ def test_frontier_bench_writes_runs_summary_targets_and_report(tmp_path):
     assert estimators == set(sadp[0]["probes"][0]["estimator"])
     full = [r for r in runs if r["method"] == "full" and r["part"] == "fashion-mnist/mlp"]
     # Paired seeds: every run of a seed starts from the same weights, so warm-up epochs agree.
-    for seed in (0, 1):
+    for seed in (0, 1, 2):
         first = {r["accuracy_per_epoch"][0] for r in runs if r["seed"] == seed and r["part"] == "fashion-mnist/mlp"}
         assert len(first - {full[seed]["accuracy_per_epoch"][0]}) <= 1  # full uses its own shuffled loader
     paired = [p for p in result["summary"]["paired"] if p["part"] == "fashion-mnist/mlp"]
     assert {p["versus"] for p in paired} == {"full", "random", "epsilon_greedy", "sadp α=1"}
-    assert all(p["pairs"] == 2 for p in paired)
+    pairs = {p["versus"]: p["pairs"] for p in paired}
+    assert pairs == {"full": 3, "random": 2, "epsilon_greedy": 2, "sadp α=1": 1}  # each on the seeds both ran
+    mlp = json.loads(json.dumps(result["config"]))["parts"][0]
+    assert mlp["contested"] == {"methods": ["sadp"], "keep_ratios": [0.5], "seeds": [2]}
+    assert mlp["variant_seeds"] == [0]
     assert "fashion-mnist/mlp: sadp@0.5 vs every baseline" in result["targets"]
     assert json.loads((tmp_path / "p.json").read_text())["partial"]
     path = tmp_path / "frontier.json"
@@ -211,6 +222,20 @@ def test_resummarise_recomputes_summary_and_targets_from_the_runs(tmp_path):
     assert json.loads(path.read_text())["resummarised"]
     with pytest.raises(SystemExit):
         main(["bench", "train", "--resummarise", "--json", str(path)])
+
+
+def test_a_part_trains_the_grid_on_its_seeds_and_only_the_contested_cells_on_theirs() -> None:
+    (mlp, *_) = FrontierConfig.default(nmnist=False).parts
+    assert mlp.all_seeds == tuple(range(10))
+    labels = [[label for _, label in mlp.specs(seed)] for seed in mlp.all_seeds]
+    assert [len(runs) for runs in labels] == [30, 30, 30, 22, 22, 5, 5, 5, 5, 5]  # the ablation on seeds 0-2
+    assert labels[5] == ["full", "sadp", "sadp", "epsilon_greedy", "epsilon_greedy"]
+    assert sorted(spec.keep_ratio for spec, _ in mlp.specs(7)) == [0.5, 0.5, 0.7, 0.7, 1.0]
+    assert mlp.specs() == mlp.specs(0)
+    with pytest.raises(ValueError, match="has no seed 10"):
+        mlp.specs(10)
+    overlapping = Part("p", mlp.config, ("sadp",), (0.5,), (0, 1), contested=ContestedCells(("sadp",), (0.5,), (1, 2)))
+    assert overlapping.all_seeds == (0, 1, 2)  # a seed of the grid is not trained twice
 
 
 def test_the_lever_study_runs_valid_variants_paired_with_the_defaults() -> None:
