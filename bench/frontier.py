@@ -1,8 +1,9 @@
 """Frontier bench: accuracy against cost for every pruning method, paired over seeds (``docs/method.md`` §5).
 
 ``sadp-data bench frontier --json bench/results/frontier.json`` trains, for each *part* of the study
-(a dataset and an SNN) and each seed, one full-data run and one run per (method, keep ratio), plus
-SADP ablation variants, all from the same initial weights (paired seeds), with the same optimizer,
+(a dataset and an SNN) and each seed of its grid, one full-data run and one run per (method, keep
+ratio), plus SADP ablation variants on the first seeds, and on the contested cells' extra seeds full
+data and those cells only; all from the same initial weights per seed (paired), with the same optimizer,
 cosine learning-rate schedule and epochs, through the library's three lines (``wrap`` +
 ``SpikeAwareScorer``). Runs of one (part, seed) train interleaved in one process (``harness.train_runs``)
 so machine load hits them alike; (part, seed) groups are spread over ``workers`` processes.
@@ -220,7 +221,7 @@ def _config_json(config: FrontierConfig) -> dict[str, Any]:
                 "keep_ratios": list(part.keep_ratios),
                 "seeds": list(part.seeds),
                 "variants": [dataclasses.asdict(v) for v in part.variants],
-                "variant_seeds": list(part.seeds[: part.variant_seeds]),
+                "variant_seeds": list(part.variant_seeds),
                 "contested": None if part.contested is None else dataclasses.asdict(part.contested),
                 "probe_every": part.probe_every,
                 "probe_size": part.probe_size,
@@ -253,7 +254,7 @@ def run_frontier_bench(
     ):
         raise FileNotFoundError(f"the frontier bench's nmnist part needs an N-MNIST folder; {nmnist_dir} is not one")
     tasks = [(part, seed) for part in config.parts for seed in part.seeds]
-    tasks += [(part, seed) for part in config.parts for seed in part.all_seeds[len(part.seeds) :]]
+    tasks += [(part, seed) for part in config.parts for seed in part.extra_seeds]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = max(1, min(config.workers, len(tasks)))
     threads = max(1, cpus // workers)

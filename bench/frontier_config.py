@@ -57,9 +57,9 @@ class ContestedCells:
 class Part:
     """One block of the study: a dataset and model (``config``), the methods, keep ratios and seeds.
 
-    Every seed of ``seeds`` trains full data and every (method, keep ratio); the ablation
-    ``variants`` run on the first ``variant_seeds`` of them (all when ``None``); ``contested``
-    adds seeds on which only its cells train.
+    Every seed of ``seeds`` (the grid's) trains full data and every (method, keep ratio); the
+    ablation ``variants`` run on the first ``variant_seed_count`` of them (all when ``None``);
+    ``contested`` adds seeds on which only its cells train.
     """
 
     name: str
@@ -70,20 +70,40 @@ class Part:
     variants: tuple[Variant, ...] = ()
     probe_every: int = 0
     probe_size: int = 256
-    variant_seeds: int | None = None
+    variant_seed_count: int | None = None
     contested: ContestedCells | None = None
+
+    def __post_init__(self) -> None:
+        if self.variant_seed_count is not None and not 1 <= self.variant_seed_count <= len(self.seeds):
+            raise ValueError(
+                f"part {self.name!r}: variant_seed_count must be 1..{len(self.seeds)}, got {self.variant_seed_count}"
+            )
+        if self.contested is not None:
+            outside = [m for m in self.contested.methods if m not in self.methods] + [
+                k for k in self.contested.keep_ratios if k not in self.keep_ratios
+            ]
+            if outside:
+                raise ValueError(f"part {self.name!r}: contested cells {outside} are not in its grid")
+
+    @property
+    def variant_seeds(self) -> tuple[int, ...]:
+        """The grid's seeds that train the ablation variants too."""
+        return self.seeds[: self.variant_seed_count]
+
+    @property
+    def extra_seeds(self) -> tuple[int, ...]:
+        """The contested cells' seeds that are not the grid's: they train only those cells."""
+        return () if self.contested is None else tuple(s for s in self.contested.seeds if s not in self.seeds)
 
     @property
     def all_seeds(self) -> tuple[int, ...]:
-        """``seeds``, then the contested cells' seeds that are not among them."""
-        extra = () if self.contested is None else tuple(s for s in self.contested.seeds if s not in self.seeds)
-        return self.seeds + extra
+        """``seeds``, then ``extra_seeds``."""
+        return self.seeds + self.extra_seeds
 
-    def specs(self, seed: int | None = None) -> list[tuple[RunSpec, str]]:
-        """``(RunSpec, variant label)`` of every run of ``seed`` (default: the first of ``seeds``); ``full`` first."""
+    def specs(self, seed: int) -> list[tuple[RunSpec, str]]:
+        """``(RunSpec, variant label)`` of every run of ``seed``; ``full`` first."""
         from sadp_data.methods import METHODS
 
-        seed = self.seeds[0] if seed is None else seed
         if seed not in self.all_seeds:
             raise ValueError(f"part {self.name!r} has no seed {seed}; its seeds are {self.all_seeds}")
         grid = seed in self.seeds
@@ -94,8 +114,7 @@ class Part:
         for method in methods:
             for keep in keeps:
                 runs.append((RunSpec(f"{method}@{keep:g}", method, keep, METHODS[method].score), method))
-        with_variants = grid and (self.variant_seeds is None or self.seeds.index(seed) < self.variant_seeds)
-        for variant in self.variants if with_variants else ():
+        for variant in self.variants if seed in self.variant_seeds else ():
             score = METHODS[variant.method].score
             name = f"{variant.label}@{variant.keep_ratio:g}"
             spec = RunSpec(name, variant.method, variant.keep_ratio, score, variant.options, variant.sampler_options)
@@ -163,7 +182,7 @@ class FrontierConfig:
                 seeds,
                 _ablation(0.5),
                 probe_every=3,
-                variant_seeds=3,
+                variant_seed_count=3,
                 contested=contested,
             ),
             Part("fashion-mnist/conv", conv, strongest, (0.5,), seeds, probe_every=4, probe_size=128),
@@ -174,7 +193,8 @@ class FrontierConfig:
 
     @classmethod
     def quick(cls, nmnist: bool = True) -> FrontierConfig:
-        """Two seeds on tiny subsets (a few minutes): a smoke test of the whole pipeline."""
+        """Two seeds of the grid (the ablation on one) and one contested seed on tiny subsets (a few minutes):
+        a smoke test of the whole pipeline."""
         mlp = DemoConfig(train_size=1024, test_size=500, eval_size=500, epochs=4, model="mlp", hidden=(64,))
         events = events_config(160, 40, epochs=3, time_steps=4, channels=(4, 8))
         parts = [
@@ -187,7 +207,7 @@ class FrontierConfig:
                 _ablation(0.5)[:1],
                 probe_every=2,
                 probe_size=32,
-                variant_seeds=1,
+                variant_seed_count=1,
                 contested=ContestedCells(("sadp", "epsilon_greedy"), (0.5,), (2,)),
             )
         ]

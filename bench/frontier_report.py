@@ -60,7 +60,8 @@ def format_frontier_table(result: dict[str, Any]) -> str:
                     p = _paired_of(result, part, keep, r["variant"], r["keep_ratio"])
                     if p is not None:
                         label = f"@{keep:g}: " if r["keep_ratio"] == 1.0 else ""
-                        cells.append(f"{label}{p['difference_pt']:+.2f} ± {p['ci95_pt']:.2f} ({p['pairs']})")
+                        interval = f"{p['ci95_pt']:.2f}" if p["pairs"] > 1 else "—"
+                        cells.append(f"{label}{p['difference_pt']:+.2f} ± {interval} ({p['pairs']})")
                 versus = "; ".join(cells) or "—"
             reached = (
                 "—"
@@ -222,7 +223,8 @@ def _more_seeds_section(folder: Path) -> list[str]:
         "Separate runs of `bench/frontier_seeds.py` (the MLP part's settings, which reproduce this study's "
         "runs to the digit): full data, SADP and ε-greedy for further seeds, pooled with the seeds of the "
         "earlier files (this study's included). They do not change the figures above, which come from one "
-        "run; they say whether a difference the study cannot resolve is there. Each file's command is in it. "
+        "run; they add seeds beyond the study's to the cells where the difference to resolve is smallest "
+        "(training is deterministic, so a seed that both ran gives the same figure). Each file's command is in it. "
         "Accuracy in %, differences in points with 95 % t-intervals over the pooled seeds (and the 90 % "
         "interval an equivalence test at ±0.1 pt reads).",
         "",
@@ -246,8 +248,9 @@ def _seed_design(settings: dict[str, Any]) -> str:
             + ", ".join(f"{k:g}" for k in contested["keep_ratios"])
         )
         text += (
-            f"; the contested cells ({cells}) on seeds {contested['seeds']} too (fixed before the run), so their "
-            "rows and paired differences rest on more seeds than the others' (pairs in brackets)"
+            f"; the contested cells ({cells}) on seeds {contested['seeds']} too (fixed before the run): their "
+            "paired differences pool every seed both sides ran (pairs in brackets), while every row's mean, time "
+            "and speedup average the grid's seeds, which every method shares"
         )
     return text
 

@@ -61,15 +61,37 @@ def _load_adjusted_efficiency(run: dict[str, Any], full: dict[str, Any]) -> floa
     return expected / sum(run["time_per_epoch_s"])
 
 
+def _by_cell(members: list[dict[str, Any]]) -> dict[tuple[str, float], list[dict[str, Any]]]:
+    """The runs of one part per (variant, keep ratio)."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for run in members:
+        groups.setdefault((run["variant"], run["keep_ratio"]), []).append(run)
+    return groups
+
+
+def _grid_seeds(groups: dict[tuple[str, float], list[dict[str, Any]]]) -> set[int]:
+    """The seeds every method's cell of a part ran (ablation variants, whose label is not a method, aside)."""
+    methods = [{r["seed"] for r in group} for (variant, _), group in groups.items() if variant == group[0]["method"]]
+    return set.intersection(*methods) if methods else set()
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rows per (part, variant, keep ratio), paired differences, plateau checks (see the module docstring)."""
+    """Rows per (part, variant, keep ratio), paired differences, plateau checks (see the module docstring).
+
+    A row averages the part's grid seeds (those every method ran; an ablation variant's own subset of
+    them), so rows compare on the same seeds; a contested cell's extra seeds count in its paired
+    differences (every seed both sides ran) and in the plateau check, not in its row.
+    """
     by_part: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         by_part.setdefault(run["part"], []).append(run)
     rows, paired, plateau = [], [], {}
     for part, members in by_part.items():
+        groups = _by_cell(members)
+        grid = _grid_seeds(groups)
         full = [r for r in members if r["method"] == "full"]
-        full_final = statistics.fmean(r["test_accuracy"] for r in full) if full else None
+        grid_full = [r for r in full if r["seed"] in grid] or full
+        full_final = statistics.fmean(r["test_accuracy"] for r in grid_full) if full else None
         if full and len(full[0]["accuracy_per_epoch"]) >= 3:
             curve = np.mean([r["accuracy_per_epoch"] for r in full], axis=0)
             change = float(abs(curve[-1] - curve[-3]))
@@ -79,10 +101,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "plateaued": change <= PLATEAU_TOLERANCE,
             }
         full_by_seed = {r["seed"]: r for r in full}
-        groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
-        for run in members:
-            groups.setdefault((run["variant"], run["keep_ratio"]), []).append(run)
-        for (variant, keep), group in groups.items():
+        for (variant, keep), every_seed in groups.items():
+            group = [r for r in every_seed if r["seed"] in grid] or every_seed
             accuracy, half = _t_interval([r["test_accuracy"] for r in group])
             theoretical = statistics.fmean(r["theoretical_speedup"] for r in group)
             speedup = statistics.fmean(r["speedup"] for r in group)

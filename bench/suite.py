@@ -265,9 +265,10 @@ def _frontier(options: BenchOptions, several: bool, json_dir: Path | None) -> Re
         config = dataclasses.replace(
             config,
             parts=tuple(
-                dataclasses.replace(p, seeds=tuple(range(options.seeds)), contested=None) for p in config.parts
+                dataclasses.replace(p, seeds=tuple(range(options.seeds)), contested=None, variant_seed_count=None)
+                for p in config.parts
             ),
-        )  # N seeds of the whole grid, no contested cells' extra seeds
+        )  # N seeds of the whole grid, the ablation on each, no contested cells
     partial = json_dir / "frontier.partial.json" if json_dir is not None else options.partial_json
     result = run_frontier_bench(
         config, data_dir=options.data, nmnist_dir=nmnist, show_progress=options.progress, partial_json=partial

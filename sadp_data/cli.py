@@ -298,9 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
         "backend against torch.randperm, numpy choice and torch.multinomial; store: score-store update "
         "throughput, memory per example, hook overhead; score: fidelity of the importance scores; train: "
         "end-to-end accuracy and speedup of every method; all (default): every suite above; frontier (run only "
-        "when named, about an hour): accuracy against cost of every method and SADP's ablation, paired over 5 "
-        "seeds, with FRONTIER.md and plots beside its JSON; scale (only when named): per-rank memory and plan "
-        "time of the sharded score table vs the replicated one, 4 gloo ranks at N = 10^8; report: write REPORT.md "
+        "when named, about 2 hours): accuracy against cost of every method and SADP's ablation, paired over 5 "
+        "seeds (10 in the contested cells), with FRONTIER.md and plots beside its JSON; scale (only when "
+        "named): per-rank memory and plan time of the sharded score table vs the replicated one, 4 gloo ranks "
+        "at N = 10^8; report: write REPORT.md "
         "and plots from the JSON in "
         "--json DIR",
     )
@@ -333,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds",
         type=int,
         help="train, frontier: number of seeds (train: default 3, --quick 1; frontier: 5 for the whole grid "
-        "and 5 more for the contested cells, --quick 2; with --seeds N, N seeds of the whole grid only)",
+        "and 5 more for the contested cells, --quick 2; with --seeds N, N seeds of the whole grid and "
+        "the ablation, no contested cells)",
     )
     bench.add_argument("--train-size", type=int, help="train: training examples per dataset (override)")
     bench.add_argument("--epochs", type=int, help="train: epochs (override)")

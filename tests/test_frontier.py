@@ -73,7 +73,7 @@ def _tiny_config(nmnist: bool) -> FrontierConfig:
             (Variant("sadp α=1", 0.5, (("weight_power", 1.0),)),),
             probe_every=1,
             probe_size=16,
-            variant_seeds=1,
+            variant_seed_count=1,
             contested=ContestedCells(("sadp",), (0.5,), (2,)),
         )
     ]
@@ -127,6 +127,8 @@ def test_frontier_bench_writes_runs_summary_targets_and_report(tmp_path):
     path.write_text(json.dumps(result))
     report = write_frontier_report(path).read_text()
     assert "## fashion-mnist/mlp" in report and "Diagnostics of the default SADP runs" in report
+    assert "the ablation variants on seeds [0]" in report and "contested cells (sadp and full data" in report
+    assert "(3) |" in report and "± — (1) |" in report  # pairs per difference; no interval from one pair
     assert (tmp_path / "frontier-fashion-mnist-mlp.png").stat().st_size > 1000
 
 
@@ -165,6 +167,44 @@ def test_paired_differences_and_targets():
     assert targets["p: sadp@0.7 vs every baseline"]["pass"]
     assert targets["p: full − sadp@0.7"]["measured"] == pytest.approx(0.16)
     assert targets["p: full − sadp@0.7"]["pass"]
+
+
+def test_rows_average_the_grid_seeds_and_differences_pool_every_pair():
+    runs = []
+    for seed in range(7):  # seeds 5 and 6 are a contested cell's: full data and SADP only
+        shift = 0.01 * seed
+        runs.append(_run("p", "full", 1.0, seed, 0.80 + shift))
+        runs.append(_run("p", "sadp", 0.5, seed, 0.80 + shift + (0.001 if seed < 5 else 0.004)))
+        if seed < 5:
+            runs.append(_run("p", "random", 0.5, seed, 0.79 + shift))
+        if seed < 2:
+            runs.append({**_run("p", "sadp", 0.5, seed, 0.81 + shift), "variant": "sadp α=1"})
+    summary = summarise(runs)
+    rows = {r["variant"]: r for r in summary["rows"]}
+    assert rows["sadp"]["seeds"] == rows["full"]["seeds"] == rows["random"]["seeds"] == 5
+    assert rows["sadp"]["accuracy_mean"] == pytest.approx(0.801 + 0.02)  # seeds 0-4 only
+    assert rows["sadp α=1"]["seeds"] == 2  # an ablation row keeps its own seeds
+    by = {p["versus"]: p for p in summary["paired"]}
+    assert by["full"]["pairs"] == 7 and by["full"]["difference_pt"] == pytest.approx((5 * 0.1 + 2 * 0.4) / 7)
+    assert by["random"]["pairs"] == 5 and by["sadp α=1"]["pairs"] == 2
+
+
+def test_seeds_option_sets_the_grid_and_drops_the_contested_cells(monkeypatch, tmp_path):
+    import sadp_data.bench.frontier as frontier
+
+    from sadp_data.cli import main
+
+    asked = []
+
+    def fake_run(config, **_):
+        asked.append(config)
+        raise SystemExit(0)  # the configuration is all this test needs
+
+    monkeypatch.setattr(frontier, "run_frontier_bench", fake_run)
+    with pytest.raises(SystemExit):
+        main(["bench", "frontier", "--seeds", "2", "--no-progress", "--json", str(tmp_path / "f.json")])
+    (config,) = asked
+    assert all(p.seeds == (0, 1) and p.extra_seeds == () and p.variant_seeds == (0, 1) for p in config.parts)
 
 
 def test_cli_quick_frontier_writes_json_report_and_plots(tmp_path):
@@ -231,11 +271,15 @@ def test_a_part_trains_the_grid_on_its_seeds_and_only_the_contested_cells_on_the
     assert [len(runs) for runs in labels] == [30, 30, 30, 22, 22, 5, 5, 5, 5, 5]  # the ablation on seeds 0-2
     assert labels[5] == ["full", "sadp", "sadp", "epsilon_greedy", "epsilon_greedy"]
     assert sorted(spec.keep_ratio for spec, _ in mlp.specs(7)) == [0.5, 0.5, 0.7, 0.7, 1.0]
-    assert mlp.specs() == mlp.specs(0)
     with pytest.raises(ValueError, match="has no seed 10"):
         mlp.specs(10)
     overlapping = Part("p", mlp.config, ("sadp",), (0.5,), (0, 1), contested=ContestedCells(("sadp",), (0.5,), (1, 2)))
-    assert overlapping.all_seeds == (0, 1, 2)  # a seed of the grid is not trained twice
+    assert overlapping.all_seeds == (0, 1, 2) and overlapping.extra_seeds == (2,)  # a grid seed is not trained twice
+    assert mlp.variant_seeds == (0, 1, 2)
+    with pytest.raises(ValueError, match=r"contested cells \['ucb', 0.9\] are not in its grid"):
+        Part("p", mlp.config, ("sadp",), (0.5,), (0,), contested=ContestedCells(("sadp", "ucb"), (0.9,), (1,)))
+    with pytest.raises(ValueError, match=r"variant_seed_count must be 1\.\.2, got 0"):
+        Part("p", mlp.config, ("sadp",), (0.5,), (0, 1), variant_seed_count=0)
 
 
 def test_the_lever_study_runs_valid_variants_paired_with_the_defaults() -> None:
@@ -244,7 +288,7 @@ def test_the_lever_study_runs_valid_variants_paired_with_the_defaults() -> None:
     from sadp_data.methods import get_method
 
     (part,) = lever_config().parts
-    specs = part.specs()
+    specs = part.specs(0)
     assert [spec.method for spec, _ in specs].count("sadp") == 2 + 6 and specs[0][1] == "full"
     for spec, _ in specs:
         if spec.method != "full":
