@@ -235,6 +235,33 @@ def _more_seeds_section(folder: Path) -> list[str]:
     ]
 
 
+def _contested_table(result: dict[str, Any], part: str, contested: dict[str, Any]) -> list[str]:
+    """Lines for the contested cells over every seed they ran: mean accuracy and SADP's paired difference."""
+    from sadp_data.bench.frontier_summary import _t_interval
+
+    cells = [("full", 1.0)] + [(m, k) for k in contested["keep_ratios"] for m in contested["methods"]]
+    lines = [
+        "The contested cells over every seed they ran (the rows above average seeds the whole grid shares):",
+        "",
+        "| method | keep | seeds | accuracy (%) ± 95 % CI | SADP − this (pt) ± 95 % CI (pairs) |",
+        "|---|---|---|---|---|",
+    ]
+    for variant, keep in cells:
+        runs = [r for r in result["runs"] if r["part"] == part and r["variant"] == variant and r["keep_ratio"] == keep]
+        if not runs:
+            continue
+        mean, half = _t_interval([100 * r["test_accuracy"] for r in runs])
+        versus = []
+        for sadp_keep in contested["keep_ratios"] if keep == 1.0 else [keep]:
+            p = None if variant == "sadp" else _paired_of(result, part, sadp_keep, variant, keep)
+            if p is not None:
+                label = f"@{sadp_keep:g}: " if keep == 1.0 else ""
+                versus.append(f"{label}{p['difference_pt']:+.2f} ± {p['ci95_pt']:.2f} ({p['pairs']})")
+        seeds = _seed_ranges(sorted(r["seed"] for r in runs))
+        lines.append(f"| {variant} | {keep:g} | {seeds} | {mean:.2f} ± {half:.2f} | {'; '.join(versus) or '—'} |")
+    return [*lines, ""]
+
+
 def _seed_design(settings: dict[str, Any]) -> str:
     """The part's ablation seeds and contested cells, as a clause of its settings line ("" when neither)."""
     text = ""
@@ -318,7 +345,10 @@ def write_frontier_report(json_path: str | Path, out: str | Path | None = None) 
                 "",
             ]
         block = format_frontier_table({"summary": {**result["summary"], "rows": _rows_of(result, part)}})
-        lines += [block.split("\n", 2)[2], "", f"![{part}](frontier-{part.replace('/', '-')}.png)", ""]
+        lines += [block.split("\n", 2)[2], ""]
+        if settings.get("contested"):
+            lines += _contested_table(result, part, settings["contested"])
+        lines += [f"![{part}](frontier-{part.replace('/', '-')}.png)", ""]
         diagnostics = _diagnostics_table(result, part)
         if diagnostics:
             lines += [

@@ -129,6 +129,7 @@ def test_frontier_bench_writes_runs_summary_targets_and_report(tmp_path):
     assert "## fashion-mnist/mlp" in report and "Diagnostics of the default SADP runs" in report
     assert "the ablation variants on seeds [0]" in report and "contested cells (sadp and full data" in report
     assert "(3) |" in report and "± — (1) |" in report  # pairs per difference; no interval from one pair
+    assert "| sadp | 0.5 | 0–2 |" in report  # the contested cells' table: every seed they ran
     assert (tmp_path / "frontier-fashion-mnist-mlp.png").stat().st_size > 1000
 
 
