@@ -304,7 +304,7 @@ def write_frontier_report(json_path: str | Path, out: str | Path | None = None) 
         "How the study is built: `bench/frontier.py`; the method and its levers: `docs/method.md`."
         + (
             f" Summary and targets re-derived from the same runs on {result['resummarised']} "
-            "(`sadp-data bench frontier --resummarise`), which added the load-adjusted speedup ratio."
+            "by the summary code of that date (`sadp-data bench frontier --resummarise`; the runs are as measured)."
             if result.get("resummarised")
             else ""
         ),
