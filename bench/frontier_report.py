@@ -33,6 +33,14 @@ def _ratio_text(row: dict[str, Any]) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
+def _difference_text(paired: dict[str, Any], sadp_keep: float | None) -> str:
+    """``"+0.05 ± 0.10 (10)"``: SADP's paired difference, its 95 % interval ("—" from one pair) and the pairs;
+    prefixed ``"@k: "`` with SADP's keep ratio when the row is full data's (one difference per k)."""
+    label = "" if sadp_keep is None else f"@{sadp_keep:g}: "
+    interval = f"{paired['ci95_pt']:.2f}" if paired["pairs"] > 1 else "—"
+    return f"{label}{paired['difference_pt']:+.2f} ± {interval} ({paired['pairs']})"
+
+
 def format_frontier_table(result: dict[str, Any]) -> str:
     """The summary as Markdown: one table per part, SADP's paired difference beside every other row."""
     blocks = []
@@ -59,9 +67,7 @@ def format_frontier_table(result: dict[str, Any]) -> str:
                 for keep in keeps:
                     p = _paired_of(result, part, keep, r["variant"], r["keep_ratio"])
                     if p is not None:
-                        label = f"@{keep:g}: " if r["keep_ratio"] == 1.0 else ""
-                        interval = f"{p['ci95_pt']:.2f}" if p["pairs"] > 1 else "—"
-                        cells.append(f"{label}{p['difference_pt']:+.2f} ± {interval} ({p['pairs']})")
+                        cells.append(_difference_text(p, keep if r["keep_ratio"] == 1.0 else None))
                 versus = "; ".join(cells) or "—"
             reached = (
                 "—"
@@ -255,8 +261,7 @@ def _contested_table(result: dict[str, Any], part: str, contested: dict[str, Any
         for sadp_keep in contested["keep_ratios"] if keep == 1.0 else [keep]:
             p = None if variant == "sadp" else _paired_of(result, part, sadp_keep, variant, keep)
             if p is not None:
-                label = f"@{sadp_keep:g}: " if keep == 1.0 else ""
-                versus.append(f"{label}{p['difference_pt']:+.2f} ± {p['ci95_pt']:.2f} ({p['pairs']})")
+                versus.append(_difference_text(p, sadp_keep if keep == 1.0 else None))
         seeds = _seed_ranges(sorted(r["seed"] for r in runs))
         lines.append(f"| {variant} | {keep:g} | {seeds} | {mean:.2f} ± {half:.2f} | {'; '.join(versus) or '—'} |")
     return [*lines, ""]
