@@ -83,7 +83,9 @@ class TorchComm:
     (``dist.new_group(backend="gloo")``).
 
     Buffers are numpy arrays shared with torch (``torch.from_numpy``), so no extra copies are made and
-    ``tracemalloc`` sees them. ``all_gather`` pads every rank's bytes to the longest (meant for the
+    ``tracemalloc`` sees them. gloo drops the tensors of a collective on its own threads, which need the
+    GIL for numpy-backed ones: a call's buffers may stay allocated for a moment after it returns, until
+    this thread next releases the GIL. ``all_gather`` pads every rank's bytes to the longest (meant for the
     planner's small per-block arrays); ``exchange`` uses ``all_to_all_single`` with uneven splits
     after exchanging the split sizes, so it moves only the payload.
     """
@@ -123,8 +125,8 @@ class TorchComm:
         if len(per_destination) != world:
             raise ValueError(f"exchange needs one array per rank ({world}), got {len(per_destination)}")
         dtype = np.asarray(per_destination[0]).dtype
-        # one leading byte per destination: gloo is not safe with empty buffers or splits (an all-empty
-        # exchange, common when no rank has scores queued, crashed a later collective now and then)
+        # one leading byte per destination, so no buffer or split is empty (an all-empty exchange is common:
+        # no rank has scores queued), which gloo has had bugs with (pytorch#85234)
         raws = [_raw(np.asarray(part, dtype=dtype)) for part in per_destination]
         send_sizes = np.array([raw.shape[0] + 1 for raw in raws], dtype=np.int64)
         receive_sizes = np.zeros(world, dtype=np.int64)

@@ -16,6 +16,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _tail(output: str) -> str:
+    """What to show of a failed rank's output: a crash's whole faulthandler report (which thread crashed,
+    every thread's stack), else the last 3,000 characters."""
+    crash = output.find("Fatal Python error")
+    return output[crash : crash + 12000] if crash >= 0 else output[-3000:]
+
+
 def run_ranks(script: Path, world: int, *args: str, timeout: float = 300) -> None:
     """Run ``python script RANK WORLD *args`` for every rank at once and wait for all of them.
 
@@ -42,7 +49,7 @@ def run_ranks(script: Path, world: int, *args: str, timeout: float = 300) -> Non
             key=lambda rank: processes[rank].returncode >= 0,  # a rank killed by a signal first: it is the cause
         )
         report = "\n".join(
-            f"rank {rank} of {world} failed (exit {processes[rank].returncode}):\n{outputs[rank][-3000:]}"
+            f"rank {rank} of {world} failed (exit {processes[rank].returncode}):\n{_tail(outputs[rank])}"
             for rank in failed
         )
         assert not failed, report

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from _traced import finish, settle
 from torch import nn
 
 import sadp_data as sd
@@ -59,8 +60,8 @@ def main(rank: int, world: int, workdir: Path) -> None:
     sampler.set_epoch(1)
     out["order"], out["weights"] = sampler.rank_slice().order, sampler.rank_slice().weights
     store.flush()  # the writer thread's chunk buffers are not what the rank holds
-    resident, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+    settle()  # nor the buffers gloo's threads have not handed back yet
+    resident, peak = tracemalloc.get_traced_memory()  # tracing stays on: see _traced
     weighted = sampler_for(store, case, method_options={"weight_power": 1.0})
     weighted.set_epoch(1)
     out["ht_order"], out["ht_weights"] = weighted.rank_slice().order, weighted.rank_slice().weights
@@ -95,7 +96,7 @@ def main(rank: int, world: int, workdir: Path) -> None:
     report["position"] = state["position"]
     report["bad"] = outcome
     (workdir / f"rank{rank}.json").write_text(json.dumps(report))
-    dist.destroy_process_group()
+    finish()
 
 
 if __name__ == "__main__":
