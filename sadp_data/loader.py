@@ -11,7 +11,12 @@ weights of those positions from the epoch's plan (two array slices per batch). T
 
 from __future__ import annotations
 
+import dis
+import sys
+import warnings
 from collections.abc import Iterator, Mapping
+from functools import lru_cache
+from types import CodeType
 from typing import Any
 
 import torch
@@ -37,6 +42,40 @@ _CARRIED = (
 )
 
 
+class ScoredBatch(tuple):
+    """A batch of a wrapped loader: the user's elements, then the example indices and their weights.
+
+    A plain tuple in every other respect. Unpacking it into the wrong number of names
+    (``for x, y in loader``) raises a ``ValueError`` that says what the batch holds, instead of
+    Python's bare "too many values to unpack"; the check reads the unpacking instruction of the
+    caller's frame, so it costs one cached lookup per unpacking and nothing elsewhere.
+    """
+
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[Any]:
+        frame = sys._getframe(1)
+        wanted = _unpack_count(frame.f_code, frame.f_lasti)
+        if wanted is not None and wanted != len(self):
+            own = len(self) - 2
+            raise ValueError(
+                f"a wrapped loader's batch holds {len(self)} values, not {wanted}: the DataLoader's {own} "
+                "element(s), then the example indices and their importance weights. Unpack it as "
+                f"`for {', '.join(['x', 'y', 'z'][:own] if own <= 3 else ['*batch'])}, idx, w in loader` and pass "
+                "idx and w to scorer.step"
+            )
+        return super().__iter__()
+
+
+@lru_cache(maxsize=1024)
+def _unpack_count(code: CodeType, offset: int) -> int | None:
+    """How many names the instruction at ``offset`` of ``code`` unpacks into (``None``: not an unpacking)."""
+    for instruction in dis.get_instructions(code):
+        if instruction.offset == offset:
+            return instruction.arg if instruction.opname == "UNPACK_SEQUENCE" else None
+    return None
+
+
 def _attach(batch: Any, indices: torch.Tensor, weights: torch.Tensor) -> Any:
     if isinstance(batch, Mapping):
         clash = {"index", "weight"} & set(batch)
@@ -44,8 +83,8 @@ def _attach(batch: Any, indices: torch.Tensor, weights: torch.Tensor) -> Any:
             raise KeyError(f"batch already has keys {sorted(clash)}; rename them to use sadp_data.wrap")
         return {**batch, "index": indices, "weight": weights}
     if isinstance(batch, (tuple, list)):
-        return (*batch, indices, weights)
-    return batch, indices, weights
+        return ScoredBatch((*batch, indices, weights))
+    return ScoredBatch((batch, indices, weights))
 
 
 class SADPLoader:
@@ -110,6 +149,14 @@ def wrap(loader_or_dataset: DataLoader | Dataset, sampler: SADPSampler, **loader
             raise TypeError(
                 f"the DataLoader has its own sampler ({type(loader.sampler).__name__}); wrap() would replace it "
                 "with the SADPSampler. Build the DataLoader without sampler=, or fold its selection into the data"
+            )
+        if isinstance(loader.sampler, RandomSampler):
+            warnings.warn(
+                "the DataLoader was built with shuffle=True; wrap() replaces its shuffling with the SADPSampler's "
+                "plan, which is already shuffled each epoch (a function of seed and epoch). Build the DataLoader "
+                "without shuffle=True to silence this",
+                UserWarning,
+                stacklevel=2,
             )
         settings = {name: getattr(loader, name) for name in _CARRIED if hasattr(loader, name)}
         if loader.num_workers == 0:

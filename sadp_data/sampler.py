@@ -152,6 +152,7 @@ class SADPSampler(Sampler[int]):
         self._position = 0
         self._iteration: tuple[int, int, Iterator[int]] | None = None
         self._elastic: tuple[int, int] | None = None  # (saved world size, delivered per rank): elastic resume
+        self._passes = 0  # iterations started at this epoch since the last set_epoch (a second one warns)
 
     @property
     def epochs(self) -> int | None:
@@ -174,6 +175,7 @@ class SADPSampler(Sampler[int]):
             self._iteration = None
             self._elastic = None
             self._resume_snapshot = None  # a resumed epoch's snapshot is for that epoch only
+        self._passes = 0
         self.epoch = int(epoch)
         if self.store is not None:  # scores recorded from now on carry this epoch, even before the plan is made
             self.store.set_epoch(self.epoch)
@@ -267,7 +269,18 @@ class SADPSampler(Sampler[int]):
         """This rank's examples still to visit this epoch (all of them unless resuming).
 
         Like starting ``iter(sampler)``, this consumes the resume position: call it once per epoch.
+        A second pass at one epoch without ``set_epoch`` warns: a loop that forgets it would replay
+        epoch 0 (the full-data warm-up) all run long. A warning, not an error: ``set_epoch(e)`` again
+        replays an epoch on purpose, silently.
         """
+        if self._passes:
+            warnings.warn(
+                f"the sampler is iterated again at epoch {self.epoch} without set_epoch(), replaying its plan; "
+                "call sampler.set_epoch(epoch) before each epoch (or set_epoch again to replay on purpose)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self._passes += 1
         start, self._start = self._start, 0
         self._position = start
         self._iteration = None

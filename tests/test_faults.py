@@ -326,7 +326,8 @@ def test_wrap_refuses_to_drop_a_sampler_the_user_set(store):
     loader = DataLoader(dataset, batch_size=10, sampler=SubsetRandomSampler(range(100)))
     with pytest.raises(TypeError, match="SubsetRandomSampler"):
         wrap(loader, SADPSampler(store, 0.5, epochs=4))
-    assert len(wrap(DataLoader(dataset, batch_size=10, shuffle=True), SADPSampler(store, 0.5, epochs=4))) > 0
+    with pytest.warns(UserWarning, match="shuffle=True"):  # shuffling is replaced, and said so
+        assert len(wrap(DataLoader(dataset, batch_size=10, shuffle=True), SADPSampler(store, 0.5, epochs=4))) > 0
 
 
 def test_step_on_part_of_the_forwarded_batch_is_refused():

@@ -1,5 +1,6 @@
 """wrap(): the user's DataLoader settings, plus indices and weights."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +117,37 @@ def test_wrap_errors(sampler: SADPSampler) -> None:
     with pytest.raises(KeyError, match="already has keys"):
         bad = [{"x": torch.zeros(1), "index": 0}] * 200
         next(iter(wrap(bad, sampler, batch_size=4)))
+
+
+def test_a_second_pass_without_set_epoch_warns_and_set_epoch_silences_it(sampler: SADPSampler) -> None:
+    loader = wrap(DataLoader(Squares(200), batch_size=50), sampler)
+    first = [idx for *_, idx, _ in loader]
+    with pytest.warns(RuntimeWarning, match=r"iterated again at epoch 1 without set_epoch\(\)"):
+        replay = [idx for *_, idx, _ in loader]
+    np.testing.assert_array_equal(torch.cat(replay).numpy(), torch.cat(first).numpy())
+    for epoch in (1, 2):  # set_epoch again (a deliberate replay) or the next epoch: no warning
+        sampler.set_epoch(epoch)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert sum(len(idx) for *_, idx, _ in loader) == sampler.epoch_length()
+
+
+def test_wrap_warns_that_shuffle_true_is_replaced(sampler: SADPSampler) -> None:
+    with pytest.warns(UserWarning, match="built with shuffle=True.*without shuffle=True to silence"):
+        loader = wrap(DataLoader(Squares(200), batch_size=50, shuffle=True), sampler)
+    assert [int(i) for *_, idx, _ in loader for i in idx] == sampler.plan.order.tolist()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wrap(DataLoader(Squares(200), batch_size=50), sampler)
+
+
+def test_unpacking_a_batch_into_the_user_fields_alone_says_what_it_holds(sampler: SADPSampler) -> None:
+    loader = wrap(DataLoader(Squares(200), batch_size=50), sampler)
+    with pytest.raises(ValueError, match=r"holds 4 values, not 2.*`for x, y, idx, w in loader`"):
+        for _x, _y in loader:
+            pass
+    sampler.set_epoch(2)
+    batch = next(iter(loader))
+    x, y, idx, w = batch  # the right count, starred unpacking and plain iteration are untouched
+    first, *rest = batch
+    assert len(list(batch)) == 4 and len(rest) == 3 and first is x and isinstance(batch, tuple)
