@@ -148,6 +148,6 @@ def test_unpacking_a_batch_into_the_user_fields_alone_says_what_it_holds(sampler
             pass
     sampler.set_epoch(2)
     batch = next(iter(loader))
-    x, y, idx, w = batch  # the right count, starred unpacking and plain iteration are untouched
+    x, _y, _idx, _w = batch  # the right count, starred unpacking and plain iteration are untouched
     first, *rest = batch
     assert len(list(batch)) == 4 and len(rest) == 3 and first is x and isinstance(batch, tuple)
