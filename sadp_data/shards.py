@@ -283,6 +283,9 @@ def _check_index(path: Path, meta: dict[str, Any]) -> None:
                 raise ShardError(f"{path}: {where} key {key!r} is {value!r}, expected {kind.__name__}; convert again")
 
     check(meta, _INDEX_KEYS, "the index")
+    for key in ("name", "fingerprint"):  # they name local files (wids list, a remote index's sidecar folder)
+        if not meta[key] or meta[key] == ".." or any(char in meta[key] for char in "/\\\0"):
+            raise ShardError(f"{path}: {key} {meta[key]!r} is not a plain file name; convert again")
     if not isinstance(meta.get("shard_root", "."), str):  # a folder relative to the index, or a URL
         raise ShardError(f"{path}: shard_root is {meta['shard_root']!r}, expected a folder relative to the index")
     for number, shard in enumerate(meta["shards"]):

@@ -166,3 +166,25 @@ def test_a_callable_source_that_returns_no_dataset_is_refused_by_spec(tmp_path: 
         error = capsys.readouterr().err
         assert exit.value.code == 2 and f"sadp_probe_sources:{spec}" in error and problem in error
     assert main(["convert", "sadp_probe_sources:pairs", str(tmp_path / "pairs"), "--no-progress"]) == 0
+
+
+def test_overwrite_names_a_trainer_in_another_process(npz: Path, tmp_path: Path, capsys) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "shards"
+    assert _convert(npz, out) == 0
+    holder = (
+        "import sys\nfrom sadp_data.store import ScoreStore\n"
+        f"store = ScoreStore.open({str(out / 'scores.zarr')!r}, 'r+')\nprint('ready', flush=True)\n"
+        "sys.stdin.read()\nstore.close()\n"
+    )
+    trainer = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert trainer.stdout.readline().strip() == "ready"
+        with pytest.raises(SystemExit):
+            _convert(npz, out, "--overwrite")
+        assert f"open for writing by pid {trainer.pid} on host" in capsys.readouterr().err
+    finally:
+        trainer.communicate("", timeout=30)
+    assert trainer.returncode == 0 and _convert(npz, out, "--overwrite") == 0

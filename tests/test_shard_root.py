@@ -10,6 +10,7 @@ outside is read only when the caller names it in ``trusted_roots``, and even the
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ import pytest
 
 from sadp_data.cli import main
 from sadp_data.remote import Location
-from sadp_data.shards import INDEX, OFFSETS, SIDECAR, ForeignShardRootError, ShardIndex
+from sadp_data.shards import INDEX, OFFSETS, SIDECAR, ForeignShardRootError, ShardError, ShardIndex
 
 N, SHARD = 30, 10
 SECRET = {"headers": {"Authorization": "Bearer secret-token"}}
@@ -190,3 +191,13 @@ def test_info_on_the_command_line_needs_the_trusted_root(converted: Path, tmp_pa
         main(["info", str(folder)])
     assert "--trust-shard-root" in capsys.readouterr().err
     assert main(["info", str(folder), "--trust-shard-root", str(tmp_path / "outside")]) == 0
+
+
+@pytest.mark.parametrize(("key", "value"), [("name", "../../escape"), ("name", ""), ("fingerprint", "a/../../b")])
+def test_index_names_that_would_leave_the_sidecar_cache_are_refused(converted: Path, tmp_path: Path, key, value):
+    folder = tmp_path / "ds"
+    shutil.copytree(converted, folder)
+    meta = json.loads((folder / INDEX).read_text())
+    (folder / INDEX).write_text(json.dumps({**meta, key: value}))
+    with pytest.raises(ShardError, match=rf"{key}.*{re.escape(repr(value))}"):
+        ShardIndex.load(folder)
