@@ -34,7 +34,7 @@ Needs the same ``num_workers``, batch size and world size, and ``on_error="raise
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,11 +47,12 @@ from sadp_data.shards import ShardError, ShardIndex, parse_sample, sample_checks
 from sadp_data.store import check_store_belongs
 
 
-def _loaded(root: str | Path | ShardIndex, storage_options: dict[str, Any] | None) -> ShardIndex:
+def _loaded(root: str | Path | ShardIndex, storage_options: dict | None, trusted_roots, shard_options) -> ShardIndex:
     """``root`` itself when it is a loaded index, else the index it names (loaded and checked)."""
     if isinstance(root, ShardIndex):
         return root
-    return ShardIndex.load(root, storage_options=storage_options)
+    return ShardIndex.load(root, storage_options=storage_options, trusted_roots=trusted_roots,
+                           shard_storage_options=shard_options)  # fmt: skip
 
 
 def _batch_size(batch: Any) -> int:
@@ -185,7 +186,8 @@ class ScoredShards(IterableDataset):
     skips it with ``on_error="skip"``. Cost: one crc32c per sample read (about 1 µs for a
     Fashion-MNIST sample; see the loader bench).
 
-    ``root`` may be a URL (``storage_options`` go to fsspec); ``fetch`` says how remote shards are read
+    ``root`` may be a URL (``storage_options`` go to fsspec; ``trusted_roots`` and ``shard_storage_options``
+    let its ``shard_root`` lead elsewhere: ``ShardIndex.load``); ``fetch`` says how remote shards are read
     (``FetchOptions``: range merging, whole-shard fallback, read-ahead, retries, local cache). A
     failed remote read is retried ``fetch.retries`` times on connection errors, then raises
     ``ShardError`` naming the shard (or skips its block's samples with ``on_error="skip"``).
@@ -205,10 +207,12 @@ class ScoredShards(IterableDataset):
         verify: bool = True,
         storage_options: dict[str, Any] | None = None,
         fetch: FetchOptions | None = None,
+        trusted_roots: Sequence[str | Path] = (),
+        shard_storage_options: dict[str, Any] | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        self.index = _loaded(root, storage_options)
+        self.index = _loaded(root, storage_options, trusted_roots, shard_storage_options)
         self.fetch = fetch if fetch is not None else FetchOptions()
         if self.fetch.client == "obstore" and self.index.remote:  # bad settings fail here, not per block
             from sadp_data.remote_obstore import check_settings
@@ -238,12 +242,14 @@ class ScoredShards(IterableDataset):
         root: str | Path | ShardIndex,
         store=None,
         storage_options: dict[str, Any] | None = None,
+        trusted_roots: Sequence[str | Path] = (),
+        shard_storage_options: dict[str, Any] | None = None,
         **sampler_kwargs: Any,
     ) -> SADPSampler:
         """An ``SADPSampler`` over the shards' sidecar (``ShardIndex.sidecar_path``: local even for remote
         shards) with shard-local ordering set up. ``root`` may be a loaded ``ShardIndex``: pass the same
         one to ``ScoredShards`` to read and check a remote index once instead of twice."""
-        index = _loaded(root, storage_options)
+        index = _loaded(root, storage_options, trusted_roots, shard_storage_options)
         store = store if store is not None else index.open_store()
         if index.consecutive_shards:
             return SADPSampler(store, shard_size=index.shard_size, **sampler_kwargs)

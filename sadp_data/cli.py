@@ -117,18 +117,21 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _storage_options(args: argparse.Namespace) -> dict | None:
-    """``--storage-options`` parsed as a JSON object (fsspec filesystem arguments), or ``None``."""
+def _storage_options(args: argparse.Namespace, flag: str = "storage_options") -> dict | None:
+    """``--storage-options`` (or another such ``flag``) parsed as a JSON object (fsspec filesystem
+    arguments), or ``None``."""
     import json
 
-    if not getattr(args, "storage_options", None):
+    text = getattr(args, flag, None)
+    name = "--" + flag.replace("_", "-")
+    if not text:
         return None
     try:
-        options = json.loads(args.storage_options)
+        options = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"--storage-options is not valid JSON: {error}") from error
+        raise ValueError(f"{name} is not valid JSON: {error}") from error
     if not isinstance(options, dict):
-        raise ValueError(f"--storage-options must be a JSON object, got {args.storage_options!r}")
+        raise ValueError(f"{name} must be a JSON object, got {text!r}")
     return options
 
 
@@ -144,6 +147,15 @@ def _index(args: argparse.Namespace) -> int:
         storage_options=_storage_options(args),
     )
     _print_written(index, "indexed at", args.out)
+    from .remote import covers
+
+    folder = index.shard_location
+    if not covers(args.out, folder):
+        print(
+            f"the shards lie outside {args.out}, so readers must trust their folder: sadp-data info {args.out} "
+            f"--trust-shard-root {folder.url}, or ShardIndex.load / ScoredShards(..., trusted_roots=[{folder.url!r}])"
+            + (" with shard_storage_options for it" if folder.remote else "")
+        )
     return 0
 
 
@@ -161,7 +173,12 @@ def _info(args: argparse.Namespace) -> int:
 
     from .shards import ShardError, ShardIndex
 
-    index = ShardIndex.load(args.path, storage_options=_storage_options(args))
+    index = ShardIndex.load(
+        args.path,
+        storage_options=_storage_options(args),
+        trusted_roots=args.trust_shard_root or (),
+        shard_storage_options=_storage_options(args, "shard_storage_options"),
+    )
     store = index.open_store("r+" if index.location.remote else "r")
     shards = index.shards
     sizes = [shard["bytes"] for shard in shards]
@@ -280,6 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="summarise scored shards and their scores")
     info.add_argument("path", help="a scored-shards folder or URL written by `sadp-data convert`")
     info.add_argument("--storage-options", help=STORAGE_OPTIONS_HELP)
+    info.add_argument(
+        "--trust-shard-root",
+        action="append",
+        metavar="ROOT",
+        help="a folder or URL outside PATH's folder (or origin) whose shards index.json may name (repeatable; "
+        "`sadp-data index` prints it when the shards lie outside OUT); without it such an index is refused",
+    )
+    info.add_argument(
+        "--shard-storage-options",
+        help="JSON object of fsspec options for a trusted shard root on another origin (--storage-options "
+        "are never sent there)",
+    )
     info.add_argument("--verify", action="store_true", help="read every shard and check its SHA-256 against index.json")
     info.set_defaults(handler=_info)
 

@@ -30,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from .folder_lock import folder_lock
 from .remote import Location, is_remote
+from .shard_writer import check_name
 from .shards import FORMAT, INDEX, OFFSETS, SIDECAR, ShardError, ShardIndex, sample_checksum
 from .staging import staged
 from .store import ScoreStore
@@ -108,10 +110,13 @@ def index_shards(
     ``out`` may be the shards' own folder. An existing ``index.json`` is replaced only with
     ``overwrite``; an existing sidecar is kept when it belongs to these shards (same size and
     fingerprint) and refused otherwise, so scores are never lost. The index files are published
-    through ``sadp_data.staging``, ``index.json`` last.
-    """
-    from tqdm.auto import tqdm
+    through ``sadp_data.staging``, ``index.json`` last, while OUT's lock (``sadp_data.folder_lock``) keeps
+    out a concurrent ``index`` or ``convert`` into it.
 
+    Shards outside ``out`` are the caller's own choice here, so the returned index trusts their folder;
+    a later ``ShardIndex.load(out)`` must name it in ``trusted_roots`` (``sadp-data index`` prints how),
+    and, for remote shards, pass their ``storage_options`` as ``shard_storage_options``.
+    """
     paths = expand_shards(shards)
     remote = is_remote(paths[0])
     parents = {path.rsplit("/", 1)[0] if remote else str(Path(path).parent.resolve()) for path in paths}
@@ -124,8 +129,19 @@ def index_shards(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
-    if (out / INDEX).exists() and not overwrite:
-        raise FileExistsError(f"{out / INDEX} exists; pass --overwrite to index the shards again")
+    label = check_name(name or names[0].rsplit("-", 1)[0])
+    with folder_lock(out, "index"):
+        if (out / INDEX).exists() and not overwrite:
+            raise FileExistsError(f"{out / INDEX} exists; pass --overwrite to index the shards again")
+        _write_index(paths, folder, names, out, label, progress)
+    return ShardIndex.load(out, trusted_roots=[folder.url], shard_storage_options=storage_options)
+
+
+def _write_index(paths: list[str], folder: Location, names: list[str], out: Path, label: str, progress: bool) -> None:
+    """Read every shard once and publish ``index.json``, ``offsets.npy``, the ``wids`` list and the sidecar."""
+    from tqdm.auto import tqdm
+
+    remote = folder.remote
     entries, rows, fields, digests = [], [], set(), []
     numbered = None
     for shard, path in enumerate(tqdm(paths, desc="index shards", unit="shard", disable=not progress)):
@@ -153,7 +169,6 @@ def index_shards(
     count = len(rows)
     offsets = _offsets(rows, count, paths)
     fingerprint = hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
-    label = name or names[0].rsplit("-", 1)[0]
     meta: dict[str, Any] = {
         "format": FORMAT,
         "version": 2,
@@ -183,7 +198,6 @@ def index_shards(
         np.save(stage / OFFSETS, offsets)
         (stage / f"{label}.wids.json").write_text(json.dumps(wids, indent=1) + "\n")
         (stage / INDEX).write_text(json.dumps(meta, indent=1) + "\n")
-    return ShardIndex.load(out, storage_options=storage_options)
 
 
 def _offsets(rows: list[tuple[int, int, int, int, int, str]], count: int, paths: list[str]) -> np.ndarray:

@@ -36,6 +36,7 @@ import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,18 @@ def encode_fields(index: int, fields: dict[str, Any]) -> dict[str, Any]:
     return sample
 
 
+@contextmanager
+def naming_example(source, index: int, shard: int) -> Iterator[None]:
+    """Run the block that reads, encodes and writes example ``index``; any error becomes a ``ConversionError``
+    naming the source, the example and its shard (the original chained), in serial and parallel conversion."""
+    try:
+        yield
+    except Exception as error:
+        raise ConversionError(
+            f"{source.name}: example {index} (shard {shard}) failed: {type(error).__name__}: {error}"
+        ) from error
+
+
 def sample_spans(path: Path) -> dict[str, tuple[int, int]]:
     """Byte range ``[first header, end of last member's data blocks)`` of every sample in a shard."""
     spans: dict[str, tuple[int, int]] = {}
@@ -126,7 +139,7 @@ def write_shard(source, path: Path, shard: int, start: int, stop: int) -> ShardR
     computed from the bytes read back from disk, so they check what was written.
 
     Errors from the source or the encoder become a ``ConversionError`` naming the source, the example and
-    the shard (the original exception and its traceback are chained to it).
+    the shard (``naming_example``: the original exception and its traceback are chained to it).
     """
     import webdataset as wds
 
@@ -136,15 +149,11 @@ def write_shard(source, path: Path, shard: int, start: int, stop: int) -> ShardR
     with wds.TarWriter(str(path), mtime=0) as writer:  # what ShardWriter(..., mtime=0) opens for each shard
         archive = writer.tarstream  # its tarfile.TarFile: ``offset`` is where the next member's header goes
         for index in range(start, stop):
-            try:
+            with naming_example(source, index, shard):
                 sample = encode_fields(index, source[index])
                 begin = archive.offset
                 payload += writer.write(sample)
                 spans.append((index, begin, archive.offset))
-            except Exception as error:
-                raise ConversionError(
-                    f"{source.name}: example {index} (shard {shard}) failed: {type(error).__name__}: {error}"
-                ) from error
             fields.update(key for key in sample if not key.startswith("__"))
             if payload >= MAX_SHARD_BYTES and index + 1 < stop:
                 raise ConversionError(

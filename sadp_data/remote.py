@@ -4,8 +4,9 @@
 local folder read with ordinary files; any other URL (``s3://bucket/prefix``, ``gs://…``,
 ``http(s)://host/path``) goes through fsspec (s3fs, gcsfs, its HTTP filesystem), with
 ``storage_options`` passed to the filesystem (credentials, ``client_kwargs={"endpoint_url": …}``).
-A local ``Location`` keeps its ``storage_options`` for the remote folders it names (a local index
-whose shards are remote).
+``storage_options`` (credentials) stay with their origin: a sub-folder keeps them only on the same
+scheme and host (or bucket), never on another host, and a local ``Location`` passes none to the
+remote folders it names.
 
 The filesystem is created lazily in each process (never pickled, and re-created after a fork), so a
 ``Location`` can be sent to DataLoader workers (forked or spawned) and each opens its own connections.
@@ -92,11 +93,15 @@ class Location:
         return str(Path(self.url) / name)
 
     def child(self, name: str) -> Location:
-        """The location of sub-folder ``name`` (relative, or a full URL), with the same storage options."""
+        """The location of folder ``name`` (relative, ``file://…`` or a full URL); it keeps this location's
+        storage options only when it is on the same origin (``origin``): credentials never go to another host."""
+        if not is_remote(name) and name.startswith("file://"):
+            name = name[len("file://") :]
         target = self.join(name)
         if not is_remote(target):
             return Location(os.path.normpath(target))
-        return Location(_normalise_url(target), self.storage_options)
+        url = _normalise_url(target)
+        return Location(url, self.storage_options if self.remote and origin(url) == origin(self.url) else None)
 
     def exists(self, name: str) -> bool:
         if not self.remote:
@@ -195,6 +200,28 @@ class Location:
                 self.fs.rm_file(path)
         else:
             Path(path).unlink(missing_ok=True)
+
+
+def origin(url: str | os.PathLike[str]) -> str | None:
+    """``scheme://host[:port]`` of a URL (for object storage, ``scheme://bucket``), lower-cased: what one set
+    of credentials is for; ``None`` for a local path."""
+    text = os.fspath(url)
+    if not is_remote(text):
+        return None
+    scheme, _, rest = text.partition("://")
+    return f"{scheme.lower()}://{rest.split('/', 1)[0].lower()}"
+
+
+def covers(root: str | os.PathLike[str], location: Location) -> bool:
+    """Whether ``location`` is folder ``root`` or lies below it: local paths compared after resolving
+    symbolic links and ``..``, URLs after normalising them (a path is never below a URL, nor the reverse)."""
+    text = os.fspath(root)
+    if is_remote(text) != location.remote:
+        return False
+    if location.remote:
+        base = _normalise_url(text.rstrip("/"))
+        return origin(base) == origin(location.url) and (location.url + "/").startswith(base + "/")
+    return Path(location.url).resolve().is_relative_to(Path(Location(text).url).resolve())
 
 
 def _normalise_url(url: str) -> str:

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .folder_lock import folder_lock, sidecar_released
 from .parallel_convert import (
     MAX_SHARD_BYTES,
     ShardRecord,
     check_workers,
     encode_fields,
+    naming_example,
     shard_record,
     write_shards_parallel,
 )
@@ -59,6 +62,7 @@ def write_shards(
     staging and the checks stay these.
     """
     check_workers(workers)
+    check_name(name)
     if shard_size <= 0:
         raise ValueError(f"--shard-size must be positive, got {shard_size}")
     if is_remote(out):
@@ -66,16 +70,29 @@ def write_shards(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{out} is not empty; choose a new folder or pass --overwrite (scores are never overwritten silently)"
-        )
     count = len(source)
     if count == 0:
         raise ValueError(f"{source.name}: the source has no examples")
-    with staged([out]) as stage:
-        meta, offsets = build_shards(source, stage / out.name, shard_size, name, progress, workers, writer)
+    with folder_lock(out, "convert"):
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise FileExistsError(
+                f"{out} is not empty; choose a new folder or pass --overwrite (scores are never overwritten silently)"
+            )
+        with sidecar_released(out / SIDECAR), staged([out]) as stage:
+            meta, offsets = build_shards(source, stage / out.name, shard_size, name, progress, workers, writer)
     return ShardIndex(out, meta, offsets)
+
+
+def check_name(name: object) -> str:
+    """``name`` as a plain file-name stem (shards are ``{name}-000000.tar`` inside OUT); ``ValueError`` naming
+    ``--name`` for anything else (empty, a path separator, ``..``), so no output can leave OUT."""
+    separators = {"/", "\\", os.sep, os.altsep or "/", "\0"}
+    if not isinstance(name, str) or not name or name == ".." or any(char in separators for char in name):
+        raise ValueError(
+            f"--name must be a plain file-name stem (no path separator or '..', not empty), got {name!r}: "
+            "the shards are written inside OUT"
+        )
+    return name
 
 
 def build_shards(
@@ -86,6 +103,7 @@ def build_shards(
     ``workers > 1`` with more than one shard writes the shards in that many processes; otherwise one
     ``ShardWriter`` writes them in order. Both give the same bytes (``sadp_data.parallel_convert``).
     """
+    check_name(name)
     out.mkdir()
     count = len(source)
     if writer is not None:
@@ -155,8 +173,9 @@ def _write_serially(source, out: Path, shard_size: int, name: str, progress: boo
     pattern = str(out / f"{name}-%06d.tar")
     with wds.ShardWriter(pattern, maxcount=shard_size, maxsize=MAX_SHARD_BYTES, verbose=0, mtime=0) as writer:
         for index in tqdm(range(len(source)), desc=f"convert {name}", unit="ex", disable=not progress):
-            sample = encode_fields(index, source[index])
+            with naming_example(source, index, index // shard_size):
+                sample = encode_fields(index, source[index])
+                writer.write(sample)
             fields.update(key for key in sample if not key.startswith("__"))
-            writer.write(sample)
     paths = sorted(out.glob(f"{name}-*.tar"))
     return [shard_record(path, shard, frozenset(fields)) for shard, path in enumerate(paths)]

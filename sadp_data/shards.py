@@ -18,6 +18,11 @@ Shards a user already has are indexed in place by ``sadp_data.indexing.index_sha
 index``); their ``index.json`` may then name a ``shard_root``, the shards' folder relative to the index
 (or a URL). The folder may be remote (``s3://…``, ``http(s)://…``; ``sadp_data.remote``): shards are then
 pinned by size and, where ``index.json`` records one, by ETag; the sidecar lives on local disk.
+
+``index.json`` is untrusted: its ``shard_root`` may only lead inside the index's own folder (local) or
+origin (a URL's scheme and host or bucket). Any other folder is read only when the caller names it in
+``trusted_roots`` (``ForeignShardRootError`` otherwise, before any request), and the caller's
+``storage_options`` never go there: a trusted foreign origin gets ``shard_storage_options`` or none.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -34,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .remote import Location
+from .remote import Location, covers, origin
 from .store import ScoreStore
 
 INDEX = "index.json"
@@ -47,6 +53,11 @@ class ShardError(RuntimeError):
     """A shard is missing, truncated or does not match the index; the message names it."""
 
 
+class ForeignShardRootError(ShardError):
+    """``index.json``'s ``shard_root`` leads outside the dataset's folder or origin to a folder the caller
+    did not trust (``trusted_roots``); the message names both and the option to pass."""
+
+
 @dataclass
 class ShardIndex:
     """The parsed ``index.json`` and ``offsets.npy`` of a scored-shards folder (``root``: a local path or a URL)."""
@@ -55,6 +66,8 @@ class ShardIndex:
     meta: dict[str, Any]
     offsets: np.ndarray
     location: Location | None = None
+    trusted_roots: tuple[str, ...] = ()
+    shard_storage_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.location is None:
@@ -67,8 +80,26 @@ class ShardIndex:
 
     @cached_property
     def shard_location(self) -> Location:
-        """The folder of the shards: the index's own, or ``shard_root`` (relative to it, or a URL)."""
-        return self.location.child(self.meta.get("shard_root", "."))
+        """The folder of the shards: the index's own, or ``shard_root`` (relative to it, or a URL) inside its
+        folder or origin, or in one of ``trusted_roots`` (see the module docstring)."""
+        shard_root = self.meta.get("shard_root", ".")
+        where = self.location.join(INDEX)
+        try:
+            folder = self.location.child(shard_root)
+        except ValueError as error:  # climbs above its bucket or host
+            raise ForeignShardRootError(f"{where}: shard_root {shard_root} is not a folder: {error}") from error
+        if self.location.remote and origin(folder.url) == origin(self.location.url):
+            return folder
+        if not self.location.remote and covers(self.location.url, folder):
+            return folder
+        if not any(covers(root, folder) for root in self.trusted_roots):
+            raise ForeignShardRootError(
+                f"{where}: shard_root {shard_root} leads to {folder.url}, outside {self.location.url} (the dataset's "
+                f"{'origin' if self.location.remote else 'folder'}); refusing to read there. If you trust that "
+                f"folder, pass trusted_roots=[{folder.url!r}] (sadp-data: --trust-shard-root {folder.url}); "
+                "your storage_options are not sent there (pass shard_storage_options for it)"
+            )
+        return Location(folder.url, self.shard_storage_options)
 
     @cached_property
     def shard_urls(self) -> list[str]:
@@ -138,9 +169,24 @@ class ShardIndex:
         )
 
     @classmethod
-    def load(cls, root: str | Path, verify: bool = True, storage_options: dict[str, Any] | None = None) -> ShardIndex:
+    def load(
+        cls,
+        root: str | Path,
+        verify: bool = True,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        trusted_roots: Sequence[str | os.PathLike[str]] = (),
+        shard_storage_options: dict[str, Any] | None = None,
+    ) -> ShardIndex:
         """Read the index (local folder or URL); with ``verify``, check every shard exists with the indexed
-        size (and, for remote shards whose entry records one, the indexed ETag: a changed object is refused)."""
+        size (and, for remote shards whose entry records one, the indexed ETag: a changed object is refused).
+
+        ``storage_options`` are for the index's origin. A ``shard_root`` outside the index's folder or origin
+        is refused (``ForeignShardRootError``) unless it lies in one of ``trusted_roots`` (folders or URL
+        prefixes); such shards are read with ``shard_storage_options`` (default none), never the others."""
+        if isinstance(trusted_roots, (str, os.PathLike)):
+            trusted_roots = [trusted_roots]
+        trusted = tuple(os.fspath(path) for path in trusted_roots)
         location = Location(root, storage_options)
         root = location.url if location.remote else Path(root)
         index_path = location.join(INDEX)
@@ -177,7 +223,8 @@ class ShardIndex:
                     f"{offsets_path}: row {int(bad[0])} {offsets[bad[0]].tolist()} points outside the "
                     f"{len(meta['shards'])} shards ({bad.size} bad rows); convert again"
                 )
-        index = cls(root, meta, offsets, location)
+        index = cls(root, meta, offsets, location, trusted, shard_storage_options)
+        index.shard_location  # noqa: B018  (refuses an untrusted shard_root before any shard is touched)
         if verify:
             index.check_shards()
         return index
@@ -236,6 +283,9 @@ def _check_index(path: Path, meta: dict[str, Any]) -> None:
                 raise ShardError(f"{path}: {where} key {key!r} is {value!r}, expected {kind.__name__}; convert again")
 
     check(meta, _INDEX_KEYS, "the index")
+    for key in ("name", "fingerprint"):  # they name local files (wids list, a remote index's sidecar folder)
+        if not meta[key] or meta[key] == ".." or any(char in meta[key] for char in "/\\\0"):
+            raise ShardError(f"{path}: {key} {meta[key]!r} is not a plain file name; convert again")
     if not isinstance(meta.get("shard_root", "."), str):  # a folder relative to the index, or a URL
         raise ShardError(f"{path}: shard_root is {meta['shard_root']!r}, expected a folder relative to the index")
     for number, shard in enumerate(meta["shards"]):

@@ -28,6 +28,10 @@ from typing import Any
 import numpy as np
 
 
+class SourceError(ValueError):
+    """A source spec names something that is not a usable dataset; the message names the spec."""
+
+
 @dataclass
 class Source:
     """``len(source)`` examples; ``source[i]`` is a dict of field name → numpy array or int."""
@@ -176,8 +180,14 @@ def open_source(spec: str, split: str = "train", frames: int | None = None) -> S
             factory = getattr(importlib.import_module(module_name), attribute)
         except (ImportError, AttributeError) as error:
             raise ValueError(f"{spec}: cannot import {attribute!r} from {module_name!r}: {error}") from error
-        dataset = factory()
+        try:
+            dataset = factory()
+        except Exception as error:
+            raise SourceError(f"{spec}: {attribute}() raised {type(error).__name__}: {error}") from error
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-            raise TypeError(f"{spec}: {attribute}() returned a {type(dataset).__name__}, not a map-style dataset")
+            raise SourceError(
+                f"{spec}: {attribute}() returned a {type(dataset).__name__}, not a map-style dataset "
+                "(an object with __len__ and __getitem__, such as a list of (x, y) pairs)"
+            )
         return Source(spec, dataset)
     raise FileNotFoundError(f"{spec}: not an IDX folder, a .npz file or a module:callable")

@@ -11,7 +11,7 @@ from sadp_data.adapters.webdataset import ScoredShards
 
 from sadp_data.cli import main
 from sadp_data.indexing import index_shards
-from sadp_data.shards import INDEX, OFFSETS, ShardError, ShardIndex
+from sadp_data.shards import INDEX, OFFSETS, ForeignShardRootError, ShardError, ShardIndex
 
 N, SHARD = 250, 64
 
@@ -26,10 +26,10 @@ def converted(tmp_path: Path) -> tuple[Path, np.ndarray]:
     return out, x
 
 
-def _all_samples(root: Path, workers: int = 0) -> tuple[np.ndarray, list]:
-    sampler = ScoredShards.sampler_for(root, keep_ratio=1.0, epochs=2, warmup_epochs=0, schedule="constant")
+def _all_samples(root: Path, workers: int = 0, **trust) -> tuple[np.ndarray, list]:
+    sampler = ScoredShards.sampler_for(root, keep_ratio=1.0, epochs=2, warmup_epochs=0, schedule="constant", **trust)
     sampler.set_epoch(0)
-    batches = list(ScoredShards(root, sampler).decode().to_tuple("x.npy").loader(16, num_workers=workers))
+    batches = list(ScoredShards(root, sampler, **trust).decode().to_tuple("x.npy").loader(16, num_workers=workers))
     indices = torch.cat([batch[1] for batch in batches]).numpy()
     return indices, [image for batch in batches for image in batch[0].numpy()]
 
@@ -58,7 +58,7 @@ def test_reindexing_converted_shards_reproduces_their_index_and_keeps_the_sideca
         index_shards(sorted(root.glob("*.tar")), root, progress=False)
 
 
-def test_shards_written_by_webdataset_without_index_cls_are_numbered_in_shard_order(tmp_path: Path) -> None:
+def test_shards_written_by_webdataset_without_index_cls_are_numbered_in_shard_order(tmp_path: Path, capsys) -> None:
     import webdataset as wds
 
     folder = tmp_path / "theirs"
@@ -69,11 +69,15 @@ def test_shards_written_by_webdataset_without_index_cls_are_numbered_in_shard_or
         for number, image in enumerate(written):
             writer.write({"__key__": f"img{number:04d}", "x.npy": image, "txt": f"caption {number}"})
     out = tmp_path / "index"
-    index = index_shards(str(folder / "data-{000..002}.tar"), out, progress=False)
+    assert main(["index", str(folder / "data-{000..002}.tar"), str(out), "--no-progress"]) == 0
+    assert f"--trust-shard-root {folder}" in capsys.readouterr().out  # how readers opt in to shards outside OUT
+    index = ShardIndex.load(out, trusted_roots=[folder])
     assert index.num_examples == 47 and [s["nsamples"] for s in index.shards] == [20, 20, 7]
     assert index.meta["shard_root"] == "../theirs" and index.meta["fields"] == ["txt", "x.npy"]
     assert index.meta["name"] == "data" and not index.keys_are_indices
-    indices, images = _all_samples(out, workers=2)
+    with pytest.raises(ForeignShardRootError, match="trusted_roots"):  # shards outside OUT: the reader opts in
+        ScoredShards.sampler_for(out)
+    indices, images = _all_samples(out, workers=2, trusted_roots=[folder])
     assert sorted(indices.tolist()) == list(range(47))  # every sample once, numbered in shard order
     for number, image in zip(indices.tolist(), images, strict=True):
         np.testing.assert_array_equal(image, written[number])

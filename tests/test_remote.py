@@ -262,7 +262,9 @@ def test_index_remote_shards_in_place_and_stream_them(served, data, tmp_path):
     assert index.meta["shard_root"] == f"{server.url}/{folder.name}" and index.remote
     assert index.fingerprint == ShardIndex.load(folder).fingerprint  # the same shards: the same fingerprint
     assert all(entry.get("etag") for entry in index.shards)
-    sampler, _, batches = _epoch(out, 0.5)
+    with pytest.raises(ShardError, match="trusted_roots"):  # a local index naming a host: the reader opts in
+        ShardIndex.load(out)
+    sampler, _, batches = _epoch(ShardIndex.load(out, trusted_roots=[server.url]), 0.5)
     _check_epoch(sampler, batches, x, y)
 
 
