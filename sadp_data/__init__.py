@@ -1,7 +1,8 @@
 """sadp-data: spike-aware data pruning for spiking neural networks.
 
 Wrap a DataLoader with an importance sampler, score examples with a forward hook, and train on the
-examples that matter, with importance weights that keep the gradient unbiased::
+examples that matter: each epoch draws examples with probability proportional to their score, used
+unweighted by default (``weight_power=1`` gives Horvitz–Thompson weights, an unbiased gradient)::
 
     store = sd.ScoreStore.create("scores.zarr", num_examples=len(train_set))
     sampler = sd.SADPSampler(store, keep_ratio=0.7, epochs=E)
