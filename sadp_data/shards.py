@@ -30,12 +30,15 @@ import tarfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .remote import Location
 from .store import ScoreStore
+
+if TYPE_CHECKING:
+    from .fetch_requests import RequestPolicy
 
 INDEX = "index.json"
 OFFSETS = "offsets.npy"
@@ -138,10 +141,17 @@ class ShardIndex:
         )
 
     @classmethod
-    def load(cls, root: str | Path, verify: bool = True, storage_options: dict[str, Any] | None = None) -> ShardIndex:
+    def load(
+        cls,
+        root: str | Path,
+        verify: bool = True,
+        storage_options: dict[str, Any] | None = None,
+        policy: RequestPolicy | None = None,
+    ) -> ShardIndex:
         """Read the index (local folder or URL); with ``verify``, check every shard exists with the indexed
-        size (and, for remote shards whose entry records one, the indexed ETag: a changed object is refused)."""
-        location = Location(root, storage_options)
+        size (and, for remote shards whose entry records one, the indexed ETag: a changed object is refused).
+        Remote requests run under ``policy`` (``sadp_data.fetch_requests``: timeout, retries; default 60 s, 3)."""
+        location = Location(root, storage_options, policy)
         root = location.url if location.remote else Path(root)
         index_path = location.join(INDEX)
         try:
