@@ -24,6 +24,7 @@ from a main process that read first) would hang, so such a read raises ``Runtime
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -34,6 +35,8 @@ from .fetch_requests import FetchStats, RequestPolicy, read_all, run
 SCHEMES = ("s3", "gs", "gcs", "http", "https")
 
 _S3_KEYS = {"key": "access_key_id", "secret": "secret_access_key", "token": "session_token"}
+#: obstore's words for a 200 answer to a Range request (HTTP store; S3 and other stores).
+_RANGE_IGNORED = re.compile(r"Range request not supported|non-partial response when range requested")
 _stores: dict[tuple[str, int, str], Any] = {}
 #: The process that first read through obstore here: its tokio runtime does not survive ``fork``.
 _used_in: int | None = None
@@ -147,7 +150,7 @@ def read_ranges(
     range that fails for good, obstore's error chained."""
     try:
         import obstore
-        from obstore.exceptions import NotSupportedError
+        from obstore.exceptions import GenericError, NotSupportedError
     except ImportError as error:
         raise ImportError("FetchOptions(client='obstore') needs obstore: pip install 'sadp-data[remote]'") from error
     check_not_forked()
@@ -160,8 +163,8 @@ def read_ranges(
         root, path = targets[url]
         try:
             return memoryview(await obstore.get_range_async(stores[root], path, start=int(start), end=int(stop)))
-        except NotSupportedError as error:  # the server answered the range with the whole object
-            if "range" not in str(error).lower():
+        except (NotSupportedError, GenericError) as error:  # the server answered the range with the whole object
+            if not _RANGE_IGNORED.search(str(error)):
                 raise
         whole = await obstore.get_async(stores[root], path)
         return memoryview(await whole.bytes_async())

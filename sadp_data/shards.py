@@ -171,6 +171,8 @@ class ShardIndex:
         offsets_path = location.join(OFFSETS)
         try:
             offsets = np.load(io.BytesIO(location.read_bytes(OFFSETS)), allow_pickle=False)
+        except ShardError:  # a request that failed for good (FetchError) names itself
+            raise
         except Exception as error:  # numpy's header parser raises ValueError, SyntaxError, TokenError, ...
             raise ShardError(f"{offsets_path}: unreadable ({error!r}); convert again") from error
         columns = 4 if meta["version"] >= 2 else 3
