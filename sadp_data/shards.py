@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .remote import Location
+from .shard_error import ShardError
 from .store import ScoreStore
 
 if TYPE_CHECKING:
@@ -44,10 +45,6 @@ INDEX = "index.json"
 OFFSETS = "offsets.npy"
 SIDECAR = "scores.zarr"
 FORMAT = "sadp-data scored shards"
-
-
-class ShardError(RuntimeError):
-    """A shard is missing, truncated or does not match the index; the message names it."""
 
 
 @dataclass
