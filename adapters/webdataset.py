@@ -47,12 +47,14 @@ from sadp_data.shards import ShardError, ShardIndex, parse_sample, sample_checks
 from sadp_data.store import check_store_belongs
 
 
-def _loaded(root: str | Path | ShardIndex, storage_options: dict | None, trusted_roots, shard_options) -> ShardIndex:
-    """``root`` itself when it is a loaded index, else the index it names (loaded and checked)."""
+def _loaded(
+    root: str | Path | ShardIndex, storage_options: dict | None, trusted_roots, shard_options, fetch: FetchOptions
+) -> ShardIndex:
+    """``root`` itself when it is a loaded index, else the index it names (loaded, checked under ``fetch.policy``)."""
     if isinstance(root, ShardIndex):
         return root
     return ShardIndex.load(root, storage_options=storage_options, trusted_roots=trusted_roots,
-                           shard_storage_options=shard_options)  # fmt: skip
+                           shard_storage_options=shard_options, policy=fetch.policy)  # fmt: skip
 
 
 def _batch_size(batch: Any) -> int:
@@ -189,8 +191,9 @@ class ScoredShards(IterableDataset):
     ``root`` may be a URL (``storage_options`` go to fsspec; ``trusted_roots`` and ``shard_storage_options``
     let its ``shard_root`` lead elsewhere: ``ShardIndex.load``); ``fetch`` says how remote shards are read
     (``FetchOptions``: range merging, whole-shard fallback, read-ahead, retries, local cache). A
-    failed remote read is retried ``fetch.retries`` times on connection errors, then raises
-    ``ShardError`` naming the shard (or skips its block's samples with ``on_error="skip"``).
+    remote request (the index's too) that stalls past ``fetch.timeout_s`` or fails transiently (5xx, a
+    lost connection, a cut body) is retried up to ``fetch.retries`` attempts, then raises ``ShardError``
+    naming the shard (or skips its block's samples with ``on_error="skip"``).
     ``fetch_stats`` counts this process's requests and bytes (per DataLoader worker in workers);
     ``request_costs`` is what ``FetchOptions(adaptive=True)`` has measured of them, kept across epochs
     in the process that reads (with ``num_workers=0`` or persistent workers; DataLoader workers forked
@@ -212,8 +215,8 @@ class ScoredShards(IterableDataset):
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        self.index = _loaded(root, storage_options, trusted_roots, shard_storage_options)
         self.fetch = fetch if fetch is not None else FetchOptions()
+        self.index = _loaded(root, storage_options, trusted_roots, shard_storage_options, self.fetch)
         if self.fetch.client == "obstore" and self.index.remote:  # bad settings fail here, not per block
             from sadp_data.remote_obstore import check_settings
 
@@ -249,7 +252,7 @@ class ScoredShards(IterableDataset):
         """An ``SADPSampler`` over the shards' sidecar (``ShardIndex.sidecar_path``: local even for remote
         shards) with shard-local ordering set up. ``root`` may be a loaded ``ShardIndex``: pass the same
         one to ``ScoredShards`` to read and check a remote index once instead of twice."""
-        index = _loaded(root, storage_options, trusted_roots, shard_storage_options)
+        index = _loaded(root, storage_options, trusted_roots, shard_storage_options, FetchOptions())
         store = store if store is not None else index.open_store()
         if index.consecutive_shards:
             return SADPSampler(store, shard_size=index.shard_size, **sampler_kwargs)

@@ -35,12 +35,13 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .fetch_requests import FetchError, FetchStats, RequestPolicy
 from .remote import Location
 from .request_costs import RequestCosts
 
@@ -54,8 +55,13 @@ class FetchOptions:
         whole_shard_fraction: fetch a shard whole when a block's samples cover this fraction of it (> 1: never).
         readahead: blocks fetched ahead of the one being consumed (0: fetch each block when needed).
         max_block: at most this many plan positions per block.
-        retries: attempts per request (≥ 1, the first included) on connection errors before the read
-            fails naming the shard.
+        retries: attempts per request (≥ 1, the first included): timeouts, connection errors, cut bodies
+            and HTTP 5xx are retried, with exponential backoff and jitter, before the read fails with
+            ``FetchError`` naming the shard, byte ranges and URL (``sadp_data.fetch_requests``).
+        timeout_s: seconds one request may take (connecting and its whole body), default 60; then it
+            is cancelled and counts as a timeout (``FetchStats.timeouts``) and a failed attempt.
+        backoff_s: the wait before the first retry, doubled for each later one (times a random factor
+            in [0.5, 1); at most 10 s).
         cache_dir: keep whole-fetched shards here (``None``: no cache) and read them locally after.
         cache_bytes: evict the least recently used cached shards beyond this many bytes.
         client: ``"fsspec"`` (the default; the filesystem of ``storage_options``) or ``"obstore"``
@@ -75,6 +81,8 @@ class FetchOptions:
     readahead: int = 2
     max_block: int = 16384
     retries: int = 3
+    timeout_s: float = 60.0
+    backoff_s: float = 0.2
     cache_dir: str | None = None
     cache_bytes: int = 8 << 30
     client: str = "fsspec"
@@ -93,6 +101,15 @@ class FetchOptions:
             raise ValueError(f"FetchOptions.whole_shard_fraction must be positive, got {self.whole_shard_fraction!r}")
         if not isinstance(self.adaptive, bool):
             raise ValueError(f"FetchOptions.adaptive must be True or False, got {self.adaptive!r}")
+        try:
+            RequestPolicy(self.retries, self.timeout_s, self.backoff_s)
+        except ValueError as error:
+            raise ValueError(f"FetchOptions.{error}") from None
+
+    @property
+    def policy(self) -> RequestPolicy:
+        """The timeout and retries of each request (``retries`` attempts, ``timeout_s``, ``backoff_s``)."""
+        return RequestPolicy(self.retries, self.timeout_s, self.backoff_s)
 
 
 @dataclass(frozen=True)
@@ -236,28 +253,6 @@ def plan_blocks(
     return [planner.block(number) for number in range(len(planner))]
 
 
-@dataclass
-class FetchStats:
-    """Requests and bytes fetched by this process (tests and the bench count at the server too)."""
-
-    requests: int = 0
-    bytes_fetched: int = 0
-    cache_hits: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def __getstate__(self) -> dict[str, int]:  # a spawned DataLoader worker gets the counts, not the lock
-        return {"requests": self.requests, "bytes_fetched": self.bytes_fetched, "cache_hits": self.cache_hits}
-
-    def __setstate__(self, state: dict[str, int]) -> None:
-        self.__dict__.update(state, lock=threading.Lock())
-
-    def add(self, requests: int, size: int, cache_hits: int = 0) -> None:
-        with self.lock:
-            self.requests += requests
-            self.bytes_fetched += size
-            self.cache_hits += cache_hits
-
-
 class ShardCache:
     """Whole shards on local disk, least recently used evicted past ``limit`` bytes; files appear atomically."""
 
@@ -330,7 +325,10 @@ def _fetch(
             starts = [start for _, read in batch for start in read.starts.tolist()]
             stops = [stop for _, read in batch for stop in read.stops.tolist()]
             began = time.perf_counter()
-            parts = location.read_ranges(request_names, starts, stops, attempts=options.retries, **settings)
+            shard_sizes = [int(sizes[read.shard]) for _, read in batch for _ in range(read.starts.size)]
+            parts = location.read_ranges(
+                request_names, starts, stops, sizes=shard_sizes, policy=options.policy, stats=stats, **settings
+            )
             size = sum(len(part) for part in parts)
             if costs is not None:
                 costs.observe(len(parts), size, time.perf_counter() - began)
@@ -341,7 +339,7 @@ def _fetch(
                 position += read.starts.size
     except (OSError, ValueError) as error:
         shards = ", ".join(location.join(name) for name in sorted({names[read.shard] for read in block.reads}))
-        raise OSError(f"shard {shards}: {ranges} byte ranges: {error}") from error
+        raise FetchError(f"shard {shards}: {ranges} byte ranges: {error}") from error
     if cache is not None:
         for number, read in wanted:
             if read.whole:
@@ -363,10 +361,10 @@ def read_blocks(
 
     ``blocks`` planned already, or a ``BlockPlanner`` whose blocks are planned as they are submitted:
     by the fixed rule, or with ``options.adaptive`` by ``costs`` (a ``RequestCosts``, new if ``None``),
-    which the fetches feed. A block whose read fails (after the location's bounded retries) yields,
-    for each of its samples, the ``OSError`` naming the shard and byte ranges, and reading goes on
-    with the next block: the caller raises or skips. Blocks still in flight when the caller stops are
-    cancelled.
+    which the fetches feed. A block whose read fails (after ``options.policy``'s timeouts and retries)
+    yields, for each of its samples, the ``FetchError`` (an ``OSError``) naming the shard and byte
+    ranges, and reading goes on with the next block: the caller raises or skips. Blocks still in
+    flight when the caller stops are cancelled.
     """
     stats = stats if stats is not None else FetchStats()
     cache = None

@@ -8,6 +8,10 @@ local folder read with ordinary files; any other URL (``s3://bucket/prefix``, ``
 scheme and host (or bucket), never on another host, and a local ``Location`` passes none to the
 remote folders it names.
 
+Every remote request is bounded in time and retried when its failure is transient, under the
+location's ``RequestPolicy`` (``sadp_data.fetch_requests``: 60 s a request, 3 attempts by default);
+one that fails for good raises ``FetchError`` naming the URL (a missing object: ``FileNotFoundError``).
+
 The filesystem is created lazily in each process (never pickled, and re-created after a fork), so a
 ``Location`` can be sent to DataLoader workers (forked or spawned) and each opens its own connections.
 
@@ -19,16 +23,13 @@ replaced by per-object requests where it does not (plain HTTP servers).
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-T = TypeVar("T")
-
-#: Errors a remote read retries before giving up (the connection's, not "no such object").
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+if TYPE_CHECKING:
+    from .fetch_requests import FetchStats, RequestPolicy
 
 
 def is_remote(url: str | os.PathLike[str]) -> bool:
@@ -49,7 +50,15 @@ class ObjectInfo:
 class Location:
     """A folder of objects (see the module docstring); names are relative to ``url``."""
 
-    def __init__(self, url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        storage_options: dict[str, Any] | None = None,
+        policy: RequestPolicy | None = None,
+    ) -> None:
+        from .fetch_requests import RequestPolicy
+
+        self.policy = policy if policy is not None else RequestPolicy()
         text = os.fspath(url)
         self.remote = is_remote(text)
         if not self.remote and text.startswith("file://"):
@@ -101,12 +110,13 @@ class Location:
         if not is_remote(target):
             return Location(os.path.normpath(target))
         url = _normalise_url(target)
-        return Location(url, self.storage_options if self.remote and origin(url) == origin(self.url) else None)
+        same_origin = self.remote and origin(url) == origin(self.url)
+        return Location(url, self.storage_options if same_origin else None, self.policy)
 
     def exists(self, name: str) -> bool:
         if not self.remote:
             return Path(self.join(name)).exists()
-        return bool(self.fs.exists(self.join(name)))
+        return bool(self._call("exists", self.join(name)))
 
     def read_bytes(self, name: str) -> bytes:
         """All of object ``name`` (``FileNotFoundError`` naming it when there is none)."""
@@ -114,7 +124,7 @@ class Location:
         if not self.remote:
             return Path(path).read_bytes()
         try:
-            return retrying(lambda: self.fs.cat_file(path), path)
+            return self._call("cat_file", path)
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{path} does not exist") from error
 
@@ -124,7 +134,7 @@ class Location:
         if not self.remote:
             return ObjectInfo(Path(path).stat().st_size, None)
         try:
-            entry = retrying(lambda: self.fs.info(path), path)
+            entry = self._call("info", path)
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{path} does not exist") from error
         return _object_info(path, entry)
@@ -138,7 +148,7 @@ class Location:
         listed: dict[str, ObjectInfo] = {}
         try:
             for folder in folders:
-                for entry in self.fs.ls(folder, detail=True):
+                for entry in self._call("ls", folder, detail=True):
                     listed[_strip(entry["name"])] = _object_info(entry["name"], entry)
         except Exception:  # a store that cannot list (HTTP 403/404, no listing API): ask per object
             listed = {}
@@ -155,14 +165,19 @@ class Location:
         starts: Sequence[int],
         stops: Sequence[int],
         *,
-        attempts: int = 3,
+        sizes: Sequence[int] | None = None,
+        policy: RequestPolicy | None = None,
+        stats: FetchStats | None = None,
         client: str = "fsspec",
         client_options: dict[str, Any] | None = None,
     ) -> list[bytes | memoryview]:
-        """Bytes ``[starts[j], stops[j])`` of object ``names[j]`` for every j, all fetched concurrently (one
-        fsspec ``cat_ranges`` call, or with ``client="obstore"`` one obstore request per range:
-        ``sadp_data.remote_obstore``), each connection error retried up to ``attempts`` attempts in all;
-        each result is checked to have the requested length."""
+        """Bytes ``[starts[j], stops[j])`` of object ``names[j]`` for every j, each result of the requested length.
+
+        Remote ranges are fetched concurrently, one request each (fsspec's ``cat_file``, or with
+        ``client="obstore"`` obstore's: ``sadp_data.remote_obstore``), each under ``policy`` (default:
+        the location's) as ``fetch_requests.read_all`` says: timed out, retried when transient,
+        counted in ``stats``; ``sizes[j]`` (object ``names[j]``'s size) lets a server's whole-object
+        answer to a range stand for it. ``FetchError`` names the first range that fails for good."""
         paths = [self.join(name) for name in names]
         if not self.remote:
             parts: list[bytes | memoryview] = []
@@ -170,27 +185,32 @@ class Location:
                 with open(path, "rb") as handle:
                     handle.seek(start)
                     parts.append(handle.read(stop - start))
-        elif client == "obstore":
+                if len(parts[-1]) != stop - start:
+                    raise OSError(f"{path}: bytes {start}–{stop} came back as {len(parts[-1])} bytes (truncated?)")
+            return parts
+        policy = policy if policy is not None else self.policy
+        if client == "obstore":
             from .remote_obstore import read_ranges
 
-            parts = list(read_ranges(paths, starts, stops, self.storage_options, client_options, attempts))
-        else:
-            where = paths[0] if len(set(paths)) == 1 else f"{paths[0]} and {len(set(paths)) - 1} more"
-            fetch = lambda: self.fs.cat_ranges(paths, list(starts), list(stops), on_error="raise")  # noqa: E731
-            parts = retrying(fetch, where, attempts=attempts)
-        for part, path, start, stop in zip(parts, paths, starts, stops, strict=True):
-            if isinstance(part, BaseException):
-                raise part
-            if len(part) != stop - start:
-                raise OSError(f"{path}: bytes {start}–{stop} came back as {len(part)} bytes (object truncated?)")
-        return parts
+            return read_ranges(paths, starts, stops, self.storage_options, client_options, policy, sizes, stats)
+        from .fetch_requests import fs_call, read_all, run
+
+        fs = self.fs
+        get = lambda url, start, stop: fs_call(fs, "cat_file", url, start=start, end=stop)()  # noqa: E731
+        return run(fs, lambda: read_all(get, paths, starts, stops, sizes, policy, stats))
 
     def upload(self, local: Path, name: str) -> None:
         """Copy local file ``local`` to object ``name`` (replacing it)."""
         path = self.join(name)
         if not self.remote:
             raise TypeError(f"upload needs a remote location; {self.url} is local")
-        retrying(lambda: self.fs.put_file(str(local), path), path)
+        self._call("put_file", str(local), path)
+
+    def _call(self, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        """``fs.<method>(path, …)``: one request under the location's policy (``FetchError`` names ``path``)."""
+        from .fetch_requests import call
+
+        return call(self.fs, method, f"{method} {path}", self.policy, path, *args, **kwargs)
 
     def remove(self, name: str) -> None:
         """Delete object ``name`` if it exists."""
@@ -248,29 +268,3 @@ def _object_info(path: str, entry: dict[str, Any]) -> ObjectInfo:
         raise OSError(f"{path}: the server does not say the object's size")
     etag = entry.get("ETag") or entry.get("etag")
     return ObjectInfo(int(size), None if etag is None else str(etag).strip('"'))
-
-
-def retrying(action: Callable[[], T], where: str, attempts: int = 3, delay_s: float = 0.2) -> T:
-    """``action()``, retried ``attempts − 1`` times after connection errors (backoff ``delay_s``·2^k).
-
-    Only ``TRANSIENT_ERRORS`` and fsspec/aiohttp connection errors are retried; a missing object or
-    a refused request raises at once. The last error is raised with ``where`` (the object) named.
-    """
-    transient = TRANSIENT_ERRORS + _client_errors()
-    for attempt in range(attempts):
-        try:
-            return action()
-        except transient as error:
-            if attempt + 1 == attempts:
-                raise OSError(f"{where}: {type(error).__name__} after {attempts} attempts: {error}") from error
-            time.sleep(delay_s * 2**attempt)
-    raise AssertionError("unreachable")
-
-
-def _client_errors() -> tuple[type[BaseException], ...]:
-    """aiohttp's connection errors, when aiohttp is installed (fsspec's HTTP and s3fs use it)."""
-    try:
-        from aiohttp import ClientConnectionError, ServerTimeoutError
-    except ImportError:
-        return ()
-    return (ClientConnectionError, ServerTimeoutError)

@@ -11,7 +11,10 @@ Only the reads of shard bytes go through obstore; listing, sizes, ETags and uplo
 The fsspec ``storage_options`` of the common keys are translated to obstore's configuration
 (:func:`obstore_config`); any other key is refused by name rather than dropped, and a user can pass
 obstore's own settings with ``FetchOptions(client_options={...})`` (keyword arguments of
-``obstore.store.from_url``) instead. Retries are obstore's: ``attempts − 1`` retries with its backoff.
+``obstore.store.from_url``) instead. Timeouts and retries are this library's (``fetch_requests``), as
+for fsspec: obstore's own retries are turned off and its request timeout set to the policy's, unless
+``client_options`` set ``retry_config`` or ``client_options["timeout"]`` themselves. A server that
+ignores a Range header (obstore refuses its answer) is asked for the whole object instead.
 
 obstore is not fork-safe: a process forked after it read through obstore (DataLoader workers forked
 from a main process that read first) would hang, so such a read raises ``RuntimeError`` at once
@@ -20,15 +23,20 @@ from a main process that read first) would hang, so such a read raises ``Runtime
 
 from __future__ import annotations
 
-import asyncio
 import os
+import re
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
+
+from .fetch_requests import FetchStats, RequestPolicy, read_all, run
 
 #: URL schemes obstore reads here.
 SCHEMES = ("s3", "gs", "gcs", "http", "https")
 
 _S3_KEYS = {"key": "access_key_id", "secret": "secret_access_key", "token": "session_token"}
+#: obstore's words for a 200 answer to a Range request (HTTP store; S3 and other stores).
+_RANGE_IGNORED = re.compile(r"Range request not supported|non-partial response when range requested")
 _stores: dict[tuple[str, int, str], Any] = {}
 #: The process that first read through obstore here: its tokio runtime does not survive ``fork``.
 _used_in: int | None = None
@@ -110,14 +118,19 @@ def check_settings(url: str, storage_options: dict[str, Any], client_options: di
         obstore_config(root, storage_options)
 
 
-def _store(root: str, storage_options: dict[str, Any], client_options: dict[str, Any] | None, attempts: int) -> Any:
+def _store(
+    root: str, storage_options: dict[str, Any], client_options: dict[str, Any] | None, policy: RequestPolicy
+) -> Any:
     """obstore's store for ``root`` in this process (stores are not fork-safe: one per process)."""
     from obstore.store import from_url
 
-    key = (root, os.getpid(), repr((sorted(storage_options.items()), client_options, attempts)))
+    key = (root, os.getpid(), repr((sorted(storage_options.items()), client_options, policy)))
     if key not in _stores:
         settings = dict(client_options) if client_options is not None else obstore_config(root, storage_options)
-        settings.setdefault("retry_config", {"max_retries": max(0, attempts - 1)})
+        settings.setdefault("retry_config", {"max_retries": 0})  # retried by ``fetch_requests.attempt``
+        client = dict(settings.get("client_options") or {})
+        client.setdefault("timeout", timedelta(seconds=policy.timeout_s))
+        settings["client_options"] = client
         _stores[key] = from_url(root, **settings)
     return _stores[key]
 
@@ -128,32 +141,32 @@ def read_ranges(
     stops: Sequence[int],
     storage_options: dict[str, Any],
     client_options: dict[str, Any] | None = None,
-    attempts: int = 3,
-) -> list[memoryview]:
-    """Bytes ``[starts[j], stops[j])`` of object ``urls[j]``, one request per range, all in flight at once.
-
-    Raises ``OSError`` naming the object of the first failed range (obstore's error attached).
-    """
+    policy: RequestPolicy | None = None,
+    sizes: Sequence[int] | None = None,
+    stats: FetchStats | None = None,
+) -> list[bytes | memoryview]:
+    """Bytes ``[starts[j], stops[j])`` of object ``urls[j]``, one request per range, under ``policy`` as
+    ``fetch_requests.read_all`` says (``sizes``, ``stats``: as there); ``FetchError`` names the first
+    range that fails for good, obstore's error chained."""
     try:
         import obstore
+        from obstore.exceptions import GenericError, NotSupportedError
     except ImportError as error:
         raise ImportError("FetchOptions(client='obstore') needs obstore: pip install 'sadp-data[remote]'") from error
     check_not_forked()
-    targets = [split_url(url) for url in urls]
-    stores = {root: _store(root, storage_options, client_options, attempts) for root in {root for root, _ in targets}}
+    policy = policy if policy is not None else RequestPolicy()
+    targets = {url: split_url(url) for url in set(urls)}
+    roots = {root for root, _ in targets.values()}
+    stores = {root: _store(root, storage_options, client_options, policy) for root in roots}
 
-    async def gather() -> list[Any]:
-        requests = (
-            obstore.get_range_async(stores[root], path, start=int(start), end=int(stop))
-            for (root, path), start, stop in zip(targets, starts, stops, strict=True)
-        )
-        return await asyncio.gather(*requests, return_exceptions=True)
+    async def get(url: str, start: int, stop: int) -> memoryview:
+        root, path = targets[url]
+        try:
+            return memoryview(await obstore.get_range_async(stores[root], path, start=int(start), end=int(stop)))
+        except (NotSupportedError, GenericError) as error:  # the server answered the range with the whole object
+            if not _RANGE_IGNORED.search(str(error)):
+                raise
+        whole = await obstore.get_async(stores[root], path)
+        return memoryview(await whole.bytes_async())
 
-    parts = asyncio.run(gather())
-    for url, part in zip(urls, parts, strict=True):
-        if isinstance(part, BaseException):
-            missing = isinstance(part, FileNotFoundError) or type(part).__name__ == "NotFoundError"
-            kind = FileNotFoundError if missing else OSError
-            detail = str(part).splitlines()[0] if str(part) else ""
-            raise kind(f"{url}: {type(part).__name__} (obstore, at most {attempts} attempts): {detail}") from part
-    return [memoryview(part) for part in parts]
+    return run(None, lambda: read_all(get, urls, starts, stops, sizes, policy, stats))

@@ -36,21 +36,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .remote import Location, covers, origin
+from .shard_error import ShardError
 from .store import ScoreStore
+
+if TYPE_CHECKING:
+    from .fetch_requests import RequestPolicy
 
 INDEX = "index.json"
 OFFSETS = "offsets.npy"
 SIDECAR = "scores.zarr"
 FORMAT = "sadp-data scored shards"
-
-
-class ShardError(RuntimeError):
-    """A shard is missing, truncated or does not match the index; the message names it."""
 
 
 class ForeignShardRootError(ShardError):
@@ -99,7 +99,7 @@ class ShardIndex:
                 f"folder, pass trusted_roots=[{folder.url!r}] (sadp-data: --trust-shard-root {folder.url}); "
                 "your storage_options are not sent there (pass shard_storage_options for it)"
             )
-        return Location(folder.url, self.shard_storage_options)
+        return Location(folder.url, self.shard_storage_options, folder.policy)
 
     @cached_property
     def shard_urls(self) -> list[str]:
@@ -177,17 +177,19 @@ class ShardIndex:
         *,
         trusted_roots: Sequence[str | os.PathLike[str]] = (),
         shard_storage_options: dict[str, Any] | None = None,
+        policy: RequestPolicy | None = None,
     ) -> ShardIndex:
         """Read the index (local folder or URL); with ``verify``, check every shard exists with the indexed
         size (and, for remote shards whose entry records one, the indexed ETag: a changed object is refused).
 
         ``storage_options`` are for the index's origin. A ``shard_root`` outside the index's folder or origin
         is refused (``ForeignShardRootError``) unless it lies in one of ``trusted_roots`` (folders or URL
-        prefixes); such shards are read with ``shard_storage_options`` (default none), never the others."""
+        prefixes); such shards are read with ``shard_storage_options`` (default none), never the others.
+        Remote requests run under ``policy`` (``sadp_data.fetch_requests``: timeout, retries; default 60 s, 3)."""
         if isinstance(trusted_roots, (str, os.PathLike)):
             trusted_roots = [trusted_roots]
         trusted = tuple(os.fspath(path) for path in trusted_roots)
-        location = Location(root, storage_options)
+        location = Location(root, storage_options, policy)
         root = location.url if location.remote else Path(root)
         index_path = location.join(INDEX)
         try:
@@ -207,6 +209,8 @@ class ShardIndex:
         offsets_path = location.join(OFFSETS)
         try:
             offsets = np.load(io.BytesIO(location.read_bytes(OFFSETS)), allow_pickle=False)
+        except ShardError:  # a request that failed for good (FetchError) names itself
+            raise
         except Exception as error:  # numpy's header parser raises ValueError, SyntaxError, TokenError, ...
             raise ShardError(f"{offsets_path}: unreadable ({error!r}); convert again") from error
         columns = 4 if meta["version"] >= 2 else 3
