@@ -35,6 +35,8 @@ from .shards import ShardError
 _KEY_FIELD = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 #: Members webdataset's ``tar_file_iterator`` skips as metadata.
 _META = re.compile(r"__[^/]*__($|/)")
+#: Field names of the form readers use for their own keys (``__key__``, ``__index__``, webdataset's ``__url__``).
+_RESERVED = re.compile(r"__.+__")
 _FIELD_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
 #: Header types that change the next member's metadata: parsed by ``tarfile`` instead of the fast path.
 _EXTENDED_HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
@@ -61,7 +63,7 @@ def member_field(name: str, kind: bytes, size: int, where: str) -> tuple[str, st
     if match is None:
         raise ShardError(f"{where}: has no extension (webdataset names members key.field): {_REWRITE}")
     suffix = match.group(2).lower()
-    if suffix.startswith("__") and suffix.endswith("__"):
+    if _RESERVED.fullmatch(suffix):
         raise ShardError(f"{where}: field {suffix!r} is reserved (readers add __key__, __index__, ...): {_REWRITE}")
     return match.group(1), suffix
 
