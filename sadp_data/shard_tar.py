@@ -57,13 +57,13 @@ def member_field(name: str, kind: bytes, size: int, where: str) -> tuple[str, st
         raise ShardError(f"{where}: is a {what}, not a regular file; byte-offset reads need plain files: {_REWRITE}")
     if size < 0:
         raise ShardError(f"{where}: declares {size} bytes; the shard is corrupt: {_REWRITE}")
-    if _META.match(name) or ("/" not in name and name.startswith("__") and name.endswith("__")):
+    if name.startswith("__") and (_META.match(name) or ("/" not in name and name.endswith("__"))):
         return None
     match = _KEY_FIELD.match(name)
     if match is None:
         raise ShardError(f"{where}: has no extension (webdataset names members key.field): {_REWRITE}")
     suffix = match.group(2).lower()
-    if _RESERVED.fullmatch(suffix):
+    if suffix.startswith("__") and _RESERVED.fullmatch(suffix):
         raise ShardError(f"{where}: field {suffix!r} is reserved (readers add __key__, __index__, ...): {_REWRITE}")
     return match.group(1), suffix
 
@@ -239,7 +239,12 @@ def _plain_header(header: bytes) -> tuple[str, int, bytes] | None:
 def _octal(field: bytes) -> int | None:
     """A NUL- or space-terminated octal number of digits only (``None`` otherwise: tarfile decides)."""
     digits = field.split(b"\0", 1)[0].strip(b" ")
-    return int(digits, 8) if digits and digits.strip(b"01234567") == b"" else None
+    if not digits.isdigit():  # also refuses what int() would take: signs, underscores, "0o"
+        return None
+    try:
+        return int(digits, 8)
+    except ValueError:  # an 8 or a 9
+        return None
 
 
 def _parse_extended(buffer: bytes, where: str) -> dict[str, bytes]:

@@ -1,7 +1,7 @@
 """Fuzzing the tar shard reader against webdataset's own: the same samples, or a ``ShardError`` naming the shard.
 
 Generated WebDataset tars (ustar, GNU and pax formats; long, dotted, ``./``-prefixed, upper-case and
-non-ASCII names; directories, links, FIFOs, metadata members, global pax headers) are mutated at
+non-ASCII names; directories, links, FIFOs, metadata members, global pax headers anywhere) are mutated at
 the member level (a member duplicated, two swapped, one renamed) and at the byte level (truncated
 inside a header, inside data, inside padding, at a member boundary or in the end-of-archive blocks;
 bytes flipped; garbage appended; gzip; random bytes). The shard is then indexed
@@ -51,6 +51,13 @@ KEYS = ["000000001", "000000002", "./000000003", "v1.0/000000004", "a/b.c/k", "K
 GOOD_FIELDS = ["x.npy", "y.cls", "tar.gz", "txt"]
 FIELDS = [*GOOD_FIELDS, "Y.CLS", "", "__key__", "a/b"]
 KINDS = [tarfile.REGTYPE] * 12 + [tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE]
+#: Members webdataset skips: metadata, a directory, global pax headers (harmless, then renaming later members).
+EXTRAS = [
+    ("__meta__", tarfile.REGTYPE, b"{}"),
+    ("v1.0", tarfile.DIRTYPE, b""),
+    ("pax_global_header", tarfile.XGLTYPE, b"18 comment=commit\n"),
+    ("pax_global_header", tarfile.XGLTYPE, b"10 path=x\n"),
+]
 GLOBALS = [None, None, {"comment": "commit 1"}, {"path": "renamed.x"}, {"hdrcharset": "BINARY"}]
 
 
@@ -66,7 +73,7 @@ def members(draw) -> list[tuple[str, bytes, bytes]]:
             kind = tarfile.REGTYPE if good else draw(st.sampled_from(KINDS))
             size = draw(st.sampled_from([0, 1, 100, 511, 512, 513, 1100]))
             items.append((f"{key}.{field}" if field else key, kind, bytes([len(items) % 251]) * size))
-    extra = draw(st.sampled_from([None, None, None, ("__meta__", tarfile.REGTYPE, b"{}"), ("v1.0", b"5", b"")]))
+    extra = draw(st.sampled_from([None, None, None, *EXTRAS]))
     if extra is not None:
         items.insert(draw(st.integers(0, len(items))), extra)
     action = draw(st.sampled_from(["none", "none", "none", "duplicate", "swap", "rename"])) if items else "none"
@@ -88,7 +95,7 @@ def _write(items: list[tuple[str, bytes, bytes]], form: int, fraction: bool, glo
             info.type, info.mtime = kind, 1.5 if fraction else 0
             if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
                 info.linkname = "000000001.x.npy"
-            info.size = len(data) if kind in (tarfile.REGTYPE, tarfile.AREGTYPE) else 0
+            info.size = len(data) if kind in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.XGLTYPE) else 0
             archive.addfile(info, io.BytesIO(data) if info.size else None)
     return buffer.getvalue()
 
