@@ -11,9 +11,10 @@ span (``parse_sample``, what ``ScoredShards`` runs per sample). The invariant: e
 (``tar_file_expander`` + ``group_by_keys``, as in ``webdataset.WebDataset``) delivers for the same
 bytes. A few examples run end to end (``index_shards`` on a file, then ``ScoredShards``).
 
-CI runs ``SADP_FUZZ_EXAMPLES`` (default 60) × 10 examples of the main property (600), 60 end to end
-and 300 of each small property, about 20 s. A longer run: ``SADP_FUZZ_EXAMPLES=2000`` (× 10);
-``SADP_FUZZ_RANDOM=1`` draws new inputs instead of CI's fixed ones.
+CI runs ``SADP_FUZZ_EXAMPLES`` (default 60) × 25 examples of the main property (1,500), × 3 end to
+end (180) and × 10 of each of the two small ones (600 each): 2,880 in all, about 20 s. A longer run:
+``SADP_FUZZ_EXAMPLES=600`` (15,000 of the main property, about 3 minutes); ``SADP_FUZZ_RANDOM=1``
+draws new inputs instead of CI's fixed ones.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def _ours(data: bytes, path: str) -> list[dict]:
 _GIST = re.compile(r"[0-9]+|'.*?'|\[.*?\]|\(.*?\)")
 
 
-@_settings(10)
+@_settings(25)
 @given(data=shards())
 def test_indexed_samples_read_back_as_webdataset_reads_them_or_the_shard_is_refused(data):
     try:
@@ -182,7 +183,7 @@ def folder(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("tarfuzz")
 
 
-@_settings(1)
+@_settings(3)
 @given(data=shards())
 def test_index_shards_and_scored_shards_deliver_what_webdataset_delivers(folder, data):
     from sadp_data.adapters.webdataset import ScoredShards
@@ -206,7 +207,7 @@ def test_index_shards_and_scored_shards_deliver_what_webdataset_delivers(folder,
     assert _webdataset(data) == [{k: v for k, v in s.items() if k not in hidden} for s in delivered]
 
 
-@_settings(5)
+@_settings(10)
 @given(name=st.text(st.sampled_from("ab./_X\u00e9\n"), max_size=12))
 def test_the_key_field_split_is_webdatasets(name):
     from webdataset.tariterators import base_plus_ext
@@ -221,7 +222,7 @@ def test_the_key_field_split_is_webdatasets(name):
     assert named is None or named == (key, suffix.lower())
 
 
-@_settings(5)
+@_settings(10)
 @given(
     name=st.text(st.sampled_from("ab./_é"), max_size=140),
     size=st.integers(0, 8 << 30),
