@@ -43,7 +43,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from sadp_data.fetch import BlockPlanner, FetchOptions, FetchStats, RequestCosts, read_blocks
 from sadp_data.plan import PlanSlice, batch_count
 from sadp_data.sampler import SADPSampler
-from sadp_data.shards import ShardError, ShardIndex, parse_sample, sample_checksum
+from sadp_data.shard_tar import parse_sample
+from sadp_data.shards import ShardError, ShardIndex, sample_checksum
 from sadp_data.store import check_store_belongs
 
 

@@ -1,8 +1,9 @@
 """``index_shards``: make WebDataset shards a user already has into scored shards, without rewriting them.
 
-Each tar is read once: the byte span of every sample (its members must be consecutive, as
-webdataset writes them), a crc32c of those bytes and the shard's SHA-256. A sample's global index is
-its ``index.cls`` member where every sample has one (what ``sadp-data convert`` writes), otherwise its
+Each tar is read once: the byte span of every sample (``sadp_data.shard_tar``: the samples
+webdataset's reader would deliver, or a ``ShardError`` naming the shard, member and byte offset), a
+crc32c of those bytes and the shard's SHA-256. A sample's global index is its ``index.cls`` member
+where every sample has one (what ``sadp-data convert`` writes), otherwise its
 position in shard order; either way the indices must be exactly ``0 … N-1``. The result is the usual
 ``index.json``, ``offsets.npy``, ``{name}.wids.json`` and ``scores.zarr`` in ``out``; the shards stay
 where they are (``index.json``'s ``shard_root`` says where, relative to ``out``). The fingerprint is
@@ -20,10 +21,8 @@ while it is indexed.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 
 from .folder_lock import folder_lock
 from .remote import Location, is_remote
+from .shard_tar import shard_samples
 from .shard_writer import check_name
 from .shards import FORMAT, INDEX, OFFSETS, SIDECAR, ShardError, ShardIndex, sample_checksum
 from .staging import staged
@@ -58,41 +58,20 @@ def expand_shards(shards: str | Path | Sequence[str | Path]) -> list[str]:
 
 
 def _samples(path: str, data: bytes) -> list[tuple[str, int, int, int | None, set[str]]]:
-    """``(key, start, stop, index.cls or None, fields)`` of every sample of one shard, in tar order."""
-    from webdataset.tariterators import base_plus_ext
-
-    samples: list[tuple[str, int, int, int | None, set[str]]] = []
-    finished: set[str] = set()
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
-        for member in archive:
-            if not member.isfile():
-                continue
-            key, field = base_plus_ext(member.name)
-            if key is None:
-                raise ShardError(f"shard {path}: member {member.name!r} has no extension (webdataset needs key.field)")
-            end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-            if samples and samples[-1][0] == key:
-                previous = samples[-1]
-                samples[-1] = (key, previous[1], end, previous[3], previous[4] | {field})
-            else:
-                if key in finished:
-                    raise ShardError(
-                        f"shard {path}: the members of sample {key!r} are not consecutive; rewrite the shard "
-                        "with webdataset's ShardWriter"
-                    )
-                if samples:
-                    finished.add(samples[-1][0])
-                samples.append((key, member.offset, end, None, {field}))
-            if field == "index.cls":
-                raw = data[member.offset_data : member.offset_data + member.size]
-                try:
-                    number = int(raw.decode().strip())
-                except (UnicodeDecodeError, ValueError) as error:
-                    raise ShardError(
-                        f"shard {path}: sample {key!r} has index.cls {raw[:20]!r}, not an integer"
-                    ) from error
-                last = samples[-1]
-                samples[-1] = (key, last[1], last[2], number, last[4])
+    """``(key, start, stop, index.cls or None, fields)`` of every sample of one shard, in tar order
+    (``shard_samples``: the reader's own rule; ``ShardError`` for a shard it cannot read back)."""
+    samples = []
+    for span in shard_samples(data, path):
+        number = None
+        if "index.cls" in span.fields:
+            raw = data[span.fields["index.cls"]]
+            try:
+                number = int(raw.decode().strip())
+            except (UnicodeDecodeError, ValueError) as error:
+                raise ShardError(
+                    f"shard {path}: sample {span.key!r} has index.cls {raw[:20]!r}, not an integer"
+                ) from error
+        samples.append((span.key, span.start, span.stop, number, set(span.fields)))
     return samples
 
 

@@ -31,7 +31,6 @@ import hashlib
 import io
 import json
 import os
-import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -323,86 +322,3 @@ def verify_shards(index: ShardIndex) -> list[str]:
         if digest.hexdigest() != entry.get("sha256"):
             bad.append(url)
     return bad
-
-
-def parse_sample(buffer: bytes, where: str) -> dict[str, bytes]:
-    """Split the bytes of one sample's tar members into ``{"__key__": key, field: bytes}``.
-
-    ``where`` (shard and offset) is used in error messages.
-    """
-    sample: dict[str, Any] = {}
-    position = 0
-    while position < len(buffer):
-        header = buffer[position : position + tarfile.BLOCKSIZE]
-        member = _plain_header(header)
-        if member is None:  # anything but a plain ustar/v7 header with a valid checksum: tarfile decides
-            try:
-                info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
-            except tarfile.TarError as error:
-                raise ShardError(f"{where}: corrupt tar header at +{position}: {error}") from error
-            member = (info.name, info.size, info.type)
-        name, size, kind = member
-        if kind in _EXTENDED_HEADERS:  # pax or GNU long-name headers (e.g. a fractional mtime)
-            return _parse_extended(buffer, where)
-        start = position + tarfile.BLOCKSIZE
-        data = buffer[start : start + size]
-        if len(data) != size:
-            raise ShardError(f"{where}: member {name} is truncated ({len(data)} of {size} bytes)")
-        key, _, field = name.partition(".")
-        if sample.setdefault("__key__", key) != key:
-            raise ShardError(f"{where}: member {name} belongs to another sample than {sample['__key__']}")
-        sample[field] = data
-        position = start + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-    return sample
-
-
-def _plain_header(header: bytes) -> tuple[str, int, bytes] | None:
-    """``(name, size, type)`` of a plain ustar or v7 tar header whose checksum is right, else ``None``.
-
-    What webdataset's ``ShardWriter`` writes, parsed 20× faster than ``tarfile.TarInfo.frombuf``
-    (which builds every field); base-256 sizes, GNU types and bad checksums return ``None`` so that
-    ``tarfile`` handles (or rejects) them with its own errors.
-    """
-    if len(header) != tarfile.BLOCKSIZE or header[124] & 0x80:
-        return None
-    try:
-        stored = int(header[148:156].split(b"\0", 1)[0].strip(), 8)
-        size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-    except ValueError:
-        return None
-    if stored != sum(header) - sum(header[148:156]) + 8 * 32:
-        return None
-    kind = header[156:157]
-    if kind in tarfile.GNU_TYPES:
-        return None
-    name = header[:100].split(b"\0", 1)[0]
-    prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
-    text = (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape")
-    return text, size, kind
-
-
-#: Header types that change the next member's metadata: parsed by ``tarfile`` instead of the fast path.
-_EXTENDED_HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
-
-
-def _parse_extended(buffer: bytes, where: str) -> dict[str, bytes]:
-    """``parse_sample`` for samples with pax or GNU extended headers, through ``tarfile`` (slower, complete)."""
-    import io
-
-    from webdataset.tariterators import base_plus_ext
-
-    sample: dict[str, Any] = {}
-    try:
-        with tarfile.open(fileobj=io.BytesIO(buffer), mode="r:") as archive:
-            for member in archive:
-                if not member.isfile():
-                    continue
-                key, field = base_plus_ext(member.name)
-                if sample.setdefault("__key__", key) != key:
-                    raise ShardError(
-                        f"{where}: member {member.name} belongs to another sample than {sample['__key__']}"
-                    )
-                sample[field] = archive.extractfile(member).read()
-    except tarfile.TarError as error:
-        raise ShardError(f"{where}: corrupt tar data: {error}") from error
-    return sample

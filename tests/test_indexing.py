@@ -2,6 +2,7 @@
 
 import io
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from sadp_data.adapters.webdataset import ScoredShards
 
 from sadp_data.cli import main
 from sadp_data.indexing import index_shards
+from sadp_data.shard_tar import parse_sample
 from sadp_data.shards import INDEX, OFFSETS, ForeignShardRootError, ShardError, ShardIndex
 
 N, SHARD = 250, 64
@@ -121,3 +123,119 @@ def test_a_sidecar_of_other_data_is_never_overwritten(converted, tmp_path: Path)
     with pytest.raises(FileExistsError, match="holds scores of other data"):
         index_shards(tmp_path / "one-0.tar", other, progress=False)
     assert (other / "scores.zarr").exists()
+
+
+def _member(name: str, data: bytes = b"", kind: bytes = b"0", link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.type, info.linkname = len(data), kind, link
+    return info
+
+
+def _tar_of(members: list[tuple[str, bytes] | tarfile.TarInfo]) -> bytes:
+    """A tar (tarfile's default pax format) of ``(name, data)`` members and ready ``TarInfo``s (no data)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for item in members:
+            info = item if isinstance(item, tarfile.TarInfo) else _member(*item)
+            archive.addfile(info, io.BytesIO(item[1]) if isinstance(item, tuple) else None)
+    return buffer.getvalue()
+
+
+def _three_samples() -> list[tuple[str, bytes]]:
+    return [(f"00000000{n}.{field}", f"{field}{n}".encode() * 40) for n in range(3) for field in ("x.bin", "y.cls")]
+
+
+def _delivered(out: Path) -> list[dict]:
+    """Every sample of an indexed folder read back by byte offset (``ScoredShards``, no decoding), in index order."""
+    sampler = ScoredShards.sampler_for(out, keep_ratio=1.0, warmup_epochs=0, schedule="constant")
+    sampler.set_epoch(0)
+    samples = sorted(ScoredShards(out, sampler), key=lambda sample: sample["__index__"])
+    sampler.store.close()
+    return [{k: v for k, v in sample.items() if k not in ("__index__", "__weight__")} for sample in samples]
+
+
+def _webdataset_reads(path: Path) -> list[dict]:
+    """What webdataset's own tar reader delivers for ``path`` (without its ``__url__``)."""
+    from webdataset.tariterators import tarfile_samples
+
+    return [{k: v for k, v in s.items() if k != "__url__"} for s in tarfile_samples([{"url": str(path)}])]
+
+
+def test_a_shard_cut_off_inside_a_member_header_is_refused_naming_the_byte(tmp_path: Path) -> None:
+    data = _tar_of(_three_samples())
+    cut = 8 * tarfile.BLOCKSIZE + 100  # sample 2's first header starts at block 8
+    (tmp_path / "cut-0.tar").write_bytes(data[:cut])
+    with pytest.raises(ShardError, match=rf"cut-0\.tar: cut off at byte {8 * tarfile.BLOCKSIZE} inside a tar header"):
+        index_shards(tmp_path / "cut-0.tar", tmp_path / "out", progress=False)
+
+
+def test_a_field_held_twice_in_a_sample_is_refused_at_index_and_read_time(tmp_path: Path) -> None:
+    members = [*_three_samples(), ("000000002.y.cls", b"other")]
+    (tmp_path / "twice-0.tar").write_bytes(_tar_of(members))
+    with pytest.raises(ValueError, match="duplicate file name"):  # webdataset refuses it too
+        _webdataset_reads(tmp_path / "twice-0.tar")
+    with pytest.raises(ShardError, match=r"twice-0\.tar.*sample '000000002' holds field 'y\.cls' twice"):
+        index_shards(tmp_path / "twice-0.tar", tmp_path / "out", progress=False)
+    sample = _tar_of([("000000002.y.cls", b"1"), ("000000002.x.bin", b"2"), ("000000002.Y.CLS", b"3")])
+    with pytest.raises(ShardError, match=r"shard s, sample 2: .*sample '000000002' holds field 'y\.cls' twice"):
+        parse_sample(sample[: 6 * tarfile.BLOCKSIZE], "shard s, sample 2")
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE])
+def test_link_members_are_refused_at_index_time_naming_the_member(tmp_path: Path, kind: bytes) -> None:
+    members = [*_three_samples()[:4], _member("000000001.z.bin", kind=kind, link="000000001.x.bin")]
+    (tmp_path / "link-0.tar").write_bytes(_tar_of(members))
+    with pytest.raises(ShardError, match=r"link-0\.tar, member '000000001\.z\.bin' at byte \d+: is a .*link"):
+        index_shards(tmp_path / "link-0.tar", tmp_path / "out", progress=False)
+
+
+def test_member_names_are_split_into_key_and_field_as_webdataset_splits_them(tmp_path: Path) -> None:
+    members = [
+        ("./000000000.x.npy", b"a" * 700),
+        ("./000000000.y.cls", b"0"),
+        ("v1.0/000000001.x.npy", b"b" * 10),
+        ("v1.0/000000001.Y.CLS", b"1"),
+        ("v1.0/", b""),  # a directory member, which webdataset skips
+        ("__meta__", b"{}"),  # a metadata member, which webdataset skips
+        ("d.e/f/000000002.tar.gz", b"c"),
+    ]
+    members[4] = _member("v1.0/", kind=tarfile.DIRTYPE)
+    (tmp_path / "names-0.tar").write_bytes(_tar_of(members))
+    index = index_shards(tmp_path / "names-0.tar", tmp_path / "out", progress=False)
+    assert index.meta["fields"] == ["tar.gz", "x.npy", "y.cls"]
+    expected = _webdataset_reads(tmp_path / "names-0.tar")
+    assert [sample["__key__"] for sample in expected] == ["./000000000", "v1.0/000000001", "d.e/f/000000002"]
+    assert _delivered(tmp_path / "out") == expected
+
+
+def _huge() -> bytes:
+    """A member header declaring 8 GiB (base-256 size field) followed by a little data."""
+    info = _member("000000000.x.bin")
+    info.size = 8 << 30
+    return info.tobuf(tarfile.GNU_FORMAT) + b"x" * 1000
+
+
+def _gzipped() -> bytes:
+    import gzip
+
+    return gzip.compress(_tar_of(_three_samples()))
+
+
+@pytest.mark.parametrize(
+    ("shard", "message"),
+    [
+        (
+            lambda: _tar_of(_three_samples())[: 5 * tarfile.BLOCKSIZE + 30],
+            r"member '000000001.x.bin' at byte 2048: declares 240 bytes .* ends at byte 2590",
+        ),
+        (_huge, r"declares 8589934592 bytes"),
+        (lambda: np.random.default_rng(5).bytes(3000), r"not a tar archive"),
+        (lambda: b"", r"is empty"),
+        (_gzipped, r"gzip-compressed.*decompress it"),
+    ],
+    ids=["cut-inside-data", "8-GiB-header", "random-bytes", "empty", "tar.gz"],
+)
+def test_unreadable_shards_raise_shard_error_naming_the_shard(tmp_path: Path, shard, message: str) -> None:
+    (tmp_path / "bad-0.tar").write_bytes(shard())
+    with pytest.raises(ShardError, match=rf"shard {tmp_path}/bad-0\.tar\b.*{message}"):
+        index_shards(tmp_path / "bad-0.tar", tmp_path / "out", progress=False)
