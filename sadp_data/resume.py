@@ -220,6 +220,48 @@ def _check_position(sampler: SADPSampler, fields: dict[str, Any]) -> None:
         raise ResumeStateError(f"state position {position} is outside [0, {length}], the length of epoch {epoch}")
 
 
+def check_worker_state(
+    state: Any, workers: int, batch_size: int, sampler: SADPSampler
+) -> tuple[int, list[int], int] | None:
+    """Validate a DataLoader-worker loader's state (``ShardLoader.state_dict``) before it is resumed.
+
+    Returns ``(epoch, worker positions, next worker)`` for a mid-epoch state, ``None`` for one at an
+    epoch's start. Every worker position must be an integer within its part of the saved epoch, and a
+    mid-epoch state must come from the same ``num_workers``, batch size and world size (the workers'
+    parts and the batches' order depend on them). The sampler's own fields are checked when the
+    sampler loads the state. Raises ``ResumeStateError`` naming the key.
+    """
+    state = require_state(state, "ShardLoader")
+    positions = state.get("worker_positions")
+    if positions is None:
+        if integer_field(state, "position", 0):
+            raise ResumeStateError(
+                "state 'worker_positions' is missing but 'position' is not 0: a mid-epoch state of this loader "
+                "records where each worker is; pass the loader's state_dict(), not the sampler's"
+            )
+        return None
+    if not isinstance(positions, list | tuple) or not all(
+        isinstance(p, Integral) and not isinstance(p, bool) and p >= 0 for p in positions
+    ):
+        raise _refuse("worker_positions", positions, "a list of integers >= 0, one per DataLoader worker")
+    if not any(positions):
+        return None
+    for name, value in (("num_workers", workers), ("batch_size", batch_size), ("num_replicas", sampler.num_replicas)):
+        if integer_field(state, name, 1) != value:
+            raise ResumeStateError(
+                f"state was saved mid-epoch with {name}={state[name]}; this loader has {value}: resume "
+                "with the same DataLoader settings"
+            )
+    epoch = integer_field(state, "epoch", 0, MAX_EPOCH)
+    next_worker = integer_field(state, "next_worker", 0, workers - 1)
+    count = per_rank(sample_size(sampler.num_examples, sampler.keep_ratio(epoch)), sampler.num_replicas)
+    base, extra = divmod(count, workers)  # the sizes of PlanSlice.worker_slice's parts
+    sizes = [base + (worker < extra) for worker in range(workers)]
+    if len(positions) != workers or any(p > size for p, size in zip(positions, sizes, strict=True)):
+        raise _refuse("worker_positions", positions, f"{workers} positions within the parts' sizes {sizes}")
+    return epoch, [int(p) for p in positions], next_worker  # type: ignore[return-value]
+
+
 def find_snapshot(store: ScoreStore | ShardedScoreStore, saved: int, epoch: int) -> ScoreSnapshot | None:
     """The persisted snapshot of version ``saved`` that a resumed ``epoch`` was planned from, if the
     store's current scores are not that version already (then ``None``: the plan takes them).
