@@ -41,11 +41,13 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 from sadp_data.adapters._wrapped import WrappedLoader
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sadp_data.loader import SADPLoader, wrap
 from sadp_data.plan import batch_count
+from sadp_data.resume import check_state, require_state
 from sadp_data.sampler import SADPSampler
 from sadp_data.scorer import SpikeAwareScorer
 
@@ -169,6 +171,11 @@ class SADPCallback(pl.Callback):
         scorer: the ``SpikeAwareScorer`` the ``training_step`` calls (``scorer.step(index, out, y,
             per_example_loss, weight)``), optional: checked against the sampler's store and the
             world size, and its last scores pushed to the store when training ends.
+        require_scores: at the end of a train epoch followed by a pruned epoch of a method that reads
+            scores, raise ``RuntimeError`` when no score was recorded: with the scorer, when this epoch
+            trained batches but ``scorer.step`` never ran; without it, when the store holds no score.
+            A pruned epoch planned from no scores is silently random pruning. ``False`` is the
+            opt-out, for scores that reach the store another way.
 
     Guarantees: ``sampler.set_epoch(trainer.current_epoch)`` before every train epoch; a checkpoint
     saved anywhere in an epoch (``ModelCheckpoint(every_n_train_steps=...)``, ``trainer.save_checkpoint``
@@ -178,8 +185,13 @@ class SADPCallback(pl.Callback):
     ``trainer.global_step`` at the end of an uninterrupted run.
     """
 
-    def __init__(self, sampler: SADPSampler | None = None, scorer: SpikeAwareScorer | None = None) -> None:
+    def __init__(
+        self, sampler: SADPSampler | None = None, scorer: SpikeAwareScorer | None = None, *, require_scores: bool = True
+    ) -> None:
         super().__init__()
+        self.require_scores = bool(require_scores)
+        self._trained = self._scored = 0  # batches of this train epoch, and those after which scorer.step had run
+        self._last_scores: Any = None
         self.sampler: SADPSampler | None = None
         self.scorer: SpikeAwareScorer | None = None
         self._trainer: pl.Trainer | None = None
@@ -267,6 +279,36 @@ class SADPCallback(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._require_sampler().set_epoch(trainer.current_epoch)
+        self._trained = self._scored = 0
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Count the batch, and whether ``scorer.step`` ran for it (its ``last_scores`` is a new tensor)."""
+        self._trained += 1
+        scores = None if self.scorer is None else self.scorer.last_scores
+        if scores is not None and scores is not self._last_scores:
+            self._scored, self._last_scores = self._scored + 1, scores
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Before the next epoch is planned: refuse to prune it from no scores (see ``require_scores``)."""
+        sampler, upcoming = self._require_sampler(), trainer.current_epoch + 1
+        if not self.require_scores or sampler.score_kind is None or sampler.store is None or not self._trained:
+            return
+        if (sampler.epochs is not None and upcoming >= sampler.epochs) or sampler.keep_ratio(upcoming) >= 1.0:
+            return
+        scored = self._scored > 0 if self.scorer is not None else bool(np.any(sampler.store.seen()))
+        if trainer.world_size > 1:  # every rank decides alike: no rank raises alone
+            scored = bool(trainer.strategy.reduce_boolean_decision(scored, all=False))
+        if not scored:
+            never = "scorer.step was never called" if self.scorer is not None else "no score reached the store"
+            raise RuntimeError(
+                f"train epoch {trainer.current_epoch} ran {self._trained} batches but {never}, and epoch {upcoming} "
+                f"is pruned (keep_ratio={sampler.keep_ratio(upcoming)}): its plan would come from no scores, which "
+                "is silently random pruning. Return self.scorer.step(index, out, y, per_example_loss, weight) from "
+                "training_step (it records the scores and gives the weighted loss), or pass "
+                "SADPCallback(require_scores=False) if the scores reach the store another way"
+            )
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Push pending score exchanges (a collective, on every rank) and flush the store."""
@@ -316,16 +358,18 @@ class SADPCallback(pl.Callback):
         self._restore(state_dict)
 
     def _restore(self, state: dict[str, Any]) -> None:
+        """Validate the checkpoint's sampler state (``resume.check_state``), then load it."""
         sampler = self._require_sampler()
-        saved = dict(state["sampler"])
-        epoch = int(saved["epoch"])
-        finished = int(saved["position"]) >= sampler.epoch_length(epoch)
+        saved = dict(require_state(require_state(state, "SADPCallback").get("sampler"), "SADPSampler"))
+        fields = check_state(sampler, saved)
+        epoch = fields["epoch"]
+        finished = fields["position"] >= sampler.epoch_length(epoch)
         if finished and (sampler.epochs is None or epoch + 1 < sampler.epochs):
             # Lightning resumes an epoch saved after its last batch at the next epoch, and reads the first
             # batch of the resumed run before it calls set_epoch: plan that next epoch from the start.
             saved.update(epoch=epoch + 1, position=0, snapshot_version=None)
         sampler.load_state_dict(saved)
-        self._restored = (int(saved["epoch"]), int(saved["position"]))
+        self._restored = (saved["epoch"], saved["position"])
 
     def _require_sampler(self) -> SADPSampler:
         if self.sampler is None:

@@ -42,6 +42,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from sadp_data.fetch import BlockPlanner, FetchOptions, FetchStats, RequestCosts, read_blocks
 from sadp_data.plan import PlanSlice, batch_count
+from sadp_data.resume import check_worker_state
 from sadp_data.sampler import SADPSampler
 from sadp_data.shard_tar import parse_sample
 from sadp_data.shards import ShardError, ShardIndex, sample_checksum
@@ -133,24 +134,13 @@ class ShardLoader:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume: the next ``iter(loader)`` continues the saved epoch in every worker where it stopped."""
-        positions = state.get("worker_positions")
-        if positions is not None and any(positions):
-            settings = (
-                ("num_workers", self._workers),
-                ("batch_size", self.loader.batch_size or 1),
-                ("num_replicas", self.dataset.sampler.num_replicas),
-            )
-            for name, value in settings:
-                if int(state[name]) != value:
-                    raise ValueError(
-                        f"state was saved mid-epoch with {name}={state[name]}; this loader has {value}: resume "
-                        "with the same DataLoader settings"
-                    )
-        sampler_state = {**state, "position": 0}  # positions are per worker here, not in the sampler
-        self.dataset.sampler.load_state_dict(sampler_state)
-        resuming = positions is not None and any(positions)
-        self.dataset._resume = (int(state["epoch"]), list(positions), int(state["next_worker"])) if resuming else None
+        """Resume: the next ``iter(loader)`` continues the saved epoch in every worker where it stopped.
+
+        Validated first (``resume.check_worker_state``, then the sampler's checks): ``ResumeStateError``.
+        """
+        resume = check_worker_state(state, self._workers, self.loader.batch_size or 1, self.dataset.sampler)
+        self.dataset.sampler.load_state_dict({**state, "position": 0})  # positions are per worker, not the sampler's
+        self.dataset._resume = resume
 
     def __iter__(self) -> Iterator[Any]:
         """The epoch's batches; with workers, samples they skipped (``on_error="skip"``) are counted here.

@@ -25,7 +25,7 @@ from .kernels import Backend, localize, sample_size
 from .methods import METHODS, PlanRequest, get_method
 from .methods.base import to_host
 from .plan import EpochPlan, PlanSlice, RankPlan, batch_count
-from .resume import check_state, resumed_from
+from .resume import STATE_FORMAT, check_state, find_snapshot, resumed_from, sampler_fingerprint
 from .schedule import KeepRatioSchedule, Shape
 from .sharded_plan import plan_rank_slice
 from .sharded_store import ShardedScoreStore
@@ -346,7 +346,8 @@ class SADPSampler(Sampler[int]):
         return BatchSampler(self, self.batch_size, drop_last)
 
     def state_dict(self) -> dict[str, Any]:
-        """Small, JSON-able state: where in which epoch, with which seed and score snapshot.
+        """Small, JSON-able state: where in which epoch, with which seed and score snapshot, over which
+        data (``fingerprint``: the store's), in format ``format_version`` (``resume.STATE_FORMAT``).
 
         Flushes the store first (a no-op on mirrors), so a checkpoint never refers to scores or a
         snapshot that are not on disk yet.
@@ -354,6 +355,8 @@ class SADPSampler(Sampler[int]):
         if self.store is not None:
             self.store.flush()
         return {
+            "format_version": STATE_FORMAT,
+            "fingerprint": sampler_fingerprint(self),
             "epoch": self.epoch,
             "position": self._current_position(),
             "seed": self.seed,
@@ -382,6 +385,9 @@ class SADPSampler(Sampler[int]):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict()``: the next ``__iter__`` resumes the saved epoch at the saved position.
 
+        Nothing changes until the state is validated (``resume.check_state``: a ``ResumeStateError``
+        names the key, the value and what was expected, or the other data's fingerprint).
+
         The remaining order is identical to the interrupted run's: the plan is rebuilt from the score
         snapshot it was made from — the store's current scores if they are still at the saved
         version, else the snapshot the sampler persisted when it planned the epoch
@@ -392,27 +398,14 @@ class SADPSampler(Sampler[int]):
         this world's ranks in plan order (``distributed.elastic_positions``), each delivered once
         (plus padding); the resumed epoch then finishes at this world size.
         """
-        check_state(self, state)
-        position = int(state["position"])
-        saved_world = int(state.get("num_replicas", 1))
-        self.set_epoch(int(state["epoch"]))
+        fields = check_state(self, state)
+        self.set_epoch(fields["epoch"])
         self._plan = None
-        self._elastic = resumed_from(state, self.num_replicas)
-        elastic_now = self._elastic is not None and saved_world != self.num_replicas
-        self._start = self._position = 0 if elastic_now else position
+        self._elastic = resumed_from(fields, self.num_replicas)
+        elastic_now = self._elastic is not None and fields["num_replicas"] != self.num_replicas
+        self._start = self._position = 0 if elastic_now else fields["position"]
         self._iteration = None
-        saved = state.get("snapshot_version")
+        saved = fields["snapshot_version"]
         if saved is None or self._method.score is None or self.keep_ratio() >= 1.0 or self.store is None:
             return
-        if self.store.version == saved:
-            return
-        persisted = self.store.saved_snapshot()
-        if persisted is not None and persisted.version == saved:
-            self._resume_snapshot = persisted
-            return
-        warnings.warn(
-            f"resuming epoch {self.epoch} from score snapshot version {self.store.version}: the saved "
-            f"snapshot {saved} was not persisted, so the remaining order of this epoch will differ",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        self._resume_snapshot = find_snapshot(self.store, saved, self.epoch)

@@ -55,6 +55,10 @@ def _raise_if_any_failed(votes: list[np.ndarray], failure: Exception | None, wha
         raise RuntimeError(f"rank {failed[0]} failed at {what} (its error says why); every rank stops here")
 
 
+class StaleRegionError(ValueError):
+    """A rank's region is older than the checkpoint being resumed (restored from a stale copy)."""
+
+
 def region_name(world: int, rank: int) -> str:
     """The file name of rank ``rank``'s region of a table sharded over ``world`` ranks."""
     return f"w{world}-r{rank}.zarr"
@@ -291,21 +295,64 @@ class ShardedScoreStore:
             _raise_if_any_failed(votes, failure, f"epoch {epoch}'s snapshot")
         return snapshot
 
-    def saved_snapshot(self) -> ScoreSnapshot | None:
-        """Collective: this region's persisted snapshot if every rank has one of the same global version."""
+    def saved_snapshot(self, resuming: int | None = None) -> ScoreSnapshot | None:
+        """Collective: this region's persisted snapshot if every rank has one of the same global version.
+
+        ``resuming``: the snapshot version a checkpoint's epoch was planned from. Every region persisted
+        that snapshot before the epoch started, so a region holding none, or an older one, was restored
+        from a stale copy (or lost its last writes): ``StaleRegionError`` on every rank, naming each
+        rank's region with the epoch and snapshot it holds, since replanning would mix scores of
+        different ages. Regions all at that version or newer (the run went on past the checkpoint)
+        are not stale: ``None`` unless they agree.
+        """
         local = failure = None
         try:
             local = self.region.saved_snapshot()
         except (OSError, RuntimeError, ValueError) as error:  # a damaged region: every rank raises, none waits
             failure = error
+        history = self.region.keep_ratio_history
         mine = np.array(
-            [local is not None, -1 if local is None else local.version, failure is not None, self.found], np.int64
+            [
+                local is not None,
+                -1 if local is None else local.version,
+                failure is not None,
+                self.found,
+                history[-1][0] if history else -1,
+                self.region.version,
+            ],
+            np.int64,
         )
         everyone = self.comm.all_gather(mine)
         _raise_if_any_failed([np.array([-1 if int(v[2]) else 0]) for v in everyone], failure, "the saved snapshots")
         self._check_regions_found([int(v[3]) for v in everyone])
+        if resuming is not None:
+            self._check_not_stale(everyone, resuming)
         agreed = all(int(v[0]) == 1 and int(v[1]) == int(mine[1]) for v in everyone)
         return local if agreed else None
+
+    def _check_not_stale(self, everyone: list[np.ndarray], resuming: int) -> None:
+        """Raise ``StaleRegionError`` on every rank when some region holds no snapshot, or one older than
+        ``resuming`` (every rank gathered the same ``everyone``: each region's snapshot, epoch, version)."""
+        stale = [rank for rank, v in enumerate(everyone) if int(v[1]) < resuming]
+        if not stale:
+            return
+        folder = self.region.path.parent
+
+        def holds(rank: int) -> str:
+            has, snapshot, _, _, epoch, updates = (int(x) for x in everyone[rank])
+            what = f"the snapshot of global version {snapshot}" if has else "no snapshot"
+            return f"rank {rank} ({region_name(self.world, rank)}: {what}, last epoch begun {epoch}, {updates} updates)"
+
+        fresh = [rank for rank in range(self.world) if rank not in stale]
+        raise StaleRegionError(
+            f"resuming from a checkpoint planned from snapshot version {resuming}, but in {folder} "
+            f"{'; '.join(holds(rank) for rank in stale)} hold(s) an older state than the checkpoint, while "
+            f"{'; '.join(holds(rank) for rank in fresh) or 'no rank'} hold(s) it or newer: "
+            f"{'those regions were' if len(stale) > 1 else 'that region was'} restored from a stale copy (or lost "
+            "its last writes). Resuming would plan from scores of different ages. Restore every rank's region from "
+            "copies taken at the same moment, at or after the checkpoint (or resume from a checkpoint no newer "
+            "than the copies)"
+        )
 
     def _check_regions_found(self, found: list[int]) -> None:
         """Raise on every rank when some ranks started empty regions while others found scored ones (a region

@@ -168,3 +168,76 @@ def test_scores_persist_in_a_score_store_and_a_new_run_starts_from_them(tmp_path
         assert (again._seen > 0).all()
     with ScoreStore.create(tmp_path / "other.zarr", 7) as other, pytest.raises(ValueError, match="holds 7 examples"):
         InfoBatch(data, 3, store=other)
+
+
+def _started(batch_size: int | None = None, **options) -> tuple[InfoBatch, DataLoader]:
+    trainset = InfoBatch(TensorDataset(torch.arange(100, dtype=torch.float32)), 4, batch_size=batch_size, **options)
+    return trainset, DataLoader(trainset, batch_size=16, sampler=trainset.sampler)
+
+
+@pytest.mark.parametrize("batch_size", [None, 16])
+def test_fewer_losses_than_the_batch_are_refused_naming_both_lengths(batch_size) -> None:
+    """Fewer losses than the batch would put every later score on the wrong example: InfoBatch's released
+    code asserts the lengths match, and so does update() (from the first batch with batch_size=)."""
+    trainset, loader = _started(batch_size)
+    batches = iter(loader)
+    (x,) = next(batches)
+    if batch_size is None:
+        trainset.update(x)  # the run's first batch fixes the batch size
+        (x,) = next(batches)
+    with pytest.raises(ValueError, match="received 15 losses but the batch holds 16 examples"):
+        trainset.update(x[:15])
+    trainset.update(x)  # the refused batch recorded nothing: the right one still fits
+    for (x,) in batches:
+        trainset.update(x)  # the last batch holds the 4 examples left
+    assert trainset._position == 100
+
+
+def test_a_nan_loss_is_refused_and_records_nothing() -> None:
+    trainset, loader = _started()
+    (x,) = next(iter(loader))
+    scores = trainset.scores.copy()
+    with pytest.raises(ValueError, match=r"1 NaN, infinite losses .*example \d+, loss nan.*nothing of this batch"):
+        trainset.update(torch.where(x == x[3], torch.nan, x))
+    np.testing.assert_array_equal(trainset.scores, scores)
+    assert trainset._position == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("plan_order", "order", "plan_order"),
+        ("position", 10**6, "'position'"),
+        ("position", -3, "'position'"),
+        ("scores", "nan", "'scores'"),
+        ("seen", "negative", "'seen'"),
+        ("world_size", 0, "'world_size'"),
+        ("format_version", 7, "'format_version'"),
+        ("fingerprint", "fp-other", "'fp-other'"),
+    ],
+)
+def test_an_out_of_range_or_malformed_state_is_refused_by_key(key, value, expected) -> None:
+    from sadp_data.resume import ResumeStateError
+
+    trainset, loader = _started()
+    (x,) = next(iter(loader))
+    trainset.update(x)
+    state = trainset.state_dict()
+    assert state["format_version"] == 1 and state["fingerprint"] is None
+    broken = {
+        "order": np.where(state["plan_order"] == state["plan_order"][0], 10**6, state["plan_order"]),
+        "nan": np.full(100, np.nan, np.float32),
+        "negative": np.full(100, -1, np.int64),
+    }
+    fresh, _ = _started()
+    with pytest.raises(ResumeStateError, match=expected):
+        fresh.load_state_dict({**state, key: broken.get(value, value) if isinstance(value, str) else value})
+    fresh.load_state_dict(state)
+    assert fresh._position == 16
+
+
+def test_an_empty_dataset_and_a_fractional_epoch_count_are_refused() -> None:
+    with pytest.raises(ValueError, match="non-empty dataset"):
+        InfoBatch(TensorDataset(torch.zeros(0)), 3)
+    with pytest.raises(TypeError, match=r"num_epochs must be an integer, got 2\.5"):
+        InfoBatch(TensorDataset(torch.zeros(10)), 2.5)

@@ -365,6 +365,42 @@ def test_a_sampler_of_another_world_is_refused(tmp_path: Path) -> None:
         _small_trainer(tmp_path, [SADPCallback(sampler)]).fit(module)
 
 
+class Unscored(SmallModule):
+    """A ``training_step`` that forgets ``scorer.step``: the loss is right, but no score is ever recorded."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y, index, weight = batch
+        self.delivered.append((self.current_epoch, index.tolist()))
+        return (F.cross_entropy(self.net(x), y, reduction="none") * weight).mean()
+
+
+def test_a_training_step_that_never_scores_stops_before_the_first_pruned_epoch(tmp_path: Path) -> None:
+    """Pruned epochs planned from no scores would be silently random pruning: the callback stops the run at
+    the end of the warm-up epoch, naming ``scorer.step``; ``require_scores=False`` is the explicit opt-out."""
+    sd.ScoreStore.create(tmp_path / "run.zarr", SMALL).close()
+    module = Unscored(tmp_path / "run.zarr")
+    with pytest.raises(RuntimeError, match=r"scorer\.step was never called.*epoch 1 is pruned"):
+        _small_trainer(tmp_path, [module.sadp]).fit(module)
+    module.store.close()
+    assert {epoch for epoch, _ in module.delivered} == {0}  # no pruned epoch was trained
+
+    opted_out = Unscored(tmp_path / "run.zarr")
+    opted_out.sadp.require_scores = False
+    _small_trainer(tmp_path, [opted_out.sadp]).fit(opted_out)
+    assert {epoch for epoch, _ in opted_out.delivered} == set(range(SMALL_EPOCHS))
+
+
+def test_a_malformed_checkpoint_state_is_refused_by_key() -> None:
+    from sadp_data.resume import ResumeStateError
+
+    sampler = sd.SADPSampler(num_examples=SMALL, method="random", epochs=2, batch_size=SMALL_BATCH)
+    callback = SADPCallback(sampler)
+    with pytest.raises(ResumeStateError, match="'position'"):
+        callback.load_state_dict({"sampler": {**sampler.state_dict(), "position": "3"}})
+    with pytest.raises(ResumeStateError, match="must be a dict"):
+        callback.load_state_dict({"sampler": [1, 2]})
+
+
 def test_total_steps_counts_optimizer_steps_with_accumulation() -> None:
     sampler = sd.SADPSampler(num_examples=SMALL, method="random", keep_ratio=0.5, epochs=4, batch_size=SMALL_BATCH)
     callback = SADPCallback(sampler)

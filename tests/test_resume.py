@@ -132,3 +132,114 @@ def test_writer_failure_reaches_the_training_loop(tmp_path: Path) -> None:
             scorer.step(torch.arange(8), out, y, torch.nn.functional.cross_entropy(out, y, reduction="none"))
             time.sleep(0.01)
     np.testing.assert_array_equal(store.scores()[:8] > 0, True)
+
+
+# -- saved sampler states: fingerprint, format version, validated fields -------------------------------
+
+
+@pytest.fixture
+def scored(tmp_path: Path):
+    """``scored(name, fingerprint)``: a 200-example store with scores (closed after the test)."""
+    stores: list[sd.ScoreStore] = []
+
+    def make(name: str, fingerprint: str | None = None) -> sd.ScoreStore:
+        store = sd.ScoreStore.create(tmp_path / f"{name}.zarr", 200, fingerprint=fingerprint)
+        store.update(np.arange(200), np.random.default_rng(len(stores)).random(200) + 0.05)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+def _sampler(store: sd.ScoreStore, keep_ratio: float = 0.5) -> sd.SADPSampler:
+    return sd.SADPSampler(store, keep_ratio=keep_ratio, epochs=4, seed=3)
+
+
+def _mid_epoch_state(store: sd.ScoreStore, keep_ratio: float = 0.5) -> dict:
+    sampler = _sampler(store, keep_ratio)
+    sampler.set_epoch(1)
+    iterator = iter(sampler)
+    for _ in range(10):
+        next(iterator)
+    return sampler.state_dict()
+
+
+def test_a_state_saved_over_another_dataset_of_the_same_size_is_refused_naming_both_fingerprints(scored) -> None:
+    from sadp_data import resume
+
+    state = _mid_epoch_state(scored("a", "fp-aaaa"))
+    assert state["format_version"] == resume.STATE_FORMAT and state["fingerprint"] == "fp-aaaa"
+    with pytest.raises(resume.ResumeStateError, match=r"'fp-aaaa'.*'fp-bbbb'"):
+        _sampler(scored("b", "fp-bbbb")).load_state_dict(state)
+    same = _sampler(scored("a-again", "fp-aaaa"))  # the same data, another copy of its sidecar
+    same.load_state_dict(state)
+    assert same.resume_position == 10
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("num_replicas", 0, "an integer >= 1"),
+        ("position", "3", "an integer >= 0"),
+        ("epoch", -1, "an integer >= 0"),
+        ("epoch", 2.0, "an integer"),
+        ("seed", None, "an integer"),
+        ("snapshot_version", "7", "an integer >= 0 or None"),
+        ("resumed_from", [0, 4], "resumed_from"),
+        ("resumed_from", 4, "a pair"),
+        ("plan_settings", [["keep_ratio", 0.5]], "a dict"),
+        ("method", 3, "a method name"),
+        ("fingerprint", 12, "a string or None"),
+        ("format_version", 99, "format version"),
+    ],
+)
+def test_a_malformed_state_field_is_refused_naming_the_key_the_value_and_what_was_expected(
+    scored, key: str, value, expected: str
+) -> None:
+    from sadp_data import resume
+
+    store = scored("a")
+    state = {**_mid_epoch_state(store), key: value}
+    with pytest.raises(resume.ResumeStateError, match=f"'{key}'") as raised:
+        _sampler(store).load_state_dict(state)
+    assert repr(value) in str(raised.value) and expected in str(raised.value)
+
+
+def test_a_state_missing_a_key_or_not_a_dict_is_refused_by_name(scored) -> None:
+    from sadp_data import resume
+
+    store = scored("a")
+    state = _mid_epoch_state(store)
+    missing = {name: value for name, value in state.items() if name != "epoch"}
+    with pytest.raises(resume.ResumeStateError, match="'epoch' is missing"):
+        _sampler(store).load_state_dict(missing)
+    with pytest.raises(resume.ResumeStateError, match=r"must be a dict.*got list"):
+        _sampler(store).load_state_dict(list(state.items()))
+    partial = {**state, "plan_settings": {"keep_ratio": 0.5}}
+    with pytest.raises(resume.ResumeStateError, match=r"'plan_settings' lacks .*'epochs'"):
+        _sampler(store).load_state_dict(partial)
+
+
+def test_a_state_saved_before_plan_settings_were_recorded_is_refused_until_vouched_for(scored) -> None:
+    """An older state (no format version, fingerprint or plan settings) could resume at another keep
+    ratio: it is refused, saying what is missing; ``upgrade_state`` is the explicit opt-in."""
+    from sadp_data import resume
+
+    store = scored("a")
+    legacy = _mid_epoch_state(store, keep_ratio=0.5)
+    for name in ("format_version", "fingerprint", "plan_settings"):
+        del legacy[name]
+    with pytest.raises(resume.ResumeStateError, match=r"no 'plan_settings'.*upgrade_state"):
+        _sampler(store, keep_ratio=0.7).load_state_dict(legacy)
+    vouched = _sampler(store, keep_ratio=0.5)
+    vouched.load_state_dict(resume.upgrade_state(legacy, vouched))
+    assert vouched.resume_position == 10 and len(vouched) == vouched.epoch_length() - 10
+
+    with_settings = {**legacy, "plan_settings": _sampler(store).state_dict()["plan_settings"]}
+    resumed = _sampler(store)  # well-formed, and nothing to compare a fingerprint with: read as version 1
+    resumed.load_state_dict(with_settings)
+    assert resumed.resume_position == 10
+    with pytest.raises(resume.ResumeStateError, match=r"no 'fingerprint'.*'fp-b'.*upgrade_state"):
+        _sampler(scored("b", "fp-b")).load_state_dict(with_settings)

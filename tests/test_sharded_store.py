@@ -176,3 +176,49 @@ def test_the_readme_snippet_runs(tmp_path, monkeypatch) -> None:
     assert len(sampler.rank_order()) == sample_size(65536 + 7, sampler.keep_ratio(1)) < 65536
     assert sampler.stats()[-1]["rank_slice"]
     store.close()
+
+
+def test_a_region_restored_from_a_stale_copy_is_refused_naming_what_each_rank_holds(tmp_path) -> None:
+    """Two ranks (threads) train to the middle of epoch 2 and checkpoint; rank 1's region is then replaced
+    by a copy taken at epoch 1. Resuming refuses on both ranks, saying which region is behind and by how
+    much, instead of warning that the snapshot "was not persisted" and replanning from mixed-age scores."""
+    import shutil
+
+    from test_sharded_plan import run_ranks as run_threads
+
+    from sadp_data.sharded_store import StaleRegionError
+
+    n, folder, backup = 2 * 65536, tmp_path / "regions", tmp_path / "backup.zarr"
+
+    def sampler_of(store, rank):
+        return _sampler(store, num_replicas=2, rank=rank)
+
+    def train(rank, comm):
+        with sd.ShardedScoreStore.open(folder, n, rank=rank, world=2, comm=comm) as store:
+            sampler = sampler_of(store, rank)
+            for epoch in (0, 1, 2):
+                sampler.set_epoch(epoch)
+                order = sampler.rank_order()
+                store.update(order[:1000], np.full(1000, 1.0 + epoch, np.float32))
+                if epoch == 1 and rank == 1:
+                    store.flush()
+                    shutil.copytree(store.path, backup)  # the copy that goes stale
+            return sampler.state_dict()
+
+    states = run_threads(2, train)
+    assert states[0]["snapshot_version"] is not None
+    shutil.rmtree(folder / "w2-r1.zarr")
+    shutil.copytree(backup, folder / "w2-r1.zarr")
+
+    def resume(rank, comm):
+        with sd.ShardedScoreStore.open(folder, n, rank=rank, world=2, comm=comm) as store:
+            try:
+                sampler_of(store, rank).load_state_dict(states[rank])
+            except StaleRegionError as error:
+                return str(error)
+            return "resumed"
+
+    for message in run_threads(2, resume):
+        assert "rank 1 (w2-r1.zarr: the snapshot of global version" in message, message
+        assert "last epoch begun 1" in message and "last epoch begun 2" in message
+        assert "restored from a stale copy" in message and "copies taken at the same moment" in message

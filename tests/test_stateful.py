@@ -48,3 +48,70 @@ def test_state_dict_round_trip_mid_epoch(store, workers: int) -> None:
     resumed_loader.load_state_dict(state)
     resumed = [batch[0] for batch in resumed_loader]
     torch.testing.assert_close(torch.cat(head + resumed), uninterrupted)
+
+
+def test_a_wrap_loader_state_carries_the_format_and_fingerprint_and_is_validated(tmp_path: Path) -> None:
+    from sadp_data import resume
+
+    with sd.ScoreStore.create(tmp_path / "a.zarr", N, fingerprint="fp-a") as store:
+        store.update(np.arange(N), np.full(N, 1.0))
+        loader = sd.wrap(TensorDataset(torch.arange(N)), sd.SADPSampler(store, 0.5, epochs=3), batch_size=16)
+        loader.set_epoch(1)
+        iterator = iter(loader)
+        next(iterator)
+        state = loader.state_dict()
+        assert (state["format_version"], state["fingerprint"], state["position"]) == (resume.STATE_FORMAT, "fp-a", 16)
+        for key, value in (("position", -5), ("epoch", "1"), ("num_replicas", 0)):
+            with pytest.raises(resume.ResumeStateError, match=f"'{key}'"):
+                loader.load_state_dict({**state, key: value})
+        with pytest.raises(resume.ResumeStateError, match="'fp-b'"):
+            loader.load_state_dict({**state, "fingerprint": "fp-b"})
+        loader.load_state_dict(state)
+        assert loader.sampler.resume_position == 16
+
+
+@pytest.fixture
+def shard_loader(tmp_path: Path):
+    """``make()``: a ``ShardLoader`` (one worker, batches of 16) over 250 scored samples, epoch 1 (pruned)."""
+    from sadp_data.adapters.webdataset import ScoredShards
+
+    from sadp_data.cli import main
+    from sadp_data.shards import ShardIndex
+
+    np.savez(tmp_path / "data.npz", x=np.zeros((250, 3), np.uint8), y=np.zeros(250, np.int64))
+    assert main(["convert", str(tmp_path / "data.npz"), str(tmp_path / "shards"), "--no-progress"]) == 0
+    store = ShardIndex.load(tmp_path / "shards").open_store()
+
+    def make():
+        sampler = ScoredShards.sampler_for(tmp_path / "shards", store, keep_ratio=0.5, epochs=4, method="random")
+        sampler.set_epoch(1)
+        return ScoredShards(tmp_path / "shards", sampler).to_tuple("x.npy").loader(16)
+
+    yield make
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("worker_positions", "abc"),
+        ("worker_positions", [10**9]),
+        ("worker_positions", [16, 16]),
+        ("next_worker", 5),
+        ("num_workers", None),
+        ("batch_size", "16"),
+    ],
+)
+def test_a_shard_loader_state_with_malformed_worker_fields_is_refused_by_key(shard_loader, key, value) -> None:
+    from sadp_data import resume
+
+    loader = shard_loader()
+    iterator = iter(loader)
+    next(iterator)
+    state = loader.state_dict()
+    assert state["worker_positions"] == [16] and state["format_version"] == resume.STATE_FORMAT
+    with pytest.raises(resume.ResumeStateError, match=f"'{key}'"):
+        shard_loader().load_state_dict({**state, key: value})
+    resumed = shard_loader()
+    resumed.load_state_dict(state)
+    assert len(resumed) == len(loader) - 1
