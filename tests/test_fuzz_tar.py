@@ -199,9 +199,10 @@ def test_index_shards_and_scored_shards_deliver_what_webdataset_delivers(folder,
         event("refused")
         return
     event("delivered")
-    sampler = ScoredShards.sampler_for(root / "out", keep_ratio=1.0, warmup_epochs=0, schedule="constant")
+    trust = {"trusted_roots": [root]}  # the shard lies beside the index folder (shard_root "..")
+    sampler = ScoredShards.sampler_for(root / "out", keep_ratio=1.0, warmup_epochs=0, schedule="constant", **trust)
     sampler.set_epoch(0)
-    delivered = sorted(ScoredShards(root / "out", sampler), key=lambda sample: sample["__index__"])
+    delivered = sorted(ScoredShards(root / "out", sampler, **trust), key=lambda sample: sample["__index__"])
     sampler.store.close()
     hidden = ("__index__", "__weight__")
     assert _webdataset(data) == [{k: v for k, v in s.items() if k not in hidden} for s in delivered]

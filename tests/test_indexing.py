@@ -146,10 +146,12 @@ def _three_samples() -> list[tuple[str, bytes]]:
 
 
 def _delivered(out: Path) -> list[dict]:
-    """Every sample of an indexed folder read back by byte offset (``ScoredShards``, no decoding), in index order."""
-    sampler = ScoredShards.sampler_for(out, keep_ratio=1.0, warmup_epochs=0, schedule="constant")
+    """Every sample of an indexed folder read back by byte offset (``ScoredShards``, no decoding), in index order.
+    The shards lie beside ``out``, which the reader is told to trust (``shard_root`` is ``..``)."""
+    trust = {"trusted_roots": [out.parent]}
+    sampler = ScoredShards.sampler_for(out, keep_ratio=1.0, warmup_epochs=0, schedule="constant", **trust)
     sampler.set_epoch(0)
-    samples = sorted(ScoredShards(out, sampler), key=lambda sample: sample["__index__"])
+    samples = sorted(ScoredShards(out, sampler, **trust), key=lambda sample: sample["__index__"])
     sampler.store.close()
     return [{k: v for k, v in sample.items() if k not in ("__index__", "__weight__")} for sample in samples]
 
