@@ -1,0 +1,128 @@
+"""The `sadp-data` command line itself: version, help texts, the bare `bench` listing (no training here)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+
+import sadp_data
+from sadp_data.cli import build_parser, main
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    actions = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    return dict(actions[0].choices)
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {action.dest: action for action in parser._actions if not isinstance(action, argparse._HelpAction)}
+
+
+def test_version_flag_prints_the_package_version(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sadp-data {sadp_data.__version__}"
+
+
+def test_every_subcommand_has_a_description_and_every_option_help() -> None:
+    parser = build_parser()
+    commands = _subparsers(parser)
+    assert {"demo", "convert", "index", "info", "bench"} <= set(commands)
+    for name, command in commands.items():
+        assert command.description and len(command.description) > 20, f"`sadp-data {name} --help` has no description"
+        for action in _options(command).values():
+            assert action.help and action.help.strip(), f"sadp-data {name} {action.option_strings or action.dest}"
+        command.format_help()  # every %-placeholder in the help texts expands
+
+
+def test_help_texts_state_the_defaults_the_options_really_have() -> None:
+    """Where a help text says "default X" and the option has a default of its own, X is that default."""
+    checked = 0
+    for name, command in _subparsers(build_parser()).items():
+        for action in _options(command).values():
+            if action.default in (None, False, argparse.SUPPRESS):
+                continue
+            text = action.help % {"default": action.default, "prog": command.prog}
+            stated = re.search(r"\bdefault:? ([^\s;)]+)", text)
+            assert stated, f"sadp-data {name} {action.option_strings}: the help does not state its default"
+            assert stated.group(1).rstrip(":,.") == str(action.default), f"sadp-data {name} {action.option_strings}"
+            checked += 1
+    assert checked >= 6
+
+
+def test_demo_option_help_matches_the_demo_defaults() -> None:
+    from sadp_data.bench.training_data import DemoConfig
+
+    from sadp_data.schedule import KeepRatioSchedule
+
+    demo = _options(_subparsers(build_parser())["demo"])
+    full, quick = DemoConfig(), DemoConfig.quick()
+    schedule = KeepRatioSchedule(full.keep_ratio, full.epochs, full.warmup_epochs, full.anneal_fraction, "decreasing")
+    pruned = [schedule(epoch) for epoch in range(full.epochs) if schedule.phase(epoch) == "prune"]
+    keep = demo["keep_ratio"].help
+    assert "mean" in keep and f"default {full.keep_ratio}" in keep
+    assert f"{max(pruned):.1f}" in keep and f"{min(pruned):.1f}" in keep  # SADP's decreasing schedule, 1.0 to 0.4
+    assert f"default {full.epochs}" in demo["epochs"].help and f"--quick {quick.epochs}" in demo["epochs"].help
+    assert f"default {full.train_size:,}" in demo["train_size"].help
+    assert f"--quick {quick.train_size:,}" in demo["train_size"].help
+    assert f"default {full.batch_size}" in demo["batch_size"].help and f"default {full.seed}" in demo["seed"].help
+
+
+def test_backend_and_backends_say_what_they_select_and_name_each_other() -> None:
+    bench = _options(_subparsers(build_parser())["bench"])
+    backend, backends = bench["backend"].help, bench["backends"].help
+    assert backend.startswith("loader suite") and "--backends" in backend and "webdataset" in backend
+    assert backends.startswith("kernels suite") and re.search(r"--backend\b(?!s)", backends) and "numba" in backends
+    args = build_parser().parse_args(["bench", "kernels", "--backends", "numpy", "--backend", "torch"])
+    assert (args.backends, args.backend) == ("numpy", "torch")
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["bench", "loader", "--backend", "numba"], "--backends"),
+        (["bench", "kernels", "--backends", "webdataset"], "--backend"),
+    ],
+)
+def test_a_backend_given_to_the_other_flag_points_to_it(argv, hint, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--quick", "--no-progress"])
+    assert exit_info.value.code == 2
+    assert re.search(re.escape(hint) + r"\b(?!s)", capsys.readouterr().err)
+
+
+def test_bare_bench_lists_the_suites_and_runs_nothing(capsys, monkeypatch) -> None:
+    from sadp_data.bench import suite
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a bare `sadp-data bench` must not run a suite")
+
+    monkeypatch.setattr(suite, "run_suites", refuse)
+    assert main(["bench"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in (*suite.SUITES, *suite.OWN_SUITES, "all", "report"):
+        line = next((line for line in lines if line.split()[:1] == [name]), None)
+        assert line is not None, f"{name} is not listed"
+        assert re.search(r"\d+ (s|min|h)\b|seconds", line), f"{name}: no duration in {line!r}"
+    assert any("sadp-data bench all" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("argv", "suites"),
+    [
+        (["bench", "all"], ["loader", "kernels", "store", "score", "train"]),
+        (["bench", "--quick", "--json", "out"], ["loader", "kernels", "store", "score", "train"]),
+        (["bench", "--json", "out"], ["loader", "kernels", "store", "score", "train"]),
+        (["bench", "store", "kernels"], ["store", "kernels"]),
+    ],
+)
+def test_bench_all_and_the_documented_forms_still_run_their_suites(argv, suites, monkeypatch) -> None:
+    from sadp_data.bench import suite
+
+    ran = []
+    monkeypatch.setattr(suite, "run_suites", lambda names, options, target=None: ran.append(names) or {})
+    assert main(argv) == 0
+    assert ran == [suites]
