@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import struct
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 import sadp_data
@@ -126,3 +130,36 @@ def test_bench_all_and_the_documented_forms_still_run_their_suites(argv, suites,
     monkeypatch.setattr(suite, "run_suites", lambda names, options, target=None: ran.append(names) or {})
     assert main(argv) == 0
     assert ran == [suites]
+
+
+def _write_idx(folder: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """A tiny MNIST-style IDX folder (uncompressed train files)."""
+    folder.mkdir(parents=True)
+    header = struct.pack(">BBBBIII", 0, 0, 8, 3, *images.shape)
+    (folder / "train-images-idx3-ubyte").write_bytes(header + images.tobytes())
+    (folder / "train-labels-idx1-ubyte").write_bytes(struct.pack(">BBBBI", 0, 0, 8, 1, len(labels)) + labels.tobytes())
+
+
+@pytest.mark.parametrize("kind", ["npz", "idx"])
+def test_the_same_data_converted_from_two_folders_gives_identical_index_files(kind: str, tmp_path: Path) -> None:
+    """index.json names the source without a local absolute path, so where the data lay does not show."""
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (30, 28, 28), dtype=np.uint8), rng.integers(0, 10, 30, dtype=np.uint8)
+    written = {}
+    for folder in ("alice/work", "bob/elsewhere/deeper"):
+        root = tmp_path / folder / "data"
+        if kind == "npz":
+            root.mkdir(parents=True)
+            np.savez(root / "digits.npz", x=images, y=labels.astype(np.int64))
+            spec = root / "digits.npz"
+        else:
+            _write_idx(root, images, labels)
+            spec = root
+        out = tmp_path / folder / "shards"
+        assert main(["convert", str(spec), str(out), "--shard-size", "8", "--no-progress"]) == 0
+        written[folder] = (out / "index.json").read_bytes()
+    first, second = written.values()
+    assert first == second
+    assert str(tmp_path).encode() not in first and b"alice" not in first
+    source = json.loads(first)["source"]
+    assert source == ("npz:digits.npz" if kind == "npz" else "idx:data:train")
