@@ -93,15 +93,19 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from .parallel_convert import check_workers
     from .shard_writer import write_shards
     from .sources import open_source
 
     if check_workers(args.workers) > 1 and args.format == "ffcv":
         raise ValueError(f"--workers {args.workers}: parallel conversion writes WebDataset shards, not --format ffcv")
-    source = open_source(args.source, split=args.split, frames=args.frames)
-    if args.limit is not None:
-        source = source.head(args.limit)
+    with tqdm(total=1, desc="read source", unit="source", disable=args.no_progress) as bar:
+        source = open_source(args.source, split=args.split, frames=args.frames)
+        if args.limit is not None:
+            source = source.head(args.limit)
+        bar.update()
     if args.format == "ffcv":
         from sadp_data.adapters.ffcv import beton_fingerprint, sidecar_path, write_beton
 

@@ -163,3 +163,17 @@ def test_the_same_data_converted_from_two_folders_gives_identical_index_files(ki
     assert str(tmp_path).encode() not in first and b"alice" not in first
     source = json.loads(first)["source"]
     assert source == ("npz:digits.npz" if kind == "npz" else "idx:data:train")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_convert_shows_progress_in_every_phase_unless_told_not_to(workers: str, tmp_path: Path, capsys) -> None:
+    """Reading the source, writing, checking the shards back, and the index and sidecar each show a bar."""
+    np.savez(tmp_path / "digits.npz", x=np.zeros((40, 4, 4), np.uint8), y=np.arange(40) % 10)
+    argv = ["convert", str(tmp_path / "digits.npz"), "--shard-size", "8", "--workers", workers]
+    assert main([argv[0], argv[1], str(tmp_path / "shown"), *argv[2:]]) == 0
+    shown = capsys.readouterr().err
+    phases = ["read source", "convert train", "index train"] + (["check train shards"] if workers == "1" else [])
+    for phase in phases:
+        assert re.search(re.escape(phase) + r".*100%", shown), f"no finished progress bar for {phase!r} in {shown!r}"
+    assert main([argv[0], argv[1], str(tmp_path / "quiet"), *argv[2:], "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
