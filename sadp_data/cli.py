@@ -17,15 +17,16 @@ STORAGE_OPTIONS_HELP = (
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from sadp_data.bench.demo import DemoConfig, format_table, plot, run_demo, write_json
+    from sadp_data.bench.demo import DemoConfig, plot, run_demo, summary, write_json
 
     config = DemoConfig.for_dataset(args.dataset, quick=args.quick)
     for name in ("epochs", "keep_ratio", "seed", "train_size", "batch_size"):
         value = getattr(args, name)
         if value is not None:
             setattr(config, name, value)
-    result = run_demo(config, data_dir=args.data, show_progress=not args.no_progress)
-    print(format_table(result))
+    progress = not args.no_progress
+    result = run_demo(config, args.data, show_progress=progress, command=args.command_line, quick=args.quick)
+    print(summary(result))
     if args.json:
         write_json(result, args.json)
         print(f"figures written to {args.json}")
