@@ -177,3 +177,15 @@ def test_convert_shows_progress_in_every_phase_unless_told_not_to(workers: str, 
         assert re.search(re.escape(phase) + r".*100%", shown), f"no finished progress bar for {phase!r} in {shown!r}"
     assert main([argv[0], argv[1], str(tmp_path / "quiet"), *argv[2:], "--no-progress"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_the_quick_demo_states_one_duration_in_help_code_and_readme() -> None:
+    from _readme import README
+    from sadp_data.bench.training_data import QUICK_DURATION, DemoConfig
+
+    figure = QUICK_DURATION.split(";")[0]  # e.g. "about 1.5 min on an idle 2-core CPU"
+    assert figure in _options(_subparsers(build_parser())["demo"])["quick"].help
+    text = README.read_text()
+    demo = " ".join(text[text.index("## The demo\n") :].split("\n## ")[0].split())
+    assert figure in demo and "about a minute" not in demo and "≤ 2 min" not in demo
+    assert "≤" not in (DemoConfig.quick.__doc__ or "")
