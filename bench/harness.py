@@ -241,13 +241,16 @@ def train_runs(
     desc: str = "demo",
     show_progress: bool = True,
     after_epoch: Callable[[int], None] | None = None,
+    last_on_full_test: bool = False,
 ) -> dict[str, float]:
     """Train ``runs`` for ``config.epochs`` epochs, interleaved; returns each run's final test accuracy.
 
     One-off costs of the process are paid first, untimed (``_warm_up``). After every epoch each run
     is evaluated on the first ``config.eval_size`` test examples (``run.accuracy_per_epoch``) and
     ``after_epoch(epoch)`` is called. The final accuracy is on the whole test set (the last epoch's
-    figure when ``eval_size`` already covers it). Stores are left open: the caller closes them.
+    figure when ``eval_size`` already covers it). ``last_on_full_test`` evaluates the last epoch on
+    the whole test set instead of ``eval_size``, so the curve ends on the final accuracy (one
+    evaluation fewer). Stores are left open: the caller closes them.
     """
     _warm_up(runs, data, config)
     total = sum(run.examples_in(epoch, data.train_size) for run in runs for epoch in range(config.epochs))
@@ -255,8 +258,9 @@ def train_runs(
         for epoch in range(config.epochs):
             progress.set_postfix_str(f"epoch {epoch + 1}/{config.epochs}")
             _train_interleaved(runs, epoch, config, progress)
+            limit = None if last_on_full_test and epoch == config.epochs - 1 else config.eval_size
             for run in runs:
-                run.accuracy_per_epoch.append(evaluate(run.model, data.test_inputs, data.test_labels, config.eval_size))
+                run.accuracy_per_epoch.append(evaluate(run.model, data.test_inputs, data.test_labels, limit))
             if after_epoch is not None:
                 after_epoch(epoch)
             progress.write(
@@ -266,6 +270,6 @@ def train_runs(
                     for run in runs
                 )
             )
-    if config.eval_size >= len(data.test_labels):
+    if last_on_full_test or config.eval_size >= len(data.test_labels):
         return {run.name: run.accuracy_per_epoch[-1] for run in runs}
     return {run.name: evaluate(run.model, data.test_inputs, data.test_labels) for run in runs}

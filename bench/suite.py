@@ -2,7 +2,8 @@
 
 Suites: ``loader`` (backends ``torch``, ``webdataset``, ``ffcv``, ``dvs``, and ``remote`` when named:
 S3 and HTTP on loopback servers), ``kernels``, ``store``,
-``score``, ``train``; ``all`` (the default) runs them in that order. Every JSON result gets a
+``score``, ``train``; ``all`` runs them in that order (``sadp-data bench`` with no suite name lists
+the suites, ``bench.guide``, unless ``--json`` or ``--quick`` asks for a run). Every JSON result gets a
 ``"run"`` entry: the command line, the machine, whether it was ``--quick``, when it started, how
 long it took (``wall_s``) and the load average (1, 5, 15 min) when it ended — above the CPU count,
 other processes competed for the CPUs and times are inflated — so ``sadp-data bench report`` can
@@ -35,7 +36,7 @@ SUITES = ("loader", "kernels", "store", "score", "train")
 #: the scale bench needs about 12 GB of memory.
 OWN_SUITES = ("frontier", "scale")
 LOADER_BACKENDS = ("torch", "webdataset", "ffcv", "dvs", "remote")
-
+KERNEL_BACKENDS = ("numba", "numpy", "torch", "cuda")
 Results = Iterator[tuple[str, dict[str, Any]]]
 
 
@@ -146,6 +147,12 @@ def _kernels(options: BenchOptions, several: bool, json_dir: Path | None) -> Res
 
     sizes = (10**5, 10**6) if options.quick else SIZES
     backends = tuple(name.strip() for name in options.backends.split(",") if name.strip())
+    unknown = [name for name in backends if name not in KERNEL_BACKENDS]
+    if unknown or not backends:
+        raise ValueError(
+            f"--backends {options.backends}: the kernels suite times the sampling kernels "
+            f"{', '.join(KERNEL_BACKENDS)} (comma-separated); the loader suite's data backend is --backend"
+        )
     result = run_kernel_bench(sizes, backends, device=options.device, progress=options.progress)
     print(format_kernel_table(result))
     yield "kernels", result
@@ -163,7 +170,10 @@ def _loader_backends(options: BenchOptions, several: bool) -> list[str]:
     """The loader backends to run: the one asked for, or every available one (``all``/several suites)."""
     if options.backend is not None and options.backend != "all":
         if options.backend not in LOADER_BACKENDS:
-            raise ValueError(f"--backend {options.backend} is not available; use {', '.join(LOADER_BACKENDS)} or all")
+            raise ValueError(
+                f"--backend {options.backend} is not a loader backend; use {', '.join(LOADER_BACKENDS)} or all "
+                "(the kernels suite's sampling kernels are chosen with --backends)"
+            )
         return [options.backend]
     if options.backend is None and not several:
         return ["webdataset"]

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from . import __version__
 from .remote import is_remote
 
 #: Help of the ``--storage-options`` flag of the commands that take remote URLs.
@@ -16,15 +17,16 @@ STORAGE_OPTIONS_HELP = (
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from sadp_data.bench.demo import DemoConfig, format_table, plot, run_demo, write_json
+    from sadp_data.bench.demo import DemoConfig, plot, run_demo, summary, write_json
 
     config = DemoConfig.for_dataset(args.dataset, quick=args.quick)
     for name in ("epochs", "keep_ratio", "seed", "train_size", "batch_size"):
         value = getattr(args, name)
         if value is not None:
             setattr(config, name, value)
-    result = run_demo(config, data_dir=args.data, show_progress=not args.no_progress)
-    print(format_table(result))
+    progress = not args.no_progress
+    result = run_demo(config, args.data, show_progress=progress, command=args.command_line, quick=args.quick)
+    print(summary(result))
     if args.json:
         write_json(result, args.json)
         print(f"figures written to {args.json}")
@@ -42,6 +44,11 @@ def _names(value: str | None) -> tuple[str, ...] | None:
 def _bench(args: argparse.Namespace) -> int:
     from sadp_data.bench.suite import BenchOptions, default_results_dir, resolve_suites, run_suites
 
+    if not args.suite and not (args.json or args.quick):
+        from sadp_data.bench.guide import format_suite_list
+
+        print(format_suite_list())
+        return 0
     if "report" in args.suite:
         if args.suite != ["report"]:
             raise ValueError("`bench report` runs alone: sadp-data bench report [--json DIR] [--out PATH]")
@@ -87,15 +94,19 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from .parallel_convert import check_workers
     from .shard_writer import write_shards
     from .sources import open_source
 
     if check_workers(args.workers) > 1 and args.format == "ffcv":
         raise ValueError(f"--workers {args.workers}: parallel conversion writes WebDataset shards, not --format ffcv")
-    source = open_source(args.source, split=args.split, frames=args.frames)
-    if args.limit is not None:
-        source = source.head(args.limit)
+    with tqdm(total=1, desc="read source", unit="source", disable=args.no_progress) as bar:
+        source = open_source(args.source, split=args.split, frames=args.frames)
+        if args.limit is not None:
+            source = source.head(args.limit)
+        bar.update()
     if args.format == "ffcv":
         from sadp_data.adapters.ffcv import beton_fingerprint, sidecar_path, write_beton
 
@@ -220,7 +231,11 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sadp_data.bench.guide import suite_help
+    from sadp_data.bench.training_data import option_help
+
     parser = argparse.ArgumentParser(prog="sadp-data", description="Spike-aware data pruning for SNN training.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}", help="print the version")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo",
@@ -228,21 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a spiking CNN on the Fashion-MNIST copy shipped in the repository with full "
         "data, random dynamic pruning and SADP, and print accuracy, time and speedups.",
     )
-    demo.add_argument("--quick", action="store_true", help="a ≤ 2 min run on a subset (4 epochs, 4,000 images)")
+    demo_help = option_help()
+    demo.add_argument("--quick", action="store_true", help=demo_help["quick"])
     demo.add_argument(
         "--dataset",
         default="fashion-mnist",
         choices=["fashion-mnist", "nmnist"],
-        help="fashion-mnist (shipped) or nmnist (an N-MNIST folder given with --data)",
+        help="fashion-mnist (shipped) or nmnist (an N-MNIST folder given with --data) (default %(default)s)",
     )
     demo.add_argument("--data", help="data folder (default for fashion-mnist: the repository's data/fashion-mnist)")
     demo.add_argument("--json", help="write all figures to this JSON file")
     demo.add_argument("--plot", help="write accuracy vs training time to this PNG file")
-    demo.add_argument("--epochs", type=int, help="override the number of epochs")
-    demo.add_argument("--keep-ratio", type=float, help="fraction of examples per pruned epoch (default 0.7)")
-    demo.add_argument("--seed", type=int, help="seed of weights and sampling (default 0)")
-    demo.add_argument("--train-size", type=int, help="number of training images used")
-    demo.add_argument("--batch-size", type=int, help="batch size (default 128)")
+    for flag in ("--epochs", "--keep-ratio", "--seed", "--train-size", "--batch-size"):
+        name = flag[2:].replace("-", "_")
+        demo.add_argument(flag, type=float if name == "keep_ratio" else int, help=demo_help[name])
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     demo.set_defaults(handler=_demo)
 
@@ -260,11 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         default="webdataset",
         choices=["webdataset", "ffcv"],
-        help="webdataset (OUT is a folder) or ffcv (OUT is a .beton file)",
+        help="webdataset (OUT is a folder) or ffcv (OUT is a .beton file) (default %(default)s)",
     )
     convert.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (default 10000)")
     convert.add_argument("--name", default="train", help="shard name prefix (default train)")
-    convert.add_argument("--split", default="train", choices=["train", "test"], help="split to convert")
+    convert.add_argument(
+        "--split", default="train", choices=["train", "test"], help="split to convert (default %(default)s)"
+    )
     convert.add_argument("--frames", type=int, help="event sources: store T integrated frames instead of raw events")
     convert.add_argument("--limit", type=int, help="convert only the first N examples")
     convert.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
@@ -294,7 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     index.set_defaults(handler=_index)
 
-    info = commands.add_parser("info", help="summarise scored shards and their scores")
+    info = commands.add_parser(
+        "info",
+        help="summarise scored shards and their scores",
+        description="Print what a scored-shards folder or URL holds: examples and fields, shards and their sizes, "
+        "the fingerprint, how many examples have a score and how the scores are spread, and the last keep "
+        "ratios; --verify also reads every shard and checks it against its SHA-256 in index.json.",
+    )
     info.add_argument("path", help="a scored-shards folder or URL written by `sadp-data convert`")
     info.add_argument("--storage-options", help=STORAGE_OPTIONS_HELP)
     info.add_argument(
@@ -315,34 +337,28 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench",
         help="run benchmark suites, or write their report",
-        description="Run benchmark suites and print their figures: sadp-data bench [SUITE ...] (default all), "
-        "or write the report from their JSON: sadp-data bench report [--json DIR] [--out PATH].",
+        description="Run benchmark suites and print their figures: sadp-data bench SUITE [SUITE ...], every "
+        "suite with sadp-data bench all, or write the report from their JSON: sadp-data bench report [--json DIR] "
+        "[--out PATH]. Without a suite name it lists the suites and how long each takes (with --json or --quick "
+        "and no name it runs all).",
     )
+    bench.add_argument("suite", nargs="*", metavar="SUITE", help=suite_help())
     bench.add_argument(
-        "suite",
-        nargs="*",
-        metavar="SUITE",
-        help="loader: epoch time and samples/s of importance-sampled loading against each backend's plain loader "
-        "(torch, webdataset, ffcv; dvs: event-to-frame integration); kernels: plan_epoch time and memory per "
-        "backend against torch.randperm, numpy choice and torch.multinomial; store: score-store update "
-        "throughput, memory per example, hook overhead; score: fidelity of the importance scores; train: "
-        "end-to-end accuracy and speedup of every method; all (default): every suite above; frontier (run only "
-        "when named, about 2 hours): accuracy against cost of every method and SADP's ablation, paired over 5 "
-        "seeds (10 in the contested cells), with FRONTIER.md and plots beside its JSON; scale (only when "
-        "named): per-rank memory and plan time of the sharded score table vs the replicated one, 4 gloo ranks "
-        "at N = 10^8; report: write REPORT.md "
-        "and plots from the JSON in "
-        "--json DIR",
-    )
-    bench.add_argument(
-        "--backends", default="numba,numpy,torch", help="kernels: comma-separated backends (numba, numpy, torch, cuda)"
+        "--backends",
+        default="numba,numpy,torch",
+        help="kernels suite: the sampling-kernel backends whose plan_epoch is timed, comma-separated (numba, numpy, "
+        "torch, cuda; default %(default)s); not --backend, which picks the loader suite's data backend",
     )
     bench.add_argument(
         "--backend",
-        help="loader: torch, webdataset, ffcv, dvs, remote (S3 and HTTP on loopback servers; needs --nmnist) or all "
-        "(default: webdataset alone; every available backend but remote when several suites run)",
+        help="loader suite: the data-loading backend timed against its plain loader: torch, webdataset, ffcv, dvs, "
+        "remote (S3 and HTTP on loopback servers; needs --nmnist) or all (default: webdataset alone; every available "
+        "backend but remote when several suites run); not --backends, which lists the kernels suite's sampling "
+        "kernels",
     )
-    bench.add_argument("--device", default="cpu", help="kernels: device of the torch backend and baselines")
+    bench.add_argument(
+        "--device", default="cpu", help="kernels suite: device of the torch backend and baselines (default %(default)s)"
+    )
     bench.add_argument("--quick", action="store_true", help="a small, fast version (a smoke test)")
     bench.add_argument(
         "--json",

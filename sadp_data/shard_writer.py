@@ -112,14 +112,41 @@ def build_shards(
         records = write_shards_parallel(source, out, shard_size, name, progress, workers)
     else:
         records = _write_serially(source, out, shard_size, name, progress)
-    return finish_shards(out, records, count, source.name, shard_size, name)
+    return finish_shards(out, records, count, source.name, shard_size, name, progress)
 
 
 def finish_shards(
-    out: Path, records: list[ShardRecord], count: int, source_name: str, shard_size: int, name: str
+    out: Path,
+    records: list[ShardRecord],
+    count: int,
+    source_name: str,
+    shard_size: int,
+    name: str,
+    progress: bool = False,
 ) -> tuple[dict, np.ndarray]:
     """Merge the shards' ``records`` (in shard order) into ``index.json``, ``offsets.npy``, the ``wids``
-    list and an empty sidecar in ``out``, whichever engine wrote the shards (serial, processes, Ray)."""
+    list and an empty sidecar in ``out``, whichever engine wrote the shards (serial, processes, Ray).
+
+    ``progress`` shows a bar over the four files (the sidecar takes longest for large datasets)."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=4, desc=f"index {name}", unit="file", disable=not progress) as bar:
+        meta, offsets = _write_index(out, records, count, source_name, shard_size, name, bar.update)
+        ScoreStore.create(out / SIDECAR, count, fingerprint=meta["fingerprint"]).close()
+        bar.update()
+    return meta, offsets
+
+
+def _write_index(
+    out: Path,
+    records: list[ShardRecord],
+    count: int,
+    source_name: str,
+    shard_size: int,
+    name: str,
+    written: Callable[[], object],
+) -> tuple[dict, np.ndarray]:
+    """``index.json``, ``offsets.npy`` and the ``wids`` list of ``records``; ``written()`` after each file."""
     fields = set().union(*(record.fields for record in records))
     offsets = np.zeros((count, 4), dtype=np.int64)
     shards, digests = [], []
@@ -152,7 +179,9 @@ def finish_shards(
         "shards": shards,
     }
     (out / INDEX).write_text(json.dumps(meta, indent=1) + "\n")
+    written()
     np.save(out / OFFSETS, offsets)
+    written()
     wids = {
         "__kind__": "wids-shard-index-v1",
         "wids_version": 1,
@@ -160,7 +189,7 @@ def finish_shards(
         "shardlist": [{"url": s["url"], "nsamples": s["nsamples"]} for s in shards],
     }
     (out / f"{name}.wids.json").write_text(json.dumps(wids, indent=1) + "\n")
-    ScoreStore.create(out / SIDECAR, count, fingerprint=fingerprint).close()
+    written()
     return meta, offsets
 
 
@@ -177,5 +206,6 @@ def _write_serially(source, out: Path, shard_size: int, name: str, progress: boo
                 sample = encode_fields(index, source[index])
                 writer.write(sample)
             fields.update(key for key in sample if not key.startswith("__"))
-    paths = sorted(out.glob(f"{name}-*.tar"))
-    return [shard_record(path, shard, frozenset(fields)) for shard, path in enumerate(paths)]
+    paths = sorted(out.glob(f"{name}-*.tar"))  # read back: sample offsets, crc32c and SHA-256 of what is on disk
+    check = tqdm(paths, desc=f"check {name} shards", unit="shard", disable=not progress)
+    return [shard_record(path, shard, frozenset(fields)) for shard, path in enumerate(check)]

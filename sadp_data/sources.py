@@ -124,19 +124,26 @@ def _event_source(spec: str, split: str, frames: int | None) -> Source:
         from .events.nmnist import NMNIST, SENSOR_SIZE
 
         root = Path(spec.partition(":")[2])
-        return Source(f"nmnist:{root.resolve()}:{split}{suffix}", _Recordings(NMNIST(root, split), SENSOR_SIZE, frames))
+        return Source(
+            f"nmnist:{root.resolve().name}:{split}{suffix}", _Recordings(NMNIST(root, split), SENSOR_SIZE, frames)
+        )
     from .events.tonic_layout import LAYOUTS, TonicFolder
 
     parts = spec.split(":", 2)
     if len(parts) != 3 or not parts[1] or not parts[2]:
         raise ValueError(f"{spec}: expected tonic:NAME:PATH with NAME one of {sorted(LAYOUTS)}")
     dataset = TonicFolder(parts[1], parts[2], split)
-    name = f"tonic:{parts[1]}:{dataset.location.resolve()}:{split}{suffix}"
+    name = f"tonic:{parts[1]}:{dataset.location.resolve().name}:{split}{suffix}"
     return Source(name, _Recordings(dataset, dataset.sensor_size, frames))
 
 
 def open_source(spec: str, split: str = "train", frames: int | None = None) -> Source:
     """Resolve a source spec (see the module docstring); errors name the spec and what is wrong.
+
+    The source's ``name`` (recorded in ``index.json``) holds no local absolute path: a folder or file
+    is named by its base name (``idx:fashion-mnist:train``, ``npz:digits.npz``, ``nmnist:nmnist-small:train``),
+    ``module:callable`` by the spec itself, so the same data converted from two folders gives
+    byte-identical index files and a shared dataset does not reveal where it was converted.
 
     ``nmnist:PATH`` reads an N-MNIST folder and ``tonic:NAME:PATH`` a tonic layout; with ``frames=T``
     each recording is stored as ``T`` event-count frames (equal time bins, ``sadp_data.events.frames``)
@@ -152,7 +159,7 @@ def open_source(spec: str, split: str = "train", frames: int | None = None) -> S
         from .datasets import FashionMNIST
 
         data = FashionMNIST(path, split)
-        return Source(f"idx:{path.resolve()}:{split}", _Pairs(data.images.numpy(), data.labels.numpy()))
+        return Source(f"idx:{path.resolve().name}:{split}", _Pairs(data.images.numpy(), data.labels.numpy()))
     if path.suffix == ".npz":
         if not path.is_file():
             raise FileNotFoundError(f"{spec}: no such .npz file")
@@ -173,7 +180,7 @@ def open_source(spec: str, split: str = "train", frames: int | None = None) -> S
                 raise ValueError(f"{spec}: array x or y is unreadable ({error})") from error
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"{spec}: x has {x.shape[0]} examples but y has {y.shape[0]}")
-        return Source(f"npz:{path.resolve()}", _Pairs(x, y))
+        return Source(f"npz:{path.name}", _Pairs(x, y))
     if ":" in spec and not path.exists():
         module_name, _, attribute = spec.partition(":")
         try:

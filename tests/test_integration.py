@@ -68,7 +68,7 @@ def test_idx_errors_name_the_file(tmp_path: Path) -> None:
         FashionMNIST(tmp_path)
 
 
-def test_demo_writes_the_documented_json(tmp_path: Path) -> None:
+def test_demo_writes_the_documented_json(tmp_path: Path, capsys) -> None:
     from sadp_data.cli import main
 
     out = tmp_path / "out.json"
@@ -87,15 +87,37 @@ def test_demo_writes_the_documented_json(tmp_path: Path) -> None:
         str(plot),
     ]
     assert main(argv) == 0
+    printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     assert set(result["methods"]) == {"full", "random", "sadp"}
     for figures in result["methods"].values():
         assert 0.0 <= figures["test_accuracy"] <= 1.0
         assert figures["train_time_s"] > 0 and figures["speedup"] > 0
         assert len(figures["accuracy_per_epoch"]) == 3
+        assert figures["accuracy_per_epoch"][-1] == figures["test_accuracy"]  # the plot's last point is the table's
     assert result["methods"]["sadp"]["theoretical_speedup"] == pytest.approx(3 / 2.4)  # warm-up, 0.7, 0.7
     assert result["scored_examples"] == 256
     assert plot.stat().st_size > 1000
+    run = result["run"]  # the bench suites' run record
+    assert set(run) >= {"command", "suite", "quick", "started", "wall_s", "load_average", "machine"}
+    assert run["command"].startswith("sadp-data demo --quick") and run["suite"] == "demo" and run["quick"] is True
+    assert run["wall_s"] > 0 and run["machine"]["cpus_usable"] >= 1
+    assert len(result["load_per_epoch"]) == 3 and isinstance(result["timings_distorted"], bool)
+    sadp, full = result["methods"]["sadp"], result["methods"]["full"]
+    conclusion = result["conclusion"]
+    assert conclusion.startswith(
+        f"SADP: {100 * sadp['test_accuracy']:.2f} % vs full {100 * full['test_accuracy']:.2f} %"
+    )
+    assert f"at {sadp['train_time_s'] / full['train_time_s']:.2f}x" in conclusion and "random" in conclusion
+    assert conclusion in printed.splitlines()
+
+
+def test_the_demo_says_when_load_distorted_its_timings() -> None:
+    from sadp_data.bench.demo import load_warning
+
+    assert load_warning([1.2, 1.9, 2.0], cpus=2) is None
+    warning = load_warning([2.5, 4.1, 3.9], cpus=2)
+    assert warning is not None and "distorted" in warning and "3.5" in warning and "2 " in warning
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path: Path, capsys) -> None:
