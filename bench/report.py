@@ -281,13 +281,28 @@ def _budget(results: dict[str, dict[str, Any]]) -> tuple[str, dict[str, dict[str
     return f"Wall time: {total / 60:.1f} min for the suites of `all` ({parts}).", budget
 
 
-def _train_section(train: dict[str, Any], folder: Path) -> list[str]:
+def _superseded_train(results: dict[str, dict[str, Any]]) -> str | None:
+    """Why the train suite's figures no longer speak for the library, or ``None``: a frontier study run after it
+    (the study that measures the current defaults at equal cost, ``FRONTIER.md``) supersedes it."""
+    train_started = results.get("train", {}).get("run", {}).get("started")
+    frontier_started = results.get("frontier", {}).get("run", {}).get("started")
+    if not (train_started and frontier_started and train_started < frontier_started):
+        return None
+    return (
+        f"**Superseded.** This train suite ran on {train_started[:10]}, before the defaults changed (an unweighted "
+        "draw on the `decreasing` keep-ratio schedule); its SADP rows show the method as it was then. The frontier "
+        f"study of {frontier_started[:10]} measures today's defaults at equal cost, trained to a plateau, with paired "
+        "seeds: see [FRONTIER.md](FRONTIER.md)."
+    )
+
+
+def _train_section(train: dict[str, Any], folder: Path, superseded: str | None = None) -> list[str]:
     from sadp_data.bench.train import format_train_table
 
     from sadp_data.schedule import KeepRatioSchedule
 
     config = train["config"]
-    lines = ["## Train", ""]
+    lines = ["## Train", ""] + ([superseded, ""] if superseded else [])
     lines.append(
         f"Seeds {', '.join(map(str, config['seeds']))}; "
         f"keep ratios {', '.join(f'{k:g}' for k in config['keep_ratios'])}; "
@@ -363,14 +378,18 @@ def write_report(folder: str | Path, out: str | Path | None = None, command: str
     lines += _provenance(results)
     budget, budget_target = _budget(results)
     lines += [f"* {budget}", f"* Report written by `{command or 'sadp-data bench report'}`.", ""]
+    superseded = _superseded_train(results)
     targets = {}
     for name in ("train", "store", *(f"loader-{backend}" for backend in LOADER_ORDER)):
-        targets.update(results.get(name, {}).get("targets", {}))
+        if not (name == "train" and superseded):
+            targets.update(results.get(name, {}).get("targets", {}))
     targets = {**targets, **budget_target}
     lines += ["## Targets", "", format_targets(targets) if targets else "No targets in these results.", ""]
+    if superseded:
+        lines += [f"The train suite's targets are left out: {superseded}", ""]
 
     if "train" in results:
-        lines += _train_section(results["train"], images)
+        lines += _train_section(results["train"], images, superseded)
     else:
         lines += ["## Train", "", "Not run (no train.json).", ""]
     if "store" in results:

@@ -422,3 +422,23 @@ def test_quick_bench_of_every_suite_and_its_report(tmp_path: Path) -> None:
     assert main(["bench", "report", "--json", str(tmp_path)]) == 0
     report = (tmp_path / "REPORT.md").read_text()
     assert "train" in report.lower() and list(tmp_path.glob("*.png"))
+
+
+def test_a_train_suite_older_than_the_frontier_study_is_marked_superseded(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    _write_synthetic_results(tmp_path)
+    train = json.loads((tmp_path / "train.json").read_text())
+    train["run"]["started"] = "2026-11-29T02:45:52+00:00"
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    later = {**train["run"], "suite": "frontier", "started": "2026-12-02T00:52:58+00:00"}
+    (tmp_path / "frontier.json").write_text(json.dumps({"run": later}))
+    out = tmp_path / "REPORT.md"
+    assert main(["bench", "report", "--json", str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    targets, train_section = text.split("## Train", 1)
+    assert "**Superseded.** This train suite ran on 2026-11-29" in train_section and "FRONTIER.md" in train_section
+    assert "full − SADP" not in targets and "The train suite's targets are left out" in targets
+    later["started"] = "2026-11-01T00:00:00+00:00"  # a frontier study older than the train suite supersedes nothing
+    (tmp_path / "frontier.json").write_text(json.dumps({"run": later}))
+    assert main(["bench", "report", "--json", str(tmp_path), "--out", str(out)]) == 0
+    assert "Superseded" not in out.read_text()
