@@ -339,6 +339,15 @@ class SADPSampler(Sampler[int]):
         """Run length in epochs divided by the data-epochs actually visited: ``E / Σ_e k_e``."""
         return self.schedule.theoretical_speedup()
 
+    def plan_summary(self) -> str:
+        """A table of the run, to print before training: each epoch's phase, keep ratio and examples
+        drawn (all ranks), the total cost and the theoretical speedup; it notes a run that cannot end
+        on full data. Known from the settings alone, so nothing is planned or read.
+        ``sampler.schedule.budget(sampler.num_examples)`` gives the same as data."""
+        if self.epochs is None:
+            raise ValueError("plan_summary needs epochs set on the sampler")
+        return str(self.schedule.budget(self.num_examples))
+
     def batch_sampler(self, drop_last: bool = False) -> BatchSampler:
         """A ``BatchSampler`` over this sampler (for ``DataLoader(batch_sampler=...)``)."""
         if self.batch_size is None:

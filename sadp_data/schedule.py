@@ -2,8 +2,11 @@
 
 An epoch is in one of three phases. *Warm-up* epochs (the first ``warmup_epochs``) use all data so
 every example gets a score. *Anneal* epochs (the last ``round(anneal_fraction * epochs)``, as in
-InfoBatch) use all data again, so the final model sees the full distribution. The *pruning* phase in
-between uses ``keep_ratio`` according to ``shape``:
+InfoBatch, and at least one) use all data again, so the final model sees the full distribution. A
+short run whose fraction rounds to zero epochs (3 epochs at the default 0.125) still gets one anneal
+epoch; only a run with no room for it ends on a pruned epoch: ``anneal_fraction=0``, or fewer than
+``warmup_epochs + 2`` epochs (one more full-data epoch would leave nothing to prune). The *pruning*
+phase in between uses ``keep_ratio`` according to ``shape``:
 
 * ``constant``: ``keep_ratio`` throughout;
 * ``linear``: from 1 down to ``keep_ratio`` in equal steps, reaching it on the phase's last epoch;
@@ -21,8 +24,10 @@ Every function here is pure: the ratio of an epoch depends only on the arguments
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from .kernels import sample_size
 
 Shape = Literal["constant", "linear", "cosine", "decreasing"]
 SHAPES = ("constant", "linear", "cosine", "decreasing")
@@ -52,10 +57,18 @@ class KeepRatioSchedule:
 
     @property
     def anneal_epochs(self) -> int:
-        """Number of full-data epochs at the end of the run."""
+        """Number of full-data epochs at the end of the run.
+
+        ``round(anneal_fraction · epochs)``, raised to 1 when that rounds to 0 but the fraction is
+        positive and the run has room for one (``epochs >= warmup_epochs + 2``), so short runs end on
+        full data too; 0 for open-ended runs.
+        """
         if self.epochs is None:
             return 0
-        return math.floor(self.anneal_fraction * self.epochs + 0.5)
+        count = math.floor(self.anneal_fraction * self.epochs + 0.5)
+        if count == 0 and self.anneal_fraction > 0 and self.epochs >= self.warmup_epochs + 2:
+            return 1
+        return count
 
     def phase(self, epoch: int) -> Literal["warmup", "prune", "anneal"]:
         """Which phase ``epoch`` (0-based) is in."""
@@ -89,3 +102,78 @@ class KeepRatioSchedule:
         if total is None:
             raise ValueError("theoretical_speedup needs the number of epochs")
         return total / sum(self(e) for e in range(total))
+
+    def budget(self, num_examples: int) -> RunBudget:
+        """Every epoch's phase, keep ratio and example count over ``num_examples``, with the run's cost.
+
+        Example counts are the sampler's exact draw sizes (``round(keep_ratio · N)``, all ranks
+        together); the theoretical speedup is ``theoretical_speedup()``, from the unrounded ratios.
+        """
+        if self.epochs is None:
+            raise ValueError("a run's budget needs epochs set")
+        rows = tuple(
+            EpochBudget(e, self.phase(e), self(e), sample_size(num_examples, self(e))) for e in range(self.epochs)
+        )
+        return RunBudget(self, num_examples, rows, self.theoretical_speedup())
+
+
+@dataclass(frozen=True)
+class EpochBudget:
+    """One epoch of a run's budget: its phase, keep ratio and the examples it draws."""
+
+    epoch: int
+    phase: Literal["warmup", "prune", "anneal"]
+    keep_ratio: float
+    examples: int
+
+
+@dataclass(frozen=True)
+class RunBudget:
+    """A run's keep ratio per epoch, its total cost and theoretical speedup (``KeepRatioSchedule.budget``).
+
+    ``str()`` gives the table ``SADPSampler.plan_summary`` prints; ``to_dict()`` the same as plain data.
+    """
+
+    schedule: KeepRatioSchedule
+    num_examples: int
+    epochs: tuple[EpochBudget, ...]
+    theoretical_speedup: float
+
+    @property
+    def examples(self) -> int:
+        """Examples drawn over the whole run."""
+        return sum(row.examples for row in self.epochs)
+
+    @property
+    def cost(self) -> float:
+        """``examples`` as a fraction of a full-data run of the same epochs."""
+        return self.examples / (self.num_examples * len(self.epochs))
+
+    @property
+    def ends_on_full_data(self) -> bool:
+        return self.epochs[-1].keep_ratio == 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_examples": self.num_examples,
+            "epochs": [asdict(row) for row in self.epochs],
+            "examples": self.examples,
+            "cost": self.cost,
+            "theoretical_speedup": self.theoretical_speedup,
+            "ends_on_full_data": self.ends_on_full_data,
+        }
+
+    def __str__(self) -> str:
+        s = self.schedule
+        lines = [
+            f"{len(self.epochs)} epochs over {self.num_examples:,} examples: keep_ratio {s.keep_ratio}, "
+            f"{s.shape} schedule, {s.warmup_epochs} warm-up and {s.anneal_epochs} anneal epochs",
+            f"{'epoch':>5}  {'phase':<6}  {'keep':>5}  {'examples':>10}",
+            *(f"{r.epoch:>5}  {r.phase:<6}  {r.keep_ratio:>5.2f}  {r.examples:>10,}" for r in self.epochs),
+            f"total: {self.examples:,} examples ({self.cost:.2f} of full data's "
+            f"{self.num_examples * len(self.epochs):,}), theoretical speedup {self.theoretical_speedup:.2f}",
+        ]
+        if not self.ends_on_full_data:
+            reason = "anneal_fraction=0" if s.anneal_fraction == 0 else "fewer than warmup_epochs + 2 epochs"
+            lines.append(f"note: the run ends on a pruned epoch ({reason}: no room for a full-data anneal epoch)")
+        return "\n".join(lines)

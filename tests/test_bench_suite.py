@@ -13,9 +13,6 @@ from sadp_data.cli import main
 
 pytest.importorskip("spikingjelly.activation_based")
 
-NMNIST = Path(
-    os.environ.get("SADP_NMNIST", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nmnist-small")
-)
 RUN_KEYS = {
     "dataset",
     "method",
@@ -53,13 +50,13 @@ def test_bench_store_quick_writes_its_json_into_a_folder(tmp_path: Path) -> None
     assert run["machine"]["cpu_count"] >= 1 and run["wall_s"] > 0 and len(run["load_average"]) == 3
 
 
-def _tiny_train(datasets: tuple[str, ...], methods: tuple[str, ...]):
+def _tiny_train(datasets: tuple[str, ...], methods: tuple[str, ...], nmnist_dir: Path | None = None):
     from sadp_data.bench.train import TrainBenchConfig, run_train_bench
 
     config = TrainBenchConfig(datasets=datasets, seeds=(0,), methods=methods).with_sizes(
         train_size=256, epochs=2, test_size=200
     )
-    return run_train_bench(config, nmnist_dir=NMNIST if "nmnist" in datasets else None, show_progress=False)
+    return run_train_bench(config, nmnist_dir=nmnist_dir, show_progress=False)
 
 
 def _check_train_shape(result: dict, datasets: tuple[str, ...], methods: tuple[str, ...]) -> None:
@@ -93,9 +90,8 @@ def test_train_bench_json_shape_from_a_tiny_run() -> None:
     json.dumps(result)  # serialisable as is
 
 
-@pytest.mark.skipif(not NMNIST.is_dir() and os.environ.get("CI") != "true", reason=f"{NMNIST} is not here")
-def test_train_bench_runs_nmnist_through_the_webdataset_adapter() -> None:
-    result = _tiny_train(("nmnist",), ("sadp",))
+def test_train_bench_runs_nmnist_through_the_webdataset_adapter(synthetic_nmnist: Path) -> None:
+    result = _tiny_train(("nmnist",), ("sadp",), synthetic_nmnist)
     _check_train_shape(result, ("nmnist",), ("sadp",))
 
 
@@ -331,7 +327,7 @@ def test_bench_loader_torch_backend_json_shape() -> None:
 SADP_AT_HALF = [("sadp", 0.5), ("sadp-obstore", 0.5), ("sadp-adaptive", 0.5)]
 
 
-def test_bench_loader_remote_json_shape() -> None:
+def test_bench_loader_remote_json_shape(synthetic_nmnist: Path) -> None:
     """A tiny remote bench against moto and nginx: every pipeline per storage, the documented keys, and
     bytes counted at the server that follow the plan (keep 0.5 fetches about half of streaming's)."""
     pytest.importorskip("moto")
@@ -342,7 +338,7 @@ def test_bench_loader_remote_json_shape() -> None:
         pytest.skip("nginx is not installed")
     from sadp_data.bench.loader_remote import format_remote_table, run_remote_bench
 
-    result = run_remote_bench(NMNIST, rounds=1, latencies_ms=(5.0,), limit=200, progress=False, repeat=1)
+    result = run_remote_bench(synthetic_nmnist, rounds=1, latencies_ms=(5.0,), limit=200, progress=False, repeat=1)
     rows = result["results"]
     assert {(r["storage"], r["pipeline"], r["keep_ratio"]) for r in rows} == {
         (storage, pipeline, keep)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -27,9 +26,6 @@ from sadp_data.bench.training_data import DemoConfig, _nmnist_fold
 
 from sadp_data.sources import Source
 
-NMNIST = Path(
-    os.environ.get("SADP_NMNIST", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nmnist-small")
-)
 RUN_KEYS = {
     "dataset",
     "method",
@@ -61,7 +57,7 @@ def test_nmnist_folds_partition_the_pooled_recordings():
     assert trained[0] != trained[1]
 
 
-def _tiny_config(nmnist: bool) -> FrontierConfig:
+def _tiny_config() -> FrontierConfig:
     mlp = DemoConfig(train_size=512, test_size=256, eval_size=256, epochs=3, model="mlp", hidden=(32,), batch_size=64)
     parts = [
         Part(
@@ -77,19 +73,15 @@ def _tiny_config(nmnist: bool) -> FrontierConfig:
             contested=ContestedCells(("sadp",), (0.5,), (2,)),
         )
     ]
-    if nmnist:
-        events = events_config(60, 30, epochs=2, time_steps=2, channels=(2, 4), batch_size=30)
-        parts.append(Part("nmnist/conv", events, ("sadp",), (0.5,), (0,)))
+    events = events_config(60, 30, epochs=2, time_steps=2, channels=(2, 4), batch_size=30)
+    parts.append(Part("nmnist/conv", events, ("sadp",), (0.5,), (0,)))
     return FrontierConfig(tuple(parts), workers=2)
 
 
-def test_frontier_bench_writes_runs_summary_targets_and_report(tmp_path):
-    nmnist = NMNIST.is_dir()
-    if not nmnist and os.environ.get("CI"):
-        pytest.fail(f"CI must find the N-MNIST subset at {NMNIST}")
+def test_frontier_bench_writes_runs_summary_targets_and_report(tmp_path, synthetic_nmnist):
     result = run_frontier_bench(
-        _tiny_config(nmnist),
-        nmnist_dir=NMNIST if nmnist else None,
+        _tiny_config(),
+        nmnist_dir=synthetic_nmnist,
         show_progress=False,
         partial_json=tmp_path / "p.json",
     )
@@ -97,14 +89,14 @@ def test_frontier_bench_writes_runs_summary_targets_and_report(tmp_path):
     # Seed 0: full, the three methods and the variant; seed 1 without the variant; seed 2 (contested) full and sadp.
     per_seed = Counter(r["seed"] for r in runs if r["part"] == "fashion-mnist/mlp")
     assert sorted(per_seed.items()) == [(0, 5), (1, 4), (2, 2)]
-    assert len(runs) == 11 + (2 if nmnist else 0)
+    assert len(runs) == 11 + 2
     for run in runs:
         assert RUN_KEYS <= set(run)
         assert len(run["accuracy_per_epoch"]) == (3 if run["part"] == "fashion-mnist/mlp" else 2)
     sadp = [r for r in runs if r["variant"] == "sadp" and r["part"] == "fashion-mnist/mlp"]
-    # 3 epochs at k = 0.5: one warm-up epoch at 1 (no anneal epoch: round(0.125 · 3) = 0), two pruned at 0.5.
-    assert all(r["realized_keep_ratio"] == pytest.approx(2 / 3) for r in sadp)
-    assert all(r["examples_processed"] == 512 + 2 * 256 for r in sadp)
+    # 3 epochs at k = 0.5: a warm-up epoch, one pruned at 0.5 and an anneal epoch (round(0.125 · 3) = 0, raised to 1).
+    assert all(r["realized_keep_ratio"] == pytest.approx(2.5 / 3) for r in sadp)
+    assert all(r["examples_processed"] == 512 + 256 + 512 for r in sadp)
     assert [s["epoch"] for s in sadp[0]["stats"]] == [0, 1, 2]
     assert [p["epoch"] for p in sadp[0]["probes"]] == [0, 1]  # every epoch but the last
     estimators = {"uniform", "stored", "fresh", "optimal", "stored_unbiased", "fresh_unbiased"}

@@ -229,3 +229,48 @@ def test_moving_to_another_epoch_after_a_resume_plans_from_the_current_scores(st
     fresh = unbiased_sampler(store, 0.5, epochs=6, seed=4)
     fresh.set_epoch(3)
     np.testing.assert_array_equal(resumed.plan.order, fresh.plan.order)
+
+
+def test_short_runs_end_on_a_full_data_anneal_epoch() -> None:
+    """``round(anneal_fraction · epochs)`` is 0 for 3 epochs, yet such a run still ends on full data: one
+    anneal epoch whenever the fraction is positive and an epoch is left to prune after the warm-up."""
+    ratios = [KeepRatioSchedule(0.7, epochs=3, shape="decreasing")(e) for e in range(3)]
+    assert ratios == [1.0, pytest.approx(0.7), 1.0]
+    no_warmup = KeepRatioSchedule(0.7, epochs=3, warmup_epochs=0, shape="decreasing")
+    assert [no_warmup(e) for e in range(3)] == [1.0, pytest.approx(0.4), 1.0]
+    for epochs in range(3, 41):
+        schedule = KeepRatioSchedule(0.5, epochs=epochs)
+        assert schedule.anneal_epochs == max(1, round(0.125 * epochs + 1e-9)) and schedule(epochs - 1) == 1.0
+        assert any(schedule.phase(e) == "prune" for e in range(epochs))
+    # No room: a pruned epoch beside the warm-up would be lost, so the run ends on it (documented).
+    two = KeepRatioSchedule(0.7, epochs=2)
+    assert two.anneal_epochs == 0 and [two(e) for e in range(2)] == [1.0, 0.7]
+    # anneal_fraction=0 asks for no anneal tail.
+    assert KeepRatioSchedule(0.7, epochs=3, anneal_fraction=0.0).anneal_epochs == 0
+    assert KeepRatioSchedule(0.7, epochs=40, anneal_fraction=0.01).anneal_epochs == 1
+
+
+def test_plan_summary_lists_each_epoch_the_cost_and_the_speedup(store: ScoreStore) -> None:
+    from sadp_data import SADPSampler
+
+    sampler = SADPSampler(store, keep_ratio=0.7, epochs=3, batch_size=64, seed=0)
+    budget = sampler.schedule.budget(sampler.num_examples)
+    assert [(e.epoch, e.phase, e.examples) for e in budget.epochs] == [
+        (0, "warmup", 1000),
+        (1, "prune", 700),
+        (2, "anneal", 1000),
+    ]
+    assert budget.examples == 2700 and budget.cost == pytest.approx(0.9) and budget.ends_on_full_data
+    assert budget.theoretical_speedup == pytest.approx(sampler.theoretical_speedup()) == pytest.approx(3 / 2.7)
+    summary = sampler.plan_summary()
+    lines = summary.splitlines()
+    assert "3 epochs" in lines[0] and "1,000 examples" in lines[0] and "decreasing" in lines[0]
+    assert lines[2].split() == ["0", "warmup", "1.00", "1,000"]
+    assert lines[3].split() == ["1", "prune", "0.70", "700"]
+    assert lines[4].split() == ["2", "anneal", "1.00", "1,000"]
+    assert "2,700 examples (0.90 of full data's 3,000)" in summary and "theoretical speedup 1.11" in summary
+    short = SADPSampler(store, keep_ratio=0.7, epochs=2, seed=0).plan_summary()
+    assert "ends on a pruned epoch" in short and "warmup_epochs + 2" in short
+    assert budget.to_dict()["epochs"][1] == {"epoch": 1, "phase": "prune", "keep_ratio": 0.7, "examples": 700}
+    with pytest.raises(ValueError, match="plan_summary needs epochs"):
+        SADPSampler(store, keep_ratio=0.7).plan_summary()
