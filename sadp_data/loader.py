@@ -112,8 +112,9 @@ class SADPLoader:
         batches = iter(self.loader)  # the sampler consumes its resume position at the first batch
         self._consumed = start
         planned = part.batches(start, self.loader.batch_size, self.loader.drop_last)
+        pin = _pins_memory(self.loader)
         for batch, (indices, weights) in zip(batches, planned, strict=True):
-            if self.loader.pin_memory:
+            if pin:
                 weights = weights.pin_memory()
             self._consumed += int(indices.shape[0])
             yield _attach(batch, indices, weights)
@@ -125,6 +126,21 @@ class SADPLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume: the next iteration continues the saved epoch after the delivered examples."""
         self.sampler.load_state_dict(state)
+
+
+def _pins_memory(loader: DataLoader) -> bool:
+    """Whether ``loader`` pins its batches: ``pin_memory=True`` and an accelerator that pins (not MPS).
+
+    The DataLoader's own rule: without an accelerator it only warns and does not pin, and neither
+    may the weights (``Tensor.pin_memory()`` raises there).
+    """
+    if not loader.pin_memory:
+        return False
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is None:  # torch < 2.6
+        return torch.cuda.is_available()
+    device = accelerator.current_accelerator() if accelerator.is_available() else None
+    return device is not None and device.type != "mps"
 
 
 def wrap(loader_or_dataset: DataLoader | Dataset, sampler: SADPSampler, **loader_kwargs: Any) -> SADPLoader:

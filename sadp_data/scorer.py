@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .distributed import ScoreExchange, rank_and_world
+from .readout import TimeLayout, check_detected, detection_candidates, name_of, refuse_output, resolve_layer
 from .score_kernels import cross_entropy_scores, mean_logit_scores
 from .sharded_store import ShardedScoreStore
 from .store import ScoreStore
@@ -46,8 +47,12 @@ class SpikeAwareScorer:
         model: the SNN; only forward hooks are added (``remove()`` takes them off).
         store: where scores go (``None``: scores are computed and returned by ``last_scores`` only).
         layer: the classifier (an ``nn.Linear``) or its name in ``model.named_modules()``. By
-            default the ``nn.Linear`` that runs last in the first training forward pass is used;
-            pass ``layer=`` when the model has several heads.
+            default the ``nn.Linear`` that runs last in the first training forward pass is used,
+            unless a module holding a weight matrix (a stateful cell with weights, e.g. norse's
+            ``LILinearCell``) runs after it: then ``sadp_data.readout.ReadoutError`` names both;
+            pass ``layer=`` when the model has several heads. A layer whose output is not a tensor
+            (a cell returning ``(output, state)``) is refused with a ``ReadoutError``: its first
+            output is not the affine map the score is exact for.
         score: which importance score to use (see ``SCORE_VARIANTS`` and ``docs/score.md``):
             ``spike_aware`` (default) the exact readout-layer gradient norm, through the output
             neurons' surrogate derivative when the readout spikes; ``rate`` the firing-rate form
@@ -66,10 +71,14 @@ class SpikeAwareScorer:
             open the store with ``sadp_data.distributed.open_store`` so only rank 0 writes it. A
             ``ShardedScoreStore`` is not all-gathered: it routes each score to the rank owning its
             example (its own ``sync_every``).
+        time_axis: where the readout's 3-D inputs hold time: 0 for ``[T, B, H]``, 1 for
+            ``[B, T, H]``. By default it is read from the shapes, and 0 for a spikingjelly layer in
+            multi-step mode; with as many time steps as examples (``T == B``) and nothing declared,
+            scoring raises ``ReadoutError`` instead of guessing.
 
-    The readout may be applied once to ``[T, B, H]`` or ``[T·B, H]`` inputs (spikingjelly
-    multi-step, ``SeqToANNContainer``) or once per time step to ``[B, H]`` (single-step models);
-    time-major order is assumed in the flattened case.
+    The readout may be applied once to ``[T, B, H]``, ``[B, T, H]`` or ``[T·B, H]`` inputs
+    (spikingjelly multi-step, ``SeqToANNContainer``) or once per time step to ``[B, H]``
+    (single-step models); time-major order is assumed in the flattened case unless ``time_axis=1``.
     """
 
     def __init__(
@@ -80,7 +89,10 @@ class SpikeAwareScorer:
         score: str = "spike_aware",
         loss: str | None = None,
         sync_every: int = 1,
+        time_axis: int | None = None,
     ) -> None:
+        if time_axis not in (None, 0, 1):
+            raise ValueError(f"time_axis must be None, 0 or 1, got {time_axis!r}")
         if score not in SCORE_VARIANTS:
             raise ValueError(f"score must be one of {SCORE_VARIANTS}, got {score!r}")
         if loss not in (None, "cross_entropy"):
@@ -98,20 +110,20 @@ class SpikeAwareScorer:
         self._forward_number = 0
         self._forwards_per_step: int | None = None
         self._handles: list[RemovableHandle] = []
+        self._time_axis = time_axis
+        #: weighted non-Linear modules that ran after the last readout candidate call, while detecting.
+        self._ran_after: list[nn.Module] = []
+        self._unreadable: tuple[nn.Module, object] | None = None
         self.layer: nn.Module | None = None
+        watched: list[nn.Module] = []
         if layer is not None:
-            self.layer = self._resolve(layer)
-            candidates = [self.layer]
+            candidates = [resolve_layer(model, layer)]
         else:
-            candidates = [m for m in model.modules() if isinstance(m, nn.Linear)]
-            if not candidates:
-                raise ValueError(
-                    f"{type(model).__name__} has no nn.Linear layer to use as the classifier; "
-                    "pass layer=<module or name> to SpikeAwareScorer"
-                )
-            if len(candidates) == 1:
-                self.layer = candidates[0]
+            candidates, watched = detection_candidates(model)
         self._handles = [m.register_forward_hook(self._record) for m in candidates]
+        self._watch_handles = [m.register_forward_hook(self._record_after) for m in watched]
+        if layer is not None or (len(candidates) == 1 and not watched):
+            self._set_layer(candidates[0])
         self._input_dims: tuple[int, ...] | None = None
         self._input_handle = model.register_forward_pre_hook(self._record_input)
 
@@ -122,20 +134,17 @@ class SpikeAwareScorer:
             if args and isinstance(args[0], torch.Tensor):
                 self._input_dims = tuple(args[0].shape[:2])
 
-    def _resolve(self, layer: nn.Module | str) -> nn.Module:
-        if isinstance(layer, str):
-            try:
-                return self.model.get_submodule(layer)
-            except AttributeError as error:
-                names = [name for name, m in self.model.named_modules() if isinstance(m, nn.Linear)]
-                raise ValueError(f"no layer named {layer!r} in the model; linear layers: {names}") from error
-        if not any(m is layer for m in self.model.modules()):
-            raise ValueError("layer= must be a submodule of the model")
-        return layer
+    def _record_after(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        if torch.is_grad_enabled():
+            self._ran_after.append(module)
 
     def _record(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-        if not torch.is_grad_enabled() or not isinstance(output, torch.Tensor):
+        if not torch.is_grad_enabled():
             return
+        if not isinstance(output, torch.Tensor):
+            self._unreadable = (module, output)
+            return
+        self._ran_after.clear()
         self._calls.append((module, inputs[0].detach(), output, self._forward_number))
         # Only the latest forwards can belong to the next step: free older graphs (e.g. of a validation loop
         # run without no_grad, or of batches trained without step()). Before the first step, a readout call
@@ -193,14 +202,34 @@ class SpikeAwareScorer:
         self._handles.clear()
         self._input_handle.remove()
         self._calls.clear()
+        self._stop_watching()
+
+    def _stop_watching(self) -> None:
+        for handle in self._watch_handles:
+            handle.remove()
+        self._watch_handles.clear()
+        self._ran_after.clear()
+
+    def _set_layer(self, layer: nn.Module) -> None:
+        self.layer = layer
+        self._layout = TimeLayout.of(layer, name_of(self.model, layer), self._time_axis)
 
     def _lock_layer(self) -> nn.Module:
-        if self.layer is None:
-            self.layer = self._calls[-1][0]
-            for handle in self._handles:
-                handle.remove()
-            self._handles = [self.layer.register_forward_hook(self._record)]
-        return self.layer
+        """The readout: ``layer=``, or the detected one, checked and then the only module hooked."""
+        if self.layer is not None:
+            return self.layer
+        picked = self._calls[-1][0]
+        try:
+            check_detected(self.model, picked, self._ran_after)
+        except ValueError:
+            self._calls.clear()
+            raise
+        self._stop_watching()
+        self._set_layer(picked)
+        for handle in self._handles:
+            handle.remove()
+        self._handles = [picked.register_forward_hook(self._record)]
+        return picked
 
     def compute(
         self,
@@ -234,6 +263,8 @@ class SpikeAwareScorer:
             )
         calls: list[tuple[torch.Tensor, torch.Tensor]] = []
         if needs_readout:
+            if self._unreadable is not None:
+                raise refuse_output(self.model, *self._unreadable)
             if not self._calls:
                 raise RuntimeError(
                     "no classifier forward pass was recorded since the last step: run the model with "
@@ -276,13 +307,12 @@ class SpikeAwareScorer:
                     "layer=<the readout layer> to SpikeAwareScorer"
                 )
             result["spike_aware"] = _readout_gradient_norm(
-                [x for x, _ in connected],
-                [g for _, g in connected],
-                batch,
+                self._layout.stack([x for x, _ in connected], batch),
+                self._layout.stack([g for _, g in connected], batch),
                 getattr(self.layer, "bias", None) is not None,
             )
         if needs_outputs:
-            rate_sq = _firing_rate_sq_norm([x for x, _ in calls], batch) if "rate" in variants else None
+            rate_sq = self._layout.rate_sq([x for x, _ in calls], batch) if "rate" in variants else None
             if closed_form:
                 result.update(cross_entropy_scores(outputs.detach(), targets, rate_sq))
             else:
@@ -310,10 +340,10 @@ class SpikeAwareScorer:
         """
         if outputs is None or not calls or getattr(self.layer, "bias", None) is None or outputs.dim() != 2:
             return None
-        logits = _stack_time_major([z.detach() for _, z in calls], batch)
+        logits = self._layout.stack([z.detach() for _, z in calls], batch)
         if logits.shape[1:] != outputs.shape:
             return None
-        spikes = _stack_time_major([x for x, _ in calls], batch)
+        spikes = self._layout.stack([x for x, _ in calls], batch)
         target = outputs.detach()
         scores, gap, scale = mean_logit_scores(logits, target.to(logits.dtype), targets, spikes)
         return scores if gap <= 1e-5 * scale + 1e-6 else None
@@ -374,40 +404,11 @@ class SpikeAwareScorer:
         return (per_sample_loss * weights.to(per_sample_loss.device, per_sample_loss.dtype)).mean()
 
 
-def _readout_gradient_norm(
-    inputs: list[torch.Tensor], output_grads: list[torch.Tensor], batch: int, has_bias: bool
-) -> torch.Tensor:
-    """``sqrt(Σ_{t,t'} (δ_t·δ_t')(s_t·s_t') [+ ‖Σ_t δ_t‖²])`` per example: the exact ‖∂ℓ/∂(W, b)‖."""
-    spikes = _stack_time_major(inputs, batch).transpose(0, 1)
-    deltas = _stack_time_major(output_grads, batch).transpose(0, 1)
+def _readout_gradient_norm(spikes: torch.Tensor, deltas: torch.Tensor, has_bias: bool) -> torch.Tensor:
+    """``sqrt(Σ_{t,t'} (δ_t·δ_t')(s_t·s_t') [+ ‖Σ_t δ_t‖²])`` per example from ``[T, B, ·]`` inputs and output
+    gradients: the exact ‖∂ℓ/∂(W, b)‖."""
+    spikes, deltas = spikes.transpose(0, 1), deltas.transpose(0, 1)
     norm2 = ((spikes @ spikes.transpose(1, 2)) * (deltas @ deltas.transpose(1, 2))).sum(dim=(1, 2))
     if has_bias:
         norm2 = norm2 + deltas.sum(dim=1).pow(2).sum(dim=1)
     return norm2.clamp_min(0).sqrt().detach()
-
-
-def _firing_rate_sq_norm(inputs: list[torch.Tensor], batch: int) -> torch.Tensor:
-    """``‖r̄‖²`` per example, ``r̄`` the time-averaged input of the readout."""
-    return _stack_time_major(inputs, batch).mean(dim=0).pow(2).sum(dim=1)
-
-
-def _stack_time_major(tensors: list[torch.Tensor], batch: int) -> torch.Tensor:
-    """All recorded calls as one float32 ``[T, B, F]`` tensor (no copy for a single multi-step call)."""
-    parts = [_time_major(t, batch) for t in tensors]
-    stacked = parts[0] if len(parts) == 1 else torch.cat(parts)
-    return stacked.to(torch.float32)
-
-
-def _time_major(tensor: torch.Tensor, batch: int) -> torch.Tensor:
-    """Reshape one recorded call to ``[T, B, F]`` (time-major), validating against the batch size."""
-    if tensor.dim() == 3 and tensor.shape[1] == batch:
-        return tensor
-    if tensor.dim() == 3 and tensor.shape[0] == batch:
-        return tensor.transpose(0, 1)
-    rows = tensor.reshape(-1, tensor.shape[-1])
-    if rows.shape[0] % batch:
-        raise ValueError(
-            f"the classifier saw {rows.shape[0]} rows, not a multiple of the batch size {batch}: "
-            "are indices, outputs and the forward pass from the same batch?"
-        )
-    return rows.reshape(-1, batch, rows.shape[-1])
