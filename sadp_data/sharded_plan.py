@@ -18,23 +18,27 @@ reproduced on the shards:
    index order (a rank starts its prefix sum at the room of all lower ranks);
 4. the walk (``reference.systematic_select``): every rank computes ``walk_blocks`` (``N/WALK_BLOCK``
    entries) and receives every walk block's integer total, hence the running total at each block's
-   start; it walks its own blocks and knows each pick's position ``p`` in the global ``picks`` array
-   (the level before the pick);
-5. the shuffle and the slices: ``sharded_shuffle.shuffle_picks``; importance weights
-   ``K / (N π_i)`` are computed by the owner before the picks travel.
+   start; it walks its own blocks (``sharded_walk.walk_shard``) and knows each pick's position ``p``
+   in the global ``picks`` array (the level before the pick) and its importance weight ``K / (N π_i)``;
+5. the shuffle and the slices: ``sharded_shuffle.shuffle_picks``.
 
 Communication per rank and epoch (``R``: capping rounds, usually 1–3): ``5 + R`` all-gathers (one
 more when the capping guess runs) of a few integers, ``R + 2`` of them also carrying one float64 per
 sum block (a rank receives ``N/SUM_BLOCK`` values per gather); the guess sample (``GUESS_SAMPLE``
 float64, 512 KiB received, only for ``N ≥ GUESS_MIN``); the walk block totals (``N/WALK_BLOCK``
-uint64); ``world`` counts; and two exchanges of 20-byte records: a rank sends its picks (about
-``K·n/N`` for a shard of ``n``) and receives its buckets' members (about ``K/world``), then sends
-those and receives its slice (``per_rank(K, world)``). Nothing of size ``N`` or ``K`` is gathered.
+uint64); two gathers of ``world`` counts; and two exchanges of 12-byte records (20 once ``N > 2³²``),
+in rounds of at most ``sharded_shuffle.ROUND`` records: a rank sends its picks (about ``K·n/N`` for a
+shard of ``n``) and receives its buckets' members (about ``K/world``), then sends those and receives
+its slice (``per_rank(K, world)``). Nothing of size ``N`` or ``K`` is gathered.
 
-Memory per rank: 13 bytes per owned example (float32 weights, capped flags, uint64 fixed point) and
-temporaries of ``PIECE`` elements; at the shuffle's peak about 70–80 bytes per pick it handles (its
-walk's picks, its buckets' members, its slice); about 3 MB while the guess sample is processed;
-``O(N/WALK_BLOCK)`` for the walk blocks. The inputs may be memory-mapped slices.
+Memory per rank: 13 bytes per owned example while quantising (float32 weights, capped flags, uint64
+fixed point), 8 while walking (the fixed point) and temporaries of ``PIECE`` elements; the picks
+(12 bytes each) are made once at their exact count and freed once they have travelled; at the
+shuffle's peak about 30 bytes per pick it handles (its walk's picks, their send order, its buckets'
+members; then the members, their slots and order; then its slice) plus one round's messages; about
+3 MB while the guess sample is processed; ``O(N/WALK_BLOCK)`` for the walk blocks. The inputs may be
+memory-mapped slices. At ``W = 4``, ``K = N/2`` that is about 4 bytes per example of ``N`` over the
+score table (``sadp-data bench scale``).
 
 Not supported (use ``kernels.plan_epoch`` on a full table): ``uniform=True`` (which needs no scores),
 ``localize``/``shard_size``/``groups`` reordering, the ``sadp_data.methods`` baselines and levers,
@@ -53,12 +57,11 @@ from .kernels import reference
 from .kernels.arrays import to_host
 from .kernels.reference import GUESS_MIN, GUESS_SAMPLE, ONE, SUM_BLOCK, WALK_BLOCK, EpochKeys
 from .sharded_shuffle import PIECE, Comm, LocalComm, TorchComm, shuffle_picks
+from .sharded_walk import all_picks, walk_shard
 
 __all__ = ["Comm", "LocalComm", "TorchComm", "shard_bounds", "sharded_plan", "sharded_plan_epoch"]
 
 _MOD = 1 << 64
-#: Walk blocks walked at once (one piece's worth of examples).
-_WALK_CHUNK = max(1, PIECE // WALK_BLOCK)
 
 
 def shard_bounds(num_examples: int, world: int) -> list[tuple[int, int]]:
@@ -267,39 +270,28 @@ def _quantize(
     return fixed
 
 
-def _walk(comm: Comm, fixed: np.ndarray, num_examples: int, lo: int, keys: EpochKeys) -> tuple[np.ndarray, np.ndarray]:
-    """This shard's picks of ``reference.systematic_select`` over ``walk_order``: ``(examples, positions)``.
-
-    A pick's position is its index in the global ``picks`` array: the walk's level just before it.
-    """
+def _walk(comm: Comm, fixed: np.ndarray, num_examples: int, sample_size: int, lo: int, keys: EpochKeys) -> np.ndarray:
+    """This shard's picks as records (``sharded_walk.walk_shard``), after gathering every walk block's total."""
     count = fixed.shape[0]
     own = np.add.reduceat(fixed, np.arange(0, count, WALK_BLOCK)) if count else np.zeros(0, np.uint64)
     (totals,) = _gather(comm, own.astype(np.uint64))
-    block_totals = np.concatenate(totals)
-    order, multipliers, offsets = reference.walk_blocks(num_examples, keys)
-    visited = block_totals[order]
-    starts = np.empty_like(visited)
-    starts[order] = np.cumsum(visited, dtype=np.uint64) - visited + np.uint64(reference.walk_offset(keys))
-    del block_totals, visited, order
-    steps = np.arange(WALK_BLOCK, dtype=np.uint64)
-    mask, shift = np.uint64(WALK_BLOCK - 1), np.uint64(32)
-    first, last = lo // WALK_BLOCK, (lo + count + WALK_BLOCK - 1) // WALK_BLOCK
-    examples, positions = [], []
-    for chunk in range(first, last, _WALK_CHUNK):
-        blocks = np.arange(chunk, min(chunk + _WALK_CHUNK, last))
-        local = (multipliers[blocks][:, None] * steps + offsets[blocks][:, None]) & mask
-        index = blocks[:, None] * WALK_BLOCK + local.astype(np.int64)
-        inside = index < num_examples
-        values = np.where(inside, fixed[np.where(inside, index - lo, 0)], np.uint64(0))  # 0: never picked
-        start = starts[blocks][:, None]
-        level = (np.cumsum(values, axis=1, dtype=np.uint64) + start) >> shift
-        previous = np.concatenate([start >> shift, level[:, :-1]], axis=1)
-        picked = level > previous
-        examples.append(index[picked])
-        positions.append(previous[picked].astype(np.int64))
-    if not examples:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(examples), np.concatenate(positions)
+    return walk_shard(fixed, np.concatenate(totals), num_examples, sample_size, lo, keys)
+
+
+def _picks(
+    comm: Comm, scores: np.ndarray, seen: np.ndarray | None, num_examples: int, sample_size: int, smoothing: float,
+    keys: EpochKeys, rank: int, world: int,
+) -> np.ndarray:  # fmt: skip
+    """Steps 1–4 on this rank's shard: its picks as records; the per-example arrays are freed on return."""
+    lo, hi = shard_bounds(num_examples, world)[rank]
+    bad = int(scores.shape != (hi - lo,) or (seen is not None and seen.shape != (hi - lo,)))
+    weights = _smoothed(comm, scores, seen, smoothing, lo, bad, sample_size != num_examples)
+    if weights is None:  # the reference shuffles all examples with weights of exactly 1
+        return all_picks(lo, hi, num_examples)
+    scale, capped = _capping(comm, weights, num_examples, sample_size, lo)
+    fixed = _quantize(comm, weights, scale, capped, sample_size, rank)
+    del weights, capped
+    return _walk(comm, fixed, num_examples, sample_size, lo, keys)
 
 
 def sharded_plan(
@@ -336,23 +328,12 @@ def sharded_plan(
         raise ValueError(
             f"need 1 <= sample_size <= {num_examples} and smoothing in [0, 1], got {sample_size}, {smoothing}"
         )
-    lo, hi = shard_bounds(num_examples, world)[rank]
     scores = to_host(local_scores)
     seen = None if local_seen is None else to_host(local_seen)
-    bad = int(scores.shape != (hi - lo,) or (seen is not None and seen.shape != (hi - lo,)))
-    weights = _smoothed(comm, scores, seen, smoothing, lo, bad, sample_size != num_examples)
-    if sample_size == num_examples:  # the reference shuffles all examples with weights of exactly 1
-        picks = np.arange(lo, hi, dtype=np.int64)
-        return shuffle_picks(picks, picks, np.ones(hi - lo, np.float32), sample_size, keys.shuffle, rank, world, comm)
-    assert weights is not None
-    scale, capped = _capping(comm, weights, num_examples, sample_size, lo)
-    fixed = _quantize(comm, weights, scale, capped, sample_size, rank)
-    del weights, capped
-    picks, positions = _walk(comm, fixed, num_examples, lo, keys)
-    probabilities = fixed[picks - lo].astype(np.float64) / float(ONE)
-    importance = (sample_size / (num_examples * probabilities)).astype(np.float32)
-    del fixed, probabilities
-    return shuffle_picks(picks, positions, importance, sample_size, keys.shuffle, rank, world, comm)
+    return shuffle_picks(  # no reference to the picks is kept here: the shuffle frees them once they travel
+        _picks(comm, scores, seen, num_examples, sample_size, smoothing, keys, rank, world),
+        sample_size, keys.shuffle, rank, world, comm,
+    )  # fmt: skip
 
 
 def sharded_plan_epoch(

@@ -15,7 +15,7 @@ data-parallel slice, exactly as ``reference.shuffle_permutation`` followed by
    ranges);
 2. a bucket owner receives *every* position of its buckets. Sorted by ``(bucket, p)`` they sit in the
    slots the reference's stable counting sort gives them, offset by the number of positions in lower
-   buckets (an all-gather of one count per rank). It then runs the reference's Fisher–Yates on its
+   buckets (from the first exchange's counts). It then runs the reference's Fisher–Yates on its
    buckets, whose swaps depend only on a bucket's global start and size (the swap randoms are keyed
    by the global slot), so it knows each pick's output position ``q``;
 3. output ``q`` goes to every rank whose ``rank_positions`` slice holds it (the wrapped padding
@@ -23,14 +23,17 @@ data-parallel slice, exactly as ``reference.shuffle_permutation`` followed by
 
 Buckets are owned whole, so owners differ by up to a bucket (about ``SHUFFLE_BUCKET`` positions);
 with fewer buckets than ranks some own none. Cost per rank: two exchanges of about ``K/world``
-records of 20 bytes (position or slot, example, weight), one all-gather of ``world`` counts, and
-``O(K/world)`` work and memory; the in-bucket Fisher–Yates is vectorised across the owner's buckets,
-one numpy step per in-bucket position (about ``SHUFFLE_BUCKET`` steps whatever ``K``).
+records of 12 bytes (position or slot, example, weight; 20 once ``N > 2³²``), each after an
+all-gather of ``world`` counts and in rounds of at most ``ROUND`` records, so no message holds all of
+them; ``O(K/world)`` work and memory, indices kept uint32 while they fit; the in-bucket
+Fisher–Yates is vectorised across the owner's buckets, one numpy step per in-bucket position (about
+``SHUFFLE_BUCKET`` steps whatever ``K``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -38,11 +41,10 @@ import numpy as np
 from .distributed import per_rank
 from .kernels import reference
 
-#: One travelling pick: ``key`` is its position in ``picks`` (to the bucket owner) or its offset in the
-#: destination's slice (to the slice owner); ``index`` the example; ``weight`` its importance weight.
-RECORD = np.dtype([("key", "<i8"), ("index", "<i8"), ("weight", "<f4")])
 #: Elements per piece of the element-wise passes: bounds their temporaries (about 64 bytes each).
 PIECE = 1 << 13
+#: Records a rank sends, or receives, per round of an exchange of picks: bounds the message buffers.
+ROUND = 1 << 20
 
 
 class Comm(Protocol):
@@ -147,11 +149,20 @@ class TorchComm:
         return [receive[edges[r] + 1 : edges[r + 1]].view(dtype) for r in range(world)]
 
 
-def _pack(key: np.ndarray, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Records (``RECORD``) of the given fields."""
-    records = np.empty(key.shape[0], dtype=RECORD)
-    records["key"], records["index"], records["weight"] = key, index, weight
-    return records
+def record_dtype(num_examples: int) -> np.dtype:
+    """The records of a plan over ``num_examples`` examples: 12 bytes while indices fit uint32, else 20.
+
+    ``key`` is a pick's position in ``picks`` (to the bucket owner) or its offset in the destination's
+    slice (to the slice owner), both below ``N``; ``index`` the example; ``weight`` its importance weight.
+    Every rank derives the same type from ``N``, so the records travel as raw bytes.
+    """
+    index = "<u4" if num_examples <= 1 << 32 else "<i8"
+    return np.dtype([("key", index), ("index", index), ("weight", "<f4")])
+
+
+def _compact(order: np.ndarray) -> np.ndarray:
+    """A sort order (or any indices below its length) as uint32 when they fit: half the bytes of int64."""
+    return order.astype(np.uint32) if order.shape[0] <= 1 << 32 else order
 
 
 def _small(world: int) -> type:
@@ -166,25 +177,28 @@ def _slices(count: int, parts: int) -> range:
 def bucket_slots(sizes: np.ndarray, base: int, swap_key: np.uint64) -> np.ndarray:
     """The reference's in-bucket Fisher–Yates for consecutive buckets of ``sizes`` starting at slot ``base``.
 
-    Returns ``content`` (int64, ``sizes.sum()`` long): the slot ``base + t`` ends up holding the
-    ``content[t]``-th of the buckets' members in ``(bucket, position)`` order, exactly as
-    ``reference.shuffle_permutation`` arranges those buckets, because the swaps of a bucket depend
-    only on its global start and size. Each slot's swap partner is hashed up front (in pieces of
-    ``PIECE``); the swaps then run one vectorised step per in-bucket position, across all buckets.
+    Returns ``content`` (``sizes.sum()`` long; uint32 while that fits, else int64): the slot
+    ``base + t`` ends up holding the ``content[t]``-th of the buckets' members in ``(bucket,
+    position)`` order, exactly as ``reference.shuffle_permutation`` arranges those buckets, because the
+    swaps of a bucket depend only on its global start and size. Each slot's swap partner is hashed up
+    front (in pieces of ``PIECE``); the swaps then run one vectorised step per in-bucket position,
+    across all buckets.
     """
     sizes = np.asarray(sizes, dtype=np.int64)
     count = int(sizes.sum())
-    content = np.arange(count, dtype=np.int64)
+    content = np.empty(count, dtype=np.uint32 if count <= 1 << 32 else np.int64)
+    for piece in _slices(count, PIECE):  # piece by piece: no int64 array of all the slots
+        content[piece : piece + PIECE] = np.arange(piece, min(count, piece + PIECE))
     if sizes.shape[0] == 0:
         return content
     starts = np.cumsum(sizes) - sizes
-    partner = np.repeat(starts, sizes)  # each slot's bucket start, then its swap partner
-    shift = np.uint64(32)
+    partner = np.repeat(starts.astype(content.dtype), sizes)  # each slot's bucket start, then its swap partner
+    shift, first = np.uint64(32), np.uint64(base)
     for piece in _slices(count, PIECE):
-        slot = content[piece : piece + PIECE]
+        slot = content[piece : piece + PIECE].astype(np.int64)
         limit = (slot - partner[piece : piece + PIECE] + 1).astype(np.uint64)  # step i draws from [0, i]
-        bits = reference.random_bits(swap_key, (slot + base).astype(np.uint64))
-        partner[piece : piece + PIECE] += ((bits >> shift) * limit >> shift).astype(np.int64)  # reference.bounded
+        bits = reference.random_bits(swap_key, slot.astype(np.uint64) + first)
+        partner[piece : piece + PIECE] += ((bits >> shift) * limit >> shift).astype(content.dtype)  # bounded
     by_size = np.argsort(-sizes, kind="stable")
     starts, descending = starts[by_size], sizes[by_size]
     steps = np.arange(int(descending[0]))
@@ -196,24 +210,58 @@ def bucket_slots(sizes: np.ndarray, base: int, swap_key: np.uint64) -> np.ndarra
     return content
 
 
+def _exchange_in_rounds(
+    comm: Comm, sending: np.ndarray, take: Callable[[int, int, int], np.ndarray], dtype: np.dtype, rank: int
+) -> tuple[np.ndarray, Iterator[tuple[int, int, np.ndarray]]]:
+    """A personalised all-to-all of ``sending[d]`` records to each rank ``d``, in rounds of at most ``ROUND``.
+
+    ``take(d, start, stop)`` makes records ``[start, stop)`` of those for ``d`` when a round needs
+    them, so neither side holds a message of all its records. Returns the ``[source, destination]``
+    matrix of record counts (one all-gather) and an iterator that runs the rounds (collectives: every
+    rank must exhaust it) and yields ``(source, offset, records)``: the records from ``source`` at
+    ``offset`` among all it sends here. Raises ``RuntimeError`` if a round delivers another count.
+    """
+    matrix = np.stack([np.asarray(row, dtype=np.int64) for row in comm.all_gather(sending.astype(np.int64))])
+    busiest = max(int(matrix.sum(axis=0).max()), int(matrix.sum(axis=1).max()))
+    rounds = max(1, -(-busiest // ROUND))
+
+    def run() -> Iterator[tuple[int, int, np.ndarray]]:
+        for step in range(rounds):
+            parts = [take(d, sent * step // rounds, sent * (step + 1) // rounds) for d, sent in enumerate(sending)]
+            received = comm.exchange(parts)
+            del parts
+            for source, part in enumerate(received):
+                part = np.asarray(part).view(dtype)
+                total = int(matrix[source, rank])
+                offset = total * step // rounds
+                if part.shape[0] != total * (step + 1) // rounds - offset:
+                    raise RuntimeError(
+                        f"rank {rank} received {part.shape[0]} records from rank {source}, not its share"
+                    )
+                yield source, offset, part
+
+    return matrix, run()
+
+
+def _take_sorted(records: np.ndarray, order: np.ndarray, cuts: np.ndarray, d: int, start: int, stop: int) -> np.ndarray:
+    """Records ``[start, stop)`` of those for rank ``d``: ``records[order[cuts[d]:cuts[d + 1]]]``."""
+    return records[order[cuts[d] + start : cuts[d] + stop]]
+
+
 def shuffle_picks(
-    indices: np.ndarray,
-    positions: np.ndarray,
-    weights: np.ndarray,
-    sample_size: int,
-    key: np.uint64,
-    rank: int,
-    world: int,
-    comm: Comm,
+    picks: np.ndarray, sample_size: int, key: np.uint64, rank: int, world: int, comm: Comm
 ) -> tuple[np.ndarray, np.ndarray]:
     """This rank's slice ``(order, weights)`` of ``picks[shuffle_permutation(K, key)]`` (``rank_positions``).
 
-    ``indices``, ``positions`` and ``weights`` are this rank's picks: example, position in the global
-    ``picks`` array and importance weight. Across all ranks the positions must be exactly
-    ``0 … K−1`` once each (``K = sample_size``); every rank must call this collectively. Returns
-    int64 and float32 arrays of ``per_rank(K, world)`` entries, bit-identical to the single-process
-    plan's slice. Raises ``RuntimeError`` if the positions were not a partition of ``0 … K−1``.
+    ``picks`` are this rank's picks as ``record_dtype(N)`` records: ``key`` the position in the global
+    ``picks`` array, ``index`` the example, ``weight`` the importance weight; pass them without keeping
+    a reference, so they are freed once they have travelled. Across all ranks the positions must be
+    exactly ``0 … K−1`` once each (``K = sample_size``); every rank must call this collectively.
+    Returns int64 and float32 arrays of ``per_rank(K, world)`` entries, bit-identical to the
+    single-process plan's slice. Raises ``RuntimeError`` if the positions were not a partition of
+    ``0 … K−1``.
     """
+    dtype = picks.dtype
     bucket_key, swap_key = reference.random_bits(key, np.arange(2, dtype=np.uint64))
     buckets = reference.shuffle_buckets(sample_size)
     bounds = np.array([r * buckets // world for r in range(world + 1)], dtype=np.int64)
@@ -221,50 +269,60 @@ def shuffle_picks(
     def bucket_of(where: np.ndarray) -> np.ndarray:
         return reference.bounded(reference.random_bits(bucket_key, where.astype(np.uint64)), buckets).astype(np.int64)
 
-    # 1. every pick to the owner of its bucket, as records sorted by owner (a radix sort of small ints)
-    owner = (np.searchsorted(bounds, bucket_of(positions), side="right") - 1).astype(_small(world))
-    arrangement = np.argsort(owner, kind="stable")
+    # 1. every pick to the owner of its bucket, sent in order of owner (a radix sort of small ints)
+    owner = np.empty(picks.shape[0], dtype=_small(world))
+    for start in _slices(picks.shape[0], PIECE):
+        piece = bucket_of(picks["key"][start : start + PIECE])
+        owner[start : start + PIECE] = np.searchsorted(bounds, piece, side="right") - 1
+    arrangement = _compact(np.argsort(owner, kind="stable"))
     cuts = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=world))])
     del owner
-    records = _pack(positions[arrangement], indices[arrangement], weights[arrangement])
-    del arrangement
-    received = comm.exchange([records[cuts[d] : cuts[d + 1]] for d in range(world)])
-    del records
-    members = np.concatenate([np.asarray(part).view(RECORD) for part in received])
-    del received
-    where, example, weight = (np.ascontiguousarray(members[field]) for field in RECORD.names)
-    del members
+    take = partial(_take_sorted, picks, arrangement, cuts)
+    matrix, rounds = _exchange_in_rounds(comm, np.diff(cuts), take, dtype, rank)
+    incoming = matrix[:, rank]
+    members = np.empty(int(incoming.sum()), dtype=dtype)
+    firsts = np.cumsum(incoming) - incoming
+    for source, offset, part in rounds:
+        members[firsts[source] + offset : firsts[source] + offset + part.shape[0]] = part
+    del picks, arrangement, take
     # 2. the owner's buckets in the reference's slots, i.e. sorted by (bucket, position), then its Fisher–Yates
-    member_bucket = bucket_of(where) - bounds[rank]
-    sizes = np.bincount(member_bucket, minlength=int(bounds[rank + 1] - bounds[rank]))
-    arrangement = np.argsort(member_bucket * sample_size + where)  # distinct keys: any sort gives this order
-    del member_bucket, where
-    counts = comm.all_gather(np.array([example.shape[0]], dtype=np.int64))
-    base = int(sum(int(count[0]) for count in counts[:rank]))  # positions in lower buckets
+    count = members.shape[0]
+    sizes = np.zeros(int(bounds[rank + 1] - bounds[rank]), dtype=np.int64)
+    sort_key = np.empty(count, dtype=np.int64)
+    for start in _slices(count, PIECE):
+        where = members["key"][start : start + PIECE].astype(np.int64)  # a copy: no view keeps members alive
+        member_bucket = bucket_of(where) - bounds[rank]
+        sizes += np.bincount(member_bucket, minlength=sizes.shape[0])
+        sort_key[start : start + PIECE] = member_bucket * sample_size + where
+    arrangement = _compact(np.argsort(sort_key))  # distinct keys: any sort gives this order
+    del sort_key
+    base = int(matrix[:, :rank].sum())  # positions in lower buckets
     arrangement = arrangement[bucket_slots(sizes, base, swap_key)]  # output base + t holds member arrangement[t]
     # 3. output q to every rank whose slice holds it: q // size, and the wrapped padding q + K, q + 2K, …
-    size, count = per_rank(sample_size, world), example.shape[0]
-    outputs = base + np.arange(count, dtype=np.int64)
-    records = _pack(outputs % size, example[arrangement], weight[arrangement])
-    del arrangement, example, weight
+    size = per_rank(sample_size, world)
+    records = members[arrangement]
+    del members, arrangement
+    for start in _slices(count, PIECE):
+        records["key"][start : start + PIECE] = (base + np.arange(start, min(count, start + PIECE))) % size
     edges = np.clip(np.arange(world + 1, dtype=np.int64) * size - base, 0, count)
     parts = [records[edges[d] : edges[d + 1]] for d in range(world)]
     for wrap in range(1, -(-(world * size) // sample_size)):
-        spot = outputs[: max(0, min(count, world * size - wrap * sample_size - base))] + wrap * sample_size
+        spot = base + np.arange(max(0, min(count, world * size - wrap * sample_size - base))) + wrap * sample_size
         for destination in np.unique(spot // size).tolist():
             chosen = spot // size == destination
             extra = records[: spot.shape[0]][chosen]
             extra["key"] = spot[chosen] % size
             parts[destination] = np.concatenate([parts[destination], extra])
-    del outputs
-    received = comm.exchange(parts)
-    del records, parts
+    del records
+    sending = np.array([part.shape[0] for part in parts], dtype=np.int64)
+    _, rounds = _exchange_in_rounds(comm, sending, lambda d, a, b: parts[d][a:b], dtype, rank)
     order = np.empty(size, dtype=np.int64)
     slice_weights = np.empty(size, dtype=np.float32)
     filled = np.zeros(size, dtype=bool)
-    for part in received:
-        part = np.asarray(part).view(RECORD)
+    arrived = 0
+    for _, _, part in rounds:
         order[part["key"]], slice_weights[part["key"]], filled[part["key"]] = part["index"], part["weight"], True
-    if sum(np.asarray(part).shape[0] for part in received) != size or not filled.all():
+        arrived += part.shape[0]
+    if arrived != size or not filled.all():
         raise RuntimeError(f"rank {rank} did not receive exactly the {size} picks of its slice")
     return order, slice_weights
