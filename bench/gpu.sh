@@ -18,6 +18,19 @@ if ! "$python" -c "import sadp_data, spikingjelly.activation_based, loguru" 2>/d
     "$python" -m pip install --quiet -e ".[snn]"
     "$python" -m pip install --quiet --no-deps spikingjelly==2.0.0
 fi
+if [ "${1:-}" != "--dry-run" ] && ! "$python" -c "
+import numpy as np
+from numba import cuda
+@cuda.jit
+def one(x):
+    x[0] = 1
+a = cuda.to_device(np.zeros(1))
+one[1, 1](a)
+assert a.copy_to_host()[0] == 1" 2>/dev/null; then
+    # numba.cuda needs libNVVM to compile; numba-cuda's extra brings it as a wheel matching torch's CUDA major.
+    major="$("$python" -c "import torch; print((torch.version.cuda or '12').split('.')[0])")"
+    "$python" -m pip install --quiet "numba-cuda[cu${major}]" || echo "numba.cuda cannot compile here: its rows will say so"
+fi
 out="${OUT:-bench/results}"
 mkdir -p "$out"
 if [ "${1:-}" != "--dry-run" ]; then

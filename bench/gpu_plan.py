@@ -1,8 +1,8 @@
 """The GPU bench's first part: ``plan_epoch`` on the device against ``torch.randperm`` and ``torch.multinomial``.
 
 Each N runs in a fresh child process (``python -m sadp_data.bench.gpu_plan N DEVICE``), so a backend that
-runs out of device memory, or a child that dies, costs that N's figures only; inside the child every task
-is tried on its own and an out-of-memory error is recorded as ``"skipped"``. Scores are log-normal(0, 1)
+dies costs that N's figures only; inside the child every task is tried on its own and one that fails (out of
+device memory, say) is recorded as ``"skipped"`` with the reason. Scores are log-normal(0, 1)
 float32 made on the device (no host round trip, even at N = 10⁹); the numba.cuda backend reads the same
 tensor through ``__cuda_array_interface__`` (under ``NUMBA_ENABLE_CUDASIM=1`` a host copy instead).
 
@@ -107,7 +107,7 @@ def _task(name: str, count: int, device: str, repeats: int) -> dict[str, Any]:
 
 
 def run_size(count: int, device: str) -> list[dict[str, Any]]:
-    """Every task at one N (in this process); a task that runs out of memory is recorded as skipped."""
+    """Every task at one N (in this process); a task that fails (out of memory, say) is skipped, with why."""
     import torch
 
     names = [*PLAN_BACKENDS, "torch.randperm"] + (["torch.multinomial"] if count <= MULTINOMIAL_LIMIT else [])
@@ -116,10 +116,11 @@ def run_size(count: int, device: str) -> list[dict[str, Any]]:
     for name in names:
         try:
             rows.append(_task(name, count, device, repeats))
-        except Exception as error:  # torch's OutOfMemoryError, or numba.cuda's CudaAPIError naming OUT_OF_MEMORY
-            if not isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)) and "OUT_OF_MEMORY" not in str(error):
-                raise
-            rows.append({"n": count, "backend": name, "skipped": f"out of memory: {str(error)[:200]}"})
+        except Exception as error:  # one task's failure (out of memory, no NVVM for numba.cuda) spares the others
+            text = str(error)
+            out_of_memory = isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)) or "OUT_OF_MEMORY" in text
+            reason = "out of memory" if out_of_memory else type(error).__name__
+            rows.append({"n": count, "backend": name, "skipped": f"{reason}: {text[:300]}"})
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
     return rows
