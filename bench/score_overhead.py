@@ -67,10 +67,9 @@ class TimeLoopMLP(nn.Module):
         flat = images.flatten(1)
         mem1 = torch.zeros(flat.shape[0], 1000)
         mem2 = torch.zeros(flat.shape[0], 10)
-        current1 = self.fc1(flat)  # constant input current, computed once as snntorch's tutorial does per step
         records = []
         for _ in range(self.time_steps):
-            spikes1, mem1 = _leaky(current1, mem1)
+            spikes1, mem1 = _leaky(self.fc1(flat), mem1)  # fc1 per step, as in snntorch's tutorial
             logits = self.fc2(spikes1)
             if self.spiking_readout:
                 spikes2, mem2 = _leaky(logits, mem2)
