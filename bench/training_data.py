@@ -77,7 +77,7 @@ class DemoConfig:
 
 
 #: How long ``sadp-data demo --quick`` takes (the ``--quick`` help and the README state this figure).
-QUICK_DURATION = "about 1.5 min on an idle 2-core CPU; longer when other processes compete for the CPUs"
+QUICK_DURATION = "about 70 s on an idle 2-core CPU; longer when other processes compete for the CPUs"
 
 
 def option_help() -> dict[str, str]:

@@ -183,7 +183,7 @@ def test_the_quick_demo_states_one_duration_in_help_code_and_readme() -> None:
     from _readme import README
     from sadp_data.bench.training_data import QUICK_DURATION, DemoConfig
 
-    figure = QUICK_DURATION.split(";")[0]  # e.g. "about 1.5 min on an idle 2-core CPU"
+    figure = QUICK_DURATION.split(";")[0]  # e.g. "about 70 s on an idle 2-core CPU"
     assert figure in _options(_subparsers(build_parser())["demo"])["quick"].help
     text = README.read_text()
     demo = " ".join(text[text.index("## The demo\n") :].split("\n## ")[0].split())
