@@ -29,13 +29,15 @@ __all__ = ["ContestedCells", "FrontierConfig", "Part", "Variant", "events_config
 @dataclass(frozen=True)
 class Variant:
     """An ablation run: ``method`` with ``options`` (and ``SADPSampler`` settings ``sampler_options``) at
-    ``keep_ratio``, labelled ``label``."""
+    ``keep_ratio``, labelled ``label``; ``score`` names the ``SpikeAwareScorer`` variant that feeds its
+    store (``None``: the method's own)."""
 
     label: str
     keep_ratio: float
     options: tuple[tuple[str, Any], ...]
     method: str = "sadp"
     sampler_options: tuple[tuple[str, Any], ...] = ()
+    score: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ class Part:
             for keep in keeps:
                 runs.append((RunSpec(f"{method}@{keep:g}", method, keep, METHODS[method].score), method))
         for variant in self.variants if seed in self.variant_seeds else ():
-            score = METHODS[variant.method].score
+            score = variant.score or METHODS[variant.method].score
             name = f"{variant.label}@{variant.keep_ratio:g}"
             spec = RunSpec(name, variant.method, variant.keep_ratio, score, variant.options, variant.sampler_options)
             runs.append((spec, variant.label))

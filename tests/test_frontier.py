@@ -373,3 +373,29 @@ def test_the_seed_study_writes_pooled_pairs_and_its_run_record(tmp_path: Path, m
     assert result["run"]["command"].endswith("--seeds 2-3 --keep 0.5") and result["run"]["machine"]["cpu_count"] >= 1
     with pytest.raises(SystemExit):
         frontier_seeds.main([str(out), str(tmp_path / "missing.json")])
+
+
+def test_the_score_study_pairs_each_score_with_full_data_per_seed_and_keep_ratio() -> None:
+    from sadp_data.bench.frontier_score import LABELS, paired_scores, score_config
+
+    part = "fashion-mnist/conv"
+    runs = []
+    for seed in range(5):
+        runs.append(_run(part, "full", 1.0, seed, 0.850))
+        for keep, gain in ((0.5, 0.002), (0.7, -0.001)):
+            runs.append(_run(part, LABELS["spike_aware"], keep, seed, 0.845) | {"train_time_s": 10.0})
+            runs.append(
+                _run(part, LABELS["full_gradient"], keep, seed, 0.845 + gain + 0.0001 * seed) | {"train_time_s": 12.0}
+            )
+    runs.append(_run(part, LABELS["full_gradient"], 0.5, 9, 0.99))  # no full run on seed 9: never paired
+    paired = paired_scores(runs)
+    assert set(paired) == {f"{part}@0.5", f"{part}@0.7"}
+    cell = paired[f"{part}@0.5"]
+    assert cell["seeds"] == [0, 1, 2, 3, 4]
+    assert cell["full_gradient_minus_spike_aware"]["mean"] == pytest.approx(0.22)
+    assert cell["spike_aware_minus_full"]["mean"] == pytest.approx(-0.5)
+    assert cell["full_gradient_train_time_s"] == 12.0 and len(cell["spike_aware_examples_processed"]) == 1
+    assert paired[f"{part}@0.7"]["full_gradient_minus_full"]["mean"] == pytest.approx(-0.58)
+    mlp, conv = score_config((0, 1)).parts
+    assert [spec.score for spec, _ in conv.specs(1)] == [None, "spike_aware", "spike_aware"] + ["full_gradient"] * 2
+    assert mlp.config.train_size == 60000 and conv.config.train_size == 6000
