@@ -198,3 +198,14 @@ def test_every_relative_link_resolves_to_a_file_and_heading() -> None:
             broken.append(f"{where}: {target} (outside the repository)")
     assert not broken, "\n".join(broken)
     print("external links, not fetched:", *sorted(set(external)), sep="\n  ")
+
+
+def test_no_page_refers_to_issue_numbers() -> None:
+    """A page says what a thing is, not which tracker entry asked for it."""
+    found = [
+        f"{page.relative_to(ROOT).as_posix()}:{number}: {line.strip()[:80]}"
+        for page in PAGES
+        for number, line in _prose(page)
+        if re.search(r"\bissues? \d+|(?<![\w/&])#\d+\b|\bthe issue\b", line, re.I)
+    ]
+    assert not found, "\n".join(found)
