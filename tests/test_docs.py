@@ -10,7 +10,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from _docs import NOT_RUN, PAGES, ROOT, Block, blocks, run_doc_block
+from _docs import NOT_RUN, PAGES, README, ROOT, Block, blocks, run_doc_block
 
 from sadp_data.cli import build_parser
 
@@ -209,3 +209,24 @@ def test_no_page_refers_to_issue_numbers() -> None:
         if re.search(r"\bissues? \d+|(?<![\w/&])#\d+\b|\bthe issue\b", line, re.I)
     ]
     assert not found, "\n".join(found)
+
+
+def _demo_rows(page: Path) -> list[list[str]]:
+    text = page.read_text()
+    table = text[text.index("| method | test acc |") :].split("\n\n", 1)[0]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in table.splitlines()[2:]]
+
+
+def test_the_front_page_result_is_the_demo_json_and_the_demo_page() -> None:
+    """The README's one result table shows docs/demo.json's figures, rounded, as docs/demo.md does."""
+    record = json.loads((ROOT / "docs" / "demo.json").read_text())
+    rows = _demo_rows(README)
+    assert rows == _demo_rows(ROOT / "docs" / "demo.md")
+    for method, accuracy, seconds, speedup, theoretical, ratio in rows:
+        figures = record["methods"][method]
+        assert accuracy == f"{figures['test_accuracy']:.2%}".replace("%", " %"), method
+        assert seconds == f"{figures['train_time_s']:.1f}", method
+        shown = [speedup, theoretical, ratio]
+        assert shown == [f"{figures[key]:.3f}" for key in ("speedup", "theoretical_speedup", "speedup_ratio")]
+    command = record["run"]["command"].replace(" --no-progress", "")
+    assert f"`{command}` on {record['run']['started'][:10]}" in README.read_text()
