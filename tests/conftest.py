@@ -34,7 +34,7 @@ def nmnist_subset_missing() -> str | None:
         f"N-MNIST subset not found at {NMNIST_SUBSET} (no {', '.join(missing)}): set "
         "SADP_NMNIST=/path/to/nmnist-small, a folder with samples/<id>.bs2 (or .bin) recordings in N-MNIST's "
         "binary format and the label lists train1K.txt and test100.txt ('#sample #class' header, then "
-        "'<id>\\t<label>' lines); see the README's 'Set up'"
+        "'<id>\\t<label>' lines); see docs/setup.md"
     )
 
 

@@ -29,7 +29,7 @@ from torch.utils.data import BatchSampler, DataLoader, TensorDataset
 
 pytest.importorskip("accelerate")
 
-from _readme import run_readme_block
+from _docs import run_doc_block
 from accelerate import Accelerator
 from accelerate.data_loader import BatchSamplerShard, prepare_data_loader
 from sadp_data.adapters.accelerate import AcceleratedLoader, check_not_resharded, prepare_loader
@@ -220,9 +220,9 @@ def test_loaders_prepare_would_reshard_are_refused() -> None:
         prepare_loader(accelerator, dataset, other_world)
 
 
-def test_the_readme_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_documented_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # the snippet creates its sidecar in the working folder
-    namespace = run_readme_block("## Accelerate")
+    namespace = run_doc_block("docs/integrations.md", "## Accelerate")
     assert namespace["sampler"].epoch == namespace["epochs"] - 1 and (tmp_path / "accelerate.scores.zarr").is_dir()
 
 

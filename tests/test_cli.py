@@ -179,13 +179,12 @@ def test_convert_shows_progress_in_every_phase_unless_told_not_to(workers: str, 
     assert capsys.readouterr().err == ""
 
 
-def test_the_quick_demo_states_one_duration_in_help_code_and_readme() -> None:
-    from _readme import README
+def test_the_quick_demo_states_one_duration_in_help_code_and_docs() -> None:
+    from _docs import ROOT
     from sadp_data.bench.training_data import QUICK_DURATION, DemoConfig
 
     figure = QUICK_DURATION.split(";")[0]  # e.g. "about 70 s on an idle 2-core CPU"
     assert figure in _options(_subparsers(build_parser())["demo"])["quick"].help
-    text = README.read_text()
-    demo = " ".join(text[text.index("## The demo\n") :].split("\n## ")[0].split())
+    demo = " ".join((ROOT / "docs" / "demo.md").read_text().split())
     assert figure in demo and "about a minute" not in demo and "≤ 2 min" not in demo
     assert "≤" not in (DemoConfig.quick.__doc__ or "")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _readme import run_readme_block
+from _docs import run_doc_block
 from torch.utils.data import DataLoader, TensorDataset
 
 from sadp_data.compat import INITIAL_SCORE, InfoBatch, infobatch_plan
@@ -98,9 +98,9 @@ def test_misuse_is_refused_clearly() -> None:
         InfoBatch(TensorDataset(torch.zeros(10, 1)), 2, method="nope")
 
 
-def test_the_readme_snippet_runs() -> None:
+def test_the_documented_snippet_runs() -> None:
 
-    namespace = run_readme_block("## Coming from InfoBatch")
+    namespace = run_doc_block("docs/integrations.md", "## Coming from InfoBatch")
     trainset = namespace["trainset"]
     assert trainset.epoch == 2 and trainset._position == len(trainset._plan[0])  # every epoch ran to its end
 

@@ -19,7 +19,7 @@ from sadp_data.store import ScoreStoreError
 
 N = 300
 
-from _readme import readme_block  # noqa: E402
+from _docs import doc_block  # noqa: E402
 from _samplers import unbiased_sampler  # noqa: E402
 
 
@@ -203,16 +203,16 @@ def test_page_window_reads_pages_in_windows(tmp_path: Path) -> None:
         assert len(others) <= 1, (page, others)
 
 
-def test_the_readme_example_trains_the_demo_snn_from_a_beton(tmp_path: Path, monkeypatch) -> None:
-    """The README's FFCV snippet, run as written on a small .beton of 28x28 images."""
-    snippet = readme_block("## FFCV")
+def test_the_documented_example_trains_the_demo_snn_from_a_beton(tmp_path: Path, monkeypatch) -> None:
+    """docs/ffcv.md's example, run as written on a small .beton of 28x28 images."""
+    snippet = doc_block("docs/ffcv.md", "# FFCV")
     assert "importance_loader(path, sampler" in snippet
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "data.npz", x=rng.integers(0, 255, (200, 28, 28), dtype=np.uint8), y=rng.integers(0, 10, 200))
     monkeypatch.chdir(tmp_path)
     assert main(["convert", "data.npz", "small.beton", "--format", "ffcv", "--no-progress"]) == 0
     namespace: dict = {}
-    exec(compile(snippet, "README.md (FFCV example)", "exec"), namespace)
+    exec(compile(snippet, "docs/ffcv.md (example)", "exec"), namespace)
     sampler = namespace["sampler"]
     store = open_sidecar(tmp_path / "small.beton", "r")
     assert store.version > 0 and np.count_nonzero(store.seen()) == 200  # every example scored in the warm-up

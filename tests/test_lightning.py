@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 pl = pytest.importorskip("lightning.pytorch")
 
-from _readme import run_readme_block  # noqa: E402
+from _docs import run_doc_block  # noqa: E402
 from sadp_data.adapters.lightning import (  # noqa: E402
     LightningLoader,
     SADPCallback,
@@ -412,9 +412,9 @@ def test_total_steps_counts_optimizer_steps_with_accumulation() -> None:
         callback.total_steps(accumulate_grad_batches=0)
 
 
-def test_the_readme_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_documented_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # the snippet creates its sidecar in the working folder
-    namespace = run_readme_block("## Lightning", {"__name__": "readme_lightning"})
+    namespace = run_doc_block("docs/integrations.md", "## Lightning", {"__name__": "docs_lightning"})
     trainer, model = namespace["trainer"], namespace["model"]
     assert trainer.global_step == model.sadp.total_steps() and trainer.current_epoch == namespace["epochs"]
 

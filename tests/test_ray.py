@@ -81,8 +81,8 @@ def test_scoring_on_ray_actors_equals_an_in_process_rescore(source, tmp_path) ->
         score_with_ray(dataset, store, _model, inputs="x", targets="y", actors=0)
 
 
-def test_the_readme_snippet_runs(source, tmp_path, monkeypatch) -> None:
-    from _readme import run_readme_block
+def test_the_documented_snippet_runs(source, tmp_path, monkeypatch) -> None:
+    from _docs import run_doc_block
 
     monkeypatch.chdir(tmp_path)
     rows = ray.data.from_items([source[i] for i in range(len(source))])
@@ -90,7 +90,7 @@ def test_the_readme_snippet_runs(source, tmp_path, monkeypatch) -> None:
         [{"x": source[i]["x.npy"].astype(np.float32) / 255, "y": source[i]["y.cls"], "index": i} for i in range(N)]
     )
     namespace = {"rows": rows, "scoring_rows": scoring, "make_model": _model}
-    namespace = run_readme_block("### Converting and scoring on a Ray cluster", namespace)
+    namespace = run_doc_block("docs/distributed.md", "## Converting and scoring on a Ray cluster", namespace)
     assert namespace["index"].num_examples == N
     namespace["store"].flush()
     assert (namespace["store"].seen() == 1).all()

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from _readme import README, readme_block, run_readme_block
+from _docs import README, doc_block, run_doc_block
 
 ROOT = README.parent
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
@@ -16,9 +16,9 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 def test_the_quick_start_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     pytest.importorskip("spikingjelly")
     monkeypatch.chdir(tmp_path)  # it writes scores.zarr into the working folder
-    run_readme_block("## Quick start")
+    run_doc_block("README.md", "## Quick start")
     printed = capsys.readouterr().out.splitlines()
-    shown = readme_block("## Quick start", "text").splitlines()
+    shown = doc_block("README.md", "## Quick start", "text").splitlines()
     summary = [line for line in shown if not line.startswith("epoch ") or line.startswith("epoch  phase")]
     assert printed[: len(summary)] == summary, "the plan summary is printed as the README shows it"
     lines = [line for line in printed if re.match(r"epoch \d:", line)]

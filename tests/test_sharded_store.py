@@ -163,15 +163,22 @@ def test_bad_scores_and_unsupported_settings_are_refused_by_name(tmp_path) -> No
             store.close()  # the refusal is raised at close, not lost
 
 
-def test_the_readme_snippet_runs(tmp_path, monkeypatch) -> None:
-    from _readme import run_readme_block
+@pytest.mark.parametrize(
+    ("heading", "folder"),
+    [
+        ("## A score table sharded across ranks", "train.scores-regions"),
+        ("## Across machines (argued, not tested here)", "scores-regions"),
+    ],
+)
+def test_the_documented_snippet_runs(heading: str, folder: str, tmp_path, monkeypatch) -> None:
+    from _docs import run_doc_block
 
     monkeypatch.chdir(tmp_path)
     train_set = torch.utils.data.TensorDataset(torch.zeros(65536 + 7, 3))
-    namespace = run_readme_block("### A score table sharded across ranks", {"sd": sd, "train_set": train_set,
-                                 "model": torch.nn.Linear(3, 2)})  # fmt: skip
+    namespace = run_doc_block("docs/distributed.md", heading, {"sd": sd, "train_set": train_set,
+                              "model": torch.nn.Linear(3, 2)})  # fmt: skip
     store, sampler, scorer = namespace["store"], namespace["sampler"], namespace["scorer"]
-    assert scorer.exchange is None and (tmp_path / "train.scores-regions" / "w1-r0.zarr").is_dir()
+    assert scorer.exchange is None and (tmp_path / folder / "w1-r0.zarr").is_dir()
     sampler.set_epoch(1)
     assert len(sampler.rank_order()) == sample_size(65536 + 7, sampler.keep_ratio(1)) < 65536
     assert sampler.stats()[-1]["rank_slice"]

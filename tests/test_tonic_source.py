@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _readme import readme_block
+from _docs import doc_block
 
 from sadp_data.cli import main
 from sadp_data.events import EVENT_DTYPE
@@ -228,13 +228,13 @@ def test_dvsgesture_layout_equals_tonics_dataset(tmp_path: Path, monkeypatch, ca
     _fails(bad, capsys, "nobody: a DVSGesture folder must be named user<NN>_<lighting>")
 
 
-def test_the_readme_commands_run(layout, tmp_path: Path, monkeypatch) -> None:
-    """The README's tonic commands, as written, with ``~/data`` pointing at a tonic-layout folder."""
+def test_the_documented_commands_run(layout, tmp_path: Path, monkeypatch) -> None:
+    """docs/shards.md's tonic commands, as written, with ``~/data`` pointing at a tonic-layout folder."""
     import shlex
 
     save_to, _ = layout
     _gesture_layout(save_to)
-    block = readme_block("### Event datasets in tonic's layout", "bash")
+    block = doc_block("docs/shards.md", "### Event datasets in tonic's layout", "bash")
     commands = [line.split("#")[0].strip() for line in block.splitlines()]
     monkeypatch.chdir(tmp_path)
     ran = 0
