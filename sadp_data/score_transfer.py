@@ -110,6 +110,7 @@ class ScoreTransfer:
             self.drain(block=True)  # keeps the order if earlier batches are still in flight
             self._finish(_Batch(indices.detach().cpu(), scores.detach().cpu(), epoch, check, None))
             return
+        self.store.check_writable()  # a closed or read-only store is refused now, not at a later drain
         parts = [indices.detach(), scores.detach()] + ([] if check is None else [check.detach()])
         hosts, event = self.copy.start(parts)
         self._queue.append(_Batch(hosts[0], hosts[1], epoch, hosts[2] if check is not None else None, event))

@@ -194,10 +194,9 @@ class SpikeAwareScorer:
         return count
 
     def discard_pending(self) -> None:
-        """Forget the forward passes recorded since the last ``step()`` (and free their graphs).
-
-        Call it after forwards in training mode that no ``step()`` follows, e.g. a diagnostic
-        probe of the model between training steps, so the next ``step()`` scores its own batch.
+        """Forget the forward passes recorded since the last ``step()`` (and free their graphs; scores of
+        earlier steps still reach the store). Call it after forwards in training mode that no ``step()``
+        follows, e.g. a diagnostic probe between training steps, so the next ``step()`` scores its own batch.
         """
         self._calls.clear()
 
@@ -387,7 +386,8 @@ class SpikeAwareScorer:
         self._transfer.submit(indices, self.last_scores, check)
         if weights is None:
             return per_sample_loss.mean()
-        return (per_sample_loss * weights.to(per_sample_loss.device, per_sample_loss.dtype, non_blocking=True)).mean()
+        weights = weights.to(per_sample_loss.device, per_sample_loss.dtype, non_blocking=weights.device.type == "cpu")
+        return (per_sample_loss * weights).mean()
 
 
 def _readout_gradient_norm(spikes: torch.Tensor, deltas: torch.Tensor, has_bias: bool) -> torch.Tensor:
