@@ -106,7 +106,9 @@ class ScoreExchange:
     so ``ScoreStore.begin_epoch`` flushes the buffers at each epoch boundary before it takes the
     snapshot an epoch is planned from. Trade-off of ``every > 1``: fewer collectives, but other ranks
     see a rank's scores up to ``every`` steps later (never later than the next epoch's start).
-    Works with gloo (CPU tensors) and NCCL (tensors on the current CUDA device).
+    Works with gloo (CPU tensors) and NCCL (tensors on the current CUDA device). ``push`` keeps the
+    scores where they are, but ``sync`` synchronises host and device: it reads the gathered counts and
+    scores on the host (``SpikeAwareScorer`` checks the mean-logit closed form at once on this path).
     """
 
     def __init__(self, store: ScoreStore, every: int = 1, group: Any = None) -> None:

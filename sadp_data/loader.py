@@ -91,7 +91,9 @@ class SADPLoader:
     """Iterates the user's batches with ``indices`` (int64) and ``weights`` (float32) appended.
 
     Tuples/lists gain two trailing elements (``x, y, idx, w``); dicts gain keys ``"index"`` and
-    ``"weight"``; anything else becomes ``(batch, idx, w)``. ``len`` is exact for the epoch.
+    ``"weight"``; anything else becomes ``(batch, idx, w)``. ``len`` is exact for the epoch. Both are
+    CPU tensors, pinned where the DataLoader pins its batches; ``SpikeAwareScorer.step`` moves the
+    weights to the loss's device with ``non_blocking=True`` and reads the indices on the host.
     """
 
     def __init__(self, loader: DataLoader, sampler: SADPSampler) -> None:
@@ -114,8 +116,8 @@ class SADPLoader:
         planned = part.batches(start, self.loader.batch_size, self.loader.drop_last)
         pin = _pins_memory(self.loader)
         for batch, (indices, weights) in zip(batches, planned, strict=True):
-            if pin:
-                weights = weights.pin_memory()
+            if pin:  # like the DataLoader's own tensors: `.to(device, non_blocking=True)` then waits for nothing
+                indices, weights = indices.pin_memory(), weights.pin_memory()
             self._consumed += int(indices.shape[0])
             yield _attach(batch, indices, weights)
 

@@ -28,9 +28,11 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .closed_form import MeanLogitForm
 from .distributed import ScoreExchange, rank_and_world
 from .readout import TimeLayout, check_detected, detection_candidates, name_of, refuse_output, resolve_layer
-from .score_kernels import cross_entropy_scores, mean_logit_scores
+from .score_kernels import cross_entropy_scores
+from .score_transfer import ScoreTransfer
 from .sharded_store import ShardedScoreStore
 from .store import ScoreStore
 
@@ -63,7 +65,8 @@ class SpikeAwareScorer:
             ``outputs`` with class-index targets: ``rate`` and ``grad_bound`` then use the closed
             form ``δ = softmax(outputs) − onehot(targets)`` (a fused numba.cuda kernel on GPU)
             instead of autograd, and so does ``spike_aware`` whenever the outputs are the time-mean
-            of a biased linear readout's logits (checked per batch; then the two scores are equal).
+            of a biased linear readout's logits (then the two scores are equal; checked per batch, on
+            GPU when its scores are drained, see ``sadp_data.closed_form``).
             This removes the ``autograd.grad`` call, about 3 % of a step of the demo's MLP SNN.
         sync_every: in a data-parallel run (``torch.distributed`` initialised, world size > 1), the
             scores of all ranks are all-gathered every ``sync_every`` steps and applied on every rank,
@@ -104,6 +107,8 @@ class SpikeAwareScorer:
         self.exchange: ScoreExchange | None = None
         if store is not None and rank_and_world()[1] > 1 and not isinstance(store, ShardedScoreStore):
             self.exchange = ScoreExchange(store, sync_every)  # a ShardedScoreStore routes scores itself
+        self._closed_form = MeanLogitForm()
+        self._transfer = ScoreTransfer(store, self.exchange, self._closed_form.refuse)
         self.last_scores: torch.Tensor | None = None
         #: (module, input, output, forward number) of every readout call since the last step.
         self._calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor, int]] = []
@@ -183,20 +188,21 @@ class SpikeAwareScorer:
                 scores = self.scores(loss_fn(outputs, targets), outputs, targets)
             if reset is not None:
                 reset(self.model)
-            self._push(torch.as_tensor(indices), scores)
+            self.last_scores = scores
+            self._transfer.submit(torch.as_tensor(indices), scores)
             count += int(scores.shape[0])
         return count
 
     def discard_pending(self) -> None:
-        """Forget the forward passes recorded since the last ``step()`` (and free their graphs).
-
-        Call it after forwards in training mode that no ``step()`` follows, e.g. a diagnostic
-        probe of the model between training steps, so the next ``step()`` scores its own batch.
+        """Forget the forward passes recorded since the last ``step()`` (and free their graphs; scores of
+        earlier steps still reach the store). Call it after forwards in training mode that no ``step()``
+        follows, e.g. a diagnostic probe between training steps, so the next ``step()`` scores its own batch.
         """
         self._calls.clear()
 
     def remove(self) -> None:
-        """Remove the forward hooks; the model is as it was before."""
+        """Remove the forward hooks (applying the scores still on their way first); the model is as it was."""
+        self._transfer.close()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -245,6 +251,18 @@ class SpikeAwareScorer:
         by the closed-form path of ``loss="cross_entropy"``. All requested variants share one
         ``torch.autograd.grad`` call. Consumes the recorded forward pass.
         """
+        return self._compute(per_sample_loss, outputs, targets, variants, defer=False)[0]
+
+    def _compute(
+        self,
+        per_sample_loss: torch.Tensor,
+        outputs: torch.Tensor | None,
+        targets: torch.Tensor | None,
+        variants: tuple[str, ...] | None,
+        defer: bool,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """``compute``, and the closed form's device-side ``[gap, scale]`` when ``defer`` leaves its check
+        to whoever reads it (``ScoreTransfer``); ``None`` when it was checked here or not used."""
         variants = (self.score,) if variants is None else tuple(variants)
         unknown = set(variants) - set(SCORE_VARIANTS)
         if unknown:
@@ -274,10 +292,10 @@ class SpikeAwareScorer:
             calls = [(x, z) for module, x, z, _ in self._calls if module is layer]
             self._forwards_per_step = len({number for *_, number in self._calls})
         self._calls.clear()
-        fused = (
-            self._mean_logit_scores(calls, outputs, targets, batch)
+        fused, check = (
+            self._closed_form.scores(self.layer, self._layout, calls, outputs, targets, batch, defer)
             if self.loss == "cross_entropy" and "spike_aware" in variants and targets is not None
-            else None
+            else (None, None)
         )
         mean_logits = fused is not None
         closed_form = self.loss == "cross_entropy" and ("spike_aware" not in variants or mean_logits)
@@ -321,44 +339,7 @@ class SpikeAwareScorer:
                     result["grad_bound"] = delta_norm
                 if rate_sq is not None:
                     result["rate"] = delta_norm * torch.sqrt(1.0 + rate_sq)
-        return {name: result[name] for name in variants}
-
-    def _mean_logit_scores(
-        self,
-        calls: list[tuple[torch.Tensor, torch.Tensor]],
-        outputs: torch.Tensor | None,
-        targets: torch.Tensor,
-        batch: int,
-    ) -> torch.Tensor | None:
-        """The spike-aware scores in closed form when ``outputs`` are the time-mean of the readout's logits.
-
-        For a biased readout whose logits are averaged over time, ``δ_t = δ/T`` and the score is
-        exactly ``‖δ‖·sqrt(1 + ‖r̄‖²)`` with the closed form of ``δ`` for cross-entropy: no
-        ``autograd.grad`` call. The mean is checked on every batch, in the same fused pass as the
-        score (``score_kernels.mean_logit_scores``), so a spiking readout or one that is not averaged
-        returns ``None`` and takes the autograd path.
-        """
-        if outputs is None or not calls or getattr(self.layer, "bias", None) is None or outputs.dim() != 2:
-            return None
-        logits = self._layout.stack([z.detach() for _, z in calls], batch)
-        if logits.shape[1:] != outputs.shape:
-            return None
-        spikes = self._layout.stack([x for x, _ in calls], batch)
-        target = outputs.detach()
-        scores, gap, scale = mean_logit_scores(logits, target.to(logits.dtype), targets, spikes)
-        return scores if gap <= 1e-5 * scale + 1e-6 else None
-
-    def _push(self, indices: torch.Tensor, scores: torch.Tensor) -> None:
-        """Send one batch's scores to the other ranks (data-parallel) or the store, stamped with the epoch
-        they were computed in (the store's ``current_epoch`` now), however late they are applied."""
-        self.last_scores = scores
-        if self.store is None:
-            return
-        epoch = self.store.current_epoch
-        if self.exchange is not None:
-            self.exchange.push(indices, scores, epoch)
-        else:
-            self.store.update(indices.detach().cpu().numpy(), scores.cpu().numpy(), epoch=epoch)
+        return {name: result[name] for name in variants}, check
 
     def scores(
         self, per_sample_loss: torch.Tensor, outputs: torch.Tensor | None = None, targets: torch.Tensor | None = None
@@ -379,6 +360,9 @@ class SpikeAwareScorer:
         ``per_sample_loss`` must be unreduced (one value per example, e.g.
         ``F.cross_entropy(out, y, reduction="none")``); the returned scalar is what to call
         ``backward()`` on — with SADP weights it is an unbiased estimate of the full-data mean loss.
+        Never waits for the GPU: scores computed there reach a ``ScoreStore`` at a later ``step()`` once copied,
+        and always before the store is read, synchronised (the next epoch's plan), flushed (checkpoints) or
+        closed (``sadp_data.score_transfer``); a data-parallel all-gather or ``ShardedScoreStore`` route waits.
         """
         if per_sample_loss.dim() == 0:
             raise ValueError(
@@ -397,11 +381,13 @@ class SpikeAwareScorer:
                 raise ValueError(f"{name} has {tensor.shape[0]} rows but there are {batch} indices")
         if weights is not None and weights.shape != (batch,):
             raise ValueError(f"weights must have shape [{batch}], got {list(weights.shape)}")
-        scores = self.scores(per_sample_loss, outputs, targets)
-        self._push(indices, scores)
+        result, check = self._compute(per_sample_loss, outputs, targets, None, self._transfer.defers(outputs))
+        self.last_scores = result[self.score]
+        self._transfer.submit(indices, self.last_scores, check)
         if weights is None:
             return per_sample_loss.mean()
-        return (per_sample_loss * weights.to(per_sample_loss.device, per_sample_loss.dtype)).mean()
+        weights = weights.to(per_sample_loss.device, per_sample_loss.dtype, non_blocking=weights.device.type == "cpu")
+        return (per_sample_loss * weights).mean()
 
 
 def _readout_gradient_norm(spikes: torch.Tensor, deltas: torch.Tensor, has_bias: bool) -> torch.Tensor:

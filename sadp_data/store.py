@@ -81,6 +81,7 @@ class ScoreStore:
         arrays = {name: keep_every_chunk(group[name]) for name, _, _ in ARRAYS}
         self._current_epoch = -1
         self._sync_hooks: list[Callable[[], None]] = []
+        self._drain_hooks: list[Callable[[], None]] = []
         self._mirror = MirrorWriter(
             path,
             group,
@@ -158,14 +159,17 @@ class ScoreStore:
 
     def scores(self) -> np.ndarray:
         """Read-only view of the in-memory scores (float32[N]); changes as updates arrive."""
+        self.drain()
         return self._readonly_view(self._mirror.scores)
 
     def seen(self) -> np.ndarray:
         """Read-only view of how often each example was scored (uint32[N])."""
+        self.drain()
         return self._readonly_view(self._mirror.seen)
 
     def last_epoch(self) -> np.ndarray:
         """Read-only view of the epoch of each example's latest score (int32[N], -1: never)."""
+        self.drain()
         return self._readonly_view(self._mirror.epochs)
 
     @property
@@ -188,6 +192,7 @@ class ScoreStore:
 
         Local to this process: at an epoch boundary use ``begin_epoch``, which synchronises the ranks first.
         """
+        self.drain()
         return self._mirror.snapshot()
 
     @staticmethod
@@ -261,13 +266,30 @@ class ScoreStore:
         """Register ``hook`` to run in ``synchronize`` (score exchanges push their pending all-gathers)."""
         self._sync_hooks.append(hook)
 
+    def add_drain_hook(self, hook: Callable[[], None]) -> None:
+        """Register ``hook``, which applies updates still on their way (a scorer's device-to-host score
+        copies, ``sadp_data.score_transfer``), blocking if need be: ``drain`` runs it before the store is
+        read (``scores``, ``seen``, ``last_epoch``, ``snapshot``), synchronised, flushed or closed.
+        Local to this process, never a collective."""
+        self._drain_hooks.append(hook)
+
+    def remove_drain_hook(self, hook: Callable[[], None]) -> None:
+        """Unregister a hook added with ``add_drain_hook``."""
+        self._drain_hooks.remove(hook)
+
+    def drain(self) -> None:
+        """Apply every update still on its way (the drain hooks, in registration order)."""
+        for hook in tuple(self._drain_hooks):
+            hook()
+
     def synchronize(self) -> None:
-        """Run the sync hooks in registration order (a data-parallel run's pending score exchanges).
+        """Drain, then run the sync hooks in registration order (a data-parallel run's pending score exchanges).
 
         ``begin_epoch`` calls this at each epoch boundary, then, for ``num_replicas > 1``, meets the
         other ranks at a barrier. A collective when hooks are registered: every rank must call it at
         the same point.
         """
+        self.drain()
         for hook in self._sync_hooks:
             hook()
 
@@ -308,12 +330,18 @@ class ScoreStore:
         return pending if pending is not None else read_snapshot(self.path, self._group)
 
     def flush(self) -> None:
-        """Block until every update made so far is on disk; raise the writer's error if it failed."""
+        """Block until every update made so far (``drain``: scores still on their way too) is on disk; raise
+        the writer's error if it failed."""
+        self.drain()
         self._mirror.flush()
 
     def close(self) -> None:
-        """Flush, stop the writer thread, and release the sidecar. Idempotent."""
-        self._mirror.close()
+        """Drain and flush, stop the writer thread, and release the sidecar. Idempotent."""
+        try:
+            if not self._mirror.closed:
+                self.drain()
+        finally:
+            self._mirror.close()
 
     def __enter__(self) -> ScoreStore:
         return self

@@ -153,7 +153,7 @@ def test_unpacking_a_batch_into_the_user_fields_alone_says_what_it_holds(sampler
     assert len(list(batch)) == 4 and len(rest) == 3 and first is x and isinstance(batch, tuple)
 
 
-def test_pin_memory_pins_weights_only_where_the_dataloader_pins_its_batches(sampler: SADPSampler) -> None:
+def test_pin_memory_pins_indices_and_weights_only_where_the_dataloader_pins_its_batches(sampler: SADPSampler) -> None:
     """spikingjelly's examples build loaders with pin_memory=True; on a machine without an accelerator the
     DataLoader only warns and does not pin, and the weights must follow it instead of failing."""
     user = DataLoader(Squares(200), batch_size=50, pin_memory=True)
@@ -162,5 +162,5 @@ def test_pin_memory_pins_weights_only_where_the_dataloader_pins_its_batches(samp
         batches = list(wrap(user, sampler))
     assert len(batches) == 3
     for x, _, idx, w in batches:
-        assert w.is_pinned() == x.is_pinned()
+        assert w.is_pinned() == idx.is_pinned() == x.is_pinned()
         np.testing.assert_array_equal(w.numpy(), sampler.weights(idx))
