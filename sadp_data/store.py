@@ -92,6 +92,7 @@ class ScoreStore:
             flush_interval=self.flush_interval,
             persist=self.persist,
         )
+        self._mirror.before_exit_flush = self.drain
 
     @classmethod
     def create(

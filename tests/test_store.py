@@ -188,6 +188,18 @@ def test_open_stores_are_flushed_at_exit(tmp_path: Path) -> None:
     assert ScoreStore.open(path, "r").scores()[3] == 9.0
 
 
+def test_updates_still_in_flight_are_applied_before_the_exit_flush(tmp_path: Path) -> None:
+    """A scorer's device-to-host copies wait in a drain hook: a script that ends without close() keeps them."""
+    path = tmp_path / "s.zarr"
+    code = (
+        "import sys; from sadp_data import ScoreStore; "
+        "s = ScoreStore.create(sys.argv[1], 50, flush_interval=3600); "
+        "s.add_drain_hook(lambda: s.update([4], [7.0]))"
+    )
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=60)
+    assert ScoreStore.open(path, "r").scores()[4] == 7.0
+
+
 def test_dataset_fingerprint_tracks_content() -> None:
     a = [(np.arange(4) + i, i % 3) for i in range(20)]
     b = list(a)
