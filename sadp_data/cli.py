@@ -96,8 +96,8 @@ def _bench(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .parallel_convert import check_workers
-    from .shard_writer import write_shards
+    from .shards.parallel_convert import check_workers
+    from .shards.writer import write_shards
     from .sources import open_source
 
     if check_workers(args.workers) > 1 and args.format == "ffcv":
@@ -119,7 +119,7 @@ def _convert(args: argparse.Namespace) -> int:
     options = {"shard_size": args.shard_size, "name": args.name, "progress": not args.no_progress}
     options.update(overwrite=args.overwrite, workers=args.workers)
     if is_remote(args.out):
-        from .publish import publish_shards
+        from .shards.publish import publish_shards
 
         index = publish_shards(source, args.out, storage_options=_storage_options(args), **options)
     else:
@@ -147,7 +147,7 @@ def _storage_options(args: argparse.Namespace, flag: str = "storage_options") ->
 
 
 def _index(args: argparse.Namespace) -> int:
-    from .indexing import index_shards
+    from .shards.indexing import index_shards
 
     index = index_shards(
         args.shards,

@@ -116,7 +116,7 @@ class EpochPlan:
 
 @dataclass
 class RankPlan(EpochPlan):
-    """One rank's slice of an epoch plan that no rank holds whole (a ``ShardedScoreStore``).
+    """One rank's slice of an epoch plan that no rank holds whole (a ``PartitionedScoreStore``).
 
     ``order`` and ``weights`` are positions ``rank_positions(K, rank, world)`` of the global plan, so
     ``rank_slice`` returns them for this rank alone and ``weights_of`` finds indices of this slice

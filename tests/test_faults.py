@@ -231,7 +231,7 @@ def test_reconverting_with_overwrite_replaces_everything_and_a_failure_leaves_th
 SLOW_CONVERT = """
 import sys, time
 import numpy as np
-from sadp_data.shard_writer import write_shards
+from sadp_data.shards.writer import write_shards
 from sadp_data.sources import Source
 class Slow:
     def __len__(self):
@@ -272,7 +272,6 @@ def test_a_conversion_killed_half_way_leaves_the_old_folder_whole_and_a_retry_su
 def test_ffcv_conversion_is_atomic_too(tmp_path, monkeypatch):
     pytest.importorskip("ffcv")
     from sadp_data.adapters import ffcv as adapter
-
     from sadp_data.sources import open_source
 
     source, out = _npz(tmp_path / "d.npz"), tmp_path / "data.beton"
@@ -333,9 +332,9 @@ def test_wrap_refuses_to_drop_a_sampler_the_user_set(store):
 def test_step_on_part_of_the_forwarded_batch_is_refused():
     pytest.importorskip("spikingjelly")
     import torch.nn.functional as F
-    from sadp_data.adapters.spikingjelly import MlpSNN, reset
 
     from sadp_data import SpikeAwareScorer
+    from sadp_data.adapters.spikingjelly import MlpSNN, reset
 
     torch.manual_seed(0)
     model = MlpSNN(hidden=(16,), time_steps=4)
@@ -360,9 +359,9 @@ def test_forwards_without_step_do_not_keep_their_graphs():
     import gc
 
     import torch.nn.functional as F
-    from sadp_data.adapters.spikingjelly import ConvSNN, reset
 
     from sadp_data import SpikeAwareScorer
+    from sadp_data.adapters.spikingjelly import ConvSNN, reset
 
     torch.manual_seed(0)
     model = ConvSNN()
@@ -414,7 +413,6 @@ def _flip_last_byte(data: bytearray, start: int, size: int) -> None:
 def test_corrupted_sample_bytes_inside_a_shard_are_refused_not_delivered(tmp_path):
     pytest.importorskip("webdataset")
     from sadp_data.adapters.webdataset import ScoredShards
-
     from sadp_data.cli import main
     from sadp_data.shards import ShardError, ShardIndex
 
@@ -436,7 +434,6 @@ def test_decode_errors_are_named_and_skipped_with_on_error_skip(tmp_path):
     pytest.importorskip("webdataset")
 
     from sadp_data.adapters.webdataset import ScoredShards
-
     from sadp_data.shards import ShardError, ShardIndex, sample_checksum
 
     def break_magic(data: bytearray, start: int, size: int) -> None:
@@ -513,7 +510,6 @@ def test_samples_skipped_in_workers_are_counted_in_the_main_process(tmp_path):
     pytest.importorskip("webdataset")
 
     from sadp_data.adapters.webdataset import ScoredShards
-
     from sadp_data.shards import ShardIndex
 
     out, _ = _damaged_shards(tmp_path, _flip_last_byte)

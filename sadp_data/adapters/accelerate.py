@@ -37,9 +37,9 @@ from accelerate import Accelerator
 from accelerate.data_loader import BatchSamplerShard, DataLoaderStateMixin
 from accelerate.state import GradientState
 from accelerate.utils import send_to_device
-from sadp_data.adapters._wrapped import WrappedLoader
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from sadp_data.adapters._wrapped import WrappedLoader
 from sadp_data.distributed import rank_and_world
 from sadp_data.loader import SADPLoader, wrap
 from sadp_data.plan import batch_count

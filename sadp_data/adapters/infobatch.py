@@ -2,7 +2,7 @@
 
 A user's InfoBatch script keeps its three lines and changes only the import::
 
-    from sadp_data.compat import InfoBatch          # was: from infobatch import InfoBatch
+    from sadp_data.adapters.infobatch import InfoBatch          # was: from infobatch import InfoBatch
     trainset = InfoBatch(trainset, num_epochs, prune_ratio=0.5, delta=0.875)
     loader = DataLoader(trainset, batch_size=128, sampler=trainset.sampler)
     ...
@@ -53,10 +53,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .arguments import require_integer, require_numbers
-from .distributed import per_rank, rank_and_world, rank_positions
-from .resume import MAX_EPOCH, MAX_WORLD, STATE_FORMAT, ResumeStateError, check_format, integer_field, require_state
-from .store import ScoreStore
+from .._arguments import require_integer, require_numbers
+from ..distributed import per_rank, rank_and_world, rank_positions
+from ..resume import MAX_EPOCH, MAX_WORLD, STATE_FORMAT, ResumeStateError, check_format, integer_field, require_state
+from ..store import ScoreStore
 
 #: InfoBatch's initial score of every example (larger than any early loss, so epoch 0 prunes nothing).
 INITIAL_SCORE = 3.0
@@ -158,8 +158,8 @@ class InfoBatch(Dataset):
         self._batch: int | None = None  # learned from the first update without batch_size
         self.rank, self.world = rank_and_world()
         if method != "infobatch":
-            from .methods import METHODS, get_method
-            from .schedule import KeepRatioSchedule
+            from ..methods import METHODS, get_method
+            from ..schedule import KeepRatioSchedule
 
             if method not in METHODS:
                 raise ValueError(f"unknown method {method!r}; choose infobatch or one of {sorted(METHODS)}")
@@ -197,8 +197,8 @@ class InfoBatch(Dataset):
         if self.method == "infobatch":
             rng = np.random.default_rng([self.seed, epoch])
             return infobatch_plan(self.scores, self.keep_ratio, epoch <= self.stop_prune, rng)
-        from .kernels.arrays import to_host
-        from .methods import PlanRequest
+        from ..kernels.arrays import to_host
+        from ..methods import PlanRequest
 
         request = PlanRequest(
             self.scores.copy(),

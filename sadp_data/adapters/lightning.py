@@ -42,14 +42,14 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
-from sadp_data.adapters._wrapped import WrappedLoader
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from sadp_data.adapters._wrapped import WrappedLoader
 from sadp_data.loader import SADPLoader, wrap
 from sadp_data.plan import batch_count
 from sadp_data.resume import check_state, require_state
 from sadp_data.sampler import SADPSampler
-from sadp_data.scorer import SpikeAwareScorer
+from sadp_data.scoring.scorer import SpikeAwareScorer
 
 __all__ = ["LightningLoader", "SADPCallback", "find_train_loader", "train_dataloader"]
 

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from sadp_data.parallel_convert import ShardRecord, shard_ranges, write_shard
-from sadp_data.shard_writer import write_shards
 from sadp_data.shards import ShardIndex
+from sadp_data.shards.parallel_convert import ShardRecord, shard_ranges, write_shard
+from sadp_data.shards.writer import write_shards
 from sadp_data.sources import Source
 
 
@@ -131,7 +131,7 @@ class _ScoringActor:
     def __init__(self, make_model: Callable[[], Any], columns: tuple[str, str, str], options: dict[str, Any]) -> None:
         import torch
 
-        from sadp_data.scorer import SpikeAwareScorer
+        from sadp_data.scoring.scorer import SpikeAwareScorer
 
         torch.set_num_threads(1)
         self.columns = columns

@@ -9,7 +9,7 @@ in random order, shuffled within windows of a few shards: each worker keeps at m
 shards open and reads them nearly sequentially.
 
 Remote shards (``s3://…``, ``gs://…``, ``http(s)://…``, with ``storage_options`` for fsspec) are read
-the same way but planned per worker part: ``sadp_data.fetch`` cuts the part into blocks of about one
+the same way but planned per worker part: ``sadp_data.remote.fetch`` cuts the part into blocks of about one
 shard window, merges each shard's planned byte ranges into few requests (or fetches a shard whole
 when most of it is planned), and fetches ``readahead`` blocks ahead in threads (``FetchOptions``).
 Pruned samples' bytes are not fetched beyond the ``gap_bytes`` merged into a request.
@@ -40,12 +40,12 @@ from typing import Any, Literal
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from sadp_data.fetch import BlockPlanner, FetchOptions, FetchStats, RequestCosts, read_blocks
 from sadp_data.plan import PlanSlice, batch_count
+from sadp_data.remote.fetch import BlockPlanner, FetchOptions, FetchStats, RequestCosts, read_blocks
 from sadp_data.resume import check_worker_state
 from sadp_data.sampler import SADPSampler
-from sadp_data.shard_tar import parse_sample
 from sadp_data.shards import ShardError, ShardIndex, sample_checksum
+from sadp_data.shards._tar import parse_sample
 from sadp_data.store import check_store_belongs
 
 
@@ -209,7 +209,7 @@ class ScoredShards(IterableDataset):
         self.fetch = fetch if fetch is not None else FetchOptions()
         self.index = _loaded(root, storage_options, trusted_roots, shard_storage_options, self.fetch)
         if self.fetch.client == "obstore" and self.index.remote:  # bad settings fail here, not per block
-            from sadp_data.remote_obstore import check_settings
+            from sadp_data.remote._obstore import check_settings
 
             location = self.index.shard_location
             check_settings(location.url, location.storage_options, self.fetch.client_options)
@@ -337,7 +337,7 @@ class ScoredShards(IterableDataset):
             )
 
     def _remote_buffers(self, part: PlanSlice) -> Iterator[bytes | OSError]:
-        """The bytes of the part's samples in plan order, fetched by ``sadp_data.fetch``."""
+        """The bytes of the part's samples in plan order, fetched by ``sadp_data.remote.fetch``."""
         index = self.index
         names = [entry["url"] for entry in index.shards]
         sizes = [entry["bytes"] for entry in index.shards]

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from sadp_data.bench.frontier_config import ContestedCells, FrontierConfig, Part, Variant, events_config
 from sadp_data.bench.frontier_report import format_frontier_table, write_frontier_report
 from sadp_data.bench.frontier_summary import (
@@ -68,9 +69,9 @@ def _fresh_scores(kind: str):
 
     def fresh(model, inputs, targets) -> np.ndarray:
         import torch.nn.functional as F
-        from sadp_data.adapters.spikingjelly import reset
 
-        from sadp_data.scorer import SpikeAwareScorer
+        from sadp_data.adapters.spikingjelly import reset
+        from sadp_data.scoring.scorer import SpikeAwareScorer
 
         scorer = SpikeAwareScorer(model, score=kind)
         try:
@@ -87,8 +88,8 @@ def _fresh_scores(kind: str):
 def _probe_run(run, spec: RunSpec, probe_x, probe_y, probe_index: np.ndarray, config: DemoConfig) -> dict[str, Any]:
     """``diagnostics.probe`` of one SADP-family run at its current state, with its own λ and α."""
     import torch.nn.functional as F
-    from sadp_data.adapters.spikingjelly import reset
 
+    from sadp_data.adapters.spikingjelly import reset
     from sadp_data.diagnostics import probe
     from sadp_data.methods import get_method
 
@@ -114,6 +115,7 @@ def _probe_run(run, spec: RunSpec, probe_x, probe_y, probe_index: np.ndarray, co
 def train_group(part: Part, seed: int, data_dir: str | None, nmnist_dir: str | None, threads: int) -> list[dict]:
     """Train every run of ``part`` for ``seed`` interleaved; returns their JSON entries (runs in a worker)."""
     import torch
+
     from sadp_data.bench.harness import build_run, train_runs
     from sadp_data.bench.training_data import prepare_data
 
@@ -135,7 +137,7 @@ def train_group(part: Part, seed: int, data_dir: str | None, nmnist_dir: str | N
         ]
         probe_index = probe_x = probe_y = None
         if probed:
-            from sadp_data.datasets import FashionMNIST
+            from sadp_data.sources.datasets import FashionMNIST
 
             rng = np.random.default_rng([seed, 7])
             probe_index = np.sort(rng.choice(data.train_size, part.probe_size, replace=False))

@@ -42,7 +42,7 @@ def lever_config() -> FrontierConfig:
 
 def run_study(config: FrontierConfig, out: Path, command: str) -> dict[str, Any]:
     """``run_frontier_bench`` of ``config`` (finished runs kept in ``out``'s ``.partial.json``), with its
-    wall time, ``command`` and the ``run`` entry (machine, timing) that ``bench/report.py`` reads."""
+    wall time, ``command`` and the ``run`` entry (machine, timing) that ``sadp_data/bench/report.py`` reads."""
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     result = run_frontier_bench(config, show_progress=False, partial_json=out.with_suffix(".partial.json"))
     result["wall_s"] = time.perf_counter() - clock

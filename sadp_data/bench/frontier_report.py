@@ -200,7 +200,7 @@ def _seed_ranges(seeds: list[int]) -> str:
 
 
 def _more_seeds_section(folder: Path) -> list[str]:
-    """Lines for the seed studies (``frontier-seeds*.json``, ``bench/frontier_seeds.py``) beside the study, if any."""
+    """Lines for the seed studies (``frontier-seeds*.json``, ``sadp_data.bench.frontier_seeds``) beside the study."""
     rows = []
     for path in sorted(folder.glob("frontier-seeds*.json")):
         if path.name.endswith(".partial.json"):
@@ -226,7 +226,7 @@ def _more_seeds_section(folder: Path) -> list[str]:
     return [
         "## More seeds for the contested cells (fashion-mnist/mlp)",
         "",
-        "Separate runs of `bench/frontier_seeds.py` (the MLP part's settings, which reproduce this study's "
+        "Separate runs of `sadp_data/bench/frontier_seeds.py` (the MLP part's settings, which reproduce this study's "
         "runs to the digit): full data, SADP and ε-greedy for further seeds, pooled with the seeds of the "
         "earlier files (this study's included). They do not change the figures above, which come from one "
         "run; they add seeds beyond the study's to the cells where the difference to resolve is smallest "
@@ -306,7 +306,7 @@ def write_frontier_report(json_path: str | Path, out: str | Path | None = None) 
         f"{'quick' if run.get('quick') else 'full'} study) on {machine.get('cpu', '?')} "
         f"({machine.get('cpus_usable', '?')} CPUs usable, load average at the end "
         f"{', '.join(f'{x:.1f}' for x in run.get('load_average') or [])}). Raw runs: `{json_path.name}`. "
-        "How the study is built: `bench/frontier.py`; the method and its levers: `docs/method.md`."
+        "How the study is built: `sadp_data/bench/frontier.py`; the method and its levers: `docs/method.md`."
         + (
             f" Summary and targets re-derived from the same runs on {result['resummarised']} "
             "by the summary code of that date (`sadp-data bench frontier --resummarise`; the runs are as measured)."

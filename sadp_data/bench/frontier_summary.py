@@ -14,6 +14,7 @@ import statistics
 from typing import Any
 
 import numpy as np
+
 from sadp_data.bench.targets import target
 from sadp_data.bench.train import time_to
 

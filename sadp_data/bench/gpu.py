@@ -134,9 +134,9 @@ def measure_scorer_share(name: str, device: str, sizes: GpuBenchSizes, scratch: 
     """Step time with and without ``scorer.step``, and the scorer's own time, for one zoo model."""
     import torch
     import torch.nn.functional as F
-    from sadp_data.adapters.spikingjelly import reset
 
-    from sadp_data.scorer import SpikeAwareScorer
+    from sadp_data.adapters.spikingjelly import reset
+    from sadp_data.scoring.scorer import SpikeAwareScorer
     from sadp_data.store import ScoreStore
 
     torch.manual_seed(0)
@@ -205,7 +205,7 @@ def measure_wrap_epoch(name: str, device: str, sizes: GpuBenchSizes, scratch: Pa
     from sadp_data import wrap
     from sadp_data.kernels import sample_size
     from sadp_data.sampler import SADPSampler
-    from sadp_data.scorer import SpikeAwareScorer
+    from sadp_data.scoring.scorer import SpikeAwareScorer
     from sadp_data.store import ScoreStore
 
     from .harness import Run, _epoch_steps

@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sadp_data.adapters.spikingjelly import reset
 from tqdm.auto import tqdm
 
+from sadp_data.adapters.spikingjelly import reset
 from sadp_data.kernels import sample_size
 from sadp_data.sampler import SADPSampler
-from sadp_data.scorer import SpikeAwareScorer
+from sadp_data.scoring.scorer import SpikeAwareScorer
 from sadp_data.store import ScoreStore
 
 from .training_data import DemoConfig, TrainingData

@@ -74,7 +74,7 @@ def run_loader_bench(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Returns ``{"backend": "webdataset", "raw": {...}, "results": [...]}`` (see the README)."""
-    from sadp_data.shard_writer import write_shards
+    from sadp_data.shards.writer import write_shards
 
     source = _load_source(data_dir, limit)
     with tempfile.TemporaryDirectory() as scratch:
@@ -124,7 +124,7 @@ def run_torch_bench(
 ) -> dict[str, Any]:
     """The loader bench for plain PyTorch: ``DataLoader(shuffle=True)`` vs ``sadp_data.wrap`` at each keep ratio.
 
-    Both read the same map-style Fashion-MNIST dataset (``sadp_data.datasets.FashionMNIST``: one
+    Both read the same map-style Fashion-MNIST dataset (``sadp_data.sources.datasets.FashionMNIST``: one
     uint8 → float image per item) with batch size ``BATCH``; ours is ``wrap(DataLoader(dataset), sampler)``
     over an ``SADPSampler`` whose store holds a score for every example. Each timed epoch includes
     building the loader and, for ours, making the epoch's plan and looking up the weights. Rounds and
@@ -132,9 +132,9 @@ def run_torch_bench(
     """
     from torch.utils.data import DataLoader
 
-    from sadp_data.datasets import FashionMNIST
     from sadp_data.loader import wrap
     from sadp_data.sampler import SADPSampler
+    from sadp_data.sources.datasets import FashionMNIST
     from sadp_data.store import ScoreStore
 
     dataset = FashionMNIST(data_dir, "train", limit=limit)

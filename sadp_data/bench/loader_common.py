@@ -19,8 +19,8 @@ TRIM = 0.2
 
 
 def _load_source(data_dir: str | Path | None, limit: int | None):
-    from sadp_data.datasets import default_data_dir
     from sadp_data.sources import open_source
+    from sadp_data.sources.datasets import default_data_dir
 
     source = open_source(str(data_dir or default_data_dir()))
     return source if limit is None else source.head(limit)

@@ -14,10 +14,10 @@ def run_dvs_bench(data_dir: str | Path, rounds: int = 3, limit: int | None = Non
     All recordings of the N-MNIST folder's train split are read into memory first; each
     implementation then integrates every recording into 8 equal-time frames, ``rounds`` times
     (median reported). tonic's ``ToFrame`` uses its own (event-dropping) binning, so it is timed,
-    not compared, here; ``tests/test_events.py`` checks it matches ``drop_incomplete=True``.
+    not compared, here; ``tests/sources/test_events.py`` checks it matches ``drop_incomplete=True``.
     """
-    from sadp_data.events.frames import integrate, integrate_reference
-    from sadp_data.events.nmnist import NMNIST, SENSOR_SIZE
+    from sadp_data.sources.events.frames import integrate, integrate_reference
+    from sadp_data.sources.events.nmnist import NMNIST, SENSOR_SIZE
 
     dataset = NMNIST(data_dir, "train")
     count = len(dataset) if limit is None else min(limit, len(dataset))

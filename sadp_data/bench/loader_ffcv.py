@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from sadp_data.bench.loader_common import (
     BATCH,
     EPOCHS_PER_TURN,
@@ -70,8 +71,8 @@ def run_ffcv_bench(
     """
     from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
     from ffcv.loader import Loader, OrderOption
-    from sadp_data.adapters.ffcv import importance_loader, open_sidecar, write_beton
 
+    from sadp_data.adapters.ffcv import importance_loader, open_sidecar, write_beton
     from sadp_data.sampler import SADPSampler
 
     source = _load_source(data_dir, limit)

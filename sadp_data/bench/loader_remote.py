@@ -103,8 +103,7 @@ def _sadp_loader(url: str, options: dict | None, store, keep: float, workers: in
     """``ScoredShards`` at ``keep`` over ``url``, built once per configuration (as a training run builds it),
     reading shard bytes with ``FetchOptions(**fetch)``."""
     from sadp_data.adapters.webdataset import ScoredShards
-
-    from sadp_data.fetch import FetchOptions
+    from sadp_data.remote.fetch import FetchOptions
 
     sampler = ScoredShards.sampler_for(
         url, store=store, storage_options=options, keep_ratio=keep, warmup_epochs=0, anneal_fraction=0.0
@@ -134,9 +133,8 @@ def run_remote_bench(
     from contextlib import ExitStack
 
     from sadp_data.bench.servers import NginxServer, S3Server
-
-    from sadp_data.publish import publish_shards
-    from sadp_data.shard_writer import write_shards
+    from sadp_data.shards.publish import publish_shards
+    from sadp_data.shards.writer import write_shards
     from sadp_data.sources import Source, open_source
     from sadp_data.store import ScoreStore
 

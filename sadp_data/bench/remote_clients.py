@@ -14,7 +14,7 @@ import statistics
 import time
 from typing import Any
 
-from sadp_data.fetch import plan_blocks
+from sadp_data.remote.fetch import plan_blocks
 
 CLIENTS = ("fsspec", "obstore")
 

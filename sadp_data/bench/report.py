@@ -298,7 +298,6 @@ def _superseded_train(results: dict[str, dict[str, Any]]) -> str | None:
 
 def _train_section(train: dict[str, Any], folder: Path, superseded: str | None = None) -> list[str]:
     from sadp_data.bench.train import format_train_table
-
     from sadp_data.schedule import KeepRatioSchedule
 
     config = train["config"]

@@ -6,8 +6,8 @@ machine (127.0.0.1) twice, once per design, each planning one pruned epoch (keep
 * ``replicated`` (today's data-parallel design): every rank holds the whole score table (float32
   scores, uint32 seen counts, int32 last-scored epochs: 12 B an example, as a ``ScoreStore``
   mirror does), plans the whole epoch with ``plan_epoch`` (numba) and takes its slice;
-* ``sharded``: rank r holds only its ``shard_bounds`` block of the table and plans with
-  ``sharded_plan.sharded_plan_epoch`` (numpy), exchanging per-block figures and the picks.
+* ``sharded``: rank r holds only its ``partition_bounds`` block of the table and plans with
+  ``partitioned_plan.partitioned_plan_epoch`` (numpy), exchanging per-block figures and the picks.
 
 Scores are a counter-based hash of the global index, so a rank can make its block alone. Per rank:
 ``plan_s`` (barrier to barrier), the score table's bytes, and the resident set's peak growth over
@@ -70,15 +70,15 @@ def _rank(rank: int, world: int, count: int, design: str, out: Path) -> None:
     import torch.distributed as dist
 
     from sadp_data.distributed import rank_positions
+    from sadp_data.distributed._partitioned_plan import TorchComm, partition_bounds, partitioned_plan_epoch
     from sadp_data.kernels import plan_epoch, sample_size
-    from sadp_data.sharded_plan import TorchComm, shard_bounds, sharded_plan_epoch
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     if design == "replicated":
         plan_epoch(np.ones(1 << 12, np.float32), KEEP_RATIO, SEED, EPOCH, backend="numba")  # compile first
     baseline = _peak_rss()
-    lo, hi = (0, count) if design == "replicated" else shard_bounds(count, world)[rank]
+    lo, hi = (0, count) if design == "replicated" else partition_bounds(count, world)[rank]
     scores = _scores(lo, hi)
     seen = np.ones(hi - lo, dtype=np.uint32)
     last_epoch = np.full(hi - lo, EPOCH - 1, dtype=np.int32)
@@ -91,7 +91,7 @@ def _rank(rank: int, world: int, count: int, design: str, out: Path) -> None:
         order, weights = np.asarray(order)[positions], np.asarray(weights)[positions]
     else:
         comm = TorchComm()
-        order, weights = sharded_plan_epoch(
+        order, weights = partitioned_plan_epoch(
             scores, KEEP_RATIO, SEED, EPOCH, count, seen=seen, comm=comm, rank=rank, world=world
         )
     dist.barrier()

@@ -31,8 +31,8 @@ from scipy import stats
 from torch import nn
 from tqdm.auto import tqdm
 
-from sadp_data.datasets import FashionMNIST
-from sadp_data.scorer import SCORE_VARIANTS, SpikeAwareScorer
+from sadp_data.scoring.scorer import SCORE_VARIANTS, SpikeAwareScorer
+from sadp_data.sources.datasets import FashionMNIST
 from sadp_data.store import ScoreStore
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sadp_data.scorer import SpikeAwareScorer
+from sadp_data.scoring.scorer import SpikeAwareScorer
 
 
 class _Spike(torch.autograd.Function):

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from sadp_data.bench.targets import format_targets, target
 
 TARGET_UPDATES_PER_S = 5e6
@@ -179,8 +180,9 @@ def _targets(updates: list[dict], memory: list[dict], hook: dict[str, float]) ->
 
 def run_store_bench(config: StoreBenchConfig, progress: bool = True) -> dict[str, Any]:
     """Run all three measurements; returns ``{"updates", "memory", "hook", "targets", "settings"}``."""
-    from sadp_data.bench.score import ScoreBenchConfig, measure_overhead
     from tqdm.auto import tqdm
+
+    from sadp_data.bench.score import ScoreBenchConfig, measure_overhead
 
     tasks = [("updates", n, b) for n in config.sizes for b in config.batches]
     tasks += [("memory", n, 0) for n in config.memory_sizes] + [("hook", 0, 0)]

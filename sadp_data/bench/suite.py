@@ -42,7 +42,7 @@ Results = Iterator[tuple[str, dict[str, Any]]]
 
 def repository_root() -> Path:
     """The source checkout this package runs from (``bench/`` is installed as ``sadp_data.bench``)."""
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def default_results_dir() -> Path:
@@ -90,7 +90,7 @@ class BenchOptions:
 def run_record(
     command: str, suite: str, quick: bool, started: datetime, wall_s: float, machine: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The ``run`` entry every result file carries (``bench/report.py`` reads it): command, timing, load, machine."""
+    """The ``run`` entry of every result file (``sadp_data.bench.report`` reads it): command, timing, load, machine."""
     return {
         "command": command,
         "suite": suite,

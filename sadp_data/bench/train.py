@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from sadp_data.bench.harness import Run, RunSpec, build_run, train_runs
 from sadp_data.bench.targets import target
 from sadp_data.bench.training_data import DemoConfig, prepare_data

@@ -3,7 +3,7 @@
 ``prepare_data(config, data_dir, scratch)`` returns a ``TrainingData``: sizes, test tensors, and per
 run a fresh score store, a data path (``wrap`` over a ``DataLoader`` for Fashion-MNIST, scored
 WebDataset shards for N-MNIST) and a model. ``data_dir`` is an argument: ``None`` means the
-Fashion-MNIST copy shipped in the repository (``sadp_data.datasets.default_data_dir``); N-MNIST has
+Fashion-MNIST copy shipped in the repository (``sadp_data.sources.datasets.default_data_dir``); N-MNIST has
 no shipped copy and needs a folder.
 """
 
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from sadp_data.datasets import FashionMNIST
 from sadp_data.loader import wrap
 from sadp_data.sampler import SADPSampler
+from sadp_data.sources.datasets import FashionMNIST
 from sadp_data.store import ScoreStore, dataset_fingerprint
 
 
@@ -163,13 +163,12 @@ def _nmnist_data(config: DemoConfig, data_dir: str | Path | None, scratch: Path)
     """N-MNIST through scored shards and the WebDataset adapter; events integrated at load time."""
     from sadp_data.adapters.spikingjelly import ConvSNN
     from sadp_data.adapters.webdataset import ScoredShards
-
-    from sadp_data.events.frames import integrate
-    from sadp_data.events.nmnist import NMNIST, SENSOR_SIZE
+    from sadp_data.sources.events.frames import integrate
+    from sadp_data.sources.events.nmnist import NMNIST, SENSOR_SIZE
 
     if data_dir is None:
         raise ValueError("--dataset nmnist needs --data PATH (an N-MNIST folder such as nmnist-small)")
-    from sadp_data.shard_writer import write_shards
+    from sadp_data.shards.writer import write_shards
     from sadp_data.sources import open_source
 
     source = open_source(f"nmnist:{data_dir}", "train")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from .store import ScoreStore
+    from ..store import ScoreStore
 
 #: The low 32 bits of an exchanged int64 word: a score's float32 bits (its epoch is in the high 32).
 _LOW_32 = 0xFFFFFFFF
@@ -88,7 +88,7 @@ def open_store(path, **open_kwargs: Any) -> ScoreStore:
     by the scorer's all-gathers (``ScoreExchange``). Without ``torch.distributed`` this is
     ``ScoreStore.open(path, "r+")``.
     """
-    from .store import ScoreStore
+    from ..store import ScoreStore
 
     rank, _ = rank_and_world()
     return ScoreStore.open(path, "r+" if rank == 0 else "mirror", **open_kwargs)

@@ -1,4 +1,4 @@
-"""The data-moving half of ``sharded_plan``: the ranks' communication and the distributed scatter shuffle.
+"""The data-moving half of ``partitioned_plan``: the ranks' communication and the distributed scatter shuffle.
 
 ``Comm`` is all the sharded planner asks of a process group: an all-gather of variable-length 1-D
 arrays and a personalised all-to-all (``exchange``). ``TorchComm`` implements it on
@@ -38,8 +38,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .distributed import per_rank
-from .kernels import reference
+from ..kernels import reference
+from . import per_rank
 
 #: Elements per piece of the element-wise passes: bounds their temporaries (about 64 bytes each).
 PIECE = 1 << 13
@@ -48,7 +48,7 @@ ROUND = 1 << 20
 
 
 class Comm(Protocol):
-    """The collectives ``sharded_plan`` uses; every rank calls each one at the same point, in the same order."""
+    """The collectives ``partitioned_plan`` uses; every rank calls each one at the same point, in the same order."""
 
     def all_gather(self, array: np.ndarray) -> list[np.ndarray]:
         """Every rank's 1-D ``array`` (any length; one dtype on all ranks), in rank order."""

@@ -1,7 +1,7 @@
-"""The walk of ``sharded_plan`` on one shard: its picks of ``reference.systematic_select``, as records.
+"""The walk of ``partitioned_plan`` on one shard: its picks of ``reference.systematic_select``, as records.
 
 Given every walk block's integer total (gathered by the planner) and this shard's fixed-point
-probabilities, ``walk_shard`` walks the shard's own blocks exactly as the single-process walk does
+probabilities, ``walk_partition`` walks the shard's own blocks exactly as the single-process walk does
 and returns each pick as a ``sharded_shuffle.record_dtype`` record: its position in the global
 ``picks`` array (the walk's level just before it), the example and its importance weight
 ``K / (N π_i)``, computed here from the fixed point the walk already reads.
@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import reference
-from .kernels.reference import ONE, WALK_BLOCK, EpochKeys
-from .sharded_shuffle import PIECE, record_dtype
+from ..kernels import reference
+from ..kernels.reference import ONE, WALK_BLOCK, EpochKeys
+from ._partition_shuffle import PIECE, record_dtype
 
 #: Walk blocks walked at once (one piece's worth of examples).
 _WALK_CHUNK = max(1, PIECE // WALK_BLOCK)
 
 
-def walk_shard(
+def walk_partition(
     fixed: np.ndarray, block_totals: np.ndarray, num_examples: int, sample_size: int, lo: int, keys: EpochKeys
 ) -> np.ndarray:
     """This shard's picks of ``reference.systematic_select`` over ``walk_order``, as records.

@@ -1,9 +1,9 @@
 """Epoch planning when the score table is sharded across data-parallel ranks, bit-identical to one process.
 
-``sharded_plan`` gives rank ``r`` exactly ``order[rank_positions(K, r, world)]`` and the matching
+``partitioned_plan`` gives rank ``r`` exactly ``order[rank_positions(K, r, world)]`` and the matching
 weights of ``reference.plan(all_scores, all_seen, K, smoothing, False, keys)`` (``np.array_equal`` on
 the int64 order and the float32 weights), while no rank ever holds all ``N`` scores: rank ``r``
-owns the examples ``shard_bounds(N, world)[r]``, contiguous runs of whole ``SUM_BLOCK`` blocks, so
+owns the examples ``partition_bounds(N, world)[r]``, contiguous runs of whole ``SUM_BLOCK`` blocks, so
 every block of a float sum and every walk block lies inside one rank. Each step of the reference is
 reproduced on the shards:
 
@@ -18,7 +18,7 @@ reproduced on the shards:
    index order (a rank starts its prefix sum at the room of all lower ranks);
 4. the walk (``reference.systematic_select``): every rank computes ``walk_blocks`` (``N/WALK_BLOCK``
    entries) and receives every walk block's integer total, hence the running total at each block's
-   start; it walks its own blocks (``sharded_walk.walk_shard``) and knows each pick's position ``p``
+   start; it walks its own blocks (``sharded_walk.walk_partition``) and knows each pick's position ``p``
    in the global ``picks`` array (the level before the pick) and its importance weight ``K / (N π_i)``;
 5. the shuffle and the slices: ``sharded_shuffle.shuffle_picks``.
 
@@ -43,7 +43,7 @@ score table (``sadp-data bench scale``).
 Not supported (use ``kernels.plan_epoch`` on a full table): ``uniform=True`` (which needs no scores),
 ``localize``/``shard_size``/``groups`` reordering, the ``sadp_data.methods`` baselines and levers,
 and device (torch, CUDA) arrays other than by copying them to the host. Every rank must call
-``sharded_plan`` collectively with the same ``num_examples``, ``sample_size``, ``smoothing`` and
+``partitioned_plan`` collectively with the same ``num_examples``, ``sample_size``, ``smoothing`` and
 ``keys``; invalid shards or scores raise ``ValueError`` on every rank (after one collective).
 """
 
@@ -53,18 +53,27 @@ from typing import Any
 
 import numpy as np
 
-from .kernels import reference
-from .kernels.arrays import to_host
-from .kernels.reference import GUESS_MIN, GUESS_SAMPLE, ONE, SUM_BLOCK, WALK_BLOCK, EpochKeys
-from .sharded_shuffle import PIECE, Comm, LocalComm, TorchComm, shuffle_picks
-from .sharded_walk import all_picks, walk_shard
+from .._moved import renamed
+from ..kernels import reference
+from ..kernels.arrays import to_host
+from ..kernels.reference import GUESS_MIN, GUESS_SAMPLE, ONE, SUM_BLOCK, WALK_BLOCK, EpochKeys
+from ._partition_shuffle import PIECE, Comm, LocalComm, TorchComm, shuffle_picks
+from ._partition_walk import all_picks, walk_partition
 
-__all__ = ["Comm", "LocalComm", "TorchComm", "shard_bounds", "sharded_plan", "sharded_plan_epoch"]
+__all__ = ["Comm", "LocalComm", "TorchComm", "partition_bounds", "partitioned_plan", "partitioned_plan_epoch"]
+__getattr__ = renamed(
+    __name__,
+    {
+        "shard_bounds": "partition_bounds",
+        "sharded_plan": "partitioned_plan",
+        "sharded_plan_epoch": "partitioned_plan_epoch",
+    },
+)
 
 _MOD = 1 << 64
 
 
-def shard_bounds(num_examples: int, world: int) -> list[tuple[int, int]]:
+def partition_bounds(num_examples: int, world: int) -> list[tuple[int, int]]:
     """``[(lo, hi)]`` per rank: rank ``r`` owns examples ``[lo, hi)``; contiguous, in rank order, covering ``[0, N)``.
 
     Boundaries are multiples of ``SUM_BLOCK`` (blocks are split as evenly as they go, ``⌊r·B/world⌋``
@@ -167,7 +176,7 @@ def _smoothed(
     status, all_sums = _gather(comm, np.array([bad, first_bad, seen_count], dtype=np.int64), sums)
     for rank, (wrong, position, _) in enumerate(part.tolist() for part in status):
         if wrong:
-            raise ValueError(f"rank {rank}'s shard does not have the length shard_bounds gives it (or seen's)")
+            raise ValueError(f"rank {rank}'s shard does not have the length partition_bounds gives it (or seen's)")
         if position >= 0:
             raise ValueError(f"the score at position {position} (on rank {rank}) is not a finite number >= 0")
     count = sum(int(part[2]) for part in status)
@@ -271,11 +280,11 @@ def _quantize(
 
 
 def _walk(comm: Comm, fixed: np.ndarray, num_examples: int, sample_size: int, lo: int, keys: EpochKeys) -> np.ndarray:
-    """This shard's picks as records (``sharded_walk.walk_shard``), after gathering every walk block's total."""
+    """This shard's picks as records (``sharded_walk.walk_partition``), after gathering every walk block's total."""
     count = fixed.shape[0]
     own = np.add.reduceat(fixed, np.arange(0, count, WALK_BLOCK)) if count else np.zeros(0, np.uint64)
     (totals,) = _gather(comm, own.astype(np.uint64))
-    return walk_shard(fixed, np.concatenate(totals), num_examples, sample_size, lo, keys)
+    return walk_partition(fixed, np.concatenate(totals), num_examples, sample_size, lo, keys)
 
 
 def _picks(
@@ -283,7 +292,7 @@ def _picks(
     keys: EpochKeys, rank: int, world: int,
 ) -> np.ndarray:  # fmt: skip
     """Steps 1–4 on this rank's shard: its picks as records; the per-example arrays are freed on return."""
-    lo, hi = shard_bounds(num_examples, world)[rank]
+    lo, hi = partition_bounds(num_examples, world)[rank]
     bad = int(scores.shape != (hi - lo,) or (seen is not None and seen.shape != (hi - lo,)))
     weights = _smoothed(comm, scores, seen, smoothing, lo, bad, sample_size != num_examples)
     if weights is None:  # the reference shuffles all examples with weights of exactly 1
@@ -294,7 +303,7 @@ def _picks(
     return _walk(comm, fixed, num_examples, sample_size, lo, keys)
 
 
-def sharded_plan(
+def partitioned_plan(
     local_scores: Any,
     local_seen: Any | None,
     num_examples: int,
@@ -308,7 +317,7 @@ def sharded_plan(
     """This rank's slice of the epoch plan from this rank's shard of the scores; collective.
 
     Args:
-        local_scores: scores of examples ``shard_bounds(num_examples, world)[rank]`` (any array type
+        local_scores: scores of examples ``partition_bounds(num_examples, world)[rank]`` (any array type
             ``to_host`` takes; a memory-mapped slice is read block by block).
         local_seen: their seen counts, or ``None``: this shard's examples all count as seen.
         num_examples, sample_size: ``N`` and ``K`` (``1 <= K <= N``, e.g. ``kernels.sample_size``).
@@ -336,7 +345,7 @@ def sharded_plan(
     )  # fmt: skip
 
 
-def sharded_plan_epoch(
+def partitioned_plan_epoch(
     local_scores: Any,
     keep_ratio: float,
     seed: int,
@@ -349,14 +358,14 @@ def sharded_plan_epoch(
     rank: int | None = None,
     world: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``sharded_plan`` with ``plan_epoch``'s arguments: this rank's slice of ``plan_epoch(...)[rank_positions]``.
+    """``partitioned_plan`` with ``plan_epoch``'s arguments: this rank's slice of ``plan_epoch(...)[rank_positions]``.
 
-    ``local_scores`` and ``seen`` are this rank's shard (``shard_bounds``); ``K = kernels.sample_size(N,
+    ``local_scores`` and ``seen`` are this rank's shard (``partition_bounds``); ``K = kernels.sample_size(N,
     keep_ratio)``, keys from ``(seed, epoch)``; ``rank``/``world`` default to ``torch.distributed``'s
     (with ``TorchComm``, which needs a gloo group), or one process (``LocalComm``) when it is not initialised.
     """
-    from .distributed import rank_and_world
-    from .kernels import sample_size
+    from ..kernels import sample_size
+    from . import rank_and_world
 
     if rank is None or world is None:
         rank, world = rank_and_world()
@@ -364,18 +373,18 @@ def sharded_plan_epoch(
         comm = LocalComm() if world == 1 else TorchComm()
     keys = reference.epoch_keys(seed, epoch)
     size = sample_size(int(num_examples), keep_ratio)
-    return sharded_plan(local_scores, seen, num_examples, size, smoothing, keys, rank, world, comm)
+    return partitioned_plan(local_scores, seen, num_examples, size, smoothing, keys, rank, world, comm)
 
 
-def require_sharded_method(method: Any) -> None:
+def require_partitionable_method(method: Any) -> None:
     """Raise ``ValueError`` unless ``method`` plans on a sharded table: ``sadp`` with at most ``weight_power`` set."""
     from dataclasses import replace
 
-    from .methods.sadp import SADP
+    from ..methods.sadp import SADP
 
     if not isinstance(method, SADP) or replace(method, weight_power=SADP.weight_power) != SADP():
         raise ValueError(
-            f"a ShardedScoreStore plans with method='sadp' and at most its weight_power option, not {method!r}: "
+            f"a PartitionedScoreStore plans with method='sadp' and at most its weight_power option, not {method!r}: "
             "use a replicated ScoreStore for the other methods and options"
         )
 
@@ -384,11 +393,11 @@ def plan_rank_slice(method: Any, snapshot: Any, request: dict[str, Any], store: 
     """This rank's slice of ``sadp``'s plan from its region ``snapshot`` of the sharded ``store``; collective.
 
     ``request``: ``keep_ratio``, ``seed``, ``epoch``, ``smoothing``. Equal to the replicated
-    sampler's ``plan.rank_slice(rank, world)`` for the same scores: the draw of ``sharded_plan_epoch``,
+    sampler's ``plan.rank_slice(rank, world)`` for the same scores: the draw of ``partitioned_plan_epoch``,
     its weights raised to ``weight_power`` on pruned epochs, as ``SADP.plan_with_info`` does.
     """
     keep = float(request["keep_ratio"])
-    order, weights = sharded_plan_epoch(
+    order, weights = partitioned_plan_epoch(
         snapshot.scores, keep, request["seed"], request["epoch"], store.num_examples, seen=snapshot.seen,
         smoothing=request["smoothing"], comm=store.comm, rank=store.rank, world=store.world,
     )  # fmt: skip

@@ -1,11 +1,11 @@
-"""``ShardedScoreStore``: each data-parallel rank holds, writes and plans from only its region of the score table.
+"""``PartitionedScoreStore``: each data-parallel rank holds, writes and plans from only its region of the score table.
 
-With ``world`` ranks and ``N`` examples, rank ``r`` owns examples ``[lo, hi) = shard_bounds(N, world)[r]``
-(``sadp_data.sharded_plan``: contiguous runs of whole sum blocks). Its region lives in its own
+With ``world`` ranks and ``N`` examples, rank ``r`` owns examples ``[lo, hi) = partition_bounds(N, world)[r]``
+(``sadp_data.distributed._partitioned_plan``: contiguous runs of whole sum blocks). Its region lives in its own
 sidecar, ``FOLDER/w{world}-r{rank}.zarr`` (an ordinary ``ScoreStore`` of ``hi − lo`` examples: the
 same checksums, writer thread and crash safety), so no two ranks ever write one file and nothing of
 size ``N`` exists on any rank. ``SADPSampler(store)`` recognises a sharded store and plans with
-``sharded_plan`` (each rank draws its own slice of the one global plan, bit-identical to the
+``partitioned_plan`` (each rank draws its own slice of the one global plan, bit-identical to the
 single-process plan of the same scores, seed and epoch); ``SpikeAwareScorer(model, store)`` hands
 it every batch's scores, which it routes to their owners (``Comm.exchange``, a personalised
 all-to-all) instead of all-gathering them: a rank receives only the scores of its own examples.
@@ -37,13 +37,16 @@ from typing import Any
 
 import numpy as np
 
-from .distributed import apply_packed, pack_scores, rank_and_world
-from .kernels.reference import SUM_BLOCK
-from .sharded_plan import require_sharded_method, shard_bounds
-from .sharded_shuffle import Comm, LocalComm, TorchComm
-from .store import ScoreStore
-from .store_snapshot import ScoreSnapshot
-from .store_update import as_epoch_stamp, as_index_array, as_score_array, bad_indices, bad_scores, raise_bad_entries
+from .._moved import renamed
+from ..kernels.reference import SUM_BLOCK
+from ..store import ScoreStore
+from ..store._snapshot import ScoreSnapshot
+from ..store._update import as_epoch_stamp, as_index_array, as_score_array, bad_indices, bad_scores, raise_bad_entries
+from . import apply_packed, pack_scores, rank_and_world
+from ._partition_shuffle import Comm, LocalComm, TorchComm
+from ._partitioned_plan import partition_bounds, require_partitionable_method
+
+__getattr__ = renamed(__name__, {"ShardedScoreStore": "PartitionedScoreStore"})
 
 
 def _raise_if_any_failed(votes: list[np.ndarray], failure: Exception | None, what: str) -> None:
@@ -64,7 +67,7 @@ def region_name(world: int, rank: int) -> str:
     return f"w{world}-r{rank}.zarr"
 
 
-class ShardedScoreStore:
+class PartitionedScoreStore:
     """Rank ``rank``'s region of a score table sharded over ``world`` ranks (see the module docstring)."""
 
     def __init__(
@@ -84,7 +87,7 @@ class ShardedScoreStore:
         self.fingerprint = fingerprint  #: the dataset's (each region pins it with its bounds)
         self.num_examples = int(num_examples)
         self.rank, self.world, self.comm = int(rank), int(world), comm
-        self.bounds = shard_bounds(self.num_examples, self.world)
+        self.bounds = partition_bounds(self.num_examples, self.world)
         self.lo, self.hi = self.bounds[self.rank]
         if region.num_examples != self.hi - self.lo:
             owned = self.hi - self.lo
@@ -110,7 +113,7 @@ class ShardedScoreStore:
         rank: int | None = None,
         world: int | None = None,
         comm: Comm | None = None,
-    ) -> ShardedScoreStore:
+    ) -> PartitionedScoreStore:
         """This rank's region in ``folder`` (created empty on first use); collective-free.
 
         ``rank``/``world`` default to ``torch.distributed``'s, ``comm`` to ``TorchComm()`` (gloo; under
@@ -130,7 +133,7 @@ class ShardedScoreStore:
                 f"{folder} holds score regions of another world size ({', '.join(others[:4])}); a sharded "
                 f"store is resumed at the world size it was written with, not at {world}"
             )
-        bounds = shard_bounds(int(num_examples), int(world))
+        bounds = partition_bounds(int(num_examples), int(world))
         if any(lo == hi for lo, hi in bounds):
             raise ValueError(
                 f"{num_examples} examples are too few to shard over {world} ranks (every rank owns whole blocks of "
@@ -185,11 +188,11 @@ class ShardedScoreStore:
 
     def check_sampler(self, method: Any, rank: int, world: int, localized: bool) -> None:
         """Raise ``ValueError`` unless a sampler with these settings can plan from this store."""
-        require_sharded_method(method)
+        require_partitionable_method(method)
         if (rank, world) != (self.rank, self.world):
             raise ValueError(f"{self!r} is rank {self.rank} of {self.world}; the sampler is rank {rank} of {world}")
         if localized:
-            raise ValueError("shard_size/groups (shard-local ordering) are not supported with a ShardedScoreStore")
+            raise ValueError("shard_size/groups (shard-local ordering) are not supported with a PartitionedScoreStore")
 
     # -- scores -------------------------------------------------------------------------------
 
@@ -390,11 +393,11 @@ class ShardedScoreStore:
             error, self._bad = self._bad, None
             raise error
 
-    def __enter__(self) -> ShardedScoreStore:
+    def __enter__(self) -> PartitionedScoreStore:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return f"ShardedScoreStore({self.path}, examples {self.lo}-{self.hi} of {self.num_examples})"
+        return f"PartitionedScoreStore({self.path}, examples {self.lo}-{self.hi} of {self.num_examples})"

@@ -1,6 +1,6 @@
 """The measured cost of a reader's range requests, which ``FetchOptions(adaptive=True)`` plans reads by.
 
-``sadp_data.fetch`` sends each block's remote ranges as one concurrent batch; ``RequestCosts``
+``sadp_data.remote.fetch`` sends each block's remote ranges as one concurrent batch; ``RequestCosts``
 fits what such a batch costs from the batches this reader has sent, so the planner can trade
 requests for bytes where requests are expensive and keep to the planned bytes where they are not.
 """

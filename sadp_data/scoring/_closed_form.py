@@ -28,7 +28,7 @@ import numba
 import numpy as np
 import torch
 
-from .jit import CACHE
+from ..kernels.numba_cache import CACHE
 
 _THREADS = 128
 
@@ -53,7 +53,7 @@ def launch_cross_entropy_kernel(logits, targets, rate_sq, grad_bound, rate) -> N
     ``logits`` float32[B, C], ``targets`` int64[B], ``rate_sq`` float32[B]; writes float32[B]
     outputs ``grad_bound`` and ``rate``. Targets must lie in ``[0, C)`` (not checked on device).
     """
-    from ._score_cuda import cross_entropy_kernel
+    from ._closed_form_cuda import cross_entropy_kernel
 
     rows = logits.shape[0]
     if rows == 0:

@@ -1,7 +1,7 @@
 """Which module of a model is its readout, and how the readout's recorded tensors are laid out in time.
 
 The spike-aware score is the norm of the loss gradient with respect to an affine readout ``z = W·s + b``
-(``sadp_data.scorer``): it needs the module that applies ``W`` as its own module, returning that affine
+(``sadp_data.scoring.scorer``): it needs the module that applies ``W`` as its own module, returning that affine
 output as a tensor. This module finds it, refuses the structures where it cannot be found or read (a
 weight matrix inside a stateful cell that runs after the last ``nn.Linear``, a readout that returns a
 tuple), and turns the recorded calls into one time-major ``[T, B, F]`` tensor without guessing the time

@@ -28,11 +28,11 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .distributed import ScoreExchange, rank_and_world
+from ..distributed import ScoreExchange, rank_and_world
+from ..distributed.partitioned_store import PartitionedScoreStore
+from ..store import ScoreStore
+from ._closed_form import cross_entropy_scores, mean_logit_scores
 from .readout import TimeLayout, check_detected, detection_candidates, name_of, refuse_output, resolve_layer
-from .score_kernels import cross_entropy_scores, mean_logit_scores
-from .sharded_store import ShardedScoreStore
-from .store import ScoreStore
 
 _MAX_PENDING_CALLS = 4096
 
@@ -49,7 +49,7 @@ class SpikeAwareScorer:
         layer: the classifier (an ``nn.Linear``) or its name in ``model.named_modules()``. By
             default the ``nn.Linear`` that runs last in the first training forward pass is used,
             unless a module holding a weight matrix (a stateful cell with weights, e.g. norse's
-            ``LILinearCell``) runs after it: then ``sadp_data.readout.ReadoutError`` names both;
+            ``LILinearCell``) runs after it: then ``sadp_data.scoring.readout.ReadoutError`` names both;
             pass ``layer=`` when the model has several heads. A layer whose output is not a tensor
             (a cell returning ``(output, state)``) is refused with a ``ReadoutError``: its first
             output is not the affine map the score is exact for.
@@ -69,7 +69,7 @@ class SpikeAwareScorer:
             scores of all ranks are all-gathered every ``sync_every`` steps and applied on every rank,
             so every rank's store mirror stays identical (``sadp_data.distributed.ScoreExchange``);
             open the store with ``sadp_data.distributed.open_store`` so only rank 0 writes it. A
-            ``ShardedScoreStore`` is not all-gathered: it routes each score to the rank owning its
+            ``PartitionedScoreStore`` is not all-gathered: it routes each score to the rank owning its
             example (its own ``sync_every``).
         time_axis: where the readout's 3-D inputs hold time: 0 for ``[T, B, H]``, 1 for
             ``[B, T, H]``. By default it is read from the shapes, and 0 for a spikingjelly layer in
@@ -102,8 +102,8 @@ class SpikeAwareScorer:
         self.model = model
         self.store = store
         self.exchange: ScoreExchange | None = None
-        if store is not None and rank_and_world()[1] > 1 and not isinstance(store, ShardedScoreStore):
-            self.exchange = ScoreExchange(store, sync_every)  # a ShardedScoreStore routes scores itself
+        if store is not None and rank_and_world()[1] > 1 and not isinstance(store, PartitionedScoreStore):
+            self.exchange = ScoreExchange(store, sync_every)  # a PartitionedScoreStore routes scores itself
         self.last_scores: torch.Tensor | None = None
         #: (module, input, output, forward number) of every readout call since the last step.
         self._calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor, int]] = []

@@ -14,7 +14,7 @@ Layout of a scored-shards folder ``OUT``:
 * ``{name}.wids.json``: the shard list in the format of the ``wids`` package.
 * ``scores.zarr``: the ``ScoreStore`` sidecar, created for N examples with the same fingerprint.
 
-Shards a user already has are indexed in place by ``sadp_data.indexing.index_shards`` (``sadp-data
+Shards a user already has are indexed in place by ``sadp_data.shards.indexing.index_shards`` (``sadp-data
 index``); their ``index.json`` may then name a ``shard_root``, the shards' folder relative to the index
 (or a URL). The folder may be remote (``s3://…``, ``http(s)://…``; ``sadp_data.remote``): shards are then
 pinned by size and, where ``index.json`` records one, by ETag; the sidecar lives on local disk.
@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .remote import Location, covers, origin
-from .shard_error import ShardError
-from .store import ScoreStore
+from ..remote import Location, covers, origin
+from ..store import ScoreStore
+from ._error import ShardError
 
 if TYPE_CHECKING:
-    from .fetch_requests import RequestPolicy
+    from ..remote._requests import RequestPolicy
 
 INDEX = "index.json"
 OFFSETS = "offsets.npy"
@@ -184,7 +184,7 @@ class ShardIndex:
         ``storage_options`` are for the index's origin. A ``shard_root`` outside the index's folder or origin
         is refused (``ForeignShardRootError``) unless it lies in one of ``trusted_roots`` (folders or URL
         prefixes); such shards are read with ``shard_storage_options`` (default none), never the others.
-        Remote requests run under ``policy`` (``sadp_data.fetch_requests``: timeout, retries; default 60 s, 3)."""
+        Remote requests run under ``policy`` (``sadp_data.remote._requests``: timeout, retries; default 60 s, 3)."""
         if isinstance(trusted_roots, (str, os.PathLike)):
             trusted_roots = [trusted_roots]
         trusted = tuple(os.fspath(path) for path in trusted_roots)

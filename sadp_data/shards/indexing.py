@@ -1,6 +1,6 @@
 """``index_shards``: make WebDataset shards a user already has into scored shards, without rewriting them.
 
-Each tar is read once: the byte span of every sample (``sadp_data.shard_tar``: the samples
+Each tar is read once: the byte span of every sample (``sadp_data.shards._tar``: the samples
 webdataset's reader would deliver, or a ``ShardError`` naming the shard, member and byte offset), a
 crc32c of those bytes and the shard's SHA-256. A sample's global index is its ``index.cls`` member
 where every sample has one (what ``sadp-data convert`` writes), otherwise its
@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from .folder_lock import folder_lock
-from .remote import Location, is_remote
-from .shard_tar import shard_samples
-from .shard_writer import check_name
-from .shards import FORMAT, INDEX, OFFSETS, SIDECAR, ShardError, ShardIndex, sample_checksum
-from .staging import staged
-from .store import ScoreStore
+from ..remote import Location, is_remote
+from ..store import ScoreStore
+from . import FORMAT, INDEX, OFFSETS, SIDECAR, ShardError, ShardIndex, sample_checksum
+from ._folder_lock import folder_lock
+from ._staging import staged
+from ._tar import shard_samples
+from .writer import check_name
 
 
 def expand_shards(shards: str | Path | Sequence[str | Path]) -> list[str]:
@@ -89,8 +89,8 @@ def index_shards(
     ``out`` may be the shards' own folder. An existing ``index.json`` is replaced only with
     ``overwrite``; an existing sidecar is kept when it belongs to these shards (same size and
     fingerprint) and refused otherwise, so scores are never lost. The index files are published
-    through ``sadp_data.staging``, ``index.json`` last, while OUT's lock (``sadp_data.folder_lock``) keeps
-    out a concurrent ``index`` or ``convert`` into it.
+    through ``sadp_data.shards._staging``, ``index.json`` last, while OUT's lock
+    (``sadp_data.shards._folder_lock``) keeps out a concurrent ``index`` or ``convert`` into it.
 
     Shards outside ``out`` are the caller's own choice here, so the returned index trusts their folder;
     a later ``ShardIndex.load(out)`` must name it in ``trusted_roots`` (``sadp-data index`` prints how),

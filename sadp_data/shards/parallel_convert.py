@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from .shards import sample_checksum
+from . import sample_checksum
 
 #: webdataset ``ShardWriter``'s default ``maxsize``: the serial path starts a new shard past it.
 MAX_SHARD_BYTES = 3e9

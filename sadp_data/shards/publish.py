@@ -23,9 +23,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .remote import Location
-from .shard_writer import build_shards
-from .shards import INDEX, OFFSETS, ShardError, ShardIndex
+from ..remote import Location
+from . import INDEX, OFFSETS, ShardError, ShardIndex
+from .writer import build_shards
 
 
 def publish_shards(
@@ -41,7 +41,7 @@ def publish_shards(
 ) -> ShardIndex:
     """Convert ``source`` into scored shards at the URL ``out`` (see the module docstring); returns the index.
 
-    ``workers > 1`` builds the shards in that many processes (``sadp_data.parallel_convert``; the same bytes).
+    ``workers > 1`` builds the shards in that many processes (``sadp_data.shards.parallel_convert``; the same bytes).
     """
     from tqdm.auto import tqdm
 
@@ -49,7 +49,7 @@ def publish_shards(
         raise ValueError(f"--shard-size must be positive, got {shard_size}")
     location = Location(out, storage_options)
     if not location.remote:
-        raise ValueError(f"{out} is a local path: write it with sadp_data.shard_writer.write_shards")
+        raise ValueError(f"{out} is a local path: write it with sadp_data.shards.writer.write_shards")
     old_shards: list[str] = []
     if location.exists(INDEX):
         if not overwrite:

@@ -1,10 +1,10 @@
 """Writing scored shards: ``write_shards`` converts a ``sources.Source`` into a local scored-shards folder.
 
 The layout it writes is described in ``sadp_data.shards`` (which reads it); ``build_shards`` does the
-work into a new folder and is shared with ``sadp_data.publish`` (the same shards, uploaded).
+work into a new folder and is shared with ``sadp_data.shards.publish`` (the same shards, uploaded).
 Conversions are deterministic: the same source always gives byte-identical shards, serially
 (``workers=1``: one webdataset ``ShardWriter``) or with ``workers=P`` processes each writing whole shards
-(``sadp_data.parallel_convert``), whose output is byte for byte the serial one.
+(``sadp_data.shards.parallel_convert``), whose output is byte for byte the serial one.
 """
 
 from __future__ import annotations
@@ -18,7 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from .folder_lock import folder_lock, sidecar_released
+from ..remote import is_remote
+from ..store import ScoreStore
+from . import FORMAT, INDEX, OFFSETS, SIDECAR, ShardError, ShardIndex
+from ._folder_lock import folder_lock, sidecar_released
+from ._staging import staged
 from .parallel_convert import (
     MAX_SHARD_BYTES,
     ShardRecord,
@@ -28,10 +32,6 @@ from .parallel_convert import (
     shard_record,
     write_shards_parallel,
 )
-from .remote import is_remote
-from .shards import FORMAT, INDEX, OFFSETS, SIDECAR, ShardError, ShardIndex
-from .staging import staged
-from .store import ScoreStore
 
 #: An engine that writes every shard of a source into a folder: ``(source, folder, shard_size, name,
 #: progress) -> [ShardRecord, ...]`` in shard order, shard ``k`` holding examples ``[k·S, (k+1)·S)``.
@@ -50,12 +50,12 @@ def write_shards(
 ) -> ShardIndex:
     """Convert ``source`` (a ``sources.Source``) into scored shards in ``out``; returns the index.
 
-    Atomic (``sadp_data.staging``): the shards, index and a fresh sidecar are built in a hidden folder
+    Atomic (``sadp_data.shards._staging``): the shards, index and a fresh sidecar are built in a hidden folder
     beside ``out`` and swapped in at the end, so a failure or kill leaves an existing ``out`` whole,
     and ``overwrite=True`` replaces all of it (no stale shards of an earlier conversion remain).
-    For a remote ``out`` (``s3://bucket/prefix``) use ``sadp_data.publish.publish_shards``.
+    For a remote ``out`` (``s3://bucket/prefix``) use ``sadp_data.shards.publish.publish_shards``.
 
-    ``workers=P`` converts with ``P`` processes (at most one per shard; ``sadp_data.parallel_convert``):
+    ``workers=P`` converts with ``P`` processes (at most one per shard; ``sadp_data.shards.parallel_convert``):
     the same bytes as ``workers=1``; errors name the example and the source. ``writer`` replaces the
     engine that writes the shards (``writer(source, folder, shard_size, name, progress)`` returns their
     ``ShardRecord``s in shard order; e.g. Ray tasks, ``sadp_data.adapters.ray``); the index, the
@@ -66,7 +66,9 @@ def write_shards(
     if shard_size <= 0:
         raise ValueError(f"--shard-size must be positive, got {shard_size}")
     if is_remote(out):
-        raise ValueError(f"{out} is remote: write it with sadp_data.publish.publish_shards (or sadp-data convert)")
+        raise ValueError(
+            f"{out} is remote: write it with sadp_data.shards.publish.publish_shards (or sadp-data convert)"
+        )
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
@@ -101,7 +103,7 @@ def build_shards(
     """Write the shards, the index files and an empty sidecar of ``source`` into the new folder ``out``.
 
     ``workers > 1`` with more than one shard writes the shards in that many processes; otherwise one
-    ``ShardWriter`` writes them in order. Both give the same bytes (``sadp_data.parallel_convert``).
+    ``ShardWriter`` writes them in order. Both give the same bytes (``sadp_data.shards.parallel_convert``).
     """
     check_name(name)
     out.mkdir()

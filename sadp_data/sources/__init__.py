@@ -11,7 +11,7 @@ A source spec is one of
   time), or ``T`` pre-integrated frames with ``frames=T``;
 * ``tonic:NAME:PATH``, a dataset in tonic's on-disk layout (``NMNIST``, ``DVSGesture``; PATH is
   tonic's ``save_to`` or ``save_to/NAME``), read in place without downloading
-  (``sadp_data.events.tonic_layout``), stored like ``nmnist:PATH``.
+  (``sadp_data.sources.events.tonic_layout``), stored like ``nmnist:PATH``.
 
 Every example becomes ``{"x.npy": array, "y.cls": int}`` (or ``"y.npy"`` for non-integer targets;
 dict items keep their own keys), which webdataset's decoders understand.
@@ -146,7 +146,7 @@ def open_source(spec: str, split: str = "train", frames: int | None = None) -> S
     byte-identical index files and a shared dataset does not reveal where it was converted.
 
     ``nmnist:PATH`` reads an N-MNIST folder and ``tonic:NAME:PATH`` a tonic layout; with ``frames=T``
-    each recording is stored as ``T`` event-count frames (equal time bins, ``sadp_data.events.frames``)
+    each recording is stored as ``T`` event-count frames (equal time bins, ``sadp_data.sources.events.frames``)
     instead of raw events, and ``T`` becomes part of the source name (and, through the shard bytes,
     of the fingerprint).
     """

@@ -30,7 +30,7 @@ _FILES = {
 
 def default_data_dir() -> Path:
     """``data/fashion-mnist`` of the source checkout this package runs from."""
-    return Path(__file__).resolve().parent.parent / "data" / "fashion-mnist"
+    return Path(__file__).resolve().parents[2] / "data" / "fashion-mnist"
 
 
 def load_idx(path: str | Path) -> np.ndarray:

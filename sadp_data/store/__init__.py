@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
-from .store_format import (
+from ._format import (
     ARRAYS,
     DEFAULT_CHUNK_SIZE,
     FORMAT_VERSION,
@@ -38,10 +38,10 @@ from .store_format import (
     open_sidecar,
     read_mirror,
 )
-from .store_format import write_empty as _write_empty
-from .store_snapshot import ScoreSnapshot, read_snapshot
-from .store_update import as_epoch_stamp, as_index_array, as_score_array, raise_bad_entries
-from .store_writer import MirrorWriter
+from ._format import write_empty as _write_empty
+from ._snapshot import ScoreSnapshot, read_snapshot
+from ._update import as_epoch_stamp, as_index_array, as_score_array, raise_bad_entries
+from ._writer import MirrorWriter
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -109,9 +109,9 @@ class ScoreStore:
         Refuses to replace an existing sidecar unless ``overwrite=True`` (scores are costly to
         recompute). ``fingerprint`` identifies the dataset (see ``dataset_fingerprint``); opening
         with a different one later is refused. In a process group only rank ``owner_rank`` may open
-        it for writing (0; ``-1``: any rank, for the regions of a ``ShardedScoreStore``). Atomic: the
+        it for writing (0; ``-1``: any rank, for the regions of a ``PartitionedScoreStore``). Atomic: the
         sidecar is written beside ``path`` and renamed into place, so a failure leaves ``path`` as it
-        was (``sadp_data.staging``).
+        was (``sadp_data.shards._staging``).
         """
         path = Path(path)
         if not isinstance(num_examples, (int, np.integer)) or isinstance(num_examples, bool) or num_examples <= 0:
@@ -120,7 +120,7 @@ class ScoreStore:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} already exists; open it with ScoreStore.open or pass overwrite=True")
-        from .staging import staged
+        from ..shards._staging import staged
 
         with staged([path]) as stage:  # a failure (a full disk, say) leaves no half-made sidecar at path
             _write_empty(stage / path.name, int(num_examples), fingerprint, int(chunk_size), int(owner_rank))

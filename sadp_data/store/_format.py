@@ -7,7 +7,7 @@ Layout of the sidecar (one directory):
 * ``epoch``  int32[N]: the epoch of the latest score (-1: never scored);
 * attributes: ``num_examples``, ``fingerprint``, ``format_version``, ``version`` (number of
   update batches applied when the arrays were last persisted) and ``keep_ratio_history``;
-* optionally the resume snapshot (``sadp_data.store_snapshot``).
+* optionally the resume snapshot (``sadp_data.store._snapshot``).
 
 Format 2 checksums every chunk (crc32c) and writes every chunk at creation, so a missing or corrupt
 chunk file is detected and named instead of being read silently as the fill value. Format 1 sidecars

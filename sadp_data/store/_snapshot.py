@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .store_format import checksum, is_checked, keep_every_chunk, read_checked
+from ._format import checksum, is_checked, keep_every_chunk, read_checked
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from .jit import CACHE
+from ..kernels.numba_cache import CACHE
 
 
 def bad_indices(index: np.ndarray, num_examples: int) -> np.ndarray:

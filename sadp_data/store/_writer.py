@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .store_format import ScoreStoreError
-from .store_snapshot import ScoreSnapshot, with_keep_ratio, write_snapshot
-from .store_update import apply_update
+from ._format import ScoreStoreError
+from ._snapshot import ScoreSnapshot, with_keep_ratio, write_snapshot
+from ._update import apply_update
 
 
 class MirrorWriter:
@@ -269,7 +269,7 @@ def acquire_writer_lock(path: Path, owner: int = 0) -> int:
 
 def _refuse_other_ranks(path: Path, owner: int) -> None:
     """In an initialised process group, only rank ``owner`` writes the sidecar (rank 0; ``-1``: any rank,
-    for a ``ShardedScoreStore`` region, one file per rank, where the writer lock alone keeps one writer)."""
+    for a ``PartitionedScoreStore`` region, one file per rank, where the writer lock alone keeps one writer)."""
     try:
         import torch.distributed as dist
     except ImportError:

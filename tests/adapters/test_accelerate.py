@@ -32,9 +32,9 @@ pytest.importorskip("accelerate")
 from _readme import run_readme_block
 from accelerate import Accelerator
 from accelerate.data_loader import BatchSamplerShard, prepare_data_loader
-from sadp_data.adapters.accelerate import AcceleratedLoader, check_not_resharded, prepare_loader
 
 import sadp_data as sd
+from sadp_data.adapters.accelerate import AcceleratedLoader, check_not_resharded, prepare_loader
 from sadp_data.distributed import per_rank
 from sadp_data.kernels import sample_size
 
@@ -67,9 +67,8 @@ def _train_epoch(accelerator: Accelerator, parts: dict[str, Any], epoch: int, sa
 def _parts(accelerator: Accelerator, workdir: Path) -> dict[str, Any]:
     """Store, sampler, loader, model, optimizer and scorer of one process, as a training script builds them."""
     from sadp_data.adapters.spikingjelly import MlpSNN
-
-    from sadp_data.datasets import FashionMNIST
     from sadp_data.distributed import open_store
+    from sadp_data.sources.datasets import FashionMNIST
 
     store = open_store(workdir / "scores.zarr", num_examples=LIMIT)  # after Accelerator(): rank 0 writes
     dataset = FashionMNIST(None, "train", limit=LIMIT)

@@ -1,4 +1,4 @@
-"""sadp_data.compat.InfoBatch: InfoBatch's released API and algorithm, without its monkey-patch."""
+"""sadp_data.adapters.infobatch.InfoBatch: InfoBatch's released API and algorithm, without its monkey-patch."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from _readme import run_readme_block
 from torch.utils.data import DataLoader, TensorDataset
 
-from sadp_data.compat import INITIAL_SCORE, InfoBatch, infobatch_plan
+from sadp_data.adapters.infobatch import INITIAL_SCORE, InfoBatch, infobatch_plan
 
 
 def _released_selection(scores: np.ndarray, keep_ratio: float, rng: np.random.Generator) -> tuple[set, set]:
@@ -137,7 +137,7 @@ def test_two_gloo_ranks_share_one_plan_and_one_score_table(tmp_path) -> None:
 
     from sadp_data.distributed import per_rank
 
-    run_ranks(Path(__file__).parent / "workers" / "compat_ddp.py", 2, str(tmp_path), timeout=120)
+    run_ranks(Path(__file__).parents[1] / "workers" / "compat_ddp.py", 2, str(tmp_path), timeout=120)
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     for first, second in zip(ranks[0]["epochs"], ranks[1]["epochs"], strict=True):
         assert first["plan"] == second["plan"]  # one plan, from identical scores

@@ -13,8 +13,8 @@ from sadp_data.sampler import SADPSampler
 if os.environ.get("CI") != "true":  # CI installs ffcv and must run these tests, never skip them
     pytest.importorskip("ffcv")
 from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
-from sadp_data.adapters.ffcv import importance_loader, open_sidecar, weights_for
 
+from sadp_data.adapters.ffcv import importance_loader, open_sidecar, weights_for
 from sadp_data.store import ScoreStoreError
 
 N = 300
@@ -184,7 +184,6 @@ def test_ranks_take_equal_disjoint_slices_of_one_plan(beton) -> None:
 
 def test_page_window_reads_pages_in_windows(tmp_path: Path) -> None:
     from sadp_data.adapters.ffcv import page_groups, sampler_for, write_beton
-
     from sadp_data.sources import open_source
 
     rng = np.random.default_rng(5)

@@ -28,14 +28,14 @@ from torch.utils.data import DataLoader, TensorDataset
 pl = pytest.importorskip("lightning.pytorch")
 
 from _readme import run_readme_block  # noqa: E402
+
+import sadp_data as sd  # noqa: E402
 from sadp_data.adapters.lightning import (  # noqa: E402
     LightningLoader,
     SADPCallback,
     find_train_loader,
     train_dataloader,
 )
-
-import sadp_data as sd  # noqa: E402
 from sadp_data.distributed import per_rank  # noqa: E402
 
 LIMIT, BATCH, EPOCHS, CHECKPOINT_STEP = 201, 16, 3, 9
@@ -48,8 +48,7 @@ class DemoSNN(pl.LightningModule):
     def __init__(self, workdir: Path, store_name: str) -> None:
         super().__init__()
         from sadp_data.adapters.spikingjelly import MlpSNN
-
-        from sadp_data.datasets import FashionMNIST
+        from sadp_data.sources.datasets import FashionMNIST
 
         torch.manual_seed(0)
         self.net = MlpSNN(hidden=(64,), time_steps=2)

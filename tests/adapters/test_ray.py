@@ -14,10 +14,9 @@ import torch
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
-from sadp_data.adapters.ray import score_with_ray, write_shards_ray  # noqa: E402
-
 import sadp_data as sd  # noqa: E402
-from sadp_data.shard_writer import write_shards  # noqa: E402
+from sadp_data.adapters.ray import score_with_ray, write_shards_ray  # noqa: E402
+from sadp_data.shards.writer import write_shards  # noqa: E402
 from sadp_data.sources import open_source  # noqa: E402
 
 N, SHARD = 230, 64

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sadp_data.adapters.webdataset import ScoredShards
 
 from sadp_data import SADPSampler
+from sadp_data.adapters.webdataset import ScoredShards
 from sadp_data.cli import main
 from sadp_data.distributed import rank_positions
 from sadp_data.shards import ShardError, ShardIndex

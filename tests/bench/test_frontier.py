@@ -23,7 +23,6 @@ from sadp_data.bench.frontier import (
     write_frontier_report,
 )
 from sadp_data.bench.training_data import DemoConfig, _nmnist_fold
-
 from sadp_data.sources import Source
 
 RUN_KEYS = {
@@ -184,7 +183,6 @@ def test_rows_average_the_grid_seeds_and_differences_pool_every_pair():
 
 def test_seeds_option_sets_the_grid_and_drops_the_contested_cells(monkeypatch, tmp_path):
     import sadp_data.bench.frontier as frontier
-
     from sadp_data.cli import main
 
     asked = []
@@ -239,7 +237,6 @@ def test_load_adjusted_speedup_ignores_when_the_machine_was_busy():
 
 def test_resummarise_recomputes_summary_and_targets_from_the_runs(tmp_path):
     from sadp_data.bench.frontier import resummarise
-
     from sadp_data.cli import main
 
     runs = []
@@ -277,7 +274,6 @@ def test_a_part_trains_the_grid_on_its_seeds_and_only_the_contested_cells_on_the
 
 def test_the_lever_study_runs_valid_variants_paired_with_the_defaults() -> None:
     from sadp_data.bench.frontier_levers import lever_config
-
     from sadp_data.methods import get_method
 
     (part,) = lever_config().parts

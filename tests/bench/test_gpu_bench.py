@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("spikingjelly.activation_based")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _numbers(value: object) -> list[float]:

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from sadp_data.bench.latency_proxy import LatencyProxy
 from sadp_data.bench.servers import NginxServer, S3Server, ServerStartError, free_port, port_open
 

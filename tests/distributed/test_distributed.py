@@ -17,7 +17,7 @@ from sadp_data.kernels import sample_size
 
 pytest.importorskip("spikingjelly.activation_based")
 
-WORKER = Path(__file__).parent / "workers" / "ddp_train.py"
+WORKER = Path(__file__).parents[1] / "workers" / "ddp_train.py"
 TIMEOUT_S = 300
 
 
@@ -27,7 +27,7 @@ def _launch(workdir: Path, world: int) -> list[dict]:
 
 
 def test_two_gloo_ranks_share_one_plan_and_one_score_table(tmp_path: Path) -> None:
-    from sadp_data.datasets import FashionMNIST
+    from sadp_data.sources.datasets import FashionMNIST
 
     count = len(FashionMNIST(split="train", limit=201))
     sd.ScoreStore.create(tmp_path / "scores.zarr", count).close()

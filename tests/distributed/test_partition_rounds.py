@@ -15,9 +15,9 @@ import pytest
 from test_sharded_plan import KEYS, RecordingComm, ReplayComm, assert_identical, random_table, run_ranks
 
 from sadp_data import sharded_shuffle
+from sadp_data.distributed._partitioned_plan import partition_bounds, partitioned_plan
 from sadp_data.kernels import sample_size
 from sadp_data.kernels.reference import SUM_BLOCK
-from sadp_data.sharded_plan import shard_bounds, sharded_plan
 
 
 @pytest.mark.parametrize(("count", "keep"), [(70_000, 0.5), (140_000, 1.0), (65_537, 0.01)])
@@ -46,19 +46,21 @@ def test_a_rank_allocates_at_most_20_bytes_per_owned_example_at_half_keep(monkey
     count, world = 24 * SUM_BLOCK, 4
     scores, seen = random_table(count, seed=11)
     size = sample_size(count, 0.5)
-    bounds = shard_bounds(count, world)
+    bounds = partition_bounds(count, world)
     comms: dict[int, RecordingComm] = {}
 
     def work(rank: int, comm: Any) -> tuple[np.ndarray, np.ndarray]:
         comms[rank] = comm
         lo, hi = bounds[rank]
-        return sharded_plan(scores[lo:hi], seen[lo:hi], count, size, 0.1, KEYS, rank, world, comm)
+        return partitioned_plan(scores[lo:hi], seen[lo:hi], count, size, 0.1, KEYS, rank, world, comm)
 
     run_ranks(world, work, wrap=RecordingComm)
     for rank, (lo, hi) in enumerate(bounds):
         tracemalloc.start()
         try:
-            sharded_plan(scores[lo:hi], seen[lo:hi], count, size, 0.1, KEYS, rank, world, ReplayComm(comms[rank].log))
+            partitioned_plan(
+                scores[lo:hi], seen[lo:hi], count, size, 0.1, KEYS, rank, world, ReplayComm(comms[rank].log)
+            )
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()

@@ -1,10 +1,11 @@
-"""Planning from a score table sharded across ranks (``sadp_data.sharded_plan``) is bit-identical to one process.
+"""Planning from a score table partitioned across ranks (``sadp_data.distributed._partitioned_plan``) is
+bit-identical to one process.
 
 Most tests run ``W`` ranks as threads of this process: ``SimulatedComm`` meets all ranks at a barrier
 for every collective, so each rank sees exactly what a real process group would deliver. Every
 rank's slice must equal ``reference.plan(all_scores, …)[rank_positions(K, rank, W)]``
 (``np.array_equal`` on the int64 order and the float32 weights). One test runs real gloo process
-groups (``tests/workers/sharded_plan_rank.py``) whose ranks read only their shard of a memory-mapped
+groups (``tests/workers/partitioned_plan_rank.py``) whose ranks read only their shard of a memory-mapped
 table, and one measures a rank's allocations by replaying the messages it received.
 """
 
@@ -21,13 +22,18 @@ import numpy as np
 import pytest
 from _ranks import run_ranks as run_rank_processes
 
-from sadp_data import sharded_plan as sharded
+from sadp_data import partitioned_plan as sharded
 from sadp_data.distributed import per_rank, rank_positions
+from sadp_data.distributed._partitioned_plan import (
+    LocalComm,
+    partition_bounds,
+    partitioned_plan,
+    partitioned_plan_epoch,
+)
 from sadp_data.kernels import plan_epoch, reference, sample_size
 from sadp_data.kernels.reference import GUESS_MIN, GUESS_SAMPLE, SUM_BLOCK, WALK_BLOCK
-from sadp_data.sharded_plan import LocalComm, shard_bounds, sharded_plan, sharded_plan_epoch
 
-WORKER = Path(__file__).parent / "workers" / "sharded_plan_rank.py"
+WORKER = Path(__file__).parents[1] / "workers" / "partitioned_plan_rank.py"
 KEYS = reference.epoch_keys(7, 3)
 
 
@@ -125,12 +131,12 @@ def plan_sharded(
     scores: np.ndarray, seen: np.ndarray | None, size: int, smoothing: float, world: int, **run: Any
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Every rank's slice of the sharded plan, each rank given only its own shard."""
-    bounds = shard_bounds(scores.shape[0], world)
+    bounds = partition_bounds(scores.shape[0], world)
 
     def work(rank: int, comm: Any) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = bounds[rank]
         shard_seen = None if seen is None else seen[lo:hi]
-        return sharded_plan(scores[lo:hi], shard_seen, scores.shape[0], size, smoothing, KEYS, rank, world, comm)
+        return partitioned_plan(scores[lo:hi], shard_seen, scores.shape[0], size, smoothing, KEYS, rank, world, comm)
 
     return run_ranks(world, work, **run)
 
@@ -175,7 +181,7 @@ def guess_outcome(scores: np.ndarray, seen: np.ndarray | None, size: int, smooth
 @pytest.mark.parametrize("count", [0, 1, 4096, SUM_BLOCK, SUM_BLOCK + 1, 300_000])
 @pytest.mark.parametrize("world", [1, 2, 3, 4, 7])
 def test_shards_are_contiguous_runs_of_whole_sum_blocks(count: int, world: int) -> None:
-    bounds = shard_bounds(count, world)
+    bounds = partition_bounds(count, world)
     assert len(bounds) == world and bounds[0][0] == 0 and bounds[-1][1] == count
     assert all(bounds[r][1] == bounds[r + 1][0] for r in range(world - 1))
     assert all(lo <= hi and lo % SUM_BLOCK == 0 for lo, hi in bounds)
@@ -183,7 +189,7 @@ def test_shards_are_contiguous_runs_of_whole_sum_blocks(count: int, world: int) 
     blocks = -(-count // SUM_BLOCK)
     assert max(hi - lo for lo, hi in bounds) <= -(-blocks // world) * SUM_BLOCK  # as even as whole blocks go
     with pytest.raises(ValueError):
-        shard_bounds(count, 0)
+        partition_bounds(count, 0)
 
 
 @pytest.mark.parametrize("keep", [0.1, 0.5, 0.9])
@@ -208,16 +214,18 @@ def test_it_equals_plan_epoch_and_takes_its_arguments() -> None:
     count, keep, seed, epoch = 70_000, 0.3, 5, 2
     scores = np.random.default_rng(1).gamma(0.5, size=count)  # float64 scores, seen=None: all seen
     order, weights = plan_epoch(scores, keep, seed, epoch, smoothing=0.2, backend="numpy")
-    bounds = shard_bounds(count, 3)
+    bounds = partition_bounds(count, 3)
 
     def work(rank: int, comm: Any) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = bounds[rank]
-        return sharded_plan_epoch(scores[lo:hi], keep, seed, epoch, count, smoothing=0.2, comm=comm, rank=rank, world=3)
+        return partitioned_plan_epoch(
+            scores[lo:hi], keep, seed, epoch, count, smoothing=0.2, comm=comm, rank=rank, world=3
+        )
 
     for rank, (part_order, part_weights) in enumerate(run_ranks(3, work)):
         assert np.array_equal(part_order, order[rank_positions(order.shape[0], rank, 3)])
         assert np.array_equal(part_weights, weights[rank_positions(order.shape[0], rank, 3)])
-    alone = sharded_plan_epoch(scores, keep, seed, epoch, count, smoothing=0.2)  # no process group: LocalComm
+    alone = partitioned_plan_epoch(scores, keep, seed, epoch, count, smoothing=0.2)  # no process group: LocalComm
     assert np.array_equal(alone[0], order) and np.array_equal(alone[1], weights)
 
 
@@ -264,7 +272,7 @@ def test_the_remainder_is_spread_in_global_index_order(direction: float) -> None
     current = np.clip(np.floor(scale * weights.astype(np.float64) * 2.0**32), 0, 2.0**32 - 1).astype(np.uint64)
     current[capped] = reference.ONE
     assert (int(current.sum()) > size * reference.ONE) == (direction > 1.0)  # shrinks, or grows across ranks
-    bounds = shard_bounds(count, world)
+    bounds = partition_bounds(count, world)
 
     def work(rank: int, comm: Any) -> np.ndarray:
         lo, hi = bounds[rank]
@@ -276,13 +284,15 @@ def test_the_remainder_is_spread_in_global_index_order(direction: float) -> None
 def test_errors_are_raised_on_every_rank() -> None:
     count = 140_000
     scores, _ = random_table(count, seed=5, zeros=0.5)
-    bounds = shard_bounds(count, 3)
+    bounds = partition_bounds(count, 3)
 
     def attempt(scores: np.ndarray, size: int, smoothing: float, lengths: Sequence[int] = (0, 0, 0)) -> list[Any]:
         def work(rank: int, comm: Any) -> Any:
             lo, hi = bounds[rank]
             try:
-                return sharded_plan(scores[lo : hi + lengths[rank]], None, count, size, smoothing, KEYS, rank, 3, comm)
+                return partitioned_plan(
+                    scores[lo : hi + lengths[rank]], None, count, size, smoothing, KEYS, rank, 3, comm
+                )
             except ValueError as error:
                 return error
 
@@ -303,7 +313,7 @@ def test_errors_are_raised_on_every_rank() -> None:
 def test_one_process_with_local_comm() -> None:
     scores, seen = random_table(70_000, seed=6)
     order, weights = reference.plan(scores, seen, 30_000, 0.1, False, KEYS)
-    mine = sharded_plan(scores, seen, 70_000, 30_000, 0.1, KEYS, 0, 1, LocalComm())
+    mine = partitioned_plan(scores, seen, 70_000, 30_000, 0.1, KEYS, 0, 1, LocalComm())
     assert np.array_equal(mine[0], order) and np.array_equal(mine[1], weights)
     with pytest.raises(ValueError):
         LocalComm().exchange([np.zeros(1), np.zeros(1)])
@@ -319,7 +329,7 @@ def handled(scores: np.ndarray, seen: np.ndarray, size: int, smoothing: float, w
     buckets = reference.shuffle_buckets(size)
     bucket = reference.bounded(reference.random_bits(bucket_key, np.arange(size, dtype=np.uint64)), buckets)
     counts = []
-    for rank, (lo, hi) in enumerate(shard_bounds(count, world)):
+    for rank, (lo, hi) in enumerate(partition_bounds(count, world)):
         walked = int(np.count_nonzero((picks >= lo) & (picks < hi)))
         owned = int(np.count_nonzero((bucket >= rank * buckets // world) & (bucket < (rank + 1) * buckets // world)))
         counts.append((walked, owned))
@@ -351,13 +361,13 @@ def test_a_rank_allocates_for_its_shard_and_slice_not_for_the_table(tmp_path: Pa
     np.save(tmp_path / "seen.npy", seen)
     mapped, mapped_seen = np.load(tmp_path / "scores.npy", mmap_mode="r"), np.load(tmp_path / "seen.npy", mmap_mode="r")
     size = sample_size(count, keep)
-    bounds = shard_bounds(count, world)
+    bounds = partition_bounds(count, world)
     comms: dict[int, RecordingComm] = {}
 
     def work(rank: int, comm: Any) -> tuple[np.ndarray, np.ndarray]:
         comms[rank] = comm
         lo, hi = bounds[rank]
-        return sharded_plan(mapped[lo:hi], mapped_seen[lo:hi], count, size, 0.1, KEYS, rank, world, comm)
+        return partitioned_plan(mapped[lo:hi], mapped_seen[lo:hi], count, size, 0.1, KEYS, rank, world, comm)
 
     run_ranks(world, work, wrap=RecordingComm)
     blocks = -(-count // WALK_BLOCK)
@@ -367,7 +377,7 @@ def test_a_rank_allocates_for_its_shard_and_slice_not_for_the_table(tmp_path: Pa
         bound = allowance(hi - lo, max(walked, owned, per_rank(size, world)), count)
         tracemalloc.start()
         try:
-            sharded_plan(
+            partitioned_plan(
                 mapped[lo:hi], mapped_seen[lo:hi], count, size, 0.1, KEYS, rank, world, ReplayComm(comms[rank].log)
             )
             peak = tracemalloc.get_traced_memory()[1]

@@ -1,6 +1,6 @@
-"""``ShardedScoreStore`` under ``SADPSampler`` and ``SpikeAwareScorer``: regions, routing, plans, resume, memory.
+"""``PartitionedScoreStore`` under ``SADPSampler`` and ``SpikeAwareScorer``: regions, routing, plans, resume, memory.
 
-Real gloo ranks (``tests/workers/sharded_store_rank.py``) score the examples they deliver in the
+Real gloo ranks (``tests/workers/partitioned_store_rank.py``) score the examples they deliver in the
 warm-up epoch through their own regions and plan the first pruned epoch. Checked against a
 replicated ``ScoreStore`` holding the same scores: every rank's slice is bit-identical to the
 replicated sampler's ``rank_slice`` (default SADP and Horvitz–Thompson weights); scores pushed for
@@ -22,10 +22,10 @@ from _ranks import run_ranks
 
 import sadp_data as sd
 from sadp_data.distributed import rank_positions
+from sadp_data.distributed._partitioned_plan import partition_bounds
 from sadp_data.kernels import sample_size
-from sadp_data.sharded_plan import shard_bounds
 
-WORKER = Path(__file__).parent / "workers" / "sharded_store_rank.py"
+WORKER = Path(__file__).parents[1] / "workers" / "partitioned_store_rank.py"
 N, SEED, KEEP = 1 << 20, 4, 0.5
 #: Traced peak per owned example from opening the store to the first pruned plan (measured: 104 B at
 #: W = 1; the full-data warm-up epoch's distributed shuffle, about 80 B per pick, is the peak).
@@ -85,7 +85,7 @@ def test_ranks_plan_route_and_resume_from_their_regions_alone(tmp_path, scores, 
     for rank, report in enumerate(reports):  # one rank's bad scores stop every rank at the same exchange
         expected = "1 scores are NaN" if rank == world - 1 else f"rank {world - 1} failed at the score route"
         assert expected in report["bad"], report["bad"]
-    bounds = shard_bounds(N, world)
+    bounds = partition_bounds(N, world)
     for rank, part in enumerate(parts):  # the good ranks' scores of that exchange are kept, the bad one's not
         lo = bounds[rank][0]
         assert part["after_bad"][7] == (scores[lo + 7] if rank == world - 1 else np.float32(2.5))
@@ -101,7 +101,7 @@ def test_ranks_plan_route_and_resume_from_their_regions_alone(tmp_path, scores, 
 
 
 def test_a_malformed_call_and_a_lost_region_stop_every_rank_at_the_same_collective(tmp_path) -> None:
-    run_ranks(Path(__file__).parent / "workers" / "sharded_faults_rank.py", 2, str(tmp_path), timeout=120)
+    run_ranks(Path(__file__).parents[1] / "workers" / "partition_faults_rank.py", 2, str(tmp_path), timeout=120)
     reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert "scores must be 1-D with one value per index" in reports[1]["malformed"]  # its own error, by name
     assert "rank 1 failed at the score route" in reports[0]["malformed"]
@@ -112,19 +112,19 @@ def test_a_malformed_call_and_a_lost_region_stop_every_rank_at_the_same_collecti
 
 
 def test_a_region_folder_refuses_another_world_size_and_other_data(tmp_path) -> None:
-    store = sd.ShardedScoreStore.open(tmp_path / "regions", 4 * 65536, fingerprint="a", rank=1, world=2)
+    store = sd.PartitionedScoreStore.open(tmp_path / "regions", 4 * 65536, fingerprint="a", rank=1, world=2)
     assert (store.lo, store.hi) == (2 * 65536, 4 * 65536) and store.path.name == "w2-r1.zarr"
     store.close()
     with pytest.raises(ValueError, match=r"another world size \(w2-r1\.zarr\).*not at 4"):
-        sd.ShardedScoreStore.open(tmp_path / "regions", 4 * 65536, fingerprint="a", rank=0, world=4)
+        sd.PartitionedScoreStore.open(tmp_path / "regions", 4 * 65536, fingerprint="a", rank=0, world=4)
     with pytest.raises(sd.ScoreStoreError, match=r"w2-r1\.zarr"):
-        sd.ShardedScoreStore.open(tmp_path / "regions", 4 * 65536, fingerprint="b", rank=1, world=2)
+        sd.PartitionedScoreStore.open(tmp_path / "regions", 4 * 65536, fingerprint="b", rank=1, world=2)
     with pytest.raises(ValueError, match="too few to shard over 2 ranks"):
-        sd.ShardedScoreStore.open(tmp_path / "small", 65536, rank=0, world=2)
+        sd.PartitionedScoreStore.open(tmp_path / "small", 65536, rank=0, world=2)
 
 
 def test_bad_scores_and_unsupported_settings_are_refused_by_name(tmp_path) -> None:
-    with sd.ShardedScoreStore.open(tmp_path / "regions", 65536 + 10) as store:  # one process: LocalComm
+    with sd.PartitionedScoreStore.open(tmp_path / "regions", 65536 + 10) as store:  # one process: LocalComm
         with pytest.raises(IndexError, match=r"position 1: 65546"):
             store.update(torch.tensor([3, 65546]), torch.tensor([1.0, 1.0]))
         with pytest.raises(ValueError, match="NaN, infinite or negative"):
@@ -186,7 +186,7 @@ def test_a_region_restored_from_a_stale_copy_is_refused_naming_what_each_rank_ho
 
     from test_sharded_plan import run_ranks as run_threads
 
-    from sadp_data.sharded_store import StaleRegionError
+    from sadp_data.distributed.partitioned_store import StaleRegionError
 
     n, folder, backup = 2 * 65536, tmp_path / "regions", tmp_path / "backup.zarr"
 
@@ -194,7 +194,7 @@ def test_a_region_restored_from_a_stale_copy_is_refused_naming_what_each_rank_ho
         return _sampler(store, num_replicas=2, rank=rank)
 
     def train(rank, comm):
-        with sd.ShardedScoreStore.open(folder, n, rank=rank, world=2, comm=comm) as store:
+        with sd.PartitionedScoreStore.open(folder, n, rank=rank, world=2, comm=comm) as store:
             sampler = sampler_of(store, rank)
             for epoch in (0, 1, 2):
                 sampler.set_epoch(epoch)
@@ -211,7 +211,7 @@ def test_a_region_restored_from_a_stale_copy_is_refused_naming_what_each_rank_ho
     shutil.copytree(backup, folder / "w2-r1.zarr")
 
     def resume(rank, comm):
-        with sd.ShardedScoreStore.open(folder, n, rank=rank, world=2, comm=comm) as store:
+        with sd.PartitionedScoreStore.open(folder, n, rank=rank, world=2, comm=comm) as store:
             try:
                 sampler_of(store, rank).load_state_dict(states[rank])
             except StaleRegionError as error:

@@ -1,8 +1,9 @@
-"""Read planning for remote shards (``sadp_data.fetch``): range merging, blocks, whole-shard fallback, read-ahead.
+"""Read planning for remote shards (``sadp_data.remote.fetch``): range merging, blocks, whole-shard fallback,
+read-ahead.
 
 The planner is pure, so it is tested on offsets tables alone; ``read_blocks`` is tested through a
 local ``Location`` (the same code path as remote stores but ``cat_ranges``), against the bytes the
-offsets point at. Servers come in ``tests/test_remote.py``.
+offsets point at. Servers come in ``tests/remote/test_remote.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import time
 import numpy as np
 import pytest
 
-from sadp_data.fetch import (
+from sadp_data.remote import Location, is_remote
+from sadp_data.remote.fetch import (
     BlockPlanner,
     FetchOptions,
     FetchStats,
@@ -25,8 +27,7 @@ from sadp_data.fetch import (
     read_blocks,
     shard_reads,
 )
-from sadp_data.remote import Location, is_remote
-from sadp_data.request_costs import RequestCosts
+from sadp_data.remote.request_costs import RequestCosts
 
 
 def test_coalesce_merges_ranges_closer_than_the_gap():

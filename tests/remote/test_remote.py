@@ -1,4 +1,4 @@
-"""Scored shards on object storage and over HTTP, against real servers on 127.0.0.1 (``bench/servers.py``).
+"""Scored shards on object storage and over HTTP, against real servers on 127.0.0.1 (``sadp_data/bench/servers.py``).
 
 moto's standalone S3 server and nginx (with a counting proxy in front where bytes are counted): every
 kept sample arrives exactly once per epoch and equals the source; pruned samples' bytes are not
@@ -23,12 +23,11 @@ pytest.importorskip("aiohttp")
 from sadp_data.adapters.webdataset import ScoredShards
 from sadp_data.bench.latency_proxy import LatencyProxy
 from sadp_data.bench.servers import NginxServer, S3Server
-
 from sadp_data.cli import main
-from sadp_data.fetch import FetchOptions
-from sadp_data.indexing import index_shards
-from sadp_data.publish import publish_shards
+from sadp_data.remote.fetch import FetchOptions
 from sadp_data.shards import ShardError, ShardIndex
+from sadp_data.shards.indexing import index_shards
+from sadp_data.shards.publish import publish_shards
 from sadp_data.sources import open_source
 
 N, SHARD = 240, 40
@@ -230,7 +229,7 @@ def test_a_server_failure_mid_epoch_names_the_shard(served, tmp_path, client):
 
 
 def test_obstore_takes_the_s3_options_it_can_translate_and_names_the_rest(s3):
-    from sadp_data.remote_obstore import obstore_config, split_url
+    from sadp_data.remote._obstore import obstore_config, split_url
 
     settings = obstore_config("s3://bucket/prefix", s3.storage_options())
     assert settings["config"] == {

@@ -1,4 +1,4 @@
-"""Remote reads against a misbehaving server on 127.0.0.1 (``bench/faulty_server.py``), over HTTP and as an S3
+"""Remote reads against a misbehaving server on 127.0.0.1 (``sadp_data/bench/faulty_server.py``), over HTTP and as an S3
 endpoint, through fsspec and obstore: a stalled request times out, transient failures are retried with backoff,
 final ones are not, a whole-object answer to a Range request yields the right bytes, and what fails for good is a
 ``FetchError`` naming the URL, the byte range and the attempts (skipped with ``on_error="skip"``). Timeouts and
@@ -19,9 +19,8 @@ pytest.importorskip("aiohttp")
 
 from sadp_data.adapters.webdataset import ScoredShards
 from sadp_data.bench.faulty_server import FaultyServer
-
 from sadp_data.cli import main
-from sadp_data.fetch import FetchOptions
+from sadp_data.remote.fetch import FetchOptions
 from sadp_data.shards import ShardError, ShardIndex
 
 N, SHARD = 120, 40
@@ -117,7 +116,7 @@ def test_a_stalled_get_times_out_is_retried_then_fails_naming_url_range_and_atte
     with pytest.raises(ShardError) as raised:
         _read(dataset)
     assert time.perf_counter() - began < 10
-    from sadp_data.fetch import FetchError
+    from sadp_data.remote.fetch import FetchError
 
     message = str(raised.value)
     assert any(isinstance(cause, FetchError) for cause in _causes(raised.value))
@@ -186,8 +185,8 @@ def test_a_200_answer_to_a_range_request_yields_the_right_slice_and_is_counted(s
 @pytest.mark.parametrize("stalled", ["index.json", "offsets.npy", SHARDS[2]])
 def test_the_timeout_covers_the_index_files_and_the_shard_size_and_etag_requests(server, stalled):
     faulty, url, options, prefix = server
-    from sadp_data.fetch import FetchError
-    from sadp_data.fetch_requests import RequestPolicy
+    from sadp_data.remote._requests import RequestPolicy
+    from sadp_data.remote.fetch import FetchError
 
     index = ShardIndex.load(url, storage_options=options)
     sampler = ScoredShards.sampler_for(index, keep_ratio=1.0, epochs=2, warmup_epochs=0)
@@ -201,7 +200,7 @@ def test_the_timeout_covers_the_index_files_and_the_shard_size_and_etag_requests
 
 
 def test_fetch_stats_report_timeouts_retries_and_full_responses():
-    from sadp_data.fetch import FetchStats
+    from sadp_data.remote.fetch import FetchStats
 
     stats = FetchStats()
     stats.add(2, 100, retries=1, timeouts=1, full_responses=1)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sadp_data import SpikeAwareScorer
-from sadp_data.readout import ReadoutError
+from sadp_data.scoring.readout import ReadoutError
 
 D, H, C = 8, 12, 5
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from sadp_data import SpikeAwareScorer
-from sadp_data.score_kernels import (
+from sadp_data.scoring._closed_form import (
     cross_entropy_scores,
     cross_entropy_scores_torch,
     mean_logit_scores,

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from sadp_data.cli import main
-from sadp_data.indexing import index_shards
-from sadp_data.parallel_convert import ConversionError
-from sadp_data.shard_writer import write_shards
 from sadp_data.shards import ShardIndex
+from sadp_data.shards.indexing import index_shards
+from sadp_data.shards.parallel_convert import ConversionError
+from sadp_data.shards.writer import write_shards
 from sadp_data.sources import Source, open_source
 
 N = 40

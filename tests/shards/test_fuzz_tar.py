@@ -33,8 +33,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from sadp_data.shard_tar import _plain_header, member_field, parse_sample, shard_samples  # noqa: E402
 from sadp_data.shards import ShardError  # noqa: E402
+from sadp_data.shards._tar import _plain_header, member_field, parse_sample, shard_samples  # noqa: E402
 
 EXAMPLES = int(os.environ.get("SADP_FUZZ_EXAMPLES", "60"))
 
@@ -187,8 +187,7 @@ def folder(tmp_path_factory) -> Path:
 @given(data=shards())
 def test_index_shards_and_scored_shards_deliver_what_webdataset_delivers(folder, data):
     from sadp_data.adapters.webdataset import ScoredShards
-
-    from sadp_data.indexing import index_shards
+    from sadp_data.shards.indexing import index_shards
 
     root = Path(tempfile.mkdtemp(dir=folder))
     (root / "fuzz-0.tar").write_bytes(data)

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sadp_data.adapters.webdataset import ScoredShards
 
+from sadp_data.adapters.webdataset import ScoredShards
 from sadp_data.cli import main
-from sadp_data.indexing import index_shards
-from sadp_data.shard_tar import parse_sample
 from sadp_data.shards import INDEX, OFFSETS, ForeignShardRootError, ShardError, ShardIndex
+from sadp_data.shards._tar import parse_sample
+from sadp_data.shards.indexing import index_shards
 
 N, SHARD = 250, 64
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from sadp_data.cli import main
-from sadp_data.datasets import default_data_dir
-from sadp_data.parallel_convert import ConversionError, check_workers, default_start_method
-from sadp_data.shard_writer import write_shards
 from sadp_data.shards import SIDECAR, ShardIndex
+from sadp_data.shards.parallel_convert import ConversionError, check_workers, default_start_method
+from sadp_data.shards.writer import write_shards
 from sadp_data.sources import Source, open_source
+from sadp_data.sources.datasets import default_data_dir
 
 N = 103  # shard size 25: shards of 25, 25, 25, 25 and a partial 3
 
@@ -92,7 +92,7 @@ def test_fashion_mnist_subset_is_byte_identical(tmp_path: Path) -> None:
 
 def test_spawn_workers_give_the_same_bytes(npz: Path, serial: Path, tmp_path: Path) -> None:
     """The ``Source`` of an .npz pickles, so spawn workers (re-importing everything) work too."""
-    from sadp_data.parallel_convert import write_shards_parallel
+    from sadp_data.shards.parallel_convert import write_shards_parallel
 
     records = write_shards_parallel(
         open_source(str(npz)), _empty(tmp_path / "raw"), 25, "train", False, 2, start_method="spawn"
@@ -145,7 +145,7 @@ def test_a_worker_that_dies_is_reported(tmp_path: Path) -> None:
 
 
 def test_an_unpicklable_source_is_refused_for_spawn(tmp_path: Path) -> None:
-    from sadp_data.parallel_convert import write_shards_parallel
+    from sadp_data.shards.parallel_convert import write_shards_parallel
 
     source = Source("local", [(np.zeros(2), 0)] * 4)
     source.data.append(lambda: None)  # a lambda does not pickle; fork would not need to

@@ -13,10 +13,10 @@ import pytest
 from _nmnist import write_synthetic_nmnist
 
 from sadp_data.cli import main
-from sadp_data.events import EVENT_DTYPE, read_events
-from sadp_data.events.frames import integrate, integrate_reference
-from sadp_data.events.nmnist import NMNIST, SENSOR_SIZE
 from sadp_data.shards import ShardIndex
+from sadp_data.sources.events import EVENT_DTYPE, read_events
+from sadp_data.sources.events.frames import integrate, integrate_reference
+from sadp_data.sources.events.nmnist import NMNIST, SENSOR_SIZE
 
 
 @pytest.mark.needs_nmnist

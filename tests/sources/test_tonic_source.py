@@ -17,9 +17,9 @@ import pytest
 from _readme import readme_block
 
 from sadp_data.cli import main
-from sadp_data.events import EVENT_DTYPE
-from sadp_data.events.frames import integrate
 from sadp_data.shards import ShardIndex
+from sadp_data.sources.events import EVENT_DTYPE
+from sadp_data.sources.events.frames import integrate
 from sadp_data.store import ScoreStoreError
 
 tonic = pytest.importorskip("tonic")

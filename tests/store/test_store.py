@@ -212,7 +212,7 @@ def test_forked_children_do_not_flush_the_parents_store(tmp_path: Path) -> None:
 
 
 def test_update_kernel_matches_its_numpy_reference() -> None:
-    from sadp_data.store_update import apply_update, apply_update_reference
+    from sadp_data.store._update import apply_update, apply_update_reference
 
     rng = np.random.default_rng(4)
     for trial in range(20):

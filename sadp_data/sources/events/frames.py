@@ -21,7 +21,7 @@ from typing import Literal
 import numba
 import numpy as np
 
-from ..jit import CACHE
+from ...kernels.numba_cache import CACHE
 
 
 def _bins(events: np.ndarray, n_bins: int, by: str, drop_incomplete: bool) -> np.ndarray:

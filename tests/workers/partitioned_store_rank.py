@@ -1,6 +1,6 @@
-"""One gloo rank training-loop-shaped over a ``ShardedScoreStore`` (``tests/test_sharded_store.py``).
+"""One gloo rank training-loop-shaped over a ``PartitionedScoreStore`` (tests/distributed/test_partitioned_store.py).
 
-Usage: python sharded_store_rank.py RANK WORLD WORKDIR, with MASTER_ADDR/MASTER_PORT set. Reads
+Usage: python partitioned_store_rank.py RANK WORLD WORKDIR, with MASTER_ADDR/MASTER_PORT set. Reads
 ``WORKDIR/case.json`` (N, seed, keep) and the scores every example will get (``scores.npy``,
 memory-mapped: a rank touches only the examples it delivers). Per rank it:
 
@@ -27,7 +27,7 @@ from _traced import finish, settle
 from torch import nn
 
 import sadp_data as sd
-from sadp_data.sharded_plan import LocalComm, sharded_plan_epoch
+from sadp_data.distributed._partitioned_plan import LocalComm, partitioned_plan_epoch
 
 BATCH = 4096
 
@@ -40,7 +40,7 @@ def warm_up(path: Path, rank: int) -> None:
     """Compile the kernels and import what the first use imports, so the traced peak is the data's."""
     with sd.ScoreStore.create(path, 16, owner_rank=rank) as store:
         store.update(np.arange(16), np.ones(16, np.float32))
-    sharded_plan_epoch(np.ones(16, np.float32), 0.5, 0, 1, 16, comm=LocalComm(), rank=0, world=1)
+    partitioned_plan_epoch(np.ones(16, np.float32), 0.5, 0, 1, 16, comm=LocalComm(), rank=0, world=1)
 
 
 def main(rank: int, world: int, workdir: Path) -> None:
@@ -51,7 +51,7 @@ def main(rank: int, world: int, workdir: Path) -> None:
     out: dict[str, np.ndarray] = {}
     warm_up(workdir / f"warm{rank}.zarr", rank)
     tracemalloc.start()
-    store = sd.ShardedScoreStore.open(workdir / "regions", case["N"], fingerprint="test")
+    store = sd.PartitionedScoreStore.open(workdir / "regions", case["N"], fingerprint="test")
     sampler = sampler_for(store, case)
     sampler.set_epoch(0)
     for start in range(0, len(sampler), BATCH):  # equal slices: every rank updates equally often
@@ -79,7 +79,7 @@ def main(rank: int, world: int, workdir: Path) -> None:
     delivered = [next(iterator) for _ in range(100)]
     state = json.loads(json.dumps(sampler.state_dict()))
     store.close()
-    again = sd.ShardedScoreStore.open(workdir / "regions", case["N"], fingerprint="test")
+    again = sd.PartitionedScoreStore.open(workdir / "regions", case["N"], fingerprint="test")
     resumed = sampler_for(again, case)
     resumed.load_state_dict(state)
     out["resumed"] = np.array(delivered + list(resumed), dtype=np.int64)

@@ -1,6 +1,6 @@
-"""One gloo rank of ``tests/test_sharded_store.py``'s fault cases: a malformed call and a lost region.
+"""One gloo rank of ``tests/distributed/test_partitioned_store.py``'s fault cases: a malformed call and a lost region.
 
-Usage: python sharded_faults_rank.py RANK WORLD WORKDIR, with MASTER_ADDR/MASTER_PORT set. Each case
+Usage: python partition_faults_rank.py RANK WORLD WORKDIR, with MASTER_ADDR/MASTER_PORT set. Each case
 must raise on every rank at the same collective (none left waiting); what each rank raised is written
 to ``WORKDIR/rank{RANK}.json``.
 """
@@ -14,7 +14,7 @@ import numpy as np
 import torch.distributed as dist
 
 import sadp_data as sd
-from sadp_data.sharded_shuffle import TorchComm
+from sadp_data.distributed._partition_shuffle import TorchComm
 
 N = 2 * 65536
 
@@ -31,7 +31,7 @@ def main(rank: int, world: int, workdir: Path) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     report: dict[str, str] = {}
     folder = workdir / "regions"
-    store = sd.ShardedScoreStore.open(folder, N, fingerprint="f", comm=TorchComm())
+    store = sd.PartitionedScoreStore.open(folder, N, fingerprint="f", comm=TorchComm())
     everyone = np.arange(N)
     report["malformed"] = outcome(  # the last rank's scores are one short: every rank stops at this route
         lambda: store.update(everyone, np.ones(N - (rank == world - 1), np.float32), epoch=0)
@@ -43,7 +43,7 @@ def main(rank: int, world: int, workdir: Path) -> None:
     if rank == 0:  # the last rank's region is lost (say, node-local storage after a move)
         shutil.rmtree(folder / f"w{world}-r{world - 1}.zarr")
     dist.barrier()
-    again = sd.ShardedScoreStore.open(folder, N, fingerprint="f", comm=TorchComm())
+    again = sd.PartitionedScoreStore.open(folder, N, fingerprint="f", comm=TorchComm())
     report["lost_region"] = outcome(lambda: again.begin_epoch(1, 0.5))
     again.close()
     (workdir / f"rank{rank}.json").write_text(json.dumps(report))
