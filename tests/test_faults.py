@@ -489,7 +489,7 @@ def test_a_create_that_fails_half_way_leaves_nothing_behind(tmp_path, monkeypatc
 def test_a_read_only_cache_location_falls_back_to_no_cache_with_one_warning(monkeypatch):
     import numba
 
-    from sadp_data import jit
+    from sadp_data.kernels import numba_cache
 
     def no_locator(**options):
         def decorate(function):
@@ -501,9 +501,9 @@ def test_a_read_only_cache_location_falls_back_to_no_cache_with_one_warning(monk
 
     monkeypatch.setattr(numba, "njit", no_locator)
     with pytest.warns(RuntimeWarning, match="NUMBA_CACHE_DIR"):
-        assert jit.cache_usable() is False
+        assert numba_cache.cache_usable() is False
     monkeypatch.undo()
-    assert jit.cache_usable() is True  # here the package's __pycache__ is writable
+    assert numba_cache.cache_usable() is True  # here the package's __pycache__ is writable
 
 
 def test_samples_skipped_in_workers_are_counted_in_the_main_process(tmp_path):

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..kernels.reference import SUM_BLOCK
+
 if TYPE_CHECKING:
     from ..store import ScoreStore
 
@@ -79,6 +81,21 @@ def elastic_positions(count: int, saved_world: int, delivered: int, rank: int, w
     """
     remaining = remaining_positions(count, saved_world, delivered)
     return remaining[rank_positions(remaining.shape[0], rank, world)]
+
+
+def partition_bounds(num_examples: int, world: int) -> list[tuple[int, int]]:
+    """``[(lo, hi)]`` per rank: rank ``r`` owns examples ``[lo, hi)``; contiguous, in rank order, covering ``[0, N)``.
+
+    Boundaries are multiples of ``SUM_BLOCK`` (blocks are split as evenly as they go, ``⌊r·B/world⌋``
+    of the ``B = ⌈N/SUM_BLOCK⌉`` blocks before rank ``r``), so a rank owns whole float-sum and walk
+    blocks and the last rank the partial final block. With fewer blocks than ranks some ranks own
+    nothing (``lo == hi``). Raises ``ValueError`` for ``world <= 0`` or ``num_examples < 0``.
+    """
+    if world <= 0 or num_examples < 0:
+        raise ValueError(f"need world > 0 and num_examples >= 0, got world={world}, num_examples={num_examples}")
+    blocks = -(-num_examples // SUM_BLOCK)
+    edges = [min(num_examples, (r * blocks // world) * SUM_BLOCK) for r in range(world)] + [num_examples]
+    return [(edges[r], edges[r + 1]) for r in range(world)]
 
 
 def open_store(path, **open_kwargs: Any) -> ScoreStore:

@@ -57,6 +57,7 @@ from .._moved import renamed
 from ..kernels import reference
 from ..kernels.arrays import to_host
 from ..kernels.reference import GUESS_MIN, GUESS_SAMPLE, ONE, SUM_BLOCK, WALK_BLOCK, EpochKeys
+from . import partition_bounds
 from ._partition_shuffle import PIECE, Comm, LocalComm, TorchComm, shuffle_picks
 from ._partition_walk import all_picks, walk_partition
 
@@ -71,21 +72,6 @@ __getattr__ = renamed(
 )
 
 _MOD = 1 << 64
-
-
-def partition_bounds(num_examples: int, world: int) -> list[tuple[int, int]]:
-    """``[(lo, hi)]`` per rank: rank ``r`` owns examples ``[lo, hi)``; contiguous, in rank order, covering ``[0, N)``.
-
-    Boundaries are multiples of ``SUM_BLOCK`` (blocks are split as evenly as they go, ``⌊r·B/world⌋``
-    of the ``B = ⌈N/SUM_BLOCK⌉`` blocks before rank ``r``), so a rank owns whole float-sum and walk
-    blocks and the last rank the partial final block. With fewer blocks than ranks some ranks own
-    nothing (``lo == hi``). Raises ``ValueError`` for ``world <= 0`` or ``num_examples < 0``.
-    """
-    if world <= 0 or num_examples < 0:
-        raise ValueError(f"need world > 0 and num_examples >= 0, got world={world}, num_examples={num_examples}")
-    blocks = -(-num_examples // SUM_BLOCK)
-    edges = [min(num_examples, (r * blocks // world) * SUM_BLOCK) for r in range(world)] + [num_examples]
-    return [(edges[r], edges[r + 1]) for r in range(world)]
 
 
 def _chunks(count: int) -> range:

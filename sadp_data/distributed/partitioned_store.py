@@ -1,14 +1,11 @@
 """``PartitionedScoreStore``: each data-parallel rank holds, writes and plans from only its region of the score table.
 
 With ``world`` ranks and ``N`` examples, rank ``r`` owns examples ``[lo, hi) = partition_bounds(N, world)[r]``
-(``sadp_data.distributed._partitioned_plan``: contiguous runs of whole sum blocks). Its region lives in its own
-sidecar, ``FOLDER/w{world}-r{rank}.zarr`` (an ordinary ``ScoreStore`` of ``hi − lo`` examples: the
-same checksums, writer thread and crash safety), so no two ranks ever write one file and nothing of
-size ``N`` exists on any rank. ``SADPSampler(store)`` recognises a sharded store and plans with
-``partitioned_plan`` (each rank draws its own slice of the one global plan, bit-identical to the
-single-process plan of the same scores, seed and epoch); ``SpikeAwareScorer(model, store)`` hands
-it every batch's scores, which it routes to their owners (``Comm.exchange``, a personalised
-all-to-all) instead of all-gathering them: a rank receives only the scores of its own examples.
+(whole sum blocks) in its own sidecar, ``FOLDER/w{world}-r{rank}.zarr`` (an ordinary ``ScoreStore`` of ``hi − lo``
+examples: the same checksums, writer thread and crash safety): no two ranks write one file, no rank holds
+anything of size ``N``. ``SADPSampler(store)`` plans with ``partitioned_plan`` (each rank draws its own slice of
+the one global plan, bit-identical to the single-process plan); ``SpikeAwareScorer(model, store)`` hands it
+every batch's scores, routed to their owners (``Comm.exchange``, a personalised all-to-all), not all-gathered.
 
 Guarantees and trade-offs:
 
@@ -42,9 +39,9 @@ from ..kernels.reference import SUM_BLOCK
 from ..store import ScoreStore
 from ..store._snapshot import ScoreSnapshot
 from ..store._update import as_epoch_stamp, as_index_array, as_score_array, bad_indices, bad_scores, raise_bad_entries
-from . import apply_packed, pack_scores, rank_and_world
+from . import apply_packed, pack_scores, partition_bounds, rank_and_world
 from ._partition_shuffle import Comm, LocalComm, TorchComm
-from ._partitioned_plan import partition_bounds, require_partitionable_method
+from ._partitioned_plan import require_partitionable_method
 
 __getattr__ = renamed(__name__, {"ShardedScoreStore": "PartitionedScoreStore"})
 

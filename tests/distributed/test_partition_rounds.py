@@ -1,6 +1,6 @@
 """The sharded plan's exchanges in bounded rounds, and its memory per pick with small rounds.
 
-``sharded_shuffle.ROUND`` bounds the records a rank sends or receives per round; the plans of
+``partition_shuffle.ROUND`` bounds the records a rank sends or receives per round; the plans of
 ``test_sharded_plan`` fit in one round, so here it is made small enough for dozens of rounds, with
 uneven per-destination counts and the wrapped padding of tiny samples.
 """
@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_sharded_plan import KEYS, RecordingComm, ReplayComm, assert_identical, random_table, run_ranks
+from test_partitioned_plan import KEYS, RecordingComm, ReplayComm, assert_identical, random_table, run_ranks
 
-from sadp_data import sharded_shuffle
+from sadp_data.distributed import _partition_shuffle as partition_shuffle
 from sadp_data.distributed._partitioned_plan import partition_bounds, partitioned_plan
 from sadp_data.kernels import sample_size
 from sadp_data.kernels.reference import SUM_BLOCK
@@ -24,15 +24,15 @@ from sadp_data.kernels.reference import SUM_BLOCK
 def test_plans_exchanged_in_many_rounds_stay_identical(
     monkeypatch: pytest.MonkeyPatch, count: int, keep: float
 ) -> None:
-    monkeypatch.setattr(sharded_shuffle, "ROUND", 777)
+    monkeypatch.setattr(partition_shuffle, "ROUND", 777)
     scores, seen = random_table(count, seed=count)
     assert_identical(scores, seen, sample_size(count, keep), 0.1, worlds=(1, 3, 4))
     assert_identical(scores[:5], seen[:5], 2, 0.1, worlds=(4,))  # K < world: every slice wraps
 
 
 def test_records_widen_past_two_to_the_32() -> None:
-    assert sharded_shuffle.record_dtype(1 << 32).itemsize == 12
-    wide = sharded_shuffle.record_dtype((1 << 32) + 1)
+    assert partition_shuffle.record_dtype(1 << 32).itemsize == 12
+    wide = partition_shuffle.record_dtype((1 << 32) + 1)
     assert wide.itemsize == 20 and wide["index"] == np.dtype("<i8")
 
 
@@ -42,7 +42,7 @@ def test_a_rank_allocates_at_most_20_bytes_per_owned_example_at_half_keep(monkey
     flags, fixed point), the shuffle about 30 B per pick (the 12-byte picks, their 4-byte send order
     and the 12-byte bucket members) plus a round's messages, not the ~80 B of int64 records and
     whole-message copies that made it about 40 B per owned example."""
-    monkeypatch.setattr(sharded_shuffle, "ROUND", 4096)
+    monkeypatch.setattr(partition_shuffle, "ROUND", 4096)
     count, world = 24 * SUM_BLOCK, 4
     scores, seen = random_table(count, seed=11)
     size = sample_size(count, 0.5)

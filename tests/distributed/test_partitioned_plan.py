@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from _ranks import run_ranks as run_rank_processes
 
-from sadp_data import partitioned_plan as sharded
+from sadp_data.distributed import _partitioned_plan as partitioned
 from sadp_data.distributed import per_rank, rank_positions
 from sadp_data.distributed._partitioned_plan import (
     LocalComm,
@@ -276,7 +276,7 @@ def test_the_remainder_is_spread_in_global_index_order(direction: float) -> None
 
     def work(rank: int, comm: Any) -> np.ndarray:
         lo, hi = bounds[rank]
-        return sharded._quantize(comm, weights[lo:hi], scale, capped[lo:hi], size, rank)
+        return partitioned._quantize(comm, weights[lo:hi], scale, capped[lo:hi], size, rank)
 
     assert np.array_equal(np.concatenate(run_ranks(world, work)), expected)
 
