@@ -11,6 +11,9 @@ import torch
 from sadp_data import SADPSampler, ScoreStore
 from sadp_data.kernels import plan_epoch
 
+#: The scripts the tests start as processes.
+WORKERS = Path(__file__).parent / "workers"
+
 
 @pytest.mark.parametrize("backend", ["numpy", "numba", "torch"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -1.0])
@@ -67,15 +70,6 @@ def test_a_position_outside_the_epoch_is_refused(store, position):
         SADPSampler(store, 0.5, epochs=5, seed=1).load_state_dict(state)
 
 
-HOLD_WRITER = """
-import sys, time
-from sadp_data import ScoreStore
-store = ScoreStore.open(sys.argv[1], "r+")
-print("open", flush=True)
-time.sleep(120)
-"""
-
-
 def test_a_second_writer_is_refused_in_this_process_and_in_another_until_the_first_dies(tmp_path):
     import signal
     import subprocess
@@ -92,7 +86,9 @@ def test_a_second_writer_is_refused_in_this_process_and_in_another_until_the_fir
     reader.close()
     mirror.close()
     first.close()
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, str(WORKERS / "hold_writer.py"), str(path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "open"
         with pytest.raises(ScoreStoreError, match="already open for writing"):
@@ -107,33 +103,13 @@ def test_a_second_writer_is_refused_in_this_process_and_in_another_until_the_fir
         holder.wait(timeout=30)
 
 
-RANK_OPENS_WRITER = """
-import sys
-import torch.distributed as dist
-from sadp_data import ScoreStore
-from sadp_data.store import ScoreStoreError
-rank, workdir = int(sys.argv[1]), sys.argv[2]
-dist.init_process_group("gloo", init_method=f"file://{workdir}/rendezvous", rank=rank, world_size=2)
-if rank == 0:
-    store = ScoreStore.create(f"{workdir}/s.zarr", 10)
-dist.barrier()
-if rank == 1:
-    try:
-        ScoreStore.open(f"{workdir}/s.zarr", "r+")
-        print("opened")
-    except ScoreStoreError as error:
-        print("refused:", error)
-dist.barrier()
-"""
-
-
 def test_ranks_above_zero_opening_the_sidecar_for_writing_are_told_to_use_open_store(tmp_path):
     import subprocess
     import sys
 
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", RANK_OPENS_WRITER, str(rank), str(tmp_path)],
+            [sys.executable, str(WORKERS / "rank_opens_writer.py"), str(rank), str(tmp_path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -228,23 +204,6 @@ def test_reconverting_with_overwrite_replaces_everything_and_a_failure_leaves_th
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
 
 
-SLOW_CONVERT = """
-import sys, time
-import numpy as np
-from sadp_data.shards.writer import write_shards
-from sadp_data.sources import Source
-class Slow:
-    def __len__(self):
-        return 10_000
-    def __getitem__(self, i):
-        if i == 50:
-            print("writing", flush=True)
-            time.sleep(120)
-        return {"x.npy": np.zeros(3, np.float32), "y.cls": 0}
-write_shards(Source("slow", Slow()), sys.argv[1], shard_size=10, progress=False, overwrite=True)
-"""
-
-
 def test_a_conversion_killed_half_way_leaves_the_old_folder_whole_and_a_retry_succeeds(tmp_path):
     import signal
     import subprocess
@@ -255,7 +214,9 @@ def test_a_conversion_killed_half_way_leaves_the_old_folder_whole_and_a_retry_su
     source, out = _npz(tmp_path / "d.npz"), tmp_path / "shards"
     assert main(["convert", str(source), str(out), "--shard-size", "16", "--no-progress"]) == 0
     before = _tree(out)
-    child = subprocess.Popen([sys.executable, "-c", SLOW_CONVERT, str(out)], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, str(WORKERS / "slow_convert.py"), str(out)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert child.stdout.readline().strip() == "writing"
         child.send_signal(signal.SIGKILL)
