@@ -103,6 +103,7 @@ def test_a_second_writer_is_refused_in_this_process_and_in_another_until_the_fir
         holder.wait(timeout=30)
 
 
+@pytest.mark.distributed
 def test_ranks_above_zero_opening_the_sidecar_for_writing_are_told_to_use_open_store(tmp_path):
     import subprocess
     import sys

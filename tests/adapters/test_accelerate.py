@@ -115,6 +115,7 @@ def _script(workdir: Path) -> None:
     accelerator.end_training()
 
 
+@pytest.mark.distributed
 def test_two_processes_train_disjoint_slices_through_prepare_and_resume(tmp_path: Path) -> None:
     pytest.importorskip("spikingjelly.activation_based")
     sd.ScoreStore.create(tmp_path / "scores.zarr", LIMIT).close()

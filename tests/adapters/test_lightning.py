@@ -141,6 +141,7 @@ def _epoch(delivered: list[list[Any]], epoch: int) -> list[int]:
     return [index for e, batch in delivered if e == epoch for index in batch]
 
 
+@pytest.mark.distributed
 def test_two_ddp_ranks_train_disjoint_slices_and_resume_mid_epoch(tmp_path: Path) -> None:
     pytest.importorskip("spikingjelly.activation_based")
     for name in ("reference.zarr", "run.zarr"):

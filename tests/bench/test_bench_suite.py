@@ -327,6 +327,7 @@ def test_bench_loader_torch_backend_json_shape() -> None:
 SADP_AT_HALF = [("sadp", 0.5), ("sadp-obstore", 0.5), ("sadp-adaptive", 0.5)]
 
 
+@pytest.mark.remote
 def test_bench_loader_remote_json_shape(synthetic_nmnist: Path) -> None:
     """A tiny remote bench against moto and nginx: every pipeline per storage, the documented keys, and
     bytes counted at the server that follow the plan (keep 0.5 fetches about half of streaming's)."""

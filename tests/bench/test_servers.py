@@ -22,6 +22,8 @@ import pytest
 from sadp_data.bench.latency_proxy import LatencyProxy
 from sadp_data.bench.servers import NginxServer, S3Server, ServerStartError, free_port, port_open
 
+pytestmark = pytest.mark.remote
+
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
 needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
 needs_aiohttp = pytest.mark.skipif(importlib.util.find_spec("aiohttp") is None, reason="aiohttp is not installed")

@@ -391,6 +391,7 @@ def test_a_rank_allocates_for_its_shard_and_slice_not_for_the_table(tmp_path: Pa
         assert received <= volume, f"rank {rank} received {received} bytes, more than {volume}"
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("world", [2, 4])
 def test_gloo_ranks_reading_only_their_shards(tmp_path: Path, world: int) -> None:
     count, size, smoothing = 300_000, sample_size(300_000, 0.5), 0.1

@@ -65,6 +65,7 @@ def replicated(scores, tmp_path_factory) -> dict:
     return {"plans": plans, "resident": resident, "peak": peak}
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("world", [1, 2, 4])
 def test_ranks_plan_route_and_resume_from_their_regions_alone(tmp_path, scores, replicated, world) -> None:
     np.save(tmp_path / "scores.npy", scores)
@@ -100,6 +101,7 @@ def test_ranks_plan_route_and_resume_from_their_regions_alone(tmp_path, scores, 
         assert report["peak"] <= PEAK_PER_OWNED * report["owned"] + (2 << 20), report  # all of it scales as 1/W
 
 
+@pytest.mark.distributed
 def test_a_malformed_call_and_a_lost_region_stop_every_rank_at_the_same_collective(tmp_path) -> None:
     run_ranks(Path(__file__).parents[1] / "workers" / "partition_faults_rank.py", 2, str(tmp_path), timeout=120)
     reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]

@@ -30,6 +30,8 @@ from sadp_data.shards.indexing import index_shards
 from sadp_data.shards.publish import publish_shards
 from sadp_data.sources import open_source
 
+pytestmark = pytest.mark.remote
+
 N, SHARD = 240, 40
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 

@@ -23,6 +23,8 @@ from sadp_data.cli import main
 from sadp_data.remote.fetch import FetchOptions
 from sadp_data.shards import ShardError, ShardIndex
 
+pytestmark = pytest.mark.remote
+
 N, SHARD = 120, 40
 SHARDS = [f"train-{shard:06d}.tar" for shard in range(N // SHARD)]
 #: A tiny timeout and backoff: a stall costs 2 × 0.3 s per request.

@@ -25,6 +25,8 @@ from sadp_data.cli import main
 from sadp_data.remote import Location
 from sadp_data.shards import INDEX, OFFSETS, SIDECAR, ForeignShardRootError, ShardError, ShardIndex
 
+pytestmark = pytest.mark.remote
+
 N, SHARD = 30, 10
 SECRET = {"headers": {"Authorization": "Bearer secret-token"}}
 
