@@ -175,7 +175,7 @@ class Location:
 
         Remote ranges are fetched concurrently, one request each (fsspec's ``cat_file``, or with
         ``client="obstore"`` obstore's: ``sadp_data.remote._obstore``), each under ``policy`` (default:
-        the location's) as ``fetch_requests.read_all`` says: timed out, retried when transient,
+        the location's) as ``_requests.read_all`` says: timed out, retried when transient,
         counted in ``stats``; ``sizes[j]`` (object ``names[j]``'s size) lets a server's whole-object
         answer to a range stand for it. ``FetchError`` names the first range that fails for good."""
         paths = [self.join(name) for name in names]

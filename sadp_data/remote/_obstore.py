@@ -11,7 +11,7 @@ Only the reads of shard bytes go through obstore; listing, sizes, ETags and uplo
 The fsspec ``storage_options`` of the common keys are translated to obstore's configuration
 (:func:`obstore_config`); any other key is refused by name rather than dropped, and a user can pass
 obstore's own settings with ``FetchOptions(client_options={...})`` (keyword arguments of
-``obstore.store.from_url``) instead. Timeouts and retries are this library's (``fetch_requests``), as
+``obstore.store.from_url``) instead. Timeouts and retries are this library's (``_requests``), as
 for fsspec: obstore's own retries are turned off and its request timeout set to the policy's, unless
 ``client_options`` set ``retry_config`` or ``client_options["timeout"]`` themselves. A server that
 ignores a Range header (obstore refuses its answer) is asked for the whole object instead.
@@ -127,7 +127,7 @@ def _store(
     key = (root, os.getpid(), repr((sorted(storage_options.items()), client_options, policy)))
     if key not in _stores:
         settings = dict(client_options) if client_options is not None else obstore_config(root, storage_options)
-        settings.setdefault("retry_config", {"max_retries": 0})  # retried by ``fetch_requests.attempt``
+        settings.setdefault("retry_config", {"max_retries": 0})  # retried by ``_requests.attempt``
         client = dict(settings.get("client_options") or {})
         client.setdefault("timeout", timedelta(seconds=policy.timeout_s))
         settings["client_options"] = client
@@ -146,7 +146,7 @@ def read_ranges(
     stats: FetchStats | None = None,
 ) -> list[bytes | memoryview]:
     """Bytes ``[starts[j], stops[j])`` of object ``urls[j]``, one request per range, under ``policy`` as
-    ``fetch_requests.read_all`` says (``sizes``, ``stats``: as there); ``FetchError`` names the first
+    ``_requests.read_all`` says (``sizes``, ``stats``: as there); ``FetchError`` names the first
     range that fails for good, obstore's error chained."""
     try:
         import obstore

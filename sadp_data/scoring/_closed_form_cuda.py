@@ -1,4 +1,4 @@
-"""The numba.cuda kernel behind ``score_kernels`` (imported only when a kernel runs)."""
+"""The numba.cuda kernel behind ``_closed_form`` (imported only when a kernel runs)."""
 
 import math
 

@@ -4,7 +4,7 @@ Two conversions into the same OUT would each build a whole folder and swap it in
 succeed, and OUT would silently hold whichever swapped last. ``folder_lock(out)`` makes the second
 fail at once instead, naming OUT and the holder. ``sidecar_released(path)`` does the same for a score
 sidecar about to be replaced (``--overwrite``): it takes the sidecar's own writer lock
-(``store_writer.acquire_writer_lock``), so a trainer that holds the sidecar open for writing keeps it.
+(``store._writer.acquire_writer_lock``), so a trainer that holds the sidecar open for writing keeps it.
 
 The mechanism is the sidecar's: ``flock``, which the OS releases when the holder closes the file or
 dies (SIGKILL included), so a crashed run never blocks the next. The lock file ``.OUT.lock`` lies

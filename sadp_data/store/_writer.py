@@ -138,7 +138,7 @@ class MirrorWriter:
             return self._pending_snapshot
 
     def write_snapshot(self, snapshot: ScoreSnapshot) -> None:
-        """Writer thread: persist ``snapshot`` (see ``store_snapshot.write_snapshot``)."""
+        """Writer thread: persist ``snapshot`` (see ``_snapshot.write_snapshot``)."""
         write_snapshot(self._group, self._snapshot_arrays, snapshot, self._chunk)
 
     def check_error(self) -> None:

@@ -1,7 +1,7 @@
 """The sharded plan's exchanges in bounded rounds, and its memory per pick with small rounds.
 
 ``partition_shuffle.ROUND`` bounds the records a rank sends or receives per round; the plans of
-``test_sharded_plan`` fit in one round, so here it is made small enough for dozens of rounds, with
+``test_partitioned_plan`` fit in one round, so here it is made small enough for dozens of rounds, with
 uneven per-destination counts and the wrapped padding of tiny samples.
 """
 
@@ -37,7 +37,7 @@ def test_records_widen_past_two_to_the_32() -> None:
 
 
 def test_a_rank_allocates_at_most_20_bytes_per_owned_example_at_half_keep(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Replayed alone (as in ``test_sharded_plan``), at keep 0.5 (about one pick per two owned
+    """Replayed alone (as in ``test_partitioned_plan``), at keep 0.5 (about one pick per two owned
     examples) a rank's peak stays within 20 B per owned example: quantising holds 13 B (weights, capped
     flags, fixed point), the shuffle about 30 B per pick (the 12-byte picks, their 4-byte send order
     and the 12-byte bucket members) plus a round's messages, not the ~80 B of int64 records and

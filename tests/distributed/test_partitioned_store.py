@@ -186,7 +186,7 @@ def test_a_region_restored_from_a_stale_copy_is_refused_naming_what_each_rank_ho
     much, instead of warning that the snapshot "was not persisted" and replanning from mixed-age scores."""
     import shutil
 
-    from test_sharded_plan import run_ranks as run_threads
+    from test_partitioned_plan import run_ranks as run_threads
 
     from sadp_data.distributed.partitioned_store import StaleRegionError
 
