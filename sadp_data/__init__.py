@@ -10,27 +10,31 @@ unweighted by default (``weight_power=1`` gives Horvitz–Thompson weights, an u
     scorer = sd.SpikeAwareScorer(model, store)
 """
 
+from . import _moved
+from .distributed.partitioned_store import PartitionedScoreStore
 from .kernels import plan_epoch
 from .loader import SADPLoader, wrap
 from .plan import EpochPlan, PlanSlice
 from .sampler import SADPSampler
 from .schedule import KeepRatioSchedule
-from .scorer import SpikeAwareScorer
-from .sharded_store import ShardedScoreStore
+from .scoring.scorer import SpikeAwareScorer
 from .store import ScoreSnapshot, ScoreStore, ScoreStoreError, dataset_fingerprint
 
 __version__ = "0.1.0"
 
+_moved.install()
+__getattr__ = _moved.renamed(__name__, {"ShardedScoreStore": "PartitionedScoreStore"})
+
 __all__ = [
     "EpochPlan",
     "KeepRatioSchedule",
+    "PartitionedScoreStore",
     "PlanSlice",
     "SADPLoader",
     "SADPSampler",
     "ScoreSnapshot",
     "ScoreStore",
     "ScoreStoreError",
-    "ShardedScoreStore",
     "SpikeAwareScorer",
     "dataset_fingerprint",
     "plan_epoch",

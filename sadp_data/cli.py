@@ -17,87 +17,22 @@ STORAGE_OPTIONS_HELP = (
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from sadp_data.bench.demo import DemoConfig, plot, run_demo, summary, write_json
+    from sadp_data.bench.command import demo_command
 
-    config = DemoConfig.for_dataset(args.dataset, quick=args.quick)
-    for name in ("epochs", "keep_ratio", "seed", "train_size", "batch_size"):
-        value = getattr(args, name)
-        if value is not None:
-            setattr(config, name, value)
-    progress = not args.no_progress
-    result = run_demo(config, args.data, show_progress=progress, command=args.command_line, quick=args.quick)
-    print(summary(result))
-    if args.json:
-        write_json(result, args.json)
-        print(f"figures written to {args.json}")
-    if args.plot:
-        plot(result, args.plot)
-        print(f"plot written to {args.plot}")
-    return 0
-
-
-def _names(value: str | None) -> tuple[str, ...] | None:
-    """A comma-separated flag value as a tuple of names (``None`` when the flag was not given)."""
-    return None if value is None else tuple(name.strip() for name in value.split(",") if name.strip())
+    return demo_command(args)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from sadp_data.bench.suite import BenchOptions, default_results_dir, resolve_suites, run_suites
+    from sadp_data.bench.command import bench_command
 
-    if not args.suite and not (args.json or args.quick):
-        from sadp_data.bench.guide import format_suite_list
-
-        print(format_suite_list())
-        return 0
-    if "report" in args.suite:
-        if args.suite != ["report"]:
-            raise ValueError("`bench report` runs alone: sadp-data bench report [--json DIR] [--out PATH]")
-        from sadp_data.bench.report import write_report
-
-        folder = args.json or str(default_results_dir())
-        out = write_report(folder, args.out, command=args.command_line)
-        print(f"report written to {out}")
-        return 0
-    if args.resummarise:
-        if args.suite != ["frontier"] or not args.json:
-            raise ValueError(
-                "--resummarise needs the frontier suite and its JSON: bench frontier --resummarise --json PATH"
-            )
-        from sadp_data.bench.frontier import format_frontier_table, resummarise, write_frontier_report
-
-        result = resummarise(args.json)
-        print(format_frontier_table(result))
-        print(f"summary and targets recomputed in {args.json}; report written to {write_frontier_report(args.json)}")
-        return 0
-    if args.out:
-        raise ValueError("--out belongs to `bench report`")
-    if args.seeds is not None and args.seeds <= 0:
-        raise ValueError(f"--seeds must be positive, got {args.seeds}")
-    options = BenchOptions(
-        quick=args.quick,
-        data=args.data,
-        nmnist=args.nmnist,
-        backend=args.backend,
-        backends=args.backends,
-        device=args.device,
-        plot=args.plot,
-        progress=not args.no_progress,
-        methods=_names(args.methods),
-        datasets=_names(args.datasets),
-        seeds=args.seeds,
-        train_size=args.train_size,
-        epochs=args.epochs,
-        command=args.command_line,
-    )
-    run_suites(resolve_suites(args.suite), options, args.json)
-    return 0
+    return bench_command(args)
 
 
 def _convert(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .parallel_convert import check_workers
-    from .shard_writer import write_shards
+    from .shards.parallel_convert import check_workers
+    from .shards.writer import write_shards
     from .sources import open_source
 
     if check_workers(args.workers) > 1 and args.format == "ffcv":
@@ -119,7 +54,7 @@ def _convert(args: argparse.Namespace) -> int:
     options = {"shard_size": args.shard_size, "name": args.name, "progress": not args.no_progress}
     options.update(overwrite=args.overwrite, workers=args.workers)
     if is_remote(args.out):
-        from .publish import publish_shards
+        from .shards.publish import publish_shards
 
         index = publish_shards(source, args.out, storage_options=_storage_options(args), **options)
     else:
@@ -147,7 +82,7 @@ def _storage_options(args: argparse.Namespace, flag: str = "storage_options") ->
 
 
 def _index(args: argparse.Namespace) -> int:
-    from .indexing import index_shards
+    from .shards.indexing import index_shards
 
     index = index_shards(
         args.shards,

@@ -116,7 +116,7 @@ class EpochPlan:
 
 @dataclass
 class RankPlan(EpochPlan):
-    """One rank's slice of an epoch plan that no rank holds whole (a ``ShardedScoreStore``).
+    """One rank's slice of an epoch plan that no rank holds whole (a ``PartitionedScoreStore``).
 
     ``order`` and ``weights`` are positions ``rank_positions(K, rank, world)`` of the global plan, so
     ``rank_slice`` returns them for this rank alone and ``weights_of`` finds indices of this slice
@@ -129,7 +129,7 @@ class RankPlan(EpochPlan):
     def rank_slice(self, rank: int = 0, world: int = 1, resumed_from: tuple[int, int] | None = None) -> PlanSlice:
         if (rank, world) != (self.rank, self.world) or resumed_from is not None:
             raise ValueError(
-                f"this plan is rank {self.rank}'s slice of {self.world} (a sharded score table): it cannot give "
+                f"this plan is rank {self.rank}'s slice of {self.world} (a partitioned score table): it cannot give "
                 f"rank {rank} of {world}{' after an elastic resume' if resumed_from is not None else ''}"
             )
         return PlanSlice(self.order, self.weights)

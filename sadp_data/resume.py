@@ -22,10 +22,10 @@ from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
 from .distributed import per_rank, remaining_positions
+from .distributed.partitioned_store import PartitionedScoreStore
 from .kernels import sample_size
-from .sharded_store import ShardedScoreStore
 from .store import ScoreStore
-from .store_snapshot import ScoreSnapshot
+from .store._snapshot import ScoreSnapshot
 
 if TYPE_CHECKING:
     from .sampler import SADPSampler
@@ -262,17 +262,19 @@ def check_worker_state(
     return epoch, [int(p) for p in positions], next_worker  # type: ignore[return-value]
 
 
-def find_snapshot(store: ScoreStore | ShardedScoreStore, saved: int, epoch: int) -> ScoreSnapshot | None:
+def find_snapshot(store: ScoreStore | PartitionedScoreStore, saved: int, epoch: int) -> ScoreSnapshot | None:
     """The persisted snapshot of version ``saved`` that a resumed ``epoch`` was planned from, if the
     store's current scores are not that version already (then ``None``: the plan takes them).
 
     Without it (a crash before the snapshot reached disk, or the run went on past the checkpoint) the
     epoch is replanned from the current scores, with a ``RuntimeWarning`` saying so. A sharded store
-    refuses regions restored from a stale copy (``ShardedScoreStore.saved_snapshot``).
+    refuses regions restored from a stale copy (``PartitionedScoreStore.saved_snapshot``).
     """
     if store.version == saved:
         return None
-    persisted = store.saved_snapshot(resuming=saved) if isinstance(store, ShardedScoreStore) else store.saved_snapshot()
+    persisted = (
+        store.saved_snapshot(resuming=saved) if isinstance(store, PartitionedScoreStore) else store.saved_snapshot()
+    )
     if persisted is not None and persisted.version == saved:
         return persisted
     warnings.warn(

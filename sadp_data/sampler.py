@@ -18,17 +18,17 @@ from typing import Any
 import numpy as np
 from torch.utils.data import BatchSampler, Sampler
 
-from .arguments import require_integer, require_numbers
+from ._arguments import require_integer, require_numbers
 from .diagnostics import plan_statistics
 from .distributed import per_rank, rank_and_world, remaining_positions
+from .distributed._partitioned_plan import plan_rank_slice
+from .distributed.partitioned_store import PartitionedScoreStore
 from .kernels import Backend, localize, sample_size
 from .methods import METHODS, PlanRequest, get_method
 from .methods.base import to_host
 from .plan import EpochPlan, PlanSlice, RankPlan, batch_count
 from .resume import STATE_FORMAT, check_state, find_snapshot, resumed_from, sampler_fingerprint
 from .schedule import KeepRatioSchedule, Shape
-from .sharded_plan import plan_rank_slice
-from .sharded_store import ShardedScoreStore
 from .store import ScoreSnapshot, ScoreStore
 
 
@@ -112,7 +112,7 @@ class SADPSampler(Sampler[int]):
         rank = default_rank if rank is None else int(rank)
         if num_replicas <= 0 or not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, num_replicas), got rank={rank}, num_replicas={num_replicas}")
-        if isinstance(store, ShardedScoreStore):
+        if isinstance(store, PartitionedScoreStore):
             store.check_sampler(self._method, rank, num_replicas, shard_size is not None or groups is not None)
         self.store = store
         self.num_examples = store.num_examples if store is not None else int(num_examples)
@@ -223,7 +223,7 @@ class SADPSampler(Sampler[int]):
             if reads_scores:
                 scores, seen, last_epoch = snapshot.scores, snapshot.seen, snapshot.last_epoch
         self._resume_snapshot = None
-        if isinstance(self.store, ShardedScoreStore):  # this rank's slice only: no array of size N here
+        if isinstance(self.store, PartitionedScoreStore):  # this rank's slice only: no array of size N here
             settings = {"keep_ratio": keep, "seed": self.seed, "epoch": epoch, "smoothing": self.smoothing}
             order, weights = plan_rank_slice(self._method, snapshot, settings, self.store)
             request = PlanRequest(None, None, self.num_examples, keep, self.seed, epoch, self.epochs, 0.0, "numpy")

@@ -21,7 +21,7 @@ TEST_FIRST_ID = 60001
 
 
 def encode_events(x: np.ndarray, y: np.ndarray, p: np.ndarray, t: np.ndarray) -> bytes:
-    """Events in N-MNIST's binary format (the inverse of ``sadp_data.events.nmnist.read``)."""
+    """Events in N-MNIST's binary format (the inverse of ``sadp_data.sources.events.nmnist.read``)."""
     t = np.asarray(t, dtype=np.int64)
     if t.size and (t.min() < 0 or t.max() >= 1 << 23):
         raise ValueError("N-MNIST timestamps are 23-bit microseconds")

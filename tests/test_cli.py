@@ -59,7 +59,6 @@ def test_help_texts_state_the_defaults_the_options_really_have() -> None:
 
 def test_demo_option_help_matches_the_demo_defaults() -> None:
     from sadp_data.bench.training_data import DemoConfig
-
     from sadp_data.schedule import KeepRatioSchedule
 
     demo = _options(_subparsers(build_parser())["demo"])
@@ -181,6 +180,7 @@ def test_convert_shows_progress_in_every_phase_unless_told_not_to(workers: str, 
 
 def test_the_quick_demo_states_one_duration_in_help_code_and_docs() -> None:
     from _docs import ROOT
+
     from sadp_data.bench.training_data import QUICK_DURATION, DemoConfig
 
     figure = QUICK_DURATION.split(";")[0]  # e.g. "about 70 s on an idle 2-core CPU"

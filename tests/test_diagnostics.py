@@ -91,8 +91,7 @@ def test_spearman():
 
 def test_probe_measures_without_touching_the_model():
     from sadp_data.adapters.spikingjelly import ConvSNN, reset
-
-    from sadp_data.scorer import SpikeAwareScorer
+    from sadp_data.scoring.scorer import SpikeAwareScorer
 
     torch.manual_seed(0)
     model = ConvSNN(channels=(4, 8))

@@ -24,10 +24,10 @@ def _run_by_a_test(block: Block) -> str | None:
     written out, or None."""
     if block.ordinal != 0:
         return None
-    for path in sorted(TESTS.glob("test_*.py")):
+    for path in sorted(TESTS.rglob("test_*.py")):
         source = path.read_text()
         if "doc_block(" in source and f'"{block.page}"' in source and json.dumps(block.heading) in source:
-            return path.name
+            return str(path.relative_to(TESTS))
     return None
 
 

@@ -21,8 +21,7 @@ MODULES = (
     "sadp_data.methods",
     "sadp_data.distributed",
     "sadp_data.diagnostics",
-    "sadp_data.compat",
-    "sadp_data.datasets",
+    "sadp_data.sources.datasets",
 )
 _CALL = re.compile(r"(?P<name>\.?[A-Za-z_][\w.]*)\((?P<args>.*)\)")
 

@@ -11,6 +11,9 @@ import torch
 from sadp_data import SADPSampler, ScoreStore
 from sadp_data.kernels import plan_epoch
 
+#: The scripts the tests start as processes.
+WORKERS = Path(__file__).parent / "workers"
+
 
 @pytest.mark.parametrize("backend", ["numpy", "numba", "torch"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -1.0])
@@ -67,15 +70,6 @@ def test_a_position_outside_the_epoch_is_refused(store, position):
         SADPSampler(store, 0.5, epochs=5, seed=1).load_state_dict(state)
 
 
-HOLD_WRITER = """
-import sys, time
-from sadp_data import ScoreStore
-store = ScoreStore.open(sys.argv[1], "r+")
-print("open", flush=True)
-time.sleep(120)
-"""
-
-
 def test_a_second_writer_is_refused_in_this_process_and_in_another_until_the_first_dies(tmp_path):
     import signal
     import subprocess
@@ -92,7 +86,9 @@ def test_a_second_writer_is_refused_in_this_process_and_in_another_until_the_fir
     reader.close()
     mirror.close()
     first.close()
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, str(WORKERS / "hold_writer.py"), str(path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "open"
         with pytest.raises(ScoreStoreError, match="already open for writing"):
@@ -107,33 +103,14 @@ def test_a_second_writer_is_refused_in_this_process_and_in_another_until_the_fir
         holder.wait(timeout=30)
 
 
-RANK_OPENS_WRITER = """
-import sys
-import torch.distributed as dist
-from sadp_data import ScoreStore
-from sadp_data.store import ScoreStoreError
-rank, workdir = int(sys.argv[1]), sys.argv[2]
-dist.init_process_group("gloo", init_method=f"file://{workdir}/rendezvous", rank=rank, world_size=2)
-if rank == 0:
-    store = ScoreStore.create(f"{workdir}/s.zarr", 10)
-dist.barrier()
-if rank == 1:
-    try:
-        ScoreStore.open(f"{workdir}/s.zarr", "r+")
-        print("opened")
-    except ScoreStoreError as error:
-        print("refused:", error)
-dist.barrier()
-"""
-
-
+@pytest.mark.distributed
 def test_ranks_above_zero_opening_the_sidecar_for_writing_are_told_to_use_open_store(tmp_path):
     import subprocess
     import sys
 
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", RANK_OPENS_WRITER, str(rank), str(tmp_path)],
+            [sys.executable, str(WORKERS / "rank_opens_writer.py"), str(rank), str(tmp_path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -228,23 +205,6 @@ def test_reconverting_with_overwrite_replaces_everything_and_a_failure_leaves_th
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
 
 
-SLOW_CONVERT = """
-import sys, time
-import numpy as np
-from sadp_data.shard_writer import write_shards
-from sadp_data.sources import Source
-class Slow:
-    def __len__(self):
-        return 10_000
-    def __getitem__(self, i):
-        if i == 50:
-            print("writing", flush=True)
-            time.sleep(120)
-        return {"x.npy": np.zeros(3, np.float32), "y.cls": 0}
-write_shards(Source("slow", Slow()), sys.argv[1], shard_size=10, progress=False, overwrite=True)
-"""
-
-
 def test_a_conversion_killed_half_way_leaves_the_old_folder_whole_and_a_retry_succeeds(tmp_path):
     import signal
     import subprocess
@@ -255,7 +215,9 @@ def test_a_conversion_killed_half_way_leaves_the_old_folder_whole_and_a_retry_su
     source, out = _npz(tmp_path / "d.npz"), tmp_path / "shards"
     assert main(["convert", str(source), str(out), "--shard-size", "16", "--no-progress"]) == 0
     before = _tree(out)
-    child = subprocess.Popen([sys.executable, "-c", SLOW_CONVERT, str(out)], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, str(WORKERS / "slow_convert.py"), str(out)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert child.stdout.readline().strip() == "writing"
         child.send_signal(signal.SIGKILL)
@@ -272,7 +234,6 @@ def test_a_conversion_killed_half_way_leaves_the_old_folder_whole_and_a_retry_su
 def test_ffcv_conversion_is_atomic_too(tmp_path, monkeypatch):
     pytest.importorskip("ffcv")
     from sadp_data.adapters import ffcv as adapter
-
     from sadp_data.sources import open_source
 
     source, out = _npz(tmp_path / "d.npz"), tmp_path / "data.beton"
@@ -333,9 +294,9 @@ def test_wrap_refuses_to_drop_a_sampler_the_user_set(store):
 def test_step_on_part_of_the_forwarded_batch_is_refused():
     pytest.importorskip("spikingjelly")
     import torch.nn.functional as F
-    from sadp_data.adapters.spikingjelly import MlpSNN, reset
 
     from sadp_data import SpikeAwareScorer
+    from sadp_data.adapters.spikingjelly import MlpSNN, reset
 
     torch.manual_seed(0)
     model = MlpSNN(hidden=(16,), time_steps=4)
@@ -360,9 +321,9 @@ def test_forwards_without_step_do_not_keep_their_graphs():
     import gc
 
     import torch.nn.functional as F
-    from sadp_data.adapters.spikingjelly import ConvSNN, reset
 
     from sadp_data import SpikeAwareScorer
+    from sadp_data.adapters.spikingjelly import ConvSNN, reset
 
     torch.manual_seed(0)
     model = ConvSNN()
@@ -414,7 +375,6 @@ def _flip_last_byte(data: bytearray, start: int, size: int) -> None:
 def test_corrupted_sample_bytes_inside_a_shard_are_refused_not_delivered(tmp_path):
     pytest.importorskip("webdataset")
     from sadp_data.adapters.webdataset import ScoredShards
-
     from sadp_data.cli import main
     from sadp_data.shards import ShardError, ShardIndex
 
@@ -436,7 +396,6 @@ def test_decode_errors_are_named_and_skipped_with_on_error_skip(tmp_path):
     pytest.importorskip("webdataset")
 
     from sadp_data.adapters.webdataset import ScoredShards
-
     from sadp_data.shards import ShardError, ShardIndex, sample_checksum
 
     def break_magic(data: bytearray, start: int, size: int) -> None:
@@ -492,7 +451,7 @@ def test_a_create_that_fails_half_way_leaves_nothing_behind(tmp_path, monkeypatc
 def test_a_read_only_cache_location_falls_back_to_no_cache_with_one_warning(monkeypatch):
     import numba
 
-    from sadp_data import jit
+    from sadp_data.kernels import numba_cache
 
     def no_locator(**options):
         def decorate(function):
@@ -504,16 +463,15 @@ def test_a_read_only_cache_location_falls_back_to_no_cache_with_one_warning(monk
 
     monkeypatch.setattr(numba, "njit", no_locator)
     with pytest.warns(RuntimeWarning, match="NUMBA_CACHE_DIR"):
-        assert jit.cache_usable() is False
+        assert numba_cache.cache_usable() is False
     monkeypatch.undo()
-    assert jit.cache_usable() is True  # here the package's __pycache__ is writable
+    assert numba_cache.cache_usable() is True  # here the package's __pycache__ is writable
 
 
 def test_samples_skipped_in_workers_are_counted_in_the_main_process(tmp_path):
     pytest.importorskip("webdataset")
 
     from sadp_data.adapters.webdataset import ScoredShards
-
     from sadp_data.shards import ShardIndex
 
     out, _ = _damaged_shards(tmp_path, _flip_last_byte)

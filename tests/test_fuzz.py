@@ -24,11 +24,11 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from sadp_data.datasets import load_idx  # noqa: E402
-from sadp_data.events.nmnist import read, read_labels  # noqa: E402
-from sadp_data.shard_tar import parse_sample  # noqa: E402
 from sadp_data.shards import ShardError, ShardIndex  # noqa: E402
+from sadp_data.shards._tar import parse_sample  # noqa: E402
 from sadp_data.sources import open_source  # noqa: E402
+from sadp_data.sources.datasets import load_idx  # noqa: E402
+from sadp_data.sources.events.nmnist import read, read_labels  # noqa: E402
 from sadp_data.store import ScoreStore, ScoreStoreError  # noqa: E402
 
 FUZZ = settings(
@@ -129,7 +129,7 @@ def test_tar_sample_headers(data):
 @given(data=mutated(_sample_bytes()))
 def test_the_fast_tar_header_path_agrees_with_tarfile(data):
     """Every header the fast path accepts, tarfile reads the same way (name, size, type)."""
-    from sadp_data.shard_tar import _plain_header
+    from sadp_data.shards._tar import _plain_header
 
     for position in range(0, len(data) - tarfile.BLOCKSIZE + 1, tarfile.BLOCKSIZE):
         header = data[position : position + tarfile.BLOCKSIZE]
@@ -140,7 +140,7 @@ def test_the_fast_tar_header_path_agrees_with_tarfile(data):
 
 
 def test_long_ustar_names_use_the_prefix_field():
-    from sadp_data.shard_tar import _plain_header
+    from sadp_data.shards._tar import _plain_header
 
     name = "a" * 120 + "/000000001.x.npy"
     info = tarfile.TarInfo(name)
@@ -151,7 +151,7 @@ def test_long_ustar_names_use_the_prefix_field():
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    from sadp_data.shard_writer import write_shards
+    from sadp_data.shards.writer import write_shards
 
     folder = tmp_path_factory.mktemp("fuzz")
     np.savez(folder / "d.npz", x=np.zeros((12, 2), np.float32), y=np.arange(12) % 3)

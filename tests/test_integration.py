@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import sadp_data as sd
-from sadp_data.datasets import FashionMNIST, default_data_dir, load_idx
+from sadp_data.sources.datasets import FashionMNIST, default_data_dir, load_idx
 
 pytest.importorskip("spikingjelly.activation_based")
 from sadp_data.adapters.spikingjelly import ConvSNN, reset

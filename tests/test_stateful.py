@@ -74,7 +74,6 @@ def test_a_wrap_loader_state_carries_the_format_and_fingerprint_and_is_validated
 def shard_loader(tmp_path: Path):
     """``make()``: a ``ShardLoader`` (one worker, batches of 16) over 250 scored samples, epoch 1 (pruned)."""
     from sadp_data.adapters.webdataset import ScoredShards
-
     from sadp_data.cli import main
     from sadp_data.shards import ShardIndex
 

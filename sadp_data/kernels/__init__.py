@@ -30,6 +30,7 @@ import numpy as np
 from . import reference
 from .arrays import like, to_host
 from .interface import KernelBackend
+from .locality import locality_order
 
 Backend = Literal["auto", "numpy", "numba", "cuda", "torch"]
 
@@ -184,7 +185,5 @@ def localize(
     ``shard_size`` (positive) or ``groups`` are given.
     """
     key = reference.epoch_keys(seed, epoch).shuffle
-    host_order, host_weights = reference.locality_order(
-        to_host(order), to_host(weights), shard_size, window, key, groups=groups
-    )
+    host_order, host_weights = locality_order(to_host(order), to_host(weights), shard_size, window, key, groups=groups)
     return like(host_order, order), like(host_weights, weights)

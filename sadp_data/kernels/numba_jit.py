@@ -23,10 +23,10 @@ import numpy as np
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
-from ..jit import CACHE
 from . import reference
+from .numba_cache import CACHE
 
-#: Options of every kernel: cached on disk where that works (``sadp_data.jit``), without the GIL.
+#: Options of every kernel: cached on disk where that works (``sadp_data.kernels.numba_cache``), without the GIL.
 OPTIONS = {"cache": CACHE, "nogil": True}
 #: Below this many elements the serial twin of a kernel runs: starting parallel work costs more.
 SERIAL_BELOW = 1 << 18

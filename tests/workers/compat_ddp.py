@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, TensorDataset
 
-from sadp_data.compat import InfoBatch
+from sadp_data.adapters.infobatch import InfoBatch
 
 
 def main() -> None:

@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from sadp_data.adapters.spikingjelly import ConvSNN, reset
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 import sadp_data as sd
-from sadp_data.datasets import FashionMNIST
+from sadp_data.adapters.spikingjelly import ConvSNN, reset
 from sadp_data.distributed import open_store
+from sadp_data.sources.datasets import FashionMNIST
 
 
 def main(rank: int, world: int, workdir: Path) -> None:

@@ -39,7 +39,6 @@ def make_loader(workdir: Path, shards: str | None) -> tuple[sd.SADPSampler, obje
         sampler = sd.SADPSampler(store, **options)
         return sampler, sd.wrap(DataLoader(TensorDataset(inputs, labels), batch_size=16), sampler)
     from sadp_data.adapters.webdataset import ScoredShards
-
     from sadp_data.shards import ShardIndex
 
     store = ShardIndex.load(shards).open_store(flush_interval=0.05)
