@@ -41,8 +41,8 @@ import numpy as np
 
 from . import Location
 from ._requests import FetchError, FetchStats, RequestPolicy
-from .request_costs import RequestCosts
 from ._shard_cache import ShardCache
+from .request_costs import RequestCosts
 
 
 @dataclass(frozen=True)

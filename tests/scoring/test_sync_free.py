@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from sadp_data.scoring._closed_form import closed_form_holds, mean_logit_scores_torch, mean_logit_terms
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, TensorDataset
 
 import sadp_data as sd
+from sadp_data.scoring._closed_form import closed_form_holds, mean_logit_scores_torch, mean_logit_terms
 
 N, T, F_IN, H, C, BATCH = 48, 3, 6, 10, 4, 8
 HOST_READS = {"item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__"}
