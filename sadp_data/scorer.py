@@ -31,8 +31,7 @@ from torch.utils.hooks import RemovableHandle
 from .distributed import ScoreExchange, rank_and_world
 from .readout import TimeLayout, check_detected, detection_candidates, name_of, refuse_output, resolve_layer
 from .score_kernels import cross_entropy_scores, mean_logit_scores
-from .sharded_store import ShardedScoreStore
-from .store import ScoreStore
+from .score_table import ScoreTable
 
 _MAX_PENDING_CALLS = 4096
 
@@ -84,7 +83,7 @@ class SpikeAwareScorer:
     def __init__(
         self,
         model: nn.Module,
-        store: ScoreStore | None = None,
+        store: ScoreTable | None = None,
         layer: nn.Module | str | None = None,
         score: str = "spike_aware",
         loss: str | None = None,
@@ -102,8 +101,8 @@ class SpikeAwareScorer:
         self.model = model
         self.store = store
         self.exchange: ScoreExchange | None = None
-        if store is not None and rank_and_world()[1] > 1 and not isinstance(store, ShardedScoreStore):
-            self.exchange = ScoreExchange(store, sync_every)  # a ShardedScoreStore routes scores itself
+        if store is not None and rank_and_world()[1] > 1 and store.rank_region is None:
+            self.exchange = ScoreExchange(store, sync_every)  # a table split across ranks routes scores itself
         self.last_scores: torch.Tensor | None = None
         #: (module, input, output, forward number) of every readout call since the last step.
         self._calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor, int]] = []

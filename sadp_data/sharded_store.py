@@ -39,6 +39,7 @@ import numpy as np
 
 from .distributed import apply_packed, pack_scores, rank_and_world
 from .kernels.reference import SUM_BLOCK
+from .score_table import RankRegion
 from .sharded_plan import require_sharded_method, shard_bounds
 from .sharded_shuffle import Comm, LocalComm, TorchComm
 from .store import ScoreStore
@@ -151,6 +152,11 @@ class ShardedScoreStore:
     @property
     def path(self) -> Path:
         return self.region.path
+
+    @property
+    def rank_region(self) -> RankRegion:
+        """The examples ``[lo, hi)`` this rank owns (``ScoreTable.rank_region``)."""
+        return RankRegion(self.rank, self.world, self.lo, self.hi)
 
     @property
     def version(self) -> None:
@@ -311,17 +317,10 @@ class ShardedScoreStore:
         except (OSError, RuntimeError, ValueError) as error:  # a damaged region: every rank raises, none waits
             failure = error
         history = self.region.keep_ratio_history
-        mine = np.array(
-            [
-                local is not None,
-                -1 if local is None else local.version,
-                failure is not None,
-                self.found,
-                history[-1][0] if history else -1,
-                self.region.version,
-            ],
-            np.int64,
-        )
+        version, last_begun = -1 if local is None else local.version, history[-1][0] if history else -1
+        # what every rank learns of every region: has a snapshot, its version, failed, found, last epoch, updates
+        fields = [local is not None, version, failure is not None, self.found, last_begun, self.region.version]
+        mine = np.array(fields, np.int64)
         everyone = self.comm.all_gather(mine)
         _raise_if_any_failed([np.array([-1 if int(v[2]) else 0]) for v in everyone], failure, "the saved snapshots")
         self._check_regions_found([int(v[3]) for v in everyone])

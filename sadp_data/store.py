@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
+from .score_table import RankRegion
 from .store_format import (
     ARRAYS,
     DEFAULT_CHUNK_SIZE,
@@ -55,7 +56,8 @@ __all__ = [
 
 
 class ScoreStore:
-    """Scores of N examples, in memory for the trainer and on disk as a Zarr sidecar.
+    """Scores of N examples, in memory for the trainer and on disk as a Zarr sidecar (a ``ScoreTable``
+    that every rank holds whole).
 
     Create with ``ScoreStore.create(path, num_examples)``, reopen with ``ScoreStore.open(path)``.
     Use as a context manager, or call ``close()``; both flush.
@@ -183,6 +185,14 @@ class ScoreStore:
         """``(epoch, keep_ratio)`` pairs recorded by samplers, oldest first."""
         return [(int(e), float(k)) for e, k in self._mirror.keep_ratio_history()]
 
+    @property
+    def rank_region(self) -> RankRegion | None:
+        """``None``: every rank holds the whole table (``ScoreTable.rank_region``)."""
+        return None
+
+    def check_sampler(self, method: Any, rank: int, world: int, localized: bool) -> None:
+        """Nothing to check: every method, world size and ordering can plan from a whole table."""
+
     def snapshot(self) -> ScoreSnapshot:
         """A consistent copy of scores, seen counts and epochs, tagged with the current version.
 
@@ -302,8 +312,12 @@ class ScoreStore:
         if self.persist:
             self._mirror.submit_snapshot(snapshot)
 
-    def saved_snapshot(self) -> ScoreSnapshot | None:
-        """The last snapshot saved with ``save_snapshot`` (pending or on disk), or ``None``."""
+    def saved_snapshot(self, resuming: int | None = None) -> ScoreSnapshot | None:
+        """The last snapshot saved with ``save_snapshot`` (pending or on disk), or ``None``.
+
+        ``resuming`` (the version a checkpoint's epoch was planned from) changes nothing here: one
+        sidecar holds one snapshot, so there are no regions of different ages to compare.
+        """
         pending = self._mirror.pending_snapshot()
         return pending if pending is not None else read_snapshot(self.path, self._group)
 

@@ -1,7 +1,8 @@
 """The layering the architecture doc promises: core → adapters → bench/CLI, no cycles, small modules.
 
-Imports are read from the source (``ast``), every ``import`` statement counted wherever it sits
-(a lazy import inside a function is still a dependency), except those under ``if TYPE_CHECKING:``.
+Imports are read from the source (``ast``), every ``import`` statement counted wherever it sits: a
+lazy import inside a function is still a dependency, and so is one under ``if TYPE_CHECKING:`` (a
+type named across a cycle is a cycle of concepts, however the interpreter loads it).
 """
 
 from __future__ import annotations
@@ -33,23 +34,12 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def _imports(name: str, path: Path) -> set[str]:
     """The package's modules that module ``name`` imports (resolved to the longest known module)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
-            return
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
