@@ -61,14 +61,9 @@ def _loaded(
 
 def _batch_size(batch: Any) -> int:
     """Examples in a collated batch (tuple, list or dict of tensors or arrays)."""
-    first = (
-        next(iter(batch.values()))
-        if isinstance(batch, dict)
-        else batch[0]
-        if isinstance(batch, list | tuple)
-        else batch
-    )
-    return len(first)
+    if isinstance(batch, dict):
+        return len(next(iter(batch.values())))
+    return len(batch[0] if isinstance(batch, list | tuple) else batch)
 
 
 class ShardLoader:
@@ -89,7 +84,7 @@ class ShardLoader:
         """Per worker: where in its part this epoch starts (resume) and how many of its positions remain."""
         count = self.dataset.sampler.epoch_length(self.dataset.sampler.epoch)
         base, extra = divmod(count, self._workers)  # the sizes of PlanSlice.worker_slice's parts
-        starts = self.dataset._starts() or [0] * self._workers
+        starts = self.dataset.worker_starts() or [0] * self._workers
         return starts, [base + (worker < extra) - start for worker, start in enumerate(starts)]
 
     def _batches(self, remaining: int) -> int:
@@ -116,7 +111,7 @@ class ShardLoader:
         if self.dataset.on_error == "skip" and self._delivered_batches and self._delivered_batches < len(self):
             raise ValueError("a mid-epoch state of ScoredShards needs on_error='raise' (skipped samples shift workers)")
         taken = [0] * self._workers
-        worker = self.dataset._first_worker()
+        worker = self.dataset.first_worker()
         limits = [self._batches(left) for left in remaining]
         for _ in range(min(self._delivered_batches, sum(limits))):
             while taken[worker] >= limits[worker]:
@@ -140,7 +135,7 @@ class ShardLoader:
         """
         resume = check_worker_state(state, self._workers, self.loader.batch_size or 1, self.dataset.sampler)
         self.dataset.sampler.load_state_dict({**state, "position": 0})  # positions are per worker, not the sampler's
-        self.dataset._resume = resume
+        self.dataset.resume_at(resume)
 
     def __iter__(self) -> Iterator[Any]:
         """The epoch's batches; with workers, samples they skipped (``on_error="skip"``) are counted here.
@@ -158,7 +153,7 @@ class ShardLoader:
             delivered += _batch_size(batch)
             self._delivered, self._delivered_batches = delivered, self._delivered_batches + 1
             yield batch
-        self.dataset._resume = None
+        self.dataset.resume_at(None)
         self.skipped_count = max(0, sum(remaining) - (delivered - resumed))
         if self.loader.num_workers > 0 and self.skipped_count and not self.loader.drop_last:
             import warnings
@@ -266,25 +261,28 @@ class ScoredShards(IterableDataset):
         self._tuple = fields
         return self
 
-    def _starts(self) -> list[int] | None:
-        """Per worker, where a resumed epoch starts in its part (``None``: not resuming this epoch)."""
-        if self._resume is None or self._resume[0] != self.sampler.epoch:
-            return None
-        return self._resume[1]
+    def resume_at(self, resume: tuple[int, list[int], int] | None) -> None:
+        """Continue epoch ``e`` of ``(e, starts, first)`` (``resume.check_worker_state``'s answer) with worker
+        part ``w`` from position ``starts[w]`` and worker 0 serving part ``first``; ``None``: epochs start whole."""
+        self._resume = resume
 
-    def _first_worker(self) -> int:
+    def worker_starts(self) -> list[int] | None:
+        """Per worker, where a resumed epoch starts in its part (``None``: not resuming this epoch)."""
+        return None if self._resume is None or self._resume[0] != self.sampler.epoch else self._resume[1]
+
+    def first_worker(self) -> int:
         """The part DataLoader worker 0 serves: parts rotate on resume so batches keep their turn order."""
-        return 0 if self._starts() is None else self._resume[2]
+        return 0 if self._resume is None or self.worker_starts() is None else self._resume[2]
 
     def _part(self) -> PlanSlice:
         """This rank's slice of the epoch's plan, and within a DataLoader worker, that worker's part
         (from where it stopped, when resuming)."""
         part = self.sampler.rank_slice()
         info = get_worker_info()
-        worker = 0 if info is None else (info.id + self._first_worker()) % info.num_workers
+        worker = 0 if info is None else (info.id + self.first_worker()) % info.num_workers
         if info is not None:
             part = part.worker_slice(worker, info.num_workers)
-        starts = self._starts()
+        starts = self.worker_starts()
         if starts is None:
             return part
         return PlanSlice(part.order[starts[worker] :], part.weights[starts[worker] :])

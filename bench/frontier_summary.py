@@ -34,7 +34,7 @@ TIME_TO_ACCURACY_MARGIN = 0.003
 PLATEAU_TOLERANCE = 0.002
 
 
-def _t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
     """Mean and two-sided t-interval half-width at ``confidence`` (0 for one value)."""
     mean = statistics.fmean(values)
     if len(values) < 2:
@@ -103,7 +103,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         full_by_seed = {r["seed"]: r for r in full}
         for (variant, keep), every_seed in groups.items():
             group = [r for r in every_seed if r["seed"] in grid] or every_seed
-            accuracy, half = _t_interval([r["test_accuracy"] for r in group])
+            accuracy, half = t_interval([r["test_accuracy"] for r in group])
             theoretical = statistics.fmean(r["theoretical_speedup"] for r in group)
             speedup = statistics.fmean(r["speedup"] for r in group)
             reached = []
@@ -156,7 +156,7 @@ def _paired(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ]
             if not pairs:
                 continue
-            mean, half = _t_interval([100 * (a - b) for a, b in pairs])
+            mean, half = t_interval([100 * (a - b) for a, b in pairs])
             result.append(
                 {
                     "part": members[0]["part"],
