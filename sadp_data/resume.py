@@ -132,13 +132,16 @@ def sampler_fingerprint(sampler: ResumableSampler) -> str | None:
 def upgrade_state(state: Mapping[str, Any], sampler: ResumableSampler) -> dict[str, Any]:
     """An older (unversioned) sampler state made current by vouching that ``sampler`` saved it.
 
-    Fills only what the state lacks: ``format_version``, ``fingerprint`` (the sampler's store's) and
-    ``plan_settings`` (the sampler's). The explicit opt-in for states saved before these were recorded:
-    call it only when the saved run used this data and these settings, since nothing else can tell.
+    Fills only what the state lacks: ``format_version``, ``fingerprint`` (the sampler's store's),
+    ``plan_settings`` (the sampler's) and, in an unversioned state, the fields older versions did not
+    save (one rank, no snapshot version, no elastic resume: what their absence meant). The explicit
+    opt-in for states saved before these were recorded: call it only when the saved run used this
+    data and these settings, since nothing else can tell.
     """
     state = require_state(state, "SADPSampler")
     vouched = {"fingerprint": sampler_fingerprint(sampler), "plan_settings": sampler.plan_settings.to_state()}
-    return {**vouched, **state, "format_version": state.get("format_version", STATE_FORMAT)}
+    older = _LEGACY_DEFAULTS if "format_version" not in state else {}  # what an unversioned state's absence meant
+    return {**older, **vouched, **state, "format_version": state.get("format_version", STATE_FORMAT)}
 
 
 def _plan_settings(state: Mapping[str, Any], legacy: bool, current: PlanSettings) -> PlanSettings:
