@@ -260,3 +260,45 @@ def peek(sampler):
         "sampler._start",
     ]
     assert _private_uses("sadp_data.adapters.lightning", "from sadp_data.adapters._wrapped import W\n", "x") == []
+
+
+def _stateful_classes() -> dict[str, ast.ClassDef]:
+    """Every class of the package that defines ``state_dict`` or ``load_state_dict`` (protocols aside)."""
+    found = {}
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and not any(ast.unparse(base) == "Protocol" for base in node.bases):
+                methods = {item.name for item in node.body if isinstance(item, ast.FunctionDef)}
+                if methods & {"state_dict", "load_state_dict"}:
+                    found[f"{name}.{node.name}"] = node
+    return found
+
+
+STATEFUL = _stateful_classes()
+
+
+def test_the_stateful_walk_finds_the_known_stateful_classes() -> None:
+    known = {"sadp_data.sampler.SADPSampler", "sadp_data.loader.SADPLoader", "sadp_data.compat.InfoBatch"}
+    assert known <= set(STATEFUL)
+
+
+@pytest.mark.parametrize("qualified", sorted(STATEFUL))
+def test_every_class_with_a_state_meets_the_stateful_protocol(qualified: str) -> None:
+    """Both methods, ``state_dict(self) -> dict[str, Any]`` and ``load_state_dict(self, state: dict[str, Any])
+    -> None`` (``resume.Stateful``); and the class itself passes ``issubclass`` where its module imports."""
+    import importlib
+
+    from sadp_data.resume import Stateful
+
+    methods = {item.name: item for item in STATEFUL[qualified].body if isinstance(item, ast.FunctionDef)}
+    assert {"state_dict", "load_state_dict"} <= set(methods), f"{qualified} has only one of the pair"
+    save, load = methods["state_dict"], methods["load_state_dict"]
+    assert [a.arg for a in save.args.args] == ["self"] and ast.unparse(save.returns) == "dict[str, Any]"
+    assert len(load.args.args) == 2 and ast.unparse(load.args.args[1].annotation) == "dict[str, Any]"
+    assert ast.unparse(load.returns) == "None"
+    module_name, _, class_name = qualified.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:  # an adapter of a framework not installed here: the source checks above stand
+        pytest.skip(f"{module_name} does not import here ({error})")
+    assert issubclass(getattr(module, class_name), Stateful)
