@@ -46,7 +46,8 @@ class SADPSampler(Sampler[int]):
             the method's ``default_schedule``: ``"decreasing"`` for ``sadp`` (and
             ``loss_proportional``, which shares its draw), ``"constant"`` for the baselines; the
             decreasing schedule spends the same total budget as the constant one.
-        smoothing: uniform mixing λ (docs/method.md §2); every weight is at most 1/λ.
+        smoothing: uniform mixing λ of ``sadp``'s draw (docs/method.md §2): every weight is at most
+            ``(1/λ)^weight_power``, so 1 by default (unweighted) and 1/λ with Horvitz–Thompson weights.
         method: ``"sadp"`` (spike-aware importance sampling) or a baseline from
             ``sadp_data.methods`` (``full``, ``random`` — a fresh uniform sample every epoch —,
             ``random_static``, ``infobatch``, ``ucb``, ``epsilon_greedy``, ``loss_proportional``; see

@@ -377,7 +377,8 @@ class SpikeAwareScorer:
 
         ``per_sample_loss`` must be unreduced (one value per example, e.g.
         ``F.cross_entropy(out, y, reduction="none")``); the returned scalar is what to call
-        ``backward()`` on — with SADP weights it is an unbiased estimate of the full-data mean loss.
+        ``backward()`` on. ``weights`` are the plan's: all 1 by default (the kept examples' mean loss);
+        Horvitz–Thompson weights (``weight_power=1``) make it an unbiased estimate of the full-data mean.
         """
         if per_sample_loss.dim() == 0:
             raise ValueError(
