@@ -3,7 +3,7 @@
 ``summarise(runs)`` turns the run list of ``frontier.json`` into rows (mean accuracy ± 95 % t-interval,
 realised cost, plain and load-adjusted speedup ÷ theoretical, time to full − 0.3 pt), paired
 differences SADP − each baseline over seeds, and the plateau check of full data;
-``frontier_targets`` marks the issue's targets PASS/MISS. Pure functions of the runs: rerunning them
+``frontier_targets`` marks the study's targets PASS/MISS. Pure functions of the runs: rerunning them
 on a committed JSON (``--resummarise``) reproduces the report.
 """
 
@@ -172,7 +172,7 @@ def _paired(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def frontier_targets(summary: dict[str, Any], part: str = "fashion-mnist/mlp") -> dict[str, dict[str, Any]]:
-    """The issue's targets on ``part``: SADP ≥ every baseline at k = 0.5 and 0.7, within 0.2 pt of full at
+    """The study's targets on ``part``: SADP ≥ every baseline at k = 0.5 and 0.7, within 0.2 pt of full at
     0.7, measured speedup ≥ 0.95 × theoretical; plus the plateau of full data."""
     targets: dict[str, dict[str, Any]] = {}
     baselines = set(ALL_METHODS) - {"sadp"}

@@ -126,7 +126,7 @@ def run_ffcv_bench(
 
 
 def ffcv_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Issue 7's targets, per worker count: samples/s at keep 1.0 ≥ 0.98 × raw; epoch at keep 0.5 ≤ 0.55 × raw."""
+    """The FFCV targets, per worker count: samples/s at keep 1.0 ≥ 0.98 × raw; epoch at keep 0.5 ≤ 0.55 × raw."""
     from sadp_data.bench.targets import target
 
     targets = {}

@@ -234,7 +234,7 @@ def run_remote_bench(
 
 
 def remote_targets(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Issue 18's targets per storage: at keep 0.5, bytes ≤ 0.6× and (at 5 ms latency) epoch ≤ 0.6× streaming's."""
+    """The remote-read targets per storage: at keep 0.5, bytes ≤ 0.6× and (at 5 ms latency) epoch ≤ 0.6× streaming's."""
     from sadp_data.bench.targets import target
 
     targets = {}
