@@ -7,12 +7,13 @@ the last padded, see ``sadp_data.distributed``), a loader worker the ``worker_sl
 batch ``b`` of a slice read from position ``start`` holds positions
 ``[start + b·B, start + (b+1)·B)`` — so ``wrap``, ``ScoredShards`` and the FFCV loader slice indices
 and weights from two arrays instead of looking each example up. ``weights_of`` is the lookup for
-callers that only have indices.
+callers that only have indices. ``PlanSettings`` is the value every plan of a run follows: what a
+saved state records and a resumed sampler must match.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,90 @@ import numpy as np
 import torch
 
 from .distributed import elastic_positions, rank_positions
+from .schedule import KeepRatioSchedule
+
+#: The schedule's fields a state's ``plan_settings`` records, under the names it records them by.
+_SCHEDULE_KEYS = {"keep_ratio": "keep_ratio", "epochs": "epochs", "warmup_epochs": "warmup_epochs"}
+_SCHEDULE_KEYS |= {"anneal_fraction": "anneal_fraction", "schedule": "shape"}
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """Everything that decides a sampler's plans besides the scores: one immutable value per sampler.
+
+    Two samplers with equal settings plan every epoch identically from the same scores, so a saved
+    state is resumable exactly when its settings equal the resuming sampler's. ``to_state`` writes the
+    state's shape of every sadp-data since plan settings were recorded (``seed``, ``method`` and
+    ``num_examples`` beside a ``plan_settings`` dict); ``from_state`` reads it back, so states saved
+    before this class existed load unchanged.
+
+    ``window`` is ``None`` unless the plan is localized (``shard_size`` or groups): it changes nothing
+    otherwise. ``method_options`` are the method's fields as sorted ``(name, value)`` pairs.
+    """
+
+    num_examples: int
+    seed: int
+    method: str
+    schedule: KeepRatioSchedule
+    smoothing: float
+    method_options: tuple[tuple[str, Any], ...] = ()
+    shard_size: int | None = None
+    window: int | None = None
+
+    @classmethod
+    def of(
+        cls,
+        num_examples: int,
+        seed: int,
+        method: str,
+        schedule: KeepRatioSchedule,
+        smoothing: float,
+        options: Mapping[str, Any],
+        shard_size: int | None,
+        window: int | None,
+    ) -> PlanSettings:
+        """The settings of a sampler built from these arguments (``options``: the method's fields)."""
+        options = tuple(sorted(options.items()))
+        return cls(num_examples, seed, method, schedule, smoothing, options, shard_size, window)
+
+    def keep_ratio(self, epoch: int) -> float:
+        """The keep ratio these settings plan ``epoch`` with."""
+        return self.schedule(epoch)
+
+    def to_state(self) -> dict[str, Any]:
+        """The ``plan_settings`` dict of a saved state (JSON-able): every setting but seed, method and size."""
+        saved = {key: getattr(self.schedule, name) for key, name in _SCHEDULE_KEYS.items()}
+        saved |= {"smoothing": self.smoothing, "method_options": dict(self.method_options)}
+        return saved | {"shard_size": self.shard_size, "window": self.window}
+
+    @classmethod
+    def state_keys(cls) -> list[str]:
+        """The keys of ``to_state``'s dict, sorted."""
+        return sorted([*_SCHEDULE_KEYS, "smoothing", "method_options", "shard_size", "window"])
+
+    @classmethod
+    def from_state(cls, num_examples: int, seed: int, method: str, saved: Mapping[str, Any]) -> PlanSettings:
+        """The settings a state recorded (``saved``: its ``plan_settings``, with exactly ``state_keys()``).
+
+        Raises ``ValueError`` naming the setting when a value cannot be a setting (a keep ratio outside
+        (0, 1], say): such a state was not saved by a sampler.
+        """
+        try:
+            schedule = KeepRatioSchedule(**{name: saved[key] for key, name in _SCHEDULE_KEYS.items()})
+        except TypeError as error:
+            raise ValueError(f"a schedule setting is not a number: {error}") from error
+        options = saved["method_options"]
+        if not isinstance(options, Mapping):
+            raise ValueError(f"method_options must be a dict, got {options!r}")
+        smoothing, shard_size, window = saved["smoothing"], saved["shard_size"], saved["window"]
+        return cls.of(num_examples, seed, method, schedule, smoothing, options, shard_size, window)
+
+    def differences(self, other: PlanSettings) -> list[tuple[str, Any, Any]]:
+        """``(state key, this value, other's value)`` of every setting in which ``other`` differs, in
+        ``to_state`` order after ``num_examples``, ``seed`` and ``method``."""
+        mine = {"num_examples": self.num_examples, "seed": self.seed, "method": self.method, **self.to_state()}
+        theirs = {"num_examples": other.num_examples, "seed": other.seed, "method": other.method, **other.to_state()}
+        return [(key, value, theirs[key]) for key, value in mine.items() if theirs[key] != value]
 
 
 def batch_count(count: int, batch_size: int, drop_last: bool = False) -> int:

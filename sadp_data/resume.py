@@ -19,16 +19,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from numbers import Integral
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, runtime_checkable
 
 from .distributed import per_rank, remaining_positions
-from .distributed.partitioned_store import PartitionedScoreStore
 from .kernels import sample_size
-from .store import ScoreStore
-from .store._snapshot import ScoreSnapshot
-
-if TYPE_CHECKING:
-    from .sampler import SADPSampler
+from .plan import PlanSettings
+from .store import ScoreSnapshot
+from .store.table import ScoreTable
 
 #: The format of saved states this version writes and reads.
 STATE_FORMAT = 1
@@ -36,6 +33,31 @@ STATE_FORMAT = 1
 MAX_EPOCH, MAX_WORLD = 2**31 - 1, 1 << 20
 #: Fields an unversioned (older) sampler state may lack, and what they meant then.
 _LEGACY_DEFAULTS = {"num_replicas": 1, "resumed_from": None, "snapshot_version": None}
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """An object whose progress a checkpoint saves and restores: every such class of sadp-data meets it.
+
+    ``state_dict()`` returns a small dict (JSON-able, or numpy arrays where noted) that carries
+    ``format_version`` and the data's ``fingerprint``; ``load_state_dict(state)`` validates every field
+    before anything changes (``ResumeStateError`` naming the key) and then continues where the state
+    was saved. The same two names as torch's and torchdata's ``Stateful``, so checkpointing code
+    (torchdata's ``StatefulDataLoader``, Lightning, accelerate) saves these objects as it saves its own.
+    """
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any], /) -> None: ...
+
+
+class ResumableSampler(Protocol):
+    """What resuming reads of a sampler (``SADPSampler`` meets it): the settings every plan of its run
+    follows, its data-parallel world size and the score table it plans from."""
+
+    plan_settings: PlanSettings
+    num_replicas: int
+    store: ScoreTable | None
 
 
 class ResumeStateError(ValueError):
@@ -102,51 +124,65 @@ def check_format(state: Mapping[str, Any], fingerprint: str | None, fix: str) ->
     return legacy
 
 
-def sampler_fingerprint(sampler: SADPSampler) -> str | None:
+def sampler_fingerprint(sampler: ResumableSampler) -> str | None:
     """The fingerprint of the data a sampler plans over: its score store's (``None`` without one)."""
-    return getattr(sampler.store, "fingerprint", None)
+    return None if sampler.store is None else sampler.store.fingerprint
 
 
-def upgrade_state(state: Mapping[str, Any], sampler: SADPSampler) -> dict[str, Any]:
+def upgrade_state(state: Mapping[str, Any], sampler: ResumableSampler) -> dict[str, Any]:
     """An older (unversioned) sampler state made current by vouching that ``sampler`` saved it.
 
-    Fills only what the state lacks: ``format_version``, ``fingerprint`` (the sampler's store's) and
-    ``plan_settings`` (the sampler's). The explicit opt-in for states saved before these were recorded:
-    call it only when the saved run used this data and these settings, since nothing else can tell.
+    Fills only what the state lacks: ``format_version``, ``fingerprint`` (the sampler's store's),
+    ``plan_settings`` (the sampler's) and, in an unversioned state, the fields older versions did not
+    save (one rank, no snapshot version, no elastic resume: what their absence meant). The explicit
+    opt-in for states saved before these were recorded: call it only when the saved run used this
+    data and these settings, since nothing else can tell.
     """
     state = require_state(state, "SADPSampler")
-    vouched = {"fingerprint": sampler_fingerprint(sampler), "plan_settings": sampler._plan_settings()}
-    return {**vouched, **state, "format_version": state.get("format_version", STATE_FORMAT)}
+    vouched = {"fingerprint": sampler_fingerprint(sampler), "plan_settings": sampler.plan_settings.to_state()}
+    older = _LEGACY_DEFAULTS if "format_version" not in state else {}  # what an unversioned state's absence meant
+    return {**older, **vouched, **state, "format_version": state.get("format_version", STATE_FORMAT)}
 
 
-def _plan_settings(state: Mapping[str, Any], legacy: bool, current: dict[str, Any]) -> dict[str, Any]:
-    """The saved plan settings, validated: a dict with exactly the settings of ``current``."""
+def _plan_settings(state: Mapping[str, Any], legacy: bool, current: PlanSettings) -> PlanSettings:
+    """The settings the state was saved with, validated: ``num_examples``, ``seed``, ``method``, and a
+    ``plan_settings`` dict holding exactly the settings this sadp-data records (``PlanSettings.state_keys``),
+    each one a possible setting."""
+    num_examples, seed = integer_field(state, "num_examples", 1), integer_field(state, "seed", 0)
+    method = state.get("method")
+    if not isinstance(method, str):
+        raise _refuse("method", method, "a method name (a string such as 'sadp')")
     if "plan_settings" not in state:
         if not legacy:
             raise ResumeStateError("state 'plan_settings' is missing: the state is incomplete (not from state_dict())")
         raise ResumeStateError(
             "the state has no 'plan_settings' (an older sadp-data saved it), so nothing says which keep ratio, "
             "schedule or smoothing its epoch was planned with: this sampler (keep_ratio="
-            f"{current['keep_ratio']}, epochs={current['epochs']}) could continue another plan. If the saved run used "
-            "exactly this sampler's settings, vouch for it: sampler.load_state_dict(sadp_data.resume.upgrade_state("
-            "state, sampler)); else build the sampler with the saved run's settings first"
+            f"{current.schedule.keep_ratio}, epochs={current.schedule.epochs}) could continue another plan. If the "
+            "saved run used exactly this sampler's settings, vouch for it: sampler.load_state_dict(sadp_data."
+            "resume.upgrade_state(state, sampler)); else build the sampler with the saved run's settings first"
         )
     saved = state["plan_settings"]
     if not isinstance(saved, Mapping):
         raise _refuse("plan_settings", saved, "a dict of plan settings (keep_ratio, epochs, ...)")
-    missing, unknown = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
+    expected = PlanSettings.state_keys()
+    missing, unknown = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
     if missing or unknown:
         raise ResumeStateError(
             f"state 'plan_settings' lacks {missing} and has unknown {unknown}: expected exactly "
-            f"{sorted(current)} (the settings this sadp-data records)"
+            f"{expected} (the settings this sadp-data records)"
         )
-    return dict(saved)
+    try:
+        return PlanSettings.from_state(num_examples, seed, method, saved)  # type: ignore[arg-type]
+    except ValueError as error:
+        raise _refuse("plan_settings", dict(saved), f"settings a sampler can have ({error})") from error
 
 
-def check_state(sampler: SADPSampler, state: Any) -> dict[str, Any]:
+def check_state(sampler: ResumableSampler, state: Any) -> dict[str, Any]:
     """Validate ``state`` for ``sampler``: every field's type and range, the data's fingerprint, and that
-    ``sampler`` continues its plan. Returns the fields the sampler resumes from (``epoch``, ``position``,
-    ``num_replicas``, ``snapshot_version``, ``resumed_from``); raises ``ResumeStateError`` naming the culprit."""
+    ``sampler`` continues its plan (the saved ``PlanSettings`` equal the sampler's). Returns the fields
+    the sampler resumes from (``epoch``, ``position``, ``num_replicas``, ``snapshot_version``,
+    ``resumed_from``); raises ``ResumeStateError`` naming the culprit."""
     state = require_state(state, "SADPSampler")
     legacy = check_format(state, sampler_fingerprint(sampler), "sadp_data.resume.upgrade_state(state, sampler)")
     if legacy:
@@ -158,26 +194,23 @@ def check_state(sampler: SADPSampler, state: Any) -> dict[str, Any]:
         "snapshot_version": integer_field(state, "snapshot_version", 0, optional=True),
         "resumed_from": _resumed_from(state),
     }
-    num_examples, seed = integer_field(state, "num_examples", 1), integer_field(state, "seed", 0)
-    method = state.get("method")
-    if not isinstance(method, str):
-        raise _refuse("method", method, "a method name (a string such as 'sadp')")
-    settings = sampler._plan_settings()
-    saved_settings = _plan_settings(state, legacy, settings)
-    if num_examples != sampler.num_examples:
-        raise ResumeStateError(f"state is for {num_examples} examples, this sampler has {sampler.num_examples}")
-    if seed != sampler.seed or method != sampler.method:
+    current = sampler.plan_settings
+    saved = _plan_settings(state, legacy, current)
+    differences = {key: (theirs, mine) for key, theirs, mine in saved.differences(current)}
+    if "num_examples" in differences:
+        raise ResumeStateError(f"state is for {saved.num_examples} examples, this sampler has {current.num_examples}")
+    if "seed" in differences or "method" in differences:
         raise ResumeStateError(
-            f"state was saved with seed={seed}, method={method!r}; "
-            f"this sampler has seed={sampler.seed}, method={sampler.method!r}"
+            f"state was saved with seed={saved.seed}, method={saved.method!r}; "
+            f"this sampler has seed={current.seed}, method={current.method!r}"
         )
-    for name, saved_value in saved_settings.items():
-        if saved_value != settings[name]:
-            raise ResumeStateError(
-                f"state was saved by a sampler with {name}={saved_value!r}; this sampler has "
-                f"{name}={settings[name]!r}, so it would continue a different plan. Build the sampler with "
-                "the settings of the saved run"
-            )
+    if differences:
+        name, (saved_value, value) = next(iter(differences.items()))
+        raise ResumeStateError(
+            f"state was saved by a sampler with {name}={saved_value!r}; this sampler has "
+            f"{name}={value!r}, so it would continue a different plan. Build the sampler with "
+            "the settings of the saved run"
+        )
     _check_position(sampler, fields)
     return fields
 
@@ -197,10 +230,11 @@ def _resumed_from(state: Mapping[str, Any]) -> tuple[int, int] | None:
     return int(world), int(delivered)
 
 
-def _check_position(sampler: SADPSampler, fields: dict[str, Any]) -> None:
+def _check_position(sampler: ResumableSampler, fields: dict[str, Any]) -> None:
     """Refuse a position (or an elastic resume's delivered count) outside the saved epoch's length."""
     position, saved_world, epoch = fields["position"], fields["num_replicas"], fields["epoch"]
-    count = sample_size(sampler.num_examples, sampler.keep_ratio(epoch))
+    settings = sampler.plan_settings
+    count = sample_size(settings.num_examples, settings.keep_ratio(epoch))
     if fields["resumed_from"] is not None:
         world, delivered = fields["resumed_from"]
         if delivered > per_rank(count, world):
@@ -221,7 +255,7 @@ def _check_position(sampler: SADPSampler, fields: dict[str, Any]) -> None:
 
 
 def check_worker_state(
-    state: Any, workers: int, batch_size: int, sampler: SADPSampler
+    state: Any, workers: int, batch_size: int, sampler: ResumableSampler
 ) -> tuple[int, list[int], int] | None:
     """Validate a DataLoader-worker loader's state (``ShardLoader.state_dict``) before it is resumed.
 
@@ -254,7 +288,8 @@ def check_worker_state(
             )
     epoch = integer_field(state, "epoch", 0, MAX_EPOCH)
     next_worker = integer_field(state, "next_worker", 0, workers - 1)
-    count = per_rank(sample_size(sampler.num_examples, sampler.keep_ratio(epoch)), sampler.num_replicas)
+    settings = sampler.plan_settings
+    count = per_rank(sample_size(settings.num_examples, settings.keep_ratio(epoch)), sampler.num_replicas)
     base, extra = divmod(count, workers)  # the sizes of PlanSlice.worker_slice's parts
     sizes = [base + (worker < extra) for worker in range(workers)]
     if len(positions) != workers or any(p > size for p, size in zip(positions, sizes, strict=True)):
@@ -262,7 +297,7 @@ def check_worker_state(
     return epoch, [int(p) for p in positions], next_worker  # type: ignore[return-value]
 
 
-def find_snapshot(store: ScoreStore | PartitionedScoreStore, saved: int, epoch: int) -> ScoreSnapshot | None:
+def find_snapshot(store: ScoreTable, saved: int, epoch: int) -> ScoreSnapshot | None:
     """The persisted snapshot of version ``saved`` that a resumed ``epoch`` was planned from, if the
     store's current scores are not that version already (then ``None``: the plan takes them).
 
@@ -272,9 +307,7 @@ def find_snapshot(store: ScoreStore | PartitionedScoreStore, saved: int, epoch: 
     """
     if store.version == saved:
         return None
-    persisted = (
-        store.saved_snapshot(resuming=saved) if isinstance(store, PartitionedScoreStore) else store.saved_snapshot()
-    )
+    persisted = store.saved_snapshot(resuming=saved)
     if persisted is not None and persisted.version == saved:
         return persisted
     warnings.warn(

@@ -21,15 +21,15 @@ from torch.utils.data import BatchSampler, Sampler
 from ._arguments import require_integer, require_numbers
 from .diagnostics import plan_statistics
 from .distributed import per_rank, rank_and_world, remaining_positions
-from .distributed._partitioned_plan import plan_rank_slice
-from .distributed.partitioned_store import PartitionedScoreStore
+from .distributed.partitioned_plan import plan_rank_slice
 from .kernels import Backend, localize, sample_size
 from .methods import METHODS, PlanRequest, get_method
 from .methods.base import to_host
-from .plan import EpochPlan, PlanSlice, RankPlan, batch_count
+from .plan import EpochPlan, PlanSettings, PlanSlice, RankPlan, batch_count
 from .resume import STATE_FORMAT, check_state, find_snapshot, resumed_from, sampler_fingerprint
 from .schedule import KeepRatioSchedule, Shape
-from .store import ScoreSnapshot, ScoreStore
+from .store import ScoreSnapshot
+from .store.table import ScoreTable
 
 
 class SADPSampler(Sampler[int]):
@@ -46,7 +46,8 @@ class SADPSampler(Sampler[int]):
             the method's ``default_schedule``: ``"decreasing"`` for ``sadp`` (and
             ``loss_proportional``, which shares its draw), ``"constant"`` for the baselines; the
             decreasing schedule spends the same total budget as the constant one.
-        smoothing: uniform mixing λ (docs/method.md §2); every weight is at most 1/λ.
+        smoothing: uniform mixing λ of ``sadp``'s draw (docs/method.md §2): every weight is at most
+            ``(1/λ)^weight_power``, so 1 by default (unweighted) and 1/λ with Horvitz–Thompson weights.
         method: ``"sadp"`` (spike-aware importance sampling) or a baseline from
             ``sadp_data.methods`` (``full``, ``random`` — a fresh uniform sample every epoch —,
             ``random_static``, ``infobatch``, ``ucb``, ``epsilon_greedy``, ``loss_proportional``; see
@@ -68,7 +69,7 @@ class SADPSampler(Sampler[int]):
 
     def __init__(
         self,
-        store: ScoreStore | None = None,
+        store: ScoreTable | None = None,
         keep_ratio: float = 0.7,
         epochs: int | None = None,
         *,
@@ -112,26 +113,16 @@ class SADPSampler(Sampler[int]):
         rank = default_rank if rank is None else int(rank)
         if num_replicas <= 0 or not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, num_replicas), got rank={rank}, num_replicas={num_replicas}")
-        if isinstance(store, PartitionedScoreStore):
-            store.check_sampler(self._method, rank, num_replicas, shard_size is not None or groups is not None)
+        localized = shard_size is not None or groups is not None
+        if store is not None:
+            store.check_sampler(self._method, rank, num_replicas, localized)
         self.store = store
         self.num_examples = store.num_examples if store is not None else int(num_examples)
         if method == "full":
             keep_ratio = 1.0
         shape = self._method.default_schedule if schedule is None else schedule
         self.schedule = KeepRatioSchedule(keep_ratio, epochs, warmup_epochs, anneal_fraction, shape)
-        if (
-            epochs is not None
-            and keep_ratio < 1.0
-            and not any(self.schedule.phase(e) == "prune" for e in range(epochs))
-        ):
-            warnings.warn(
-                f"no epoch of this run prunes: warmup_epochs={warmup_epochs} and the anneal tail "
-                f"({self.schedule.anneal_epochs} epochs) cover all {epochs} epochs, so keep_ratio={keep_ratio} "
-                "is never used",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        self.schedule.warn_if_never_pruned(stacklevel=2)
         self.batch_size = batch_size
         self.seed = int(seed)
         self.smoothing = float(smoothing)
@@ -144,6 +135,11 @@ class SADPSampler(Sampler[int]):
             raise ValueError(f"groups must hold one group per example ({self.num_examples}), got {self.groups.shape}")
         self.num_replicas = num_replicas
         self.rank = rank
+        options, where = dataclasses.asdict(self._method), (shard_size, window if localized else None)
+        #: Every setting the run's plans follow besides the scores: what ``state_dict`` records and resume compares.
+        self.plan_settings = PlanSettings.of(
+            self.num_examples, self.seed, method, self.schedule, self.smoothing, options, *where
+        )
         self.epoch = 0
         self._plan: EpochPlan | None = None
         self._stats: dict[int, dict[str, Any]] = {}
@@ -223,7 +219,7 @@ class SADPSampler(Sampler[int]):
             if reads_scores:
                 scores, seen, last_epoch = snapshot.scores, snapshot.seen, snapshot.last_epoch
         self._resume_snapshot = None
-        if isinstance(self.store, PartitionedScoreStore):  # this rank's slice only: no array of size N here
+        if self.store is not None and self.store.rank_region is not None:  # this rank's slice only: no array of N
             settings = {"keep_ratio": keep, "seed": self.seed, "epoch": epoch, "smoothing": self.smoothing}
             order, weights = plan_rank_slice(self._method, snapshot, settings, self.store)
             request = PlanRequest(None, None, self.num_examples, keep, self.seed, epoch, self.epochs, 0.0, "numpy")
@@ -236,15 +232,8 @@ class SADPSampler(Sampler[int]):
         order, weights = to_host(order), to_host(weights)
         self._stats[epoch] = plan_statistics(request, order, weights, info)
         if self.shard_size is not None or self.groups is not None:
-            order, weights = localize(
-                order,
-                weights,
-                seed=self.seed,
-                epoch=epoch,
-                shard_size=self.shard_size,
-                window=self.window,
-                groups=self.groups,
-            )
+            where = {"shard_size": self.shard_size, "window": self.window, "groups": self.groups}
+            order, weights = localize(order, weights, seed=self.seed, epoch=epoch, **where)
         return EpochPlan(epoch, keep, to_host(order), to_host(weights), self.num_examples, version)
 
     def stats(self) -> list[dict[str, Any]]:
@@ -374,21 +363,7 @@ class SADPSampler(Sampler[int]):
             "num_replicas": self.num_replicas,
             "snapshot_version": self._plan.snapshot_version if self._plan is not None else None,
             "resumed_from": None if self._elastic is None else list(self._elastic),
-            "plan_settings": self._plan_settings(),
-        }
-
-    def _plan_settings(self) -> dict[str, Any]:
-        """Every setting besides seed and method that decides the plans (JSON-able, compared on resume)."""
-        return {
-            "keep_ratio": self.schedule.keep_ratio,
-            "epochs": self.schedule.epochs,
-            "warmup_epochs": self.schedule.warmup_epochs,
-            "anneal_fraction": self.schedule.anneal_fraction,
-            "schedule": self.schedule.shape,
-            "smoothing": self.smoothing,
-            "method_options": dataclasses.asdict(self._method),
-            "shard_size": self.shard_size,
-            "window": self.window if (self.shard_size is not None or self.groups is not None) else None,
+            "plan_settings": self.plan_settings.to_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ Every function here is pure: the ratio of an epoch depends only on the arguments
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -95,6 +96,19 @@ class KeepRatioSchedule:
         if self.shape == "cosine":
             progress = 0.5 * (1.0 - math.cos(math.pi * progress))
         return 1.0 - (1.0 - self.keep_ratio) * progress
+
+    def warn_if_never_pruned(self, stacklevel: int = 2) -> None:
+        """``RuntimeWarning`` when a run of ``epochs`` with ``keep_ratio < 1`` prunes no epoch (the warm-up
+        and the anneal tail cover it all, so the keep ratio is never used); ``stacklevel`` as ``warnings.warn``'s."""
+        if self.epochs is None or self.keep_ratio >= 1.0 or any(self.phase(e) == "prune" for e in range(self.epochs)):
+            return
+        warnings.warn(
+            f"no epoch of this run prunes: warmup_epochs={self.warmup_epochs} and the anneal tail "
+            f"({self.anneal_epochs} epochs) cover all {self.epochs} epochs, so keep_ratio={self.keep_ratio} "
+            "is never used",
+            RuntimeWarning,
+            stacklevel=stacklevel + 1,
+        )
 
     def theoretical_speedup(self, epochs: int | None = None) -> float:
         """``epochs / Σ_e keep_ratio(e)``: the speedup if time is proportional to examples seen."""

@@ -1,4 +1,4 @@
-"""Elastic resume: a mid-epoch checkpoint taken at world size W continues at W′ (issue 20 item 4).
+"""Elastic resume: a mid-epoch checkpoint taken at world size W continues at W′.
 
 Ranks are simulated in one process (``SADPSampler(num_replicas=W, rank=r)``): every rank plans the
 same epoch from the same store, so each rank's sampler here sees exactly what it would see in its

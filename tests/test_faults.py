@@ -1,4 +1,4 @@
-"""Faults and bad input (issue 16): each case fails loudly, naming the culprit, instead of silently."""
+"""Faults and bad input: each case fails loudly, naming the culprit, instead of silently."""
 
 from __future__ import annotations
 

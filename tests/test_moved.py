@@ -16,9 +16,9 @@ from sadp_data._moved import MOVED
 RENAMED = [
     ("sadp_data", "ShardedScoreStore", "PartitionedScoreStore"),
     ("sadp_data.distributed.partitioned_store", "ShardedScoreStore", "PartitionedScoreStore"),
-    ("sadp_data.distributed._partitioned_plan", "shard_bounds", "partition_bounds"),
-    ("sadp_data.distributed._partitioned_plan", "sharded_plan", "partitioned_plan"),
-    ("sadp_data.distributed._partitioned_plan", "sharded_plan_epoch", "partitioned_plan_epoch"),
+    ("sadp_data.distributed.partitioned_plan", "shard_bounds", "partition_bounds"),
+    ("sadp_data.distributed.partitioned_plan", "sharded_plan", "partitioned_plan"),
+    ("sadp_data.distributed.partitioned_plan", "sharded_plan_epoch", "partitioned_plan_epoch"),
 ]
 
 

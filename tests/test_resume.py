@@ -243,3 +243,67 @@ def test_a_state_saved_before_plan_settings_were_recorded_is_refused_until_vouch
     assert resumed.resume_position == 10
     with pytest.raises(resume.ResumeStateError, match=r"no 'fingerprint'.*'fp-b'.*upgrade_state"):
         _sampler(scored("b", "fp-b")).load_state_dict(with_settings)
+
+
+#: A mid-epoch state as every sadp-data since format version 1 saves it (JSON, as checkpoints keep it):
+#: epoch 1 at position 10 of ``_sampler(scored("a", "fp-a"))``.
+SAVED_STATE = json.loads(
+    '{"format_version": 1, "fingerprint": "fp-a", "epoch": 1, "position": 10, "seed": 3, "num_examples": 200, '
+    '"method": "sadp", "num_replicas": 1, "snapshot_version": 1, "resumed_from": null, "plan_settings": '
+    '{"keep_ratio": 0.5, "epochs": 4, "warmup_epochs": 1, "anneal_fraction": 0.125, "schedule": "decreasing", '
+    '"smoothing": 0.1, "method_options": {"gate": null, "normalize": false, "sharpness": 1.0, "staleness": 0.0, '
+    '"target_ess": null, "weight_power": 0.0}, "shard_size": null, "window": null}}'
+)
+
+
+def test_a_saved_state_of_the_recorded_shape_resumes_and_the_sampler_still_saves_that_shape(scored) -> None:
+    store = scored("a", "fp-a")
+    resumed = _sampler(store)
+    resumed.load_state_dict(SAVED_STATE)
+    assert resumed.resume_position == 10 and len(resumed) == resumed.epoch_length() - 10
+    assert json.loads(json.dumps(_mid_epoch_state(store))) == SAVED_STATE
+
+
+def test_an_unversioned_state_without_plan_settings_loads_once_vouched_for(scored) -> None:
+    """The oldest shape: no format version, fingerprint, plan settings, world size, snapshot or elastic
+    record. Refused as it is; ``upgrade_state`` fills what it lacks from the sampler and it resumes."""
+    from sadp_data import resume
+
+    store = scored("a", "fp-a")
+    newer = ("format_version", "fingerprint", "plan_settings", "num_replicas", "snapshot_version", "resumed_from")
+    oldest = {key: value for key, value in SAVED_STATE.items() if key not in newer}
+    with pytest.raises(resume.ResumeStateError, match=r"no 'fingerprint'.*upgrade_state"):
+        _sampler(store).load_state_dict(oldest)
+    sampler = _sampler(store)
+    upgraded = resume.upgrade_state(oldest, sampler)
+    assert upgraded["plan_settings"] == SAVED_STATE["plan_settings"] and upgraded["fingerprint"] == "fp-a"
+    sampler.load_state_dict(upgraded)
+    assert sampler.resume_position == 10
+
+
+def test_plan_settings_are_one_frozen_value_that_the_state_carries_and_resume_compares(scored) -> None:
+    import dataclasses
+
+    from sadp_data.plan import PlanSettings
+
+    store = scored("a")
+    sampler = _sampler(store)
+    settings = sampler.plan_settings
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.smoothing = 0.2  # type: ignore[misc]
+    assert sampler.plan_settings is settings and settings == _sampler(store).plan_settings
+    state = sampler.state_dict()
+    assert state["plan_settings"] == settings.to_state() and sorted(state["plan_settings"]) == settings.state_keys()
+    assert PlanSettings.from_state(200, 3, "sadp", state["plan_settings"]) == settings
+    other = sd.SADPSampler(store, keep_ratio=0.5, epochs=4, seed=3, smoothing=0.2).plan_settings
+    assert settings.differences(other) == [("smoothing", 0.1, 0.2)]
+
+
+def test_a_state_with_a_plan_setting_no_sampler_can_have_is_refused_naming_it(scored) -> None:
+    from sadp_data import resume
+
+    store = scored("a")
+    state = _mid_epoch_state(store)
+    for bad in ({"keep_ratio": 2.0}, {"epochs": "four"}, {"method_options": [1]}):
+        with pytest.raises(resume.ResumeStateError, match=r"'plan_settings'.*settings a sampler can have"):
+            _sampler(store).load_state_dict({**state, "plan_settings": {**state["plan_settings"], **bad}})

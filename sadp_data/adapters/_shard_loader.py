@@ -7,31 +7,23 @@ Its state (every worker's position in its part) and the resume rules are describ
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sadp_data.plan import batch_count
 from sadp_data.resume import check_worker_state
 
-if TYPE_CHECKING:
-    from sadp_data.adapters.webdataset import ScoredShards
-
 
 def _batch_size(batch: Any) -> int:
     """Examples in a collated batch (tuple, list or dict of tensors or arrays)."""
-    first = (
-        next(iter(batch.values()))
-        if isinstance(batch, dict)
-        else batch[0]
-        if isinstance(batch, list | tuple)
-        else batch
-    )
-    return len(first)
+    if isinstance(batch, dict):
+        return len(next(iter(batch.values())))
+    return len(batch[0] if isinstance(batch, list | tuple) else batch)
 
 
 class ShardLoader:
-    """Iterates a DataLoader over ``ScoredShards`` after making the epoch's plan in this process."""
+    """Iterates a DataLoader over ``dataset`` (a ``ScoredShards``) after making the epoch's plan in this process."""
 
-    def __init__(self, dataset: ScoredShards, loader: Any) -> None:
+    def __init__(self, dataset: Any, loader: Any) -> None:
         self.dataset = dataset
         self.loader = loader
         self.skipped_count = 0
@@ -46,7 +38,7 @@ class ShardLoader:
         """Per worker: where in its part this epoch starts (resume) and how many of its positions remain."""
         count = self.dataset.sampler.epoch_length(self.dataset.sampler.epoch)
         base, extra = divmod(count, self._workers)  # the sizes of PlanSlice.worker_slice's parts
-        starts = self.dataset._starts() or [0] * self._workers
+        starts = self.dataset.worker_starts() or [0] * self._workers
         return starts, [base + (worker < extra) - start for worker, start in enumerate(starts)]
 
     def _batches(self, remaining: int) -> int:
@@ -73,7 +65,7 @@ class ShardLoader:
         if self.dataset.on_error == "skip" and self._delivered_batches and self._delivered_batches < len(self):
             raise ValueError("a mid-epoch state of ScoredShards needs on_error='raise' (skipped samples shift workers)")
         taken = [0] * self._workers
-        worker = self.dataset._first_worker()
+        worker = self.dataset.first_worker()
         limits = [self._batches(left) for left in remaining]
         for _ in range(min(self._delivered_batches, sum(limits))):
             while taken[worker] >= limits[worker]:
@@ -97,7 +89,7 @@ class ShardLoader:
         """
         resume = check_worker_state(state, self._workers, self.loader.batch_size or 1, self.dataset.sampler)
         self.dataset.sampler.load_state_dict({**state, "position": 0})  # positions are per worker, not the sampler's
-        self.dataset._resume = resume
+        self.dataset.resume_at(resume)
 
     def __iter__(self) -> Iterator[Any]:
         """The epoch's batches; with workers, samples they skipped (``on_error="skip"``) are counted here.
@@ -115,7 +107,7 @@ class ShardLoader:
             delivered += _batch_size(batch)
             self._delivered, self._delivered_batches = delivered, self._delivered_batches + 1
             yield batch
-        self.dataset._resume = None
+        self.dataset.resume_at(None)
         self.skipped_count = max(0, sum(remaining) - (delivered - resumed))
         if self.loader.num_workers > 0 and self.skipped_count and not self.loader.drop_last:
             import warnings

@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from sadp_data._staging import staged
 from sadp_data.plan import batch_count
 from sadp_data.sampler import SADPSampler
-from sadp_data.shards._staging import staged
 from sadp_data.store import ScoreStore, check_store_belongs
 
 
@@ -66,7 +66,7 @@ def write_beton(
 
     ``page_size`` is ffcv's allocation unit (default 8 MiB, ffcv's own): the granularity of reads
     and of page-local ordering (``sampler_for(..., page_window=)``). Atomic: both are built beside
-    ``out`` and renamed into place at the end (``sadp_data.shards._staging``), so a failure or kill leaves
+    ``out`` and renamed into place at the end (``sadp_data._staging``), so a failure or kill leaves
     an existing pair whole.
     """
     from ffcv.fields import FloatField, IntField, NDArrayField

@@ -90,13 +90,10 @@ class _Sampler(Sampler[int]):
         self.owner = owner
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.owner._start_epoch().tolist())
+        return iter(self.owner.start_epoch().tolist())
 
     def __len__(self) -> int:
-        owner = self.owner
-        if owner._resuming:
-            return owner._rank_order().shape[0] - owner._position
-        return per_rank(len(owner._upcoming()), owner.world)
+        return self.owner.next_length()
 
 
 class InfoBatch(Dataset):
@@ -200,17 +197,8 @@ class InfoBatch(Dataset):
         from ..kernels.arrays import to_host
         from ..methods import PlanRequest
 
-        request = PlanRequest(
-            self.scores.copy(),
-            self._seen.copy(),
-            len(self),
-            self._schedule(min(epoch, self.num_epochs - 1)),
-            self.seed,
-            epoch,
-            self.num_epochs,
-            0.1,
-            "auto",
-        )
+        settings = (len(self), self._schedule(min(epoch, self.num_epochs - 1)), self.seed, epoch, self.num_epochs)
+        request = PlanRequest(self.scores.copy(), self._seen.copy(), *settings, 0.1, "auto")
         order, weights = self._method.plan(request)
         return to_host(order), to_host(weights).astype(np.float32)
 
@@ -225,7 +213,15 @@ class InfoBatch(Dataset):
         assert self._plan is not None
         return rank_positions(self._plan[0].shape[0], self.rank, self.world)
 
-    def _start_epoch(self) -> np.ndarray:
+    def next_length(self) -> int:
+        """Examples the next ``start_epoch`` gives this rank (``len(sampler)``); plans the next epoch if due."""
+        if self._resuming:
+            return self._rank_order().shape[0] - self._position
+        return per_rank(len(self._upcoming()), self.world)
+
+    def start_epoch(self) -> np.ndarray:
+        """This rank's examples of the epoch that starts now, in order (``iter(sampler)`` calls it): the rest
+        of an epoch restored mid-way by ``load_state_dict``, else the next epoch, planned from the scores now."""
         if self._resuming:  # continue the restored epoch where it stopped
             self._resuming = False
             return self._plan[0][self._rank_order()[self._position :]]

@@ -44,8 +44,7 @@ from sadp_data.adapters._shard_loader import ShardLoader
 from sadp_data.plan import PlanSlice
 from sadp_data.remote.fetch import BlockPlanner, FetchOptions, FetchStats, RequestCosts, read_blocks
 from sadp_data.sampler import SADPSampler
-from sadp_data.shards import ShardError, ShardIndex, sample_checksum
-from sadp_data.shards._tar import parse_sample
+from sadp_data.shards import ShardError, ShardIndex, parse_sample, sample_checksum
 from sadp_data.store import check_store_belongs
 
 
@@ -97,7 +96,7 @@ class ScoredShards(IterableDataset):
         self.fetch = fetch if fetch is not None else FetchOptions()
         self.index = _loaded(root, storage_options, trusted_roots, shard_storage_options, self.fetch)
         if self.fetch.client == "obstore" and self.index.remote:  # bad settings fail here, not per block
-            from sadp_data.remote._obstore import check_settings
+            from sadp_data.remote.obstore_reads import check_settings
 
             location = self.index.shard_location
             check_settings(location.url, location.storage_options, self.fetch.client_options)
@@ -154,25 +153,28 @@ class ScoredShards(IterableDataset):
         self._tuple = fields
         return self
 
-    def _starts(self) -> list[int] | None:
-        """Per worker, where a resumed epoch starts in its part (``None``: not resuming this epoch)."""
-        if self._resume is None or self._resume[0] != self.sampler.epoch:
-            return None
-        return self._resume[1]
+    def resume_at(self, resume: tuple[int, list[int], int] | None) -> None:
+        """Continue epoch ``e`` of ``(e, starts, first)`` (``resume.check_worker_state``'s answer) with worker
+        part ``w`` from position ``starts[w]`` and worker 0 serving part ``first``; ``None``: epochs start whole."""
+        self._resume = resume
 
-    def _first_worker(self) -> int:
+    def worker_starts(self) -> list[int] | None:
+        """Per worker, where a resumed epoch starts in its part (``None``: not resuming this epoch)."""
+        return None if self._resume is None or self._resume[0] != self.sampler.epoch else self._resume[1]
+
+    def first_worker(self) -> int:
         """The part DataLoader worker 0 serves: parts rotate on resume so batches keep their turn order."""
-        return 0 if self._starts() is None else self._resume[2]
+        return 0 if self._resume is None or self.worker_starts() is None else self._resume[2]
 
     def _part(self) -> PlanSlice:
         """This rank's slice of the epoch's plan, and within a DataLoader worker, that worker's part
         (from where it stopped, when resuming)."""
         part = self.sampler.rank_slice()
         info = get_worker_info()
-        worker = 0 if info is None else (info.id + self._first_worker()) % info.num_workers
+        worker = 0 if info is None else (info.id + self.first_worker()) % info.num_workers
         if info is not None:
             part = part.worker_slice(worker, info.num_workers)
-        starts = self._starts()
+        starts = self.worker_starts()
         if starts is None:
             return part
         return PlanSlice(part.order[starts[worker] :], part.weights[starts[worker] :])

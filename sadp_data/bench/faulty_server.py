@@ -45,7 +45,7 @@ class FaultyServer(ManagedServer):
         with self.lock:
             self.faults[name] = [kind, times]
 
-    def _take_fault(self, name: str) -> str | int | None:
+    def take_fault(self, name: str) -> str | int | None:
         with self.lock:
             for key in (name, "*"):
                 entry = self.faults.get(key)
@@ -101,7 +101,7 @@ def _handler(owner: FaultyServer) -> type[BaseHTTPRequestHandler]:
         def _answer(self, body: bool) -> None:
             name = self.path.lstrip("/")
             wanted = self.headers.get("Range")
-            fault = owner._take_fault(name)
+            fault = owner.take_fault(name)
             with owner.lock:
                 owner.log.append((self.command, name, wanted, "ok" if fault is None else str(fault)))
             if fault == "stall":

@@ -18,7 +18,7 @@ test_accuracy, accuracy_per_epoch`` and more: the sampler's ``stats()`` per epoc
 runs of the Fashion-MNIST parts, probe diagnostics every ``probe_every`` epochs
 (``sadp_data.diagnostics.probe``). The summary gives mean accuracy with 95 % t-intervals, paired
 differences SADP − each method at the same cost, speedups, time to full-data accuracy − 0.3 pt, the
-plateau check of full data, and the issue's targets. ``write_frontier_report`` turns the JSON into
+plateau check of full data, and the study's targets. ``write_frontier_report`` turns the JSON into
 ``FRONTIER.md`` and PNGs beside it.
 """
 

@@ -243,7 +243,7 @@ def _more_seeds_section(folder: Path) -> list[str]:
 
 def _contested_table(result: dict[str, Any], part: str, contested: dict[str, Any]) -> list[str]:
     """Lines for the contested cells over every seed they ran: mean accuracy and SADP's paired difference."""
-    from sadp_data.bench.frontier_summary import _t_interval
+    from sadp_data.bench.frontier_summary import t_interval
 
     cells = [("full", 1.0)] + [(m, k) for k in contested["keep_ratios"] for m in contested["methods"]]
     lines = [
@@ -256,7 +256,7 @@ def _contested_table(result: dict[str, Any], part: str, contested: dict[str, Any
         runs = [r for r in result["runs"] if r["part"] == part and r["variant"] == variant and r["keep_ratio"] == keep]
         if not runs:
             continue
-        mean, half = _t_interval([100 * r["test_accuracy"] for r in runs])
+        mean, half = t_interval([100 * r["test_accuracy"] for r in runs])
         versus = []
         for sadp_keep in contested["keep_ratios"] if keep == 1.0 else [keep]:
             p = None if variant == "sadp" else _paired_of(result, part, sadp_keep, variant, keep)

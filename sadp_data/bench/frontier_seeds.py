@@ -23,7 +23,7 @@ from typing import Any
 
 from sadp_data.bench import frontier_levers
 from sadp_data.bench.frontier import FrontierConfig
-from sadp_data.bench.frontier_summary import _t_interval
+from sadp_data.bench.frontier_summary import t_interval
 
 PART = "fashion-mnist/mlp"
 EQUIVALENCE_MARGIN = 0.1
@@ -58,8 +58,8 @@ def paired_summary(runs: list[dict[str, Any]], keep: float = 0.5) -> dict[str, A
     summary: dict[str, Any] = {"keep_ratio": keep, "seeds": seeds}
     for name, other in (("sadp_minus_epsilon_greedy", greedy), ("sadp_minus_full", full)):
         differences = [sadp[s] - other[s] for s in seeds]
-        mean, half_width = _t_interval(differences)
-        _, tost_half_width = _t_interval(differences, confidence=0.90)  # both one-sided 5 % tests of TOST
+        mean, half_width = t_interval(differences)
+        _, tost_half_width = t_interval(differences, confidence=0.90)  # both one-sided 5 % tests of TOST
         low, high = mean - tost_half_width, mean + tost_half_width
         summary[name] = {
             "per_seed": differences,

@@ -3,7 +3,7 @@
 ``summarise(runs)`` turns the run list of ``frontier.json`` into rows (mean accuracy ± 95 % t-interval,
 realised cost, plain and load-adjusted speedup ÷ theoretical, time to full − 0.3 pt), paired
 differences SADP − each baseline over seeds, and the plateau check of full data;
-``frontier_targets`` marks the issue's targets PASS/MISS. Pure functions of the runs: rerunning them
+``frontier_targets`` marks the study's targets PASS/MISS. Pure functions of the runs: rerunning them
 on a committed JSON (``--resummarise``) reproduces the report.
 """
 
@@ -35,7 +35,7 @@ TIME_TO_ACCURACY_MARGIN = 0.003
 PLATEAU_TOLERANCE = 0.002
 
 
-def _t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
     """Mean and two-sided t-interval half-width at ``confidence`` (0 for one value)."""
     mean = statistics.fmean(values)
     if len(values) < 2:
@@ -104,7 +104,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         full_by_seed = {r["seed"]: r for r in full}
         for (variant, keep), every_seed in groups.items():
             group = [r for r in every_seed if r["seed"] in grid] or every_seed
-            accuracy, half = _t_interval([r["test_accuracy"] for r in group])
+            accuracy, half = t_interval([r["test_accuracy"] for r in group])
             theoretical = statistics.fmean(r["theoretical_speedup"] for r in group)
             speedup = statistics.fmean(r["speedup"] for r in group)
             reached = []
@@ -157,7 +157,7 @@ def _paired(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ]
             if not pairs:
                 continue
-            mean, half = _t_interval([100 * (a - b) for a, b in pairs])
+            mean, half = t_interval([100 * (a - b) for a, b in pairs])
             result.append(
                 {
                     "part": members[0]["part"],
@@ -173,7 +173,7 @@ def _paired(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def frontier_targets(summary: dict[str, Any], part: str = "fashion-mnist/mlp") -> dict[str, dict[str, Any]]:
-    """The issue's targets on ``part``: SADP ≥ every baseline at k = 0.5 and 0.7, within 0.2 pt of full at
+    """The study's targets on ``part``: SADP ≥ every baseline at k = 0.5 and 0.7, within 0.2 pt of full at
     0.7, measured speedup ≥ 0.95 × theoretical; plus the plateau of full data."""
     targets: dict[str, dict[str, Any]] = {}
     baselines = set(ALL_METHODS) - {"sadp"}

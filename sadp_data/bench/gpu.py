@@ -9,7 +9,7 @@
    with the scorer between two device synchronisations (``scorer_s``: its own time, without overlap).
    ``share`` is ``scorer_s / step_s``; ``share_by_difference`` is ``1 − plain_step_s / step_s``.
 3. ``wrap``: one epoch of synthetic device-resident data through ``sadp_data.wrap`` at keep 0.5 against
-   keep 1.0, with the bench harness's training step (``harness._epoch_steps``: scorer, store, weighted
+   keep 1.0, with the bench harness's training step (``harness.epoch_steps``: scorer, store, weighted
    loss); ``efficiency`` is the measured speedup over the theoretical one (N / K).
 
 The zoo imports torchvision only to download pretrained weights; where torchvision does not import, a
@@ -208,8 +208,8 @@ def measure_wrap_epoch(name: str, device: str, sizes: GpuBenchSizes, scratch: Pa
     from sadp_data.scoring.scorer import SpikeAwareScorer
     from sadp_data.store import ScoreStore
 
-    from .harness import Run, _epoch_steps
-    from .loader_common import _fill_scores
+    from .harness import Run, epoch_steps
+    from .loader_common import fill_scores
     from .training_data import DemoConfig
 
     count = sizes.wrap_examples
@@ -224,7 +224,7 @@ def measure_wrap_epoch(name: str, device: str, sizes: GpuBenchSizes, scratch: Pa
         torch.manual_seed(0)
         model = build_model(name, sizes.time_steps, sizes.image).to(device)
         store = ScoreStore.create(scratch / f"wrap-{name}-{keep}", count)
-        _fill_scores(store, count)
+        fill_scores(store, count)
         sampler = SADPSampler(store, keep, num_examples=count, batch_size=sizes.batch, warmup_epochs=0)
         loader = wrap(DataLoader(dataset, batch_size=sizes.batch), sampler)
         scorer = SpikeAwareScorer(model, store, loss="cross_entropy")
@@ -236,7 +236,7 @@ def measure_wrap_epoch(name: str, device: str, sizes: GpuBenchSizes, scratch: Pa
             _sync(device)
             begin = time.perf_counter()
             run.sampler.set_epoch(epoch)
-            for _ in _epoch_steps(run, epoch, config):
+            for _ in epoch_steps(run, epoch, config):
                 pass
             _sync(device)
             if epoch >= WRAP_WARM_EPOCHS:

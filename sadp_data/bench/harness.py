@@ -85,7 +85,7 @@ def _learning_rate(config: DemoConfig, epoch: int) -> float:
     return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
 
 
-def _epoch_steps(run: Run, epoch: int, config: DemoConfig) -> Iterator[int]:
+def epoch_steps(run: Run, epoch: int, config: DemoConfig) -> Iterator[int]:
     """Train ``run`` for one epoch, one optimizer step per ``next()``; yields the batch size."""
 
     for group in run.optimizer.param_groups:
@@ -124,7 +124,7 @@ def _train_interleaved(runs: list[Run], epoch: int, config: DemoConfig, progress
     for run in runs:
         if run.sampler is not None:
             run.sampler.set_epoch(epoch)
-        steps[run.name], totals[run.name] = _epoch_steps(run, epoch, config), len(run.loader)
+        steps[run.name], totals[run.name] = epoch_steps(run, epoch, config), len(run.loader)
     by_name = {run.name: run for run in runs}
     active = [run.name for run in runs]
     while active:

@@ -20,12 +20,12 @@ from typing import Any
 
 from sadp_data.bench.loader_common import (
     BATCH,
-    _configurations,
-    _fill_scores,
-    _load_source,
-    _measure_rounds,
-    _shape,
+    configurations,
+    fill_scores,
+    load_source,
+    measure_rounds,
     ratio_interval,
+    result_record,
 )
 from sadp_data.bench.loader_dvs import run_dvs_bench
 from sadp_data.bench.loader_ffcv import build_in_field_order, ffcv_targets, run_ffcv_bench, trimmed_mean
@@ -76,7 +76,7 @@ def run_loader_bench(
     """Returns ``{"backend": "webdataset", "raw": {...}, "results": [...]}`` (see the README)."""
     from sadp_data.shards.writer import write_shards
 
-    source = _load_source(data_dir, limit)
+    source = load_source(data_dir, limit)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch) / "shards"
         shard_size = -(-len(source) // 12)  # 12 shards: 5,000 samples each for Fashion-MNIST
@@ -92,12 +92,12 @@ def run_loader_bench(
                 return _raw_epoch(index, count_workers)
             return _our_epoch(root, store, keep, count_workers, round_number + 1, verify=kind == "ours")
 
-        configs = _configurations(workers) + [("unverified", 1.0, w) for w in workers]
-        times, counts = _measure_rounds(configs, rounds, measure, "bench loader", progress)
+        configs = configurations(workers) + [("unverified", 1.0, w) for w in workers]
+        times, counts = measure_rounds(configs, rounds, measure, "bench loader", progress)
         store.close()
 
     settings = {"samples": counts[configs[0]], "batch_size": BATCH, "rounds": rounds, "shard_size": shard_size}
-    result = _shape("webdataset", configs, times, counts, workers, settings)
+    result = result_record("webdataset", configs, times, counts, workers, settings)
     result["checksum"] = [_checksum_cost(times, w) for w in workers]
     return result
 
@@ -140,7 +140,7 @@ def run_torch_bench(
     dataset = FashionMNIST(data_dir, "train", limit=limit)
     with tempfile.TemporaryDirectory() as scratch:
         store = ScoreStore.create(Path(scratch) / "scores.zarr", len(dataset))
-        _fill_scores(store, len(dataset))
+        fill_scores(store, len(dataset))
 
         def measure(config: tuple, round_number: int) -> tuple[int, float]:
             kind, keep, count_workers = config
@@ -155,11 +155,11 @@ def run_torch_bench(
             return count, time.perf_counter() - start
 
         measure(("ours", 0.5, 0), -1)  # warm-up: loads the compiled planning kernels once
-        configs = _configurations(workers)
-        times, counts = _measure_rounds(configs, rounds, measure, "bench loader torch", progress)
+        configs = configurations(workers)
+        times, counts = measure_rounds(configs, rounds, measure, "bench loader torch", progress)
         store.close()
     settings = {"samples": len(dataset), "batch_size": BATCH, "rounds": rounds, "dataset": "FashionMNIST (map-style)"}
-    return _shape("torch", configs, times, counts, workers, settings)
+    return result_record("torch", configs, times, counts, workers, settings)
 
 
 def format_loader_table(result: dict[str, Any]) -> str:

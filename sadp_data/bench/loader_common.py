@@ -18,7 +18,7 @@ EPOCHS_PER_TURN = 5
 TRIM = 0.2
 
 
-def _load_source(data_dir: str | Path | None, limit: int | None):
+def load_source(data_dir: str | Path | None, limit: int | None):
     from sadp_data.sources import open_source
     from sadp_data.sources.datasets import default_data_dir
 
@@ -26,12 +26,12 @@ def _load_source(data_dir: str | Path | None, limit: int | None):
     return source if limit is None else source.head(limit)
 
 
-def _configurations(workers: tuple[int, ...]) -> list[tuple[str, float, int]]:
+def configurations(workers: tuple[int, ...]) -> list[tuple[str, float, int]]:
     """``(pipeline, keep ratio, workers)``: the raw pipeline, then ours at every keep ratio, per worker count."""
     return [("raw", 1.0, w) for w in workers] + [("ours", k, w) for w in workers for k in KEEP_RATIOS]
 
 
-def _measure_rounds(configs: list[tuple], rounds: int, measure, desc: str, progress: bool) -> tuple[dict, dict]:
+def measure_rounds(configs: list[tuple], rounds: int, measure, desc: str, progress: bool) -> tuple[dict, dict]:
     """Run every configuration once per round (``measure(config, round) -> (count, seconds)``).
 
     The order of the configurations is shuffled every round (seeded), so no configuration always
@@ -53,7 +53,7 @@ def _measure_rounds(configs: list[tuple], rounds: int, measure, desc: str, progr
     return times, counts
 
 
-def _fill_scores(store, count: int) -> None:
+def fill_scores(store, count: int) -> None:
     """Give every example a positive score (uniform in [0.01, 1.01)), so plans carry unequal weights."""
     store.update(np.arange(count), np.random.default_rng(0).random(count, dtype=np.float32) + 0.01)
 
@@ -75,7 +75,9 @@ def ratio_interval(ours: list[float], raw: list[float], statistic, draws: int = 
     return float(low), float(high)
 
 
-def _shape(backend: str, configs, times, counts, workers, settings, statistic=statistics.median) -> dict[str, Any]:
+def result_record(
+    backend: str, configs, times, counts, workers, settings, statistic=statistics.median
+) -> dict[str, Any]:
     """The loader bench's JSON from per-configuration times and counts.
 
     ``statistic`` (median, or ``trimmed_mean`` for ffcv's many short turns) turns each configuration's epoch

@@ -17,11 +17,11 @@ from sadp_data.bench.loader_common import (
     INSTANCES,
     TRIM,
     TURNS_PER_ROUND,
-    _configurations,
-    _fill_scores,
-    _load_source,
-    _measure_rounds,
-    _shape,
+    configurations,
+    fill_scores,
+    load_source,
+    measure_rounds,
+    result_record,
 )
 
 
@@ -75,11 +75,11 @@ def run_ffcv_bench(
     from sadp_data.adapters.ffcv import importance_loader, open_sidecar, write_beton
     from sadp_data.sampler import SADPSampler
 
-    source = _load_source(data_dir, limit)
+    source = load_source(data_dir, limit)
     with tempfile.TemporaryDirectory() as scratch:
         path = write_beton(source, Path(scratch) / "data.beton")
         store = open_sidecar(path)
-        _fill_scores(store, len(source))
+        fill_scores(store, len(source))
 
         def build(config: tuple):
             kind, keep, count_workers = config
@@ -93,7 +93,7 @@ def run_ffcv_bench(
             sampler = SADPSampler(store, keep_ratio=keep, warmup_epochs=0, anneal_fraction=0.0)
             return importance_loader(path, sampler, **options)
 
-        configs = _configurations(workers)
+        configs = configurations(workers)
         loaders = {
             config: [build_in_field_order(partial(build, config)) for _ in range(INSTANCES)] for config in configs
         }
@@ -110,7 +110,7 @@ def run_ffcv_bench(
             return count, (time.perf_counter() - start) / EPOCHS_PER_TURN
 
         turns = rounds * TURNS_PER_ROUND
-        times, counts = _measure_rounds(configs, turns, measure, "bench loader ffcv", progress)
+        times, counts = measure_rounds(configs, turns, measure, "bench loader ffcv", progress)
         loaders.clear()
         store.close()
     settings = {
@@ -121,13 +121,13 @@ def run_ffcv_bench(
         f"configuration, rotating over {INSTANCES} loaders per configuration, all with their fields in "
         "declaration order",
     }
-    result = _shape("ffcv", configs, times, counts, workers, settings, statistic=trimmed_mean)
+    result = result_record("ffcv", configs, times, counts, workers, settings, statistic=trimmed_mean)
     result["targets"] = ffcv_targets(result)
     return result
 
 
 def ffcv_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Issue 7's targets, per worker count: samples/s at keep 1.0 ≥ 0.98 × raw; epoch at keep 0.5 ≤ 0.55 × raw."""
+    """The FFCV targets, per worker count: samples/s at keep 1.0 ≥ 0.98 × raw; epoch at keep 0.5 ≤ 0.55 × raw."""
     from sadp_data.bench.targets import target
 
     targets = {}

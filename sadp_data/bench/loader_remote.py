@@ -22,7 +22,7 @@ Per storage (``s3``, ``http``) and latency, one epoch of each pipeline, through 
   measured cost of requests; DataLoader workers start afresh each epoch, so each epoch probes again).
 
 Samples are delivered as bytes (no decode), so the figures are the loading itself. Configurations
-run in rounds in shuffled order (``loader_common._measure_rounds``); the median epoch time of the
+run in rounds in shuffled order (``loader_common.measure_rounds``); the median epoch time of the
 rounds is reported, with bytes and requests of the last round (they do not vary: the plan of a
 round is fixed by its epoch number, the same for every configuration; except ``sadp-adaptive``'s,
 which follow the request times measured in that round).
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sadp_data.bench.loader_common import BATCH, KEEP_RATIOS, _fill_scores, _measure_rounds, ratio_interval
+from sadp_data.bench.loader_common import BATCH, KEEP_RATIOS, fill_scores, measure_rounds, ratio_interval
 from sadp_data.bench.remote_clients import measure_clients
 
 LATENCIES_MS = (0.0, 5.0, 20.0)
@@ -149,7 +149,7 @@ def run_remote_bench(
         publish_shards(source, "s3://bench/nmnist", shard_size=SHARD_SIZE, progress=progress,
                        storage_options=s3.storage_options())  # fmt: skip
         store = ScoreStore.create(Path(scratch) / "scores.zarr", index.num_examples, fingerprint=index.fingerprint)
-        _fill_scores(store, index.num_examples)
+        fill_scores(store, index.num_examples)
         with ExitStack() as servers:
             front = {}
             for latency in latencies_ms:
@@ -188,7 +188,7 @@ def run_remote_bench(
                 for latency in latencies_ms
                 for pipeline, keep in [("stream", 1.0), *SADP_PIPELINES]
             ]
-            times, counts = _measure_rounds(configs, rounds, measure, "bench loader remote", progress)
+            times, counts = measure_rounds(configs, rounds, measure, "bench loader remote", progress)
             clients = {
                 f"{storage} {latency:g}": measure_clients(loaders[(storage, latency, "sadp", 0.5)], rounds)
                 for storage, latency in front
@@ -232,7 +232,7 @@ def run_remote_bench(
 
 
 def remote_targets(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Issue 18's targets per storage: at keep 0.5, bytes ≤ 0.6× and (at 5 ms latency) epoch ≤ 0.6× streaming's."""
+    """The remote-read targets per storage: at keep 0.5, bytes ≤ 0.6× and (at 5 ms latency) epoch ≤ 0.6× streaming's."""
     from sadp_data.bench.targets import target
 
     targets = {}

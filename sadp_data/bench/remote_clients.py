@@ -48,7 +48,7 @@ def measure_clients(loader: Any, rounds: int = 3, epoch: int = 1) -> dict[str, A
     """``{client: {"read_s": median, "read_s_rounds": [...], "bytes": n}, "ranges": R, "blocks": B}``.
 
     The reads run in a spawned process: obstore is not fork-safe, so this process, which forks
-    DataLoader workers that read through obstore, must not use it itself (``remote_obstore``).
+    DataLoader workers that read through obstore, must not use it itself (``sadp_data.remote.obstore_reads``).
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor

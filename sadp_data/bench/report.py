@@ -6,7 +6,7 @@ report: ``train-accuracy-<dataset>.png`` (accuracy vs training time per method),
 (measured vs theoretical speedup per keep ratio), ``train-score-histograms.png`` (SADP's score
 distribution after every epoch), ``loader-throughput.png`` and ``kernels-scaling.png`` (log-log).
 The report states the machine and the command line recorded with each result (results written
-before ``sadp-data bench`` recorded them are marked as such), the issue's targets with PASS/MISS,
+before ``sadp-data bench`` recorded them are marked as such), each bench's targets with PASS/MISS,
 and the time budget: the whole suite ≤ 60 min, ``--quick`` ≤ 5 min.
 """
 

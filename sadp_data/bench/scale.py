@@ -69,8 +69,8 @@ def _rank(rank: int, world: int, count: int, design: str, out: Path) -> None:
     import torch
     import torch.distributed as dist
 
-    from sadp_data.distributed import rank_positions
-    from sadp_data.distributed._partitioned_plan import TorchComm, partition_bounds, partitioned_plan_epoch
+    from sadp_data.distributed import partition_bounds, rank_positions
+    from sadp_data.distributed.partitioned_plan import TorchComm, partitioned_plan_epoch
     from sadp_data.kernels import plan_epoch, sample_size
 
     torch.set_num_threads(1)

@@ -20,7 +20,7 @@
   ``scorer.step`` (scores and the store update) as a fraction of a whole training step of the demo
   model (batch 128).
 
-Targets (issue 10): ≥ 5 M updates/s into the sidecar in every configuration, ≤ 16 bytes of resident
+Targets: ≥ 5 M updates/s into the sidecar in every configuration, ≤ 16 bytes of resident
 memory per example, hook overhead ≤ 1 % of a training step. Misses are reported as such.
 """
 

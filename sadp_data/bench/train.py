@@ -307,7 +307,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def train_targets(summary: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The issue's train targets per dataset, where the runs they compare exist (PASS/MISS in ``pass``).
+    """The training targets per dataset, where the runs they compare exist (PASS/MISS in ``pass``).
 
     SADP at keep 0.7 within 0.3 points of full-data accuracy and measured speedup ≥ 0.95 × the
     theoretical one; at keep 0.5 SADP's accuracy ≥ random dynamic pruning's. Means over seeds.

@@ -1,11 +1,9 @@
 """``PartitionedScoreStore``: each data-parallel rank holds, writes and plans from only its region of the score table.
 
 With ``world`` ranks and ``N`` examples, rank ``r`` owns examples ``[lo, hi) = partition_bounds(N, world)[r]``
-(whole sum blocks) in its own sidecar, ``FOLDER/w{world}-r{rank}.zarr`` (an ordinary ``ScoreStore`` of ``hi − lo``
-examples: the same checksums, writer thread and crash safety): no two ranks write one file, no rank holds
-anything of size ``N``. ``SADPSampler(store)`` plans with ``partitioned_plan`` (each rank draws its own slice of
-the one global plan, bit-identical to the single-process plan); ``SpikeAwareScorer(model, store)`` hands it
-every batch's scores, routed to their owners (``Comm.exchange``, a personalised all-to-all), not all-gathered.
+in its own sidecar ``FOLDER/w{world}-r{rank}.zarr`` (an ordinary ``ScoreStore``): no rank holds anything of
+size ``N``. ``SADPSampler(store)`` plans with ``partitioned_plan`` (each rank draws its slice of the one global
+plan, bit-identical to the single-process one); scores are routed to their owners (``Comm.exchange``).
 
 Guarantees and trade-offs:
 
@@ -13,16 +11,12 @@ Guarantees and trade-offs:
   their buffers (a collective: every rank calls ``update`` equally often, as data-parallel training
   steps do). Scores keep the epoch they were pushed in; they are applied in rank order, oldest epoch
   first (as ``distributed.ScoreExchange`` does for replicated stores).
-* ``begin_epoch`` makes the snapshot of every region, stamps it with the global version (the sum of
-  the regions' versions, all-gathered), persists it and waits for it to reach disk before the epoch
-  starts, so a mid-epoch checkpoint taken on any rank can be resumed on every rank from the same
-  snapshots. ``saved_snapshot`` agrees across ranks: a region's snapshot is used only when every
-  rank has one of the same global version. ``version`` is ``None``: between boundaries there is no
-  single version without a collective.
-* Every rank owns at least one block of ``SUM_BLOCK`` (65,536) examples; smaller tables are refused
-  (a replicated ``ScoreStore`` is small there).
-* A folder of regions is tied to its world size: opening it at another world size is refused,
-  naming the regions found (the sampler's elastic resume is for replicated stores).
+* ``begin_epoch`` snapshots every region, stamps it with the global version (the sum of the regions'
+  versions, all-gathered) and persists it before the epoch starts, so a mid-epoch checkpoint of any
+  rank resumes on every rank from the same snapshots (``saved_snapshot`` agrees across ranks).
+  ``version`` is ``None``: between boundaries there is no single version without a collective.
+* Every rank owns at least one block of ``SUM_BLOCK`` (65,536) examples; smaller tables are refused.
+* A folder of regions is tied to its world size: another world size is refused, naming the regions.
 """
 
 from __future__ import annotations
@@ -36,12 +30,20 @@ import numpy as np
 
 from .._moved import renamed
 from ..kernels.reference import SUM_BLOCK
-from ..store import ScoreStore
-from ..store._snapshot import ScoreSnapshot
-from ..store._update import as_epoch_stamp, as_index_array, as_score_array, bad_indices, bad_scores, raise_bad_entries
+from ..store import (
+    ScoreSnapshot,
+    ScoreStore,
+    as_epoch_stamp,
+    as_index_array,
+    as_score_array,
+    bad_indices,
+    bad_scores,
+    raise_bad_entries,
+)
+from ..store.table import RankRegion
 from . import apply_packed, pack_scores, partition_bounds, rank_and_world
 from ._partition_shuffle import Comm, LocalComm, TorchComm
-from ._partitioned_plan import require_partitionable_method
+from .partitioned_plan import require_partitionable_method
 
 __getattr__ = renamed(__name__, {"ShardedScoreStore": "PartitionedScoreStore"})
 
@@ -151,6 +153,11 @@ class PartitionedScoreStore:
     @property
     def path(self) -> Path:
         return self.region.path
+
+    @property
+    def rank_region(self) -> RankRegion:
+        """The examples ``[lo, hi)`` this rank owns (``ScoreTable.rank_region``)."""
+        return RankRegion(self.rank, self.world, self.lo, self.hi)
 
     @property
     def version(self) -> None:
@@ -311,17 +318,10 @@ class PartitionedScoreStore:
         except (OSError, RuntimeError, ValueError) as error:  # a damaged region: every rank raises, none waits
             failure = error
         history = self.region.keep_ratio_history
-        mine = np.array(
-            [
-                local is not None,
-                -1 if local is None else local.version,
-                failure is not None,
-                self.found,
-                history[-1][0] if history else -1,
-                self.region.version,
-            ],
-            np.int64,
-        )
+        version, last_begun = -1 if local is None else local.version, history[-1][0] if history else -1
+        # what every rank learns of every region: has a snapshot, its version, failed, found, last epoch, updates
+        fields = [local is not None, version, failure is not None, self.found, last_begun, self.region.version]
+        mine = np.array(fields, np.int64)
         everyone = self.comm.all_gather(mine)
         _raise_if_any_failed([np.array([-1 if int(v[2]) else 0]) for v in everyone], failure, "the saved snapshots")
         self._check_regions_found([int(v[3]) for v in everyone])

@@ -224,7 +224,7 @@ def capping_rounds(reaches_one, count_and_sum, capped: np.ndarray, remaining: fl
 
     ``reaches_one(c)`` flags the examples with ``c·w ≥ 1``; ``count_and_sum(newly)`` returns how many
     are newly capped and the blocked sum of their weights. Passed in so that the sharded planner
-    (``sadp_data.distributed._partitioned_plan``) runs this very loop with its sums taken across ranks.
+    (``sadp_data.distributed.partitioned_plan``) runs this very loop with its sums taken across ranks.
     """
     while True:
         scale = remaining / total

@@ -9,14 +9,15 @@ name                   what each epoch trains on                                
 ``full``               every example                                              —
 ``random_static``      one random subset, fixed for the run                       —
 ``random``             a fresh uniform random subset                              —
-``sadp``               importance sample ∝ spike-aware score, unbiased weights    ``spike_aware``
+``sadp``               importance sample ∝ spike-aware score, unweighted          ``spike_aware``
 ``loss_proportional``  importance sample ∝ loss, unbiased weights                 ``loss``
 ``infobatch``          random pruning of below-mean-loss examples, rescaled       ``loss``
 ``ucb``                top-K by an upper confidence bound on the loss             ``loss``
 ``epsilon_greedy``     top-loss examples plus a random fraction ε                 ``loss``
 =====================  =========================================================  ==============
 
-``docs/baselines.md`` gives each method's source and whether its gradient estimate is unbiased.
+``sadp`` trains on its draw unweighted by default; ``weight_power=1`` gives Horvitz–Thompson weights
+(unbiased). ``docs/baselines.md`` gives each method's source and whether its gradient estimate is unbiased.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 from .base import Method, PlanRequest
 from .epsilon_greedy import EpsilonGreedy
 from .full import Full
-from .infobatch import InfoBatch
+from .infobatch import InfoBatch, InfoBatchBaseline
 from .loss_proportional import LossProportional
 from .random_dynamic import RandomDynamic
 from .random_static import RandomStatic
@@ -36,7 +37,8 @@ from .ucb import UCB
 
 #: Method classes by registry name.
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Full, RandomStatic, RandomDynamic, SADP, LossProportional, InfoBatch, UCB, EpsilonGreedy)
+    cls.name: cls
+    for cls in (Full, RandomStatic, RandomDynamic, SADP, LossProportional, InfoBatchBaseline, UCB, EpsilonGreedy)
 }
 
 
@@ -64,6 +66,7 @@ __all__ = [
     "EpsilonGreedy",
     "Full",
     "InfoBatch",
+    "InfoBatchBaseline",
     "LossProportional",
     "Method",
     "PlanRequest",

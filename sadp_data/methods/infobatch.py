@@ -11,9 +11,9 @@ from .base import Method, PlanRequest, method_rng, score_arrays, shuffle, top_k
 
 
 @dataclass(frozen=True)
-class InfoBatch(Method):
-    """InfoBatch (Qin et al., "InfoBatch: Lossless Training Speed Up by Unbiased Dynamic Data Pruning",
-    ICLR 2024, arXiv 2303.04947) adapted to an exact plan size K.
+class InfoBatchBaseline(Method):
+    """The ``infobatch`` baseline method: InfoBatch (Qin et al., "InfoBatch: Lossless Training Speed Up
+    by Unbiased Dynamic Data Pruning", ICLR 2024, arXiv 2303.04947) adapted to an exact plan size K.
 
     The well-learned set W holds the scored examples whose loss is below the mean loss of the scored
     examples. Exactly ``N − K`` examples are pruned, drawn uniformly without replacement from W, so
@@ -32,6 +32,8 @@ class InfoBatch(Method):
     than ``N − K`` examples have been scored is the remainder pruned uniformly among the unscored.
     Annealing (the paper trains its last 12.5 % of epochs on full data) is the sampler's keep-ratio
     schedule: epochs at keep ratio 1.0 prune nothing and weight everything 1.
+
+    Not to be confused with ``sadp_data.adapters.infobatch.InfoBatch``, the drop-in for InfoBatch's own API.
     """
 
     name: ClassVar[str] = "infobatch"
@@ -65,3 +67,7 @@ class InfoBatch(Method):
         lowest = others[top_k(-scores[others], min(missing, others.shape[0]), rng)]
         unscored = np.flatnonzero(~scored)
         return np.concatenate([lowest, rng.choice(unscored, missing - lowest.shape[0], replace=False)])
+
+
+#: The baseline's former name, kept importable (``sadp_data.InfoBatch`` is the drop-in, ``compat.InfoBatch``).
+InfoBatch = InfoBatchBaseline

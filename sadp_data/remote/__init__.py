@@ -9,7 +9,7 @@ scheme and host (or bucket), never on another host, and a local ``Location`` pas
 remote folders it names.
 
 Every remote request is bounded in time and retried when its failure is transient, under the
-location's ``RequestPolicy`` (``sadp_data.remote._requests``: 60 s a request, 3 attempts by default);
+location's ``RequestPolicy`` (``sadp_data.remote.fetch_requests``: 60 s a request, 3 attempts by default);
 one that fails for good raises ``FetchError`` naming the URL (a missing object: ``FileNotFoundError``).
 
 The filesystem is created lazily in each process (never pickled, and re-created after a fork), so a
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._requests import FetchStats, RequestPolicy
+    from .fetch_requests import FetchStats, RequestPolicy
 
 
 def is_remote(url: str | os.PathLike[str]) -> bool:
@@ -56,7 +56,7 @@ class Location:
         storage_options: dict[str, Any] | None = None,
         policy: RequestPolicy | None = None,
     ) -> None:
-        from ._requests import RequestPolicy
+        from .fetch_requests import RequestPolicy
 
         self.policy = policy if policy is not None else RequestPolicy()
         text = os.fspath(url)
@@ -174,8 +174,8 @@ class Location:
         """Bytes ``[starts[j], stops[j])`` of object ``names[j]`` for every j, each result of the requested length.
 
         Remote ranges are fetched concurrently, one request each (fsspec's ``cat_file``, or with
-        ``client="obstore"`` obstore's: ``sadp_data.remote._obstore``), each under ``policy`` (default:
-        the location's) as ``_requests.read_all`` says: timed out, retried when transient,
+        ``client="obstore"`` obstore's: ``sadp_data.remote.obstore_reads``), each under ``policy`` (default:
+        the location's) as ``fetch_requests.read_all`` says: timed out, retried when transient,
         counted in ``stats``; ``sizes[j]`` (object ``names[j]``'s size) lets a server's whole-object
         answer to a range stand for it. ``FetchError`` names the first range that fails for good."""
         paths = [self.join(name) for name in names]
@@ -190,10 +190,10 @@ class Location:
             return parts
         policy = policy if policy is not None else self.policy
         if client == "obstore":
-            from ._obstore import read_ranges
+            from .obstore_reads import read_ranges
 
             return read_ranges(paths, starts, stops, self.storage_options, client_options, policy, sizes, stats)
-        from ._requests import fs_call, read_all, run
+        from .fetch_requests import fs_call, read_all, run
 
         fs = self.fs
         get = lambda url, start, stop: fs_call(fs, "cat_file", url, start=start, end=stop)()  # noqa: E731
@@ -208,7 +208,7 @@ class Location:
 
     def _call(self, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
         """``fs.<method>(path, …)``: one request under the location's policy (``FetchError`` names ``path``)."""
-        from ._requests import call
+        from .fetch_requests import call
 
         return call(self.fs, method, f"{method} {path}", self.policy, path, *args, **kwargs)
 

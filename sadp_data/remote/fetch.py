@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 
 from . import Location
-from ._requests import FetchError, FetchStats, RequestPolicy
 from ._shard_cache import ShardCache
+from .fetch_requests import FetchError, FetchStats, RequestPolicy
 from .request_costs import RequestCosts
 
 
@@ -56,7 +56,7 @@ class FetchOptions:
         max_block: at most this many plan positions per block.
         retries: attempts per request (≥ 1, the first included): timeouts, connection errors, cut bodies
             and HTTP 5xx are retried, with exponential backoff and jitter, before the read fails with
-            ``FetchError`` naming the shard, byte ranges and URL (``sadp_data.remote._requests``).
+            ``FetchError`` naming the shard, byte ranges and URL (``sadp_data.remote.fetch_requests``).
         timeout_s: seconds one request may take (connecting and its whole body), default 60; then it
             is cancelled and counts as a timeout (``FetchStats.timeouts``) and a failed attempt.
         backoff_s: the wait before the first retry, doubled for each later one (times a random factor
@@ -64,7 +64,7 @@ class FetchOptions:
         cache_dir: keep whole-fetched shards here (``None``: no cache) and read them locally after.
         cache_bytes: evict the least recently used cached shards beyond this many bytes.
         client: ``"fsspec"`` (the default; the filesystem of ``storage_options``) or ``"obstore"``
-            (``sadp_data.remote._obstore``: the same requests sent by obstore; no faster in the bench), for
+            (``sadp_data.remote.obstore_reads``: the same requests sent by obstore; no faster in the bench), for
             the shard reads only.
         client_options: with ``client="obstore"``, keywords of ``obstore.store.from_url`` used instead
             of the translation of ``storage_options``.

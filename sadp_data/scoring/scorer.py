@@ -29,8 +29,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..distributed import ScoreExchange, rank_and_world
-from ..distributed.partitioned_store import PartitionedScoreStore
-from ..store import ScoreStore
+from ..store.table import ScoreTable
 from ._closed_form import cross_entropy_scores
 from ._mean_logit import MeanLogitForm
 from ._transfer import ScoreTransfer
@@ -87,7 +86,7 @@ class SpikeAwareScorer:
     def __init__(
         self,
         model: nn.Module,
-        store: ScoreStore | None = None,
+        store: ScoreTable | None = None,
         layer: nn.Module | str | None = None,
         score: str = "spike_aware",
         loss: str | None = None,
@@ -105,8 +104,8 @@ class SpikeAwareScorer:
         self.model = model
         self.store = store
         self.exchange: ScoreExchange | None = None
-        if store is not None and rank_and_world()[1] > 1 and not isinstance(store, PartitionedScoreStore):
-            self.exchange = ScoreExchange(store, sync_every)  # a PartitionedScoreStore routes scores itself
+        if store is not None and rank_and_world()[1] > 1 and store.rank_region is None:
+            self.exchange = ScoreExchange(store, sync_every)  # a table split across ranks routes scores itself
         self._closed_form = MeanLogitForm()
         self._transfer = ScoreTransfer(store, self.exchange, self._closed_form.refuse)
         self.last_scores: torch.Tensor | None = None
@@ -359,7 +358,8 @@ class SpikeAwareScorer:
 
         ``per_sample_loss`` must be unreduced (one value per example, e.g.
         ``F.cross_entropy(out, y, reduction="none")``); the returned scalar is what to call
-        ``backward()`` on — with SADP weights it is an unbiased estimate of the full-data mean loss.
+        ``backward()`` on. ``weights`` are the plan's: all 1 by default (the kept examples' mean loss);
+        Horvitz–Thompson weights (``weight_power=1``) make it an unbiased estimate of the full-data mean.
         Never waits for the GPU: scores computed there reach a ``ScoreStore`` at a later ``step()`` once copied,
         and always before the store is read, synchronised (the next epoch's plan), flushed (checkpoints) or
         closed (``sadp_data.scoring._transfer``); a data-parallel all-gather or ``PartitionedScoreStore`` route waits.

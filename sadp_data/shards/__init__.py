@@ -41,10 +41,11 @@ import numpy as np
 
 from ..remote import Location, covers, origin
 from ..store import ScoreStore
-from ._error import ShardError
+from ._tar import parse_sample as parse_sample
+from .errors import ShardError
 
 if TYPE_CHECKING:
-    from ..remote._requests import RequestPolicy
+    from ..remote.fetch_requests import RequestPolicy
 
 INDEX = "index.json"
 OFFSETS = "offsets.npy"
@@ -184,7 +185,7 @@ class ShardIndex:
         ``storage_options`` are for the index's origin. A ``shard_root`` outside the index's folder or origin
         is refused (``ForeignShardRootError``) unless it lies in one of ``trusted_roots`` (folders or URL
         prefixes); such shards are read with ``shard_storage_options`` (default none), never the others.
-        Remote requests run under ``policy`` (``sadp_data.remote._requests``: timeout, retries; default 60 s, 3)."""
+        Remote requests run under ``policy`` (``remote.fetch_requests``: timeout, retries; default 60 s, 3)."""
         if isinstance(trusted_roots, (str, os.PathLike)):
             trusted_roots = [trusted_roots]
         trusted = tuple(os.fspath(path) for path in trusted_roots)

@@ -29,7 +29,7 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 
-from . import ShardError
+from .errors import ShardError
 
 #: webdataset's ``base_plus_ext``: ``(key, extension)``; ``tests/test_fuzz.py`` checks they agree.
 _KEY_FIELD = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")

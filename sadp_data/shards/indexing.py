@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from .._folder_lock import folder_lock
+from .._staging import staged
 from ..remote import Location, is_remote
 from ..store import ScoreStore
 from . import FORMAT, INDEX, OFFSETS, SIDECAR, ShardError, ShardIndex, sample_checksum
-from ._folder_lock import folder_lock
-from ._staging import staged
 from ._tar import shard_samples
 from .writer import check_name
 
@@ -89,8 +89,8 @@ def index_shards(
     ``out`` may be the shards' own folder. An existing ``index.json`` is replaced only with
     ``overwrite``; an existing sidecar is kept when it belongs to these shards (same size and
     fingerprint) and refused otherwise, so scores are never lost. The index files are published
-    through ``sadp_data.shards._staging``, ``index.json`` last, while OUT's lock
-    (``sadp_data.shards._folder_lock``) keeps out a concurrent ``index`` or ``convert`` into it.
+    through ``sadp_data._staging``, ``index.json`` last, while OUT's lock
+    (``sadp_data._folder_lock``) keeps out a concurrent ``index`` or ``convert`` into it.
 
     Shards outside ``out`` are the caller's own choice here, so the returned index trusts their folder;
     a later ``ShardIndex.load(out)`` must name it in ``trusted_roots`` (``sadp-data index`` prints how),

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from .._folder_lock import folder_lock, sidecar_released
+from .._staging import staged
 from ..remote import is_remote
 from ..store import ScoreStore
 from . import FORMAT, INDEX, OFFSETS, SIDECAR, ShardError, ShardIndex
-from ._folder_lock import folder_lock, sidecar_released
-from ._staging import staged
 from .parallel_convert import (
     MAX_SHARD_BYTES,
     ShardRecord,
@@ -50,7 +50,7 @@ def write_shards(
 ) -> ShardIndex:
     """Convert ``source`` (a ``sources.Source``) into scored shards in ``out``; returns the index.
 
-    Atomic (``sadp_data.shards._staging``): the shards, index and a fresh sidecar are built in a hidden folder
+    Atomic (``sadp_data._staging``): the shards, index and a fresh sidecar are built in a hidden folder
     beside ``out`` and swapped in at the end, so a failure or kill leaves an existing ``out`` whole,
     and ``overwrite=True`` replaces all of it (no stale shards of an earlier conversion remain).
     For a remote ``out`` (``s3://bucket/prefix``) use ``sadp_data.shards.publish.publish_shards``.

@@ -41,7 +41,11 @@ from ._format import (
 from ._format import write_empty as _write_empty
 from ._snapshot import ScoreSnapshot, read_snapshot
 from ._update import as_epoch_stamp, as_index_array, as_score_array, raise_bad_entries
+from ._update import bad_indices as bad_indices
+from ._update import bad_scores as bad_scores
 from ._writer import MirrorWriter
+from ._writer import acquire_writer_lock as acquire_writer_lock
+from .table import RankRegion
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -55,7 +59,8 @@ __all__ = [
 
 
 class ScoreStore:
-    """Scores of N examples, in memory for the trainer and on disk as a Zarr sidecar.
+    """Scores of N examples, in memory for the trainer and on disk as a Zarr sidecar (a ``ScoreTable``
+    that every rank holds whole).
 
     Create with ``ScoreStore.create(path, num_examples)``, reopen with ``ScoreStore.open(path)``.
     Use as a context manager, or call ``close()``; both flush.
@@ -113,7 +118,7 @@ class ScoreStore:
         with a different one later is refused. In a process group only rank ``owner_rank`` may open
         it for writing (0; ``-1``: any rank, for the regions of a ``PartitionedScoreStore``). Atomic: the
         sidecar is written beside ``path`` and renamed into place, so a failure leaves ``path`` as it
-        was (``sadp_data.shards._staging``).
+        was (``sadp_data._staging``).
         """
         path = Path(path)
         if not isinstance(num_examples, (int, np.integer)) or isinstance(num_examples, bool) or num_examples <= 0:
@@ -122,7 +127,7 @@ class ScoreStore:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} already exists; open it with ScoreStore.open or pass overwrite=True")
-        from ..shards._staging import staged
+        from .._staging import staged
 
         with staged([path]) as stage:  # a failure (a full disk, say) leaves no half-made sidecar at path
             _write_empty(stage / path.name, int(num_examples), fingerprint, int(chunk_size), int(owner_rank))
@@ -187,6 +192,14 @@ class ScoreStore:
     def keep_ratio_history(self) -> list[tuple[int, float]]:
         """``(epoch, keep_ratio)`` pairs recorded by samplers, oldest first."""
         return [(int(e), float(k)) for e, k in self._mirror.keep_ratio_history()]
+
+    @property
+    def rank_region(self) -> RankRegion | None:
+        """``None``: every rank holds the whole table (``ScoreTable.rank_region``)."""
+        return None
+
+    def check_sampler(self, method: Any, rank: int, world: int, localized: bool) -> None:
+        """Nothing to check: every method, world size and ordering can plan from a whole table."""
 
     def snapshot(self) -> ScoreSnapshot:
         """A consistent copy of scores, seen counts and epochs, tagged with the current version.
@@ -325,8 +338,12 @@ class ScoreStore:
         if self.persist:
             self._mirror.submit_snapshot(snapshot)
 
-    def saved_snapshot(self) -> ScoreSnapshot | None:
-        """The last snapshot saved with ``save_snapshot`` (pending or on disk), or ``None``."""
+    def saved_snapshot(self, resuming: int | None = None) -> ScoreSnapshot | None:
+        """The last snapshot saved with ``save_snapshot`` (pending or on disk), or ``None``.
+
+        ``resuming`` (the version a checkpoint's epoch was planned from) changes nothing here: one
+        sidecar holds one snapshot, so there are no regions of different ages to compare.
+        """
         pending = self._mirror.pending_snapshot()
         return pending if pending is not None else read_snapshot(self.path, self._group)
 

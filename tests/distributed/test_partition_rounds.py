@@ -15,7 +15,7 @@ import pytest
 from test_partitioned_plan import KEYS, RecordingComm, ReplayComm, assert_identical, random_table, run_ranks
 
 from sadp_data.distributed import _partition_shuffle as partition_shuffle
-from sadp_data.distributed._partitioned_plan import partition_bounds, partitioned_plan
+from sadp_data.distributed.partitioned_plan import partition_bounds, partitioned_plan
 from sadp_data.kernels import sample_size
 from sadp_data.kernels.reference import SUM_BLOCK
 

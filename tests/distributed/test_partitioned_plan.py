@@ -1,4 +1,4 @@
-"""Planning from a score table partitioned across ranks (``sadp_data.distributed._partitioned_plan``) is
+"""Planning from a score table partitioned across ranks (``sadp_data.distributed.partitioned_plan``) is
 bit-identical to one process.
 
 Most tests run ``W`` ranks as threads of this process: ``SimulatedComm`` meets all ranks at a barrier
@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from _ranks import run_ranks as run_rank_processes
 
-from sadp_data.distributed import _partitioned_plan as partitioned
+from sadp_data.distributed import partitioned_plan as partitioned
 from sadp_data.distributed import per_rank, rank_positions
-from sadp_data.distributed._partitioned_plan import (
+from sadp_data.distributed.partitioned_plan import (
     LocalComm,
     partition_bounds,
     partitioned_plan,

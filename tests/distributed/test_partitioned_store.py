@@ -22,7 +22,7 @@ from _ranks import run_ranks
 
 import sadp_data as sd
 from sadp_data.distributed import rank_positions
-from sadp_data.distributed._partitioned_plan import partition_bounds
+from sadp_data.distributed.partitioned_plan import partition_bounds
 from sadp_data.kernels import sample_size
 
 WORKER = Path(__file__).parents[1] / "workers" / "partitioned_store_rank.py"
@@ -231,3 +231,51 @@ def test_a_region_restored_from_a_stale_copy_is_refused_naming_what_each_rank_ho
         assert "rank 1 (w2-r1.zarr: the snapshot of global version" in message, message
         assert "last epoch begun 1" in message and "last epoch begun 2" in message
         assert "restored from a stale copy" in message and "copies taken at the same moment" in message
+
+
+def _members(protocol: type) -> dict[str, object]:
+    """The protocol's members: its annotated attributes (as ``None``), properties and methods."""
+    import typing
+
+    members: dict[str, object] = dict.fromkeys(typing.get_type_hints(protocol))
+    for name, value in vars(protocol).items():
+        if not name.startswith("_") and (callable(value) or isinstance(value, property)):
+            members[name] = value
+    return members
+
+
+def test_both_stores_meet_the_score_table_protocol_member_by_member(tmp_path: Path) -> None:
+    """Every member of ``ScoreTable``, with the same parameters (names, kinds, defaults) on both stores,
+    and the capabilities that replace class checks: a whole table has no rank region, a split one does."""
+    import inspect
+
+    from sadp_data.score_table import RankRegion, ScoreTable
+
+    from sadp_data.methods import get_method
+
+    members = _members(ScoreTable)
+    assert {"rank_region", "check_sampler", "begin_epoch", "saved_snapshot", "update", "scores"} <= set(members)
+    with (
+        sd.ScoreStore.create(tmp_path / "whole.zarr", 100) as whole,
+        sd.ShardedScoreStore.open(tmp_path / "regions", 65536 + 10, rank=0, world=1) as split,
+    ):
+        for store in (whole, split):
+            assert isinstance(store, ScoreTable)
+            for name, member in members.items():
+                found = getattr(type(store), name, None)
+                where = f"{type(store).__name__}.{name}"
+                if member is None or isinstance(member, property):  # read: a property or an instance attribute
+                    assert isinstance(found, property) or name in vars(store), where
+                    getattr(store, name)
+                else:
+                    assert callable(found), where
+                    expected = inspect.signature(member).parameters.values()
+                    got = inspect.signature(found).parameters.values()
+                    assert [(p.name, p.kind, p.default) for p in got] == [
+                        (p.name, p.kind, p.default) for p in expected
+                    ], where
+        assert whole.rank_region is None
+        assert split.rank_region == RankRegion(rank=0, world=1, lo=0, hi=65536 + 10)
+        whole.check_sampler(object(), 3, 4, localized=True)  # a whole table serves any sampler
+        with pytest.raises(ValueError, match="shard_size/groups"):
+            split.check_sampler(get_method("sadp"), 0, 1, localized=True)

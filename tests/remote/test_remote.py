@@ -231,7 +231,7 @@ def test_a_server_failure_mid_epoch_names_the_shard(served, tmp_path, client):
 
 
 def test_obstore_takes_the_s3_options_it_can_translate_and_names_the_rest(s3):
-    from sadp_data.remote._obstore import obstore_config, split_url
+    from sadp_data.remote.obstore_reads import obstore_config, split_url
 
     settings = obstore_config("s3://bucket/prefix", s3.storage_options())
     assert settings["config"] == {

@@ -187,8 +187,8 @@ def test_a_200_answer_to_a_range_request_yields_the_right_slice_and_is_counted(s
 @pytest.mark.parametrize("stalled", ["index.json", "offsets.npy", SHARDS[2]])
 def test_the_timeout_covers_the_index_files_and_the_shard_size_and_etag_requests(server, stalled):
     faulty, url, options, prefix = server
-    from sadp_data.remote._requests import RequestPolicy
     from sadp_data.remote.fetch import FetchError
+    from sadp_data.remote.fetch_requests import RequestPolicy
 
     index = ShardIndex.load(url, storage_options=options)
     sampler = ScoredShards.sampler_for(index, keep_ratio=1.0, epochs=2, warmup_epochs=0)

@@ -1,4 +1,4 @@
-"""One gloo rank planning an epoch from its own shard of the scores (``sadp_data.distributed._partitioned_plan``).
+"""One gloo rank planning an epoch from its own shard of the scores (``sadp_data.distributed.partitioned_plan``).
 
 Usage: python partitioned_plan_rank.py RANK WORLD WORKDIR, with MASTER_ADDR/MASTER_PORT set. Reads
 ``WORKDIR/case.json`` (N, K, smoothing, seed, epoch), memory-maps ``scores.npy`` and ``seen.npy`` and
@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from _traced import finish
 
-from sadp_data.distributed._partitioned_plan import TorchComm, partition_bounds, partitioned_plan
+from sadp_data.distributed.partitioned_plan import TorchComm, partition_bounds, partitioned_plan
 from sadp_data.kernels import reference
 
 

@@ -27,7 +27,7 @@ from _traced import finish, settle
 from torch import nn
 
 import sadp_data as sd
-from sadp_data.distributed._partitioned_plan import LocalComm, partitioned_plan_epoch
+from sadp_data.distributed.partitioned_plan import LocalComm, partitioned_plan_epoch
 
 BATCH = 4096
 

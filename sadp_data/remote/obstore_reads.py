@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from ._requests import FetchStats, RequestPolicy, read_all, run
+from .fetch_requests import FetchStats, RequestPolicy, read_all, run
 
 #: URL schemes obstore reads here.
 SCHEMES = ("s3", "gs", "gcs", "http", "https")

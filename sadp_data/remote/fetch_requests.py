@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..shards._error import ShardError
+from ..shards.errors import ShardError
 
 T = TypeVar("T")
 

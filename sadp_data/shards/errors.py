@@ -1,5 +1,5 @@
 """``ShardError``, in a module of its own so that the request layer below ``shards`` (``remote``,
-``remote._requests``) can raise its subclasses without importing ``shards``."""
+``remote.fetch_requests``) can raise its subclasses without importing ``shards``."""
 
 
 class ShardError(RuntimeError):

@@ -8,7 +8,7 @@ sidecar about to be replaced (``--overwrite``): it takes the sidecar's own write
 
 The mechanism is the sidecar's: ``flock``, which the OS releases when the holder closes the file or
 dies (SIGKILL included), so a crashed run never blocks the next. The lock file ``.OUT.lock`` lies
-beside OUT (OUT itself is swapped by renames, ``sadp_data.shards._staging``) and holds ``pid N on host H`` of
+beside OUT (OUT itself is swapped by renames, ``sadp_data._staging``) and holds ``pid N on host H`` of
 its holder; it is removed on release. Trade-off: ``flock`` is advisory and local to a host: writers
 on other machines of a network filesystem that does not support it are not kept out.
 """
@@ -79,8 +79,7 @@ def folder_lock(out: str | Path, command: str) -> Iterator[None]:
 def sidecar_released(path: str | Path) -> Iterator[None]:
     """Hold the writer lock of sidecar ``path`` (if it exists) for the block, so no trainer opens it for
     writing while it is replaced; ``FolderInUseError`` naming the holder when one already has it open."""
-    from ..store._format import ScoreStoreError
-    from ..store._writer import acquire_writer_lock
+    from .store import ScoreStoreError, acquire_writer_lock
 
     path = Path(path)
     if not path.is_dir():
