@@ -88,6 +88,7 @@ def _bench(args: argparse.Namespace) -> int:
         train_size=args.train_size,
         epochs=args.epochs,
         command=args.command_line,
+        zoo=args.zoo,
     )
     run_suites(resolve_suites(args.suite), options, args.json)
     return 0
@@ -367,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--out", help="report: the Markdown file to write (default: REPORT.md in the --json folder)")
     bench.add_argument("--plot", help="score: write its figure to this PNG file")
+    bench.add_argument("--zoo", action="store_true", help="score: fidelity and cost over a model zoo (bench.score_zoo)")
     bench.add_argument("--data", help="Fashion-MNIST IDX folder (default: the repository's copy); dvs: N-MNIST folder")
     bench.add_argument(
         "--nmnist",
