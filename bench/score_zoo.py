@@ -316,15 +316,17 @@ def estimate_minutes(config: ZooConfig, entries: Sequence[ZooEntry]) -> float:
 
 def run_zoo_bench(
     config: ZooConfig,
-    zoo: Sequence[ZooEntry] = ZOO,
+    zoo: Sequence[ZooEntry] | None = None,
     command: str = "sadp-data bench score --zoo",
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Measure every selected zoo model (see the module docstring for the result's shape)."""
+    """Measure every selected model of ``zoo`` (default ``ZOO``); the result's shape is in the module docstring."""
     from sadp_data.bench.suite import machine_info
 
-    entries = selected(config, zoo)
-    print(f"bench score --zoo: {len(entries)} models, about {estimate_minutes(config, entries):.0f} min on 2 CPU cores")
+    entries = selected(config, ZOO if zoo is None else zoo)
+    print(
+        f"bench score --zoo: {len(entries)} model(s), about {estimate_minutes(config, entries):.0f} min on 2 CPU cores"
+    )
     started = time.perf_counter()
     models = []
     with tqdm(
