@@ -304,7 +304,13 @@ def selected(config: ZooConfig, zoo: Sequence[ZooEntry] = ZOO) -> list[ZooEntry]
 
 
 #: Rough minutes of each zoo model at the default sizes on the 2-core CPU (for the estimate printed at start).
-_MINUTES = {"spiking_resnet18": 3.5, "sew_resnet18_add": 3.5, "spiking_vgg11_bn": 5.0, "dvs_gesture_net": 1.5}
+_MINUTES = {
+    "spiking_resnet18": 3.5,
+    "sew_resnet18_add": 3.5,
+    "spiking_vgg11_bn": 6.5,
+    "dvs_gesture_net": 1.5,
+    "norse_lif_convnet": 2.0,
+}
 
 
 def estimate_minutes(config: ZooConfig, entries: Sequence[ZooEntry]) -> float:
@@ -319,10 +325,11 @@ def run_zoo_bench(
     zoo: Sequence[ZooEntry] | None = None,
     command: str = "sadp-data bench score --zoo",
     show_progress: bool = True,
+    machine: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Measure every selected model of ``zoo`` (default ``ZOO``); the result's shape is in the module docstring."""
-    from sadp_data.bench.suite import machine_info
+    """Measure every selected model of ``zoo`` (default ``ZOO``); the result's shape is in the module docstring.
 
+    ``machine`` (``bench.suite.machine_info()``) is recorded as given."""
     entries = selected(config, ZOO if zoo is None else zoo)
     print(
         f"bench score --zoo: {len(entries)} model(s), about {estimate_minutes(config, entries):.0f} min on 2 CPU cores"
@@ -344,7 +351,7 @@ def run_zoo_bench(
     return {
         "config": asdict(config),
         "command": command,
-        "machine": machine_info(),
+        "machine": machine,
         "exact_norm": EXACT_NORM,
         "variants": list(SCORE_VARIANTS),
         "models": models,

@@ -13,25 +13,27 @@ if TYPE_CHECKING:
 TARGET_SPEARMAN = 0.9
 
 
-def zoo_outputs(suites: list[str], json_target: str | None, plot: str | None) -> tuple[str, str | None]:
-    """``(JSON target, plot)`` of a ``--zoo`` run: ``bench/results/score-zoo.json`` and the PNG beside a
+def zoo_outputs(
+    suites: list[str], json_target: str | None, plot: str | None, results_dir: Path
+) -> tuple[str, str | None]:
+    """``(JSON target, plot)`` of a ``--zoo`` run: ``results_dir/score-zoo.json`` and the PNG beside a
     ``.json`` target unless named; ``--zoo`` with any suite but ``score`` alone is an error."""
-    from sadp_data.bench.suite import default_results_dir
-
     if suites != ["score"]:
         raise ValueError(f"--zoo belongs to the score suite alone, not {', '.join(suites)}: bench score --zoo")
-    target = json_target or str(default_results_dir() / "score-zoo.json")
+    target = json_target or str(results_dir / "score-zoo.json")
     if plot is None and target.endswith(".json"):
         plot = target[: -len(".json")] + ".png"
     return target, plot
 
 
-def zoo_suite(options: BenchOptions, json_dir: Path | None) -> Iterator[tuple[str, dict[str, Any]]]:
+def zoo_suite(
+    options: BenchOptions, json_dir: Path | None, machine: dict[str, Any]
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """Run the zoo bench (``--quick``: ``ZooConfig.quick()``), print its table, write its plot, yield its result."""
     from sadp_data.bench.score_zoo import ZooConfig, run_zoo_bench
 
     config = ZooConfig.quick() if options.quick else ZooConfig()
-    result = run_zoo_bench(config, command=options.command, show_progress=options.progress)
+    result = run_zoo_bench(config, command=options.command, show_progress=options.progress, machine=machine)
     print(format_zoo_table(result))
     plot = options.plot or (json_dir / "score-zoo.png" if json_dir is not None else None)
     if plot:

@@ -135,7 +135,7 @@ def _score(options: BenchOptions, several: bool, json_dir: Path | None) -> Resul
     if options.zoo:
         from sadp_data.bench.score_zoo_report import zoo_suite
 
-        yield from zoo_suite(options, json_dir)
+        yield from zoo_suite(options, json_dir, machine_info())
         return
     from sadp_data.bench.score import ScoreBenchConfig, format_score_table, plot_scores, run_score_bench
 
@@ -347,7 +347,7 @@ def run_suites(suites: list[str], options: BenchOptions, json_target: str | None
     if options.zoo:
         from sadp_data.bench.score_zoo_report import zoo_outputs
 
-        json_target, plot = zoo_outputs(suites, json_target, options.plot)
+        json_target, plot = zoo_outputs(suites, json_target, options.plot, default_results_dir())
         options = dataclasses.replace(options, plot=plot)
     folder = output_folder(suites, json_target, options)
     if folder is not None:

@@ -111,6 +111,7 @@ def test_cli_writes_the_zoo_json_and_plot(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert out.with_suffix(".png").stat().st_size > 10_000
     assert result["command"].startswith("sadp-data bench score --zoo") and "exact_norm" in result
     assert result["variants"] == list(SCORE_VARIANTS) and result["run"]["suite"] == "score"
+    assert result["machine"]["cpu_count"] >= 1
     for model in result["models"]:
         assert set(model["stages"]) == {"init", "trained"}
         for name, stage in model["stages"].items():
