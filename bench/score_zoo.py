@@ -71,8 +71,8 @@ class ZooConfig:
     batch_size: int = 16
     train_steps: int = 40
     learning_rate: float = 1e-3
-    timing_steps: int = 4
-    timing_warmup: int = 1
+    timing_steps: int = 6
+    timing_warmup: int = 2
     timed_stages: tuple[str, ...] = ("trained",)
     bootstrap_rounds: int = 1000
     seed: int = 0
@@ -205,8 +205,9 @@ def _model_inputs(entry: ZooEntry, zoo: ZooModel, count: int, seed: int) -> tupl
 
 
 def train(entry: ZooEntry, zoo: ZooModel, config: ZooConfig) -> dict[str, float]:
-    """``train_steps`` Adam steps on fresh synthetic batches; the mean loss of the first and last three."""
-    optimizer = torch.optim.Adam(zoo.model.parameters(), lr=config.learning_rate)
+    """``train_steps`` Adam steps on fresh synthetic batches (the model's tutorial learning rate where it has one,
+    else ``config.learning_rate``); the mean training loss of the first and last three."""
+    optimizer = torch.optim.Adam(zoo.model.parameters(), lr=zoo.learning_rate or config.learning_rate)
     losses = []
     for step in range(config.train_steps):
         inputs, labels = _model_inputs(entry, zoo, config.batch_size, seed=10_000 + config.seed * 1000 + step)

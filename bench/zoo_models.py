@@ -38,6 +38,7 @@ class ZooModel:
     reset: Callable[[nn.Module], None] | None = None
     layer: str | None = None
     note: str | None = None
+    learning_rate: float | None = None  # the library tutorial's, where it differs from ZooConfig's
 
 
 @dataclass(frozen=True)
@@ -254,8 +255,8 @@ class SnnTorchConvNet(nn.Module):
 
 
 def _snntorch_conv(entry: ZooEntry) -> ZooModel:
-    model = SnnTorchConvNet(entry.time_steps, entry.classes)
-    return ZooModel(model, rate_coded(entry.time_steps), _snntorch_rate_loss())
+    model = SnnTorchConvNet(entry.time_steps, entry.classes)  # static input at every step, as in tutorial 7
+    return ZooModel(model, repeat_over_time(entry.time_steps), _snntorch_rate_loss(), learning_rate=1e-2)
 
 
 class NorseSequentialMLP(nn.Module):
