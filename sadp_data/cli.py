@@ -302,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--out", help="report: the Markdown file to write (default: REPORT.md in the --json folder)")
     bench.add_argument("--plot", help="score: write its figure to this PNG file")
+    bench.add_argument("--zoo", action="store_true", help="score: fidelity and cost over a model zoo (bench.score_zoo)")
     bench.add_argument("--data", help="Fashion-MNIST IDX folder (default: the repository's copy); dvs: N-MNIST folder")
     bench.add_argument(
         "--nmnist",

@@ -82,6 +82,7 @@ def bench_command(args: argparse.Namespace) -> int:
         train_size=args.train_size,
         epochs=args.epochs,
         command=args.command_line,
+        zoo=args.zoo,
     )
     run_suites(resolve_suites(args.suite), options, args.json)
     return 0

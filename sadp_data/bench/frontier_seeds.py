@@ -74,7 +74,7 @@ def paired_summary(runs: list[dict[str, Any]], keep: float = 0.5) -> dict[str, A
     return summary
 
 
-def _seed_range(text: str) -> tuple[int, ...]:
+def seed_range(text: str) -> tuple[int, ...]:
     """``"10-19"`` or ``"3"`` as a tuple of seeds."""
     low, _, high = text.partition("-")
     try:
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "earlier", type=Path, nargs="*", help="result files to pool (default: bench/results/frontier.json)"
     )
-    parser.add_argument("--seeds", type=_seed_range, default=(5, 6, 7, 8, 9), help="new seeds, A-B (default 5-9)")
+    parser.add_argument("--seeds", type=seed_range, default=(5, 6, 7, 8, 9), help="new seeds, A-B (default 5-9)")
     parser.add_argument("--keep", type=float, nargs="+", default=[0.5], help="keep ratios (default 0.5)")
     args = parser.parse_args(argv)
     earlier = args.earlier or [Path("bench/results/frontier.json")]

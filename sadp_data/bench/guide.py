@@ -22,7 +22,11 @@ SUITE_GUIDE: dict[str, tuple[str, str]] = {
         "choice and torch.multinomial",
     ),
     "store": ("about 30 s", "score-store update throughput, memory per example, hook overhead"),
-    "score": ("about 2 min", "fidelity of the importance scores to exact per-example gradient norms"),
+    "score": (
+        "about 2 min",
+        "fidelity of the importance scores to exact per-example gradient norms (--zoo: over spikingjelly, snntorch "
+        "and norse networks, with the scorer's cost, about 20 min)",
+    ),
     "train": ("about 40 min", "end-to-end accuracy and speedup of every method"),
     "all": ("about 50 min", "every suite above, in that order (with --quick: a few minutes)"),
     "frontier": (

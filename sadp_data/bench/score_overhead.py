@@ -96,27 +96,40 @@ def measure_step_overhead(
     loss: str | None = "cross_entropy",
     reset: Callable[[nn.Module], None] | None = None,
     seed: int = 0,
+    *,
+    batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    score: str = "spike_aware",
+    layer: str | None = None,
+    warmup: int = 3,
 ) -> dict[str, float]:
     """Median step time with and without the scorer, interleaved, and the scorer's share of a step.
 
-    One step is forward, loss, (``scorer.step``), backward and an Adam update. ``outputs_of`` maps the
-    model's output to the ``[B, C]`` tensor the loss is computed from. Returns ``step_time_s`` (without),
+    One step is forward, loss, (``scorer.step``), backward and an Adam update; the model's parameters
+    are updated, so time a copy whose state may change. ``outputs_of`` maps the model's output to the
+    tensor the loss is computed from. ``batch`` is ``(inputs, targets)`` (default: ``batch_size``
+    random 1×28×28 images, 10 classes), ``loss_fn`` the per-example loss (default cross-entropy),
+    ``score`` and ``layer`` go to ``SpikeAwareScorer``; ``warmup`` pairs of steps are not timed (layer
+    detection, allocator, numba). Whatever the scorer adds after ``step()`` (in ``backward``) is in
+    the scored step's time. Returns ``step_time_s`` (without),
     ``scored_step_time_s`` (with), ``score_time_s`` (median time inside ``scorer.step``), ``overhead_fraction``
     (``scored / plain − 1``) with its 95 % bootstrap interval, and ``score_fraction`` (score time ÷ step time).
     """
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    images = torch.rand(batch_size, 1, 28, 28)
-    labels = torch.randint(0, 10, (batch_size,))
-    indices = torch.arange(batch_size)
-    scorer = SpikeAwareScorer(model, loss=loss)
+    images, labels = (
+        batch if batch is not None else (torch.rand(batch_size, 1, 28, 28), torch.randint(0, 10, (batch_size,)))
+    )
+    per_example_loss = loss_fn or (lambda out, y: F.cross_entropy(out, y, reduction="none"))
+    indices = torch.arange(labels.shape[0])
+    scorer = SpikeAwareScorer(model, loss=loss, score=score, layer=layer)
     plain, scored, score_times = [], [], []
 
-    def one_step(score: bool) -> None:
+    def one_step(scored_step: bool) -> None:
         start = time.perf_counter()
         outputs = outputs_of(model(images))
-        per_example = F.cross_entropy(outputs, labels, reduction="none")
-        if score:
+        per_example = per_example_loss(outputs, labels)
+        if scored_step:
             before = time.perf_counter()
             total = scorer.step(indices, outputs, labels, per_example)
             score_times.append(time.perf_counter() - before)
@@ -128,15 +141,15 @@ def measure_step_overhead(
         optimizer.step()
         if reset is not None:
             reset(model)
-        (scored if score else plain).append(time.perf_counter() - start)
+        (scored if scored_step else plain).append(time.perf_counter() - start)
 
-    for _ in range(3):  # warm-up: layer detection, allocator, numba
+    for _ in range(warmup):
         one_step(True)
         one_step(False)
     plain.clear(), scored.clear(), score_times.clear()
     for step in range(steps):
-        for score in (step % 2 == 0, step % 2 == 1):  # alternate which goes first
-            one_step(score)
+        for scored_step in (step % 2 == 0, step % 2 == 1):  # alternate which goes first
+            one_step(scored_step)
     scorer.remove()
     step_time, scored_time = float(np.median(plain)), float(np.median(scored))
     low, high = _interval(np.stack([np.asarray(scored), np.asarray(plain)], axis=1))

@@ -11,8 +11,9 @@ state what produced each figure.
 
 Where results go (``--json``): with several suites, or when the value is an existing folder or has
 no ``.json`` suffix, each result is written to ``DIR/<name>.json`` as soon as it is ready (names:
-``loader-<backend>``, ``kernels``, ``store``, ``score``, ``train``; with a folder the score suite also
-writes ``DIR/score.png``); with one suite and a ``.json`` path, that single file, as before.
+``loader-<backend>``, ``kernels``, ``store``, ``score`` (``score-zoo`` with ``--zoo``), ``train``; with a
+folder the score suite also writes its plot, ``DIR/score.png``); with one suite and a ``.json`` path, that
+single file, as before (``score --zoo`` without ``--json``: ``bench/results/score-zoo.json``, plot beside it).
 A single ``loader`` suite runs ``--backend`` (default ``webdataset``; ``all`` for every backend);
 within several suites it runs every backend available: ``ffcv`` when it imports, ``dvs`` when an
 N-MNIST folder is named (``--nmnist PATH`` or the ``SADP_NMNIST`` environment variable).
@@ -82,6 +83,7 @@ class BenchOptions:
     epochs: int | None = None
     command: str = "sadp-data bench"
     partial_json: Path | None = None
+    zoo: bool = False
 
     def nmnist_dir(self) -> Path | None:
         return Path(self.nmnist) if self.nmnist else default_nmnist_dir()
@@ -130,6 +132,11 @@ def machine_info() -> dict[str, Any]:
 
 
 def _score(options: BenchOptions, several: bool, json_dir: Path | None) -> Results:
+    if options.zoo:
+        from sadp_data.bench.score_zoo_report import zoo_suite
+
+        yield from zoo_suite(options.quick, options.command, options.progress, options.plot, json_dir, machine_info())
+        return
     from sadp_data.bench.score import ScoreBenchConfig, format_score_table, plot_scores, run_score_bench
 
     config = ScoreBenchConfig.quick() if options.quick else ScoreBenchConfig()
@@ -337,6 +344,11 @@ def output_folder(suites: list[str], json_target: str | None, options: BenchOpti
 
 def run_suites(suites: list[str], options: BenchOptions, json_target: str | None = None) -> dict[str, dict[str, Any]]:
     """Run ``suites`` in order; write each result as soon as it is ready; return them by name."""
+    if options.zoo:
+        from sadp_data.bench.score_zoo_report import zoo_outputs
+
+        json_target, plot = zoo_outputs(suites, json_target, options.plot, default_results_dir())
+        options = dataclasses.replace(options, plot=plot)
     folder = output_folder(suites, json_target, options)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)

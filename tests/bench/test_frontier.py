@@ -288,7 +288,7 @@ def test_the_lever_study_runs_valid_variants_paired_with_the_defaults() -> None:
 def test_the_seed_study_pools_earlier_seeds_per_keep_ratio_and_reads_equivalence() -> None:
     import argparse
 
-    from sadp_data.bench.frontier_seeds import _seed_range, paired_summary, seeds_config
+    from sadp_data.bench.frontier_seeds import paired_summary, seed_range, seeds_config
 
     part = "fashion-mnist/mlp"
     runs = []
@@ -307,10 +307,10 @@ def test_the_seed_study_pools_earlier_seeds_per_keep_ratio_and_reads_equivalence
     assert gain["sadp_minus_epsilon_greedy"]["mean"] == pytest.approx(0.7)
     low, high = gain["sadp_minus_epsilon_greedy"]["ci90"]
     assert 0.1 < low < 0.7 < high and not gain["sadp_minus_epsilon_greedy"]["equivalent_within_margin"]
-    assert _seed_range("10-19") == tuple(range(10, 20)) and _seed_range("3") == (3,)
+    assert seed_range("10-19") == tuple(range(10, 20)) and seed_range("3") == (3,)
     for bad in ("ten", "5-2"):
         with pytest.raises(argparse.ArgumentTypeError, match="--seeds"):
-            _seed_range(bad)
+            seed_range(bad)
     with pytest.raises(ValueError, match=r"keep 0\.3"):
         paired_summary(runs, 0.3)  # no seed has both methods there
     (study,) = seeds_config((10, 11), (0.5, 0.7)).parts

@@ -29,8 +29,8 @@ from typing import Any
 
 from sadp_data.bench import frontier_levers
 from sadp_data.bench.frontier_config import FrontierConfig, Part, Variant
-from sadp_data.bench.frontier_seeds import _seed_range
-from sadp_data.bench.frontier_summary import _t_interval
+from sadp_data.bench.frontier_seeds import seed_range
+from sadp_data.bench.frontier_summary import t_interval
 
 KEEP_RATIOS = (0.5, 0.7)
 #: The run label of each score, as the JSON's ``variant`` field holds it.
@@ -70,7 +70,7 @@ def paired_scores(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 cell[f"{name}_mean"] = sum(values.values()) / len(seeds)
             for a, b in (("full_gradient", "spike_aware"), ("full_gradient", "full"), ("spike_aware", "full")):
                 differences = [accuracy[a][i] - accuracy[b][i] for i in seeds]
-                mean, half_width = _t_interval(differences)
+                mean, half_width = t_interval(differences)
                 cell[f"{a}_minus_{b}"] = {"per_seed": differences, "mean": mean, "ci95_half_width": half_width}
             for score, chosen in by_score.items():
                 cell[f"{score}_train_time_s"] = sum(chosen[i]["train_time_s"] for i in seeds) / len(seeds)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     prog = "python -m sadp_data.bench.frontier_score"
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path, help="where the JSON goes (runs finished so far: OUT.partial.json)")
-    parser.add_argument("--seeds", type=_seed_range, default=(0, 1, 2, 3, 4), help="seeds, A-B (default 0-4)")
+    parser.add_argument("--seeds", type=seed_range, default=(0, 1, 2, 3, 4), help="seeds, A-B (default 0-4)")
     parser.add_argument(
         "--parts", nargs="+", choices=("mlp", "conv"), default=["mlp", "conv"], help="which parts (default both)"
     )
