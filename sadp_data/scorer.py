@@ -28,7 +28,9 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .arguments import check_step_arguments
 from .distributed import ScoreExchange, rank_and_world
+from .full_gradient import full_gradient_hooks, full_gradient_only
 from .readout import TimeLayout, check_detected, detection_candidates, name_of, refuse_output, resolve_layer
 from .score_kernels import cross_entropy_scores, mean_logit_scores
 from .sharded_store import ShardedScoreStore
@@ -37,7 +39,7 @@ from .store import ScoreStore
 _MAX_PENDING_CALLS = 4096
 
 #: The importance scores a ``SpikeAwareScorer`` can compute.
-SCORE_VARIANTS: tuple[str, ...] = ("spike_aware", "rate", "grad_bound", "loss")
+SCORE_VARIANTS: tuple[str, ...] = ("spike_aware", "rate", "grad_bound", "loss", "full_gradient")
 
 
 class SpikeAwareScorer:
@@ -58,7 +60,10 @@ class SpikeAwareScorer:
             neurons' surrogate derivative when the readout spikes; ``rate`` the firing-rate form
             ``‖δ‖·sqrt(1 + ‖r̄‖²)`` with ``δ`` the gradient at the outputs (equal to
             ``spike_aware`` for a non-spiking readout of mean logits, blind to output spiking);
-            ``grad_bound`` ``‖δ‖`` (Katharopoulos & Fleuret 2018); ``loss`` the loss itself.
+            ``grad_bound`` ``‖δ‖`` (Katharopoulos & Fleuret 2018); ``loss`` the loss itself;
+            ``full_gradient`` the exact gradient norm over every linear, conv and affine batch-norm layer,
+            read from the training's own backward (``sadp_data.full_gradient``; ``full_gradient_layers=k``:
+            the last ``k`` such layers only): scores reach the store when ``backward()`` ends.
         loss: ``"cross_entropy"`` declares that the per-example loss is plain cross-entropy on
             ``outputs`` with class-index targets: ``rate`` and ``grad_bound`` then use the closed
             form ``δ = softmax(outputs) − onehot(targets)`` (a fused numba.cuda kernel on GPU)
@@ -90,6 +95,7 @@ class SpikeAwareScorer:
         loss: str | None = None,
         sync_every: int = 1,
         time_axis: int | None = None,
+        full_gradient_layers: int | None = None,
     ) -> None:
         if time_axis not in (None, 0, 1):
             raise ValueError(f"time_axis must be None, 0 or 1, got {time_axis!r}")
@@ -99,6 +105,7 @@ class SpikeAwareScorer:
             raise ValueError(f"loss must be None or 'cross_entropy', got {loss!r}")
         self.score = score
         self.loss = loss
+        self.full_gradient = full_gradient_hooks(score, model, self._push, layer, full_gradient_layers, time_axis)
         self.model = model
         self.store = store
         self.exchange: ScoreExchange | None = None
@@ -116,7 +123,9 @@ class SpikeAwareScorer:
         self._unreadable: tuple[nn.Module, object] | None = None
         self.layer: nn.Module | None = None
         watched: list[nn.Module] = []
-        if layer is not None:
+        if self.full_gradient is not None:
+            candidates = []
+        elif layer is not None:
             candidates = [resolve_layer(model, layer)]
         else:
             candidates, watched = detection_candidates(model)
@@ -194,9 +203,13 @@ class SpikeAwareScorer:
         probe of the model between training steps, so the next ``step()`` scores its own batch.
         """
         self._calls.clear()
+        if self.full_gradient is not None:
+            self.full_gradient.discard_pending()
 
     def remove(self) -> None:
         """Remove the forward hooks; the model is as it was before."""
+        if self.full_gradient is not None:
+            self.full_gradient.remove()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -249,6 +262,8 @@ class SpikeAwareScorer:
         unknown = set(variants) - set(SCORE_VARIANTS)
         if unknown:
             raise ValueError(f"unknown score variants {sorted(unknown)}; choose from {SCORE_VARIANTS}")
+        if full_gradient_only(self.full_gradient, variants):
+            return {"full_gradient": self.full_gradient.compute(per_sample_loss)}
         needs_outputs = {"grad_bound", "rate"} & set(variants)
         needs_readout = {"spike_aware", "rate"} & set(variants)
         if needs_outputs and outputs is None:
@@ -348,13 +363,13 @@ class SpikeAwareScorer:
         scores, gap, scale = mean_logit_scores(logits, target.to(logits.dtype), targets, spikes)
         return scores if gap <= 1e-5 * scale + 1e-6 else None
 
-    def _push(self, indices: torch.Tensor, scores: torch.Tensor) -> None:
+    def _push(self, indices: torch.Tensor, scores: torch.Tensor, epoch: int | None = None) -> None:
         """Send one batch's scores to the other ranks (data-parallel) or the store, stamped with the epoch
-        they were computed in (the store's ``current_epoch`` now), however late they are applied."""
+        they were computed in (``epoch``, default the store's ``current_epoch`` now), however late they are applied."""
         self.last_scores = scores
         if self.store is None:
             return
-        epoch = self.store.current_epoch
+        epoch = self.store.current_epoch if epoch is None else epoch
         if self.exchange is not None:
             self.exchange.push(indices, scores, epoch)
         else:
@@ -380,28 +395,15 @@ class SpikeAwareScorer:
         ``F.cross_entropy(out, y, reduction="none")``); the returned scalar is what to call
         ``backward()`` on — with SADP weights it is an unbiased estimate of the full-data mean loss.
         """
-        if per_sample_loss.dim() == 0:
-            raise ValueError(
-                "per_sample_loss is a scalar: compute the loss with reduction='none' so each example "
-                "keeps its own value, e.g. F.cross_entropy(out, y, reduction='none')"
+        check_step_arguments(indices, outputs, targets, per_sample_loss, weights)
+        if self.full_gradient is None:
+            self._push(indices, self.scores(per_sample_loss, outputs, targets))
+        total = per_sample_loss.mean() if weights is None else (per_sample_loss * weights.to(per_sample_loss)).mean()
+        if self.full_gradient is not None:
+            self.full_gradient.expect_backward(
+                indices, weights, total, None if self.store is None else self.store.current_epoch
             )
-        batch = int(indices.shape[0])
-        if per_sample_loss.dim() != 1 or per_sample_loss.shape[0] != batch:
-            raise ValueError(
-                f"per_sample_loss must have shape [{batch}] (one value per index), got "
-                f"{list(per_sample_loss.shape)}; reduce the other dimensions, e.g. "
-                "F.mse_loss(out, target, reduction='none').mean(1)"
-            )
-        for name, tensor in (("outputs", outputs), ("targets", targets)):
-            if tensor.shape[0] != batch:
-                raise ValueError(f"{name} has {tensor.shape[0]} rows but there are {batch} indices")
-        if weights is not None and weights.shape != (batch,):
-            raise ValueError(f"weights must have shape [{batch}], got {list(weights.shape)}")
-        scores = self.scores(per_sample_loss, outputs, targets)
-        self._push(indices, scores)
-        if weights is None:
-            return per_sample_loss.mean()
-        return (per_sample_loss * weights.to(per_sample_loss.device, per_sample_loss.dtype)).mean()
+        return total
 
 
 def _readout_gradient_norm(spikes: torch.Tensor, deltas: torch.Tensor, has_bias: bool) -> torch.Tensor:
