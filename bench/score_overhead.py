@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sadp_data.scorer import SpikeAwareScorer
+from sadp_data.scorer import SCORE_VARIANTS, SpikeAwareScorer
 
 
 class _Spike(torch.autograd.Function):
@@ -96,20 +96,25 @@ def measure_step_overhead(
     loss: str | None = "cross_entropy",
     reset: Callable[[nn.Module], None] | None = None,
     seed: int = 0,
+    score: str = "spike_aware",
+    image_shape: tuple[int, ...] = (1, 28, 28),
 ) -> dict[str, float]:
     """Median step time with and without the scorer, interleaved, and the scorer's share of a step.
 
-    One step is forward, loss, (``scorer.step``), backward and an Adam update. ``outputs_of`` maps the
+    One step is forward, loss, (``scorer.step``), backward and an Adam update. With ``score="full_gradient"``
+    the scoring runs in hooks during backward, so ``score_time_s`` is only the ``step()`` call and
+    ``overhead_fraction`` is the cost that matters; the plain steps keep the layer hooks attached (their
+    forward records, their backward hooks return at once), so it slightly understates the cost. ``outputs_of`` maps the
     model's output to the ``[B, C]`` tensor the loss is computed from. Returns ``step_time_s`` (without),
     ``scored_step_time_s`` (with), ``score_time_s`` (median time inside ``scorer.step``), ``overhead_fraction``
     (``scored / plain − 1``) with its 95 % bootstrap interval, and ``score_fraction`` (score time ÷ step time).
     """
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    images = torch.rand(batch_size, 1, 28, 28)
+    images = torch.rand(batch_size, *image_shape)
     labels = torch.randint(0, 10, (batch_size,))
     indices = torch.arange(batch_size)
-    scorer = SpikeAwareScorer(model, loss=loss)
+    scorer = SpikeAwareScorer(model, score=score, loss=loss)
     plain, scored, score_times = [], [], []
 
     def one_step(score: bool) -> None:
@@ -151,25 +156,29 @@ def measure_step_overhead(
     }
 
 
-def time_loop_overhead(steps: int = 30, batch_size: int = 128, time_steps: int = 25) -> dict[str, dict[str, float]]:
+def time_loop_overhead(
+    steps: int = 30, batch_size: int = 128, time_steps: int = 25, score: str = "spike_aware"
+) -> dict[str, dict[str, float]]:
     """``measure_step_overhead`` on ``TimeLoopMLP`` with a spiking readout (spike-count loss) and a
     non-spiking one (mean logits, where ``loss="cross_entropy"`` takes the closed form)."""
     torch.manual_seed(0)
     spiking = TimeLoopMLP(time_steps, spiking_readout=True)
     mean_logits = TimeLoopMLP(time_steps, spiking_readout=False)
     return {
-        "time_loop_spiking": measure_step_overhead(spiking, lambda out: out.sum(0), steps, batch_size),
-        "time_loop_mean_logits": measure_step_overhead(mean_logits, lambda out: out, steps, batch_size),
+        "time_loop_spiking": measure_step_overhead(spiking, lambda out: out.sum(0), steps, batch_size, score=score),
+        "time_loop_mean_logits": measure_step_overhead(mean_logits, lambda out: out, steps, batch_size, score=score),
     }
 
 
-def spikingjelly_overhead(steps: int = 30, batch_size: int = 128, time_steps: int = 4) -> dict[str, dict[str, float]]:
+def spikingjelly_overhead(
+    steps: int = 30, batch_size: int = 128, time_steps: int = 4, score: str = "spike_aware"
+) -> dict[str, dict[str, float]]:
     """``measure_step_overhead`` on the spikingjelly ``MlpSNN`` and ``ConvSNN`` (multi-step, one readout call)."""
     from sadp_data.adapters.spikingjelly import ConvSNN, MlpSNN, reset
 
     torch.manual_seed(0)
     return {
-        name: measure_step_overhead(model, lambda out: out, steps, batch_size, reset=reset)
+        name: measure_step_overhead(model, lambda out: out, steps, batch_size, reset=reset, score=score)
         for name, model in (("mlp_snn", MlpSNN(time_steps=time_steps)), ("conv_snn", ConvSNN(time_steps=time_steps)))
     }
 
@@ -182,12 +191,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--only", choices=("time-loop", "spikingjelly"), default=None)
+    parser.add_argument("--score", choices=SCORE_VARIANTS, default="spike_aware")
     args = parser.parse_args()
     result: dict[str, dict[str, float]] = {}
     if args.only != "spikingjelly":
-        result.update(time_loop_overhead(args.steps, args.batch_size))
+        result.update(time_loop_overhead(args.steps, args.batch_size, score=args.score))
     if args.only != "time-loop":
-        result.update(spikingjelly_overhead(args.steps, args.batch_size))
+        result.update(spikingjelly_overhead(args.steps, args.batch_size, score=args.score))
     print(json.dumps(result, indent=2))
 
 

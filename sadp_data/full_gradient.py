@@ -220,7 +220,8 @@ def layer_sq_norms(module: nn.Module, calls: list[_Call], batch: int, time_axis:
             vector_parts.append(by_example(vector, lead, batch, time_axis, name).sum(1))
     total = torch.zeros(batch, device=calls[0].grad.device)
     if a_parts:
-        total = total + matrix_sq_norms(torch.cat(a_parts, 1), torch.cat(g_parts, 1))
+        a, g = (parts[0] if len(parts) == 1 else torch.cat(parts, 1) for parts in (a_parts, g_parts))
+        total = total + matrix_sq_norms(a, g)
     if vector_parts:
         total = total + torch.stack(vector_parts).sum(0).pow(2).sum(1)
     return total

@@ -163,7 +163,7 @@ def test_parameters_and_grads_are_bit_identical_to_training_without_the_scorer()
     hooked.load_state_dict(plain.state_dict())
     scorer = SpikeAwareScorer(hooked, score="full_gradient")
     optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (plain, hooked)]
-    for step in range(3):
+    for _ in range(3):
         x, y = torch.rand(4, 6) * 2, torch.randint(0, C, (4,))
         for model, optimizer in zip((plain, hooked), optimizers, strict=True):
             optimizer.zero_grad()
