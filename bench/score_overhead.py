@@ -102,8 +102,8 @@ def measure_step_overhead(
     """Median step time with and without the scorer, interleaved, and the scorer's share of a step.
 
     One step is forward, loss, (``scorer.step``), backward and an Adam update. With ``score="full_gradient"``
-    the scoring runs in hooks during backward, so ``score_time_s`` is only the ``step()`` call and
-    ``overhead_fraction`` is the cost that matters; the plain steps keep the layer hooks attached (their
+    the scoring runs in hooks during backward: ``score_time_s`` adds their time (``hook_seconds``) to the ``step()``
+    call's; the plain steps keep the layer hooks attached (their
     forward records, their backward hooks return at once), so it slightly understates the cost. ``outputs_of`` maps the
     model's output to the ``[B, C]`` tensor the loss is computed from. Returns ``step_time_s`` (without),
     ``scored_step_time_s`` (with), ``score_time_s`` (median time inside ``scorer.step``), ``overhead_fraction``
@@ -117,11 +117,15 @@ def measure_step_overhead(
     scorer = SpikeAwareScorer(model, score=score, loss=loss)
     plain, scored, score_times = [], [], []
 
-    def one_step(score: bool) -> None:
+    def hook_seconds() -> float:
+        return 0.0 if scorer.full_gradient is None else scorer.full_gradient.hook_seconds
+
+    def one_step(scoring: bool) -> None:
         start = time.perf_counter()
         outputs = outputs_of(model(images))
         per_example = F.cross_entropy(outputs, labels, reduction="none")
-        if score:
+        in_hooks = hook_seconds()
+        if scoring:
             before = time.perf_counter()
             total = scorer.step(indices, outputs, labels, per_example)
             score_times.append(time.perf_counter() - before)
@@ -130,18 +134,20 @@ def measure_step_overhead(
             total = per_example.mean()
         optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if scoring:
+            score_times[-1] += hook_seconds() - in_hooks
         optimizer.step()
         if reset is not None:
             reset(model)
-        (scored if score else plain).append(time.perf_counter() - start)
+        (scored if scoring else plain).append(time.perf_counter() - start)
 
     for _ in range(3):  # warm-up: layer detection, allocator, numba
         one_step(True)
         one_step(False)
     plain.clear(), scored.clear(), score_times.clear()
     for step in range(steps):
-        for score in (step % 2 == 0, step % 2 == 1):  # alternate which goes first
-            one_step(score)
+        for scoring in (step % 2 == 0, step % 2 == 1):  # alternate which goes first
+            one_step(scoring)
     scorer.remove()
     step_time, scored_time = float(np.median(plain)), float(np.median(scored))
     low, high = _interval(np.stack([np.asarray(scored), np.asarray(plain)], axis=1))

@@ -17,6 +17,7 @@ engine), so the last batch of an epoch is in the store before the next epoch is 
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 from torch.autograd import Variable
 
-from .gradient_norms import by_example, call_terms, covered, matrix_sq_norms
+from .gradient_norms import by_example, call_terms, conv_weight_sq_norms, covered, matrix_sq_norms, trainable
 
 Push = Callable[[torch.Tensor, torch.Tensor, "int | None"], None]
 
@@ -57,7 +58,8 @@ class FullGradientHooks:
     ``layers=k`` keeps only the last ``k`` covered layers in forward order (fixed at the first step; the
     others' hooks are removed): the bottom layers of a deep conv net cost about one weight-gradient
     computation each, the top ones little. ``uncovered`` names the trainable parameters the score leaves
-    out (a PLIF neuron's learnable decay, layer norm, recurrent cells' own weights, ...).
+    out (a PLIF neuron's learnable decay, layer norm, recurrent cells' own weights, ...). ``hook_seconds`` adds
+    up the wall time spent computing norms in the backward hooks (on a GPU: launching the work).
     """
 
     def __init__(self, model: nn.Module, push: Push, layers: int | None = None, time_axis: int | None = None) -> None:
@@ -73,6 +75,7 @@ class FullGradientHooks:
         self._handles = {module: module.register_forward_hook(self._record) for module in self._names}
         self._calls: list[_Call] = []
         self._pending: _Step | None = None
+        self.hook_seconds = 0.0
 
     @property
     def uncovered(self) -> list[str]:
@@ -136,6 +139,7 @@ class FullGradientHooks:
 
     def _add_layer(self, step: _Step, module: nn.Module) -> None:
         """Add ``module``'s per-example squared norm to the step's, from the calls that received a gradient."""
+        start = time.perf_counter()
         calls = [call for call in step.calls if call.module is module and call.grad is not None]
         step.waiting.pop(module, None)
         if calls:
@@ -143,6 +147,7 @@ class FullGradientHooks:
             step.sq_norms = total if step.sq_norms is None else step.sq_norms + total
         for call in calls:
             call.inputs = call.grad = None
+        self.hook_seconds += time.perf_counter() - start
 
     def _finish(self, step: _Step) -> None:
         """Push the step's scores (at the end of its backward, or at the next step for a step cut short)."""
@@ -210,9 +215,11 @@ def layer_sq_norms(module: nn.Module, calls: list[_Call], batch: int, time_axis:
     """Per-example squared gradient norm of one layer over all its calls of the step (e.g. one per time step),
     the calls combined per example before the norm is taken."""
     time_axis = 0 if time_axis is None and getattr(module, "step_mode", None) == "m" else time_axis
-    a_parts, g_parts, vector_parts = [], [], []
+    a_parts, g_parts, vector_parts, conv_parts = [], [], [], []
     for call in calls:
         lead, a, g, vector = call_terms(module, call.inputs, call.grad)
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)) and trainable(module)[0]:
+            conv_parts.append(tuple(by_example(t, lead, batch, time_axis, name) for t in (call.inputs, call.grad)))
         if a is not None:
             a_parts.append(by_example(a, lead, batch, time_axis, name).flatten(1, 2))
             g_parts.append(by_example(g, lead, batch, time_axis, name).flatten(1, 2))
@@ -222,6 +229,11 @@ def layer_sq_norms(module: nn.Module, calls: list[_Call], batch: int, time_axis:
     if a_parts:
         a, g = (parts[0] if len(parts) == 1 else torch.cat(parts, 1) for parts in (a_parts, g_parts))
         total = total + matrix_sq_norms(a, g)
+    if conv_parts:
+        inputs, grads = (
+            torch.cat(parts, 1) if len(conv_parts) > 1 else parts[0] for parts in zip(*conv_parts, strict=True)
+        )
+        total = total + conv_weight_sq_norms(module, inputs, grads)
     if vector_parts:
         total = total + torch.stack(vector_parts).sum(0).pow(2).sum(1)
     return total

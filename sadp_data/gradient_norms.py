@@ -85,10 +85,8 @@ def by_example(
     return tensor.movedim(axis, 0).reshape(batch, -1, *rest)
 
 
-def _unfold(module: nn.Conv1d | nn.Conv2d, inputs: torch.Tensor) -> torch.Tensor:
-    """The convolution's input patches ``[N, L, groups, C_in/groups · k]``, padding mode included."""
-    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-    padded = F.pad(inputs, module._reversed_padding_repeated_twice, mode=mode)
+def _unfold(module: nn.Conv1d | nn.Conv2d, padded: torch.Tensor) -> torch.Tensor:
+    """The convolution's patches ``[N, L, groups, C_in/groups · k]`` of its already padded input."""
     if isinstance(module, nn.Conv1d):
         padded = padded.unsqueeze(2)
         kernel, stride, dilation = (1, *module.kernel_size), (1, *module.stride), (1, *module.dilation)
@@ -103,8 +101,9 @@ def call_terms(
     module: nn.Module, inputs: torch.Tensor, grad: torch.Tensor
 ) -> tuple[tuple[int, ...], torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """One call's ``(lead, a, g, vector)``: float32 ``a [*lead, P, G, D_in]`` and ``g [*lead, P, G, D_out]`` whose
-    ``Σ_p g_p a_pᵀ`` per row is the weight gradient (``None`` without a trainable matrix), and ``vector [*lead, K]``
-    the row's gradient of bias and batch-norm parameters (``None`` without any)."""
+    ``Σ_p g_p a_pᵀ`` per row is a linear layer's weight gradient (``None`` without one; a convolution's weight is
+    ``conv_weight_sq_norms``'s), and ``vector [*lead, K]`` the row's gradient of bias and batch-norm parameters
+    (``None`` without any)."""
     has_weight, has_bias = trainable(module)
     lead_count = leading_dims(module, inputs)
     lead = tuple(inputs.shape[:lead_count])
@@ -117,13 +116,8 @@ def call_terms(
         if has_bias:
             vectors.append(grad)
     elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        rows = grad.reshape(-1, *grad.shape[lead_count:])
-        if has_weight:
-            a = _unfold(module, inputs.reshape(-1, *inputs.shape[lead_count:]))
-            g = rows.reshape(rows.shape[0], module.groups, -1, a.shape[1]).permute(0, 3, 1, 2)
-            a, g = a.reshape(*lead, *a.shape[1:]), g.reshape(*lead, *g.shape[1:])
         if has_bias:
-            vectors.append(rows.flatten(2).sum(2).reshape(*lead, -1))
+            vectors.append(grad.flatten(lead_count + 1).sum(-1))
     else:
         channel_dims = [d for d in range(inputs.dim()) if d != lead_count]
         if module.training or module.running_mean is None:
@@ -139,6 +133,34 @@ def call_terms(
         if has_bias:
             vectors.append(grad.sum(positions) if positions else grad)
     return lead, a, g, torch.cat(vectors, dim=-1) if vectors else None
+
+
+def conv_weight_sq_norms(module: nn.Conv1d | nn.Conv2d, inputs: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``‖∂ℓ/∂W‖²`` per example of a convolution from ``inputs [B, R, C_in, ...]`` and ``grad [B, R, C_out, ...]``,
+    ``R`` the example's time steps or calls, summed over them.
+
+    The ghost norm on ``unfold``ed patches where it is cheaper (small feature maps), else the per-example
+    gradients themselves in one grouped weight-gradient convolution (``torch.nn.grad.conv*_weight`` with the
+    examples as groups and ``R`` as its batch): about the cost of the layer's own weight gradient.
+    """
+    batch, steps, channels = inputs.shape[:3]
+    d_in = module.weight[0].numel()
+    d_out = module.out_channels // module.groups
+    positions = steps * grad[0, 0, 0].numel()
+    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    flat = inputs.to(torch.float32).reshape(batch * steps, channels, *inputs.shape[3:])
+    padded = F.pad(flat, module._reversed_padding_repeated_twice, mode=mode)
+    grad = grad.to(torch.float32)
+    if positions * (d_in + d_out) < d_in * d_out:
+        a = _unfold(module, padded).reshape(batch, -1, module.groups, d_in)
+        rows = grad.reshape(batch * steps, module.groups, d_out, -1).permute(0, 3, 1, 2)
+        return matrix_sq_norms(a, rows.reshape(batch, -1, module.groups, d_out))
+    weight_of = torch.nn.grad.conv1d_weight if isinstance(module, nn.Conv1d) else torch.nn.grad.conv2d_weight
+    stacked = padded.reshape(batch, steps, *padded.shape[1:]).transpose(0, 1).flatten(1, 2)
+    grads = grad.transpose(0, 1).flatten(1, 2)
+    shape = (batch * module.out_channels, *module.weight.shape[1:])
+    weights = weight_of(stacked, shape, grads, module.stride, 0, module.dilation, batch * module.groups)
+    return weights.reshape(batch, -1).pow(2).sum(1)
 
 
 def matrix_sq_norms(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

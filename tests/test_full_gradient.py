@@ -59,6 +59,19 @@ class Conv1dNet(nn.Module):
         return self.fc(_spikes(self.conv2(_spikes(self.conv(x)))).flatten(1))
 
 
+class SmallMapConvNet(nn.Module):
+    """Convolutions on small feature maps, stepped by a Python loop: the ghost-norm path on unfolded patches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 8, 3, padding=1, stride=2)
+        self.conv2 = nn.Conv2d(8, 16, 3, groups=2, bias=False)
+        self.fc = nn.Linear(16, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.fc(_spikes(self.conv2(_spikes(self.conv(x)))).flatten(1)) for _ in range(2)]).sum(0)
+
+
 def _exact(model: nn.Module, out: torch.Tensor, y: torch.Tensor, params: list[nn.Parameter]) -> np.ndarray:
     losses = _ce(out, y)
     norms = []
@@ -102,6 +115,13 @@ def test_conv1d_groups_reflect_padding_and_no_bias() -> None:
     torch.manual_seed(1)
     model = Conv1dNet()
     x, y = torch.rand(4, 4, 8) * 2, torch.randint(0, C, (4,))
+    _check(model, x, y)
+
+
+def test_conv2d_ghost_norm_on_small_feature_maps() -> None:
+    torch.manual_seed(8)
+    model = SmallMapConvNet()
+    x, y = torch.rand(4, 4, 6, 6) * 2, torch.randint(0, C, (4,))
     _check(model, x, y)
 
 
