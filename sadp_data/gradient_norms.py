@@ -119,19 +119,20 @@ def call_terms(
         if has_bias:
             vectors.append(grad.flatten(lead_count + 1).sum(-1))
     else:
-        channel_dims = [d for d in range(inputs.dim()) if d != lead_count]
         if module.training or module.running_mean is None:
-            mean = inputs.mean(channel_dims, keepdim=True)
-            var = inputs.var(channel_dims, unbiased=False, keepdim=True)
+            var, mean = torch.var_mean(inputs, [d for d in range(inputs.dim()) if d != lead_count], correction=0)
         else:
-            shape = [-1 if d == lead_count else 1 for d in range(inputs.dim())]
-            mean, var = module.running_mean.reshape(shape), module.running_var.reshape(shape)
-        positions = list(range(lead_count + 1, inputs.dim()))
-        if has_weight:
-            normalised = (inputs - mean) / torch.sqrt(var + module.eps)
-            vectors.append((grad * normalised).sum(positions) if positions else grad * normalised)
+            mean, var = module.running_mean, module.running_var
+        spatial = inputs.dim() > lead_count + 1
+
+        def per_row(t: torch.Tensor) -> torch.Tensor:
+            return t.flatten(lead_count + 1).sum(-1) if spatial else t
+
+        grad_sum = per_row(grad)
+        if has_weight:  # Σ_p g_p x̂_p = (Σ_p g_p x_p − μ Σ_p g_p) / σ, without materialising x̂
+            vectors.append((per_row(grad * inputs) - mean * grad_sum) / torch.sqrt(var + module.eps))
         if has_bias:
-            vectors.append(grad.sum(positions) if positions else grad)
+            vectors.append(grad_sum)
     return lead, a, g, torch.cat(vectors, dim=-1) if vectors else None
 
 

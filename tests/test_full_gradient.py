@@ -263,3 +263,21 @@ def test_misuse_is_refused_with_the_fix() -> None:
     scorer.step(torch.arange(3), out, y, _ce(out, y))
     with pytest.raises(RuntimeError, match="backward\\(\\) on that scalar"):
         _ce(out, y).mean().backward()
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_rows_add_up_to_the_batch_gradient(training: bool) -> None:
+    """Batch norm in training mode couples examples: each example's term is its share, and the shares add up."""
+    from sadp_data.gradient_norms import call_terms
+
+    torch.manual_seed(9)
+    norm = nn.BatchNorm2d(3).train(training)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5), norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 4, 3, 5, 5) * 2 + 1  # [T, B, C, H, W], flattened as a multi-step layer does
+    out = norm(x.flatten(0, 1)).view_as(x)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    lead, _, _, vector = call_terms(norm, x, grad)
+    assert lead == (2, 4)
+    torch.testing.assert_close(vector.sum((0, 1)), torch.cat([norm.weight.grad, norm.bias.grad]), rtol=1e-4, atol=1e-4)
