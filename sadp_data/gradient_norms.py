@@ -147,20 +147,22 @@ def conv_weight_sq_norms(module: nn.Conv1d | nn.Conv2d, inputs: torch.Tensor, gr
     batch, steps, channels = inputs.shape[:3]
     d_in = module.weight[0].numel()
     d_out = module.out_channels // module.groups
-    positions = steps * grad[0, 0, 0].numel()
+    inputs, grad = inputs.to(torch.float32), grad.to(torch.float32)
+    zero_padded = module.padding_mode == "zeros" and not isinstance(module.padding, str)
     mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-    flat = inputs.to(torch.float32).reshape(batch * steps, channels, *inputs.shape[3:])
-    padded = F.pad(flat, module._reversed_padding_repeated_twice, mode=mode)
-    grad = grad.to(torch.float32)
-    if positions * (d_in + d_out) < d_in * d_out:
-        a = _unfold(module, padded).reshape(batch, -1, module.groups, d_in)
+    if steps * grad[0, 0, 0].numel() * (d_in + d_out) < d_in * d_out:
+        flat = inputs.reshape(batch * steps, channels, *inputs.shape[3:])
+        a = _unfold(module, F.pad(flat, module._reversed_padding_repeated_twice, mode=mode))
         rows = grad.reshape(batch * steps, module.groups, d_out, -1).permute(0, 3, 1, 2)
-        return matrix_sq_norms(a, rows.reshape(batch, -1, module.groups, d_out))
+        return matrix_sq_norms(a.reshape(batch, -1, module.groups, d_in), rows.reshape(batch, -1, module.groups, d_out))
+    # time-major [R, B·C, ...]: a view of a multi-step layer's own [T, B, C, ...] tensors
+    stacked, grads = inputs.transpose(0, 1).flatten(1, 2), grad.transpose(0, 1).flatten(1, 2)
+    if not zero_padded:
+        stacked = F.pad(stacked, module._reversed_padding_repeated_twice, mode=mode)
     weight_of = torch.nn.grad.conv1d_weight if isinstance(module, nn.Conv1d) else torch.nn.grad.conv2d_weight
-    stacked = padded.reshape(batch, steps, *padded.shape[1:]).transpose(0, 1).flatten(1, 2)
-    grads = grad.transpose(0, 1).flatten(1, 2)
     shape = (batch * module.out_channels, *module.weight.shape[1:])
-    weights = weight_of(stacked, shape, grads, module.stride, 0, module.dilation, batch * module.groups)
+    padding = module.padding if zero_padded else 0
+    weights = weight_of(stacked, shape, grads, module.stride, padding, module.dilation, batch * module.groups)
     return weights.reshape(batch, -1).pow(2).sum(1)
 
 
