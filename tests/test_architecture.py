@@ -186,6 +186,9 @@ PRIVATE_ALLOWED = {
     "nn.modules.batchnorm._BatchNorm": "torch has no public base class of its batch norms (1d, 2d, 3d, lazy)",
     "executor._processes": "ProcessPoolExecutor has no public list of its workers before Python 3.14",
     "threading._register_atexit": "the only hook that runs before threading joins non-daemon threads at exit",
+    "Variable._execution_engine": "torch's one way to run a callback when a backward pass ends (DDP and FSDP use it)",
+    "module._reversed_padding_repeated_twice": "the F.pad argument torch's own Conv._conv_forward uses for non-zero "
+    "padding modes (reflect, replicate, circular); no public attribute holds it",
 }
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sadp_data.scoring.scorer import SpikeAwareScorer
+from sadp_data.scoring.scorer import SCORE_VARIANTS, SpikeAwareScorer
 
 
 class _Spike(torch.autograd.Function):
@@ -98,6 +98,7 @@ def measure_step_overhead(
     seed: int = 0,
     *,
     batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    image_shape: tuple[int, ...] = (1, 28, 28),
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     score: str = "spike_aware",
     layer: str | None = None,
@@ -108,27 +109,33 @@ def measure_step_overhead(
     One step is forward, loss, (``scorer.step``), backward and an Adam update; the model's parameters
     are updated, so time a copy whose state may change. ``outputs_of`` maps the model's output to the
     tensor the loss is computed from. ``batch`` is ``(inputs, targets)`` (default: ``batch_size``
-    random 1×28×28 images, 10 classes), ``loss_fn`` the per-example loss (default cross-entropy),
-    ``score`` and ``layer`` go to ``SpikeAwareScorer``; ``warmup`` pairs of steps are not timed (layer
-    detection, allocator, numba). Whatever the scorer adds after ``step()`` (in ``backward``) is in
-    the scored step's time. Returns ``step_time_s`` (without),
+    random images of ``image_shape``, 10 classes), ``loss_fn`` the per-example loss (default
+    cross-entropy), ``score`` and ``layer`` go to ``SpikeAwareScorer``; ``warmup`` pairs of steps are
+    not timed (layer detection, allocator, numba). With ``score="full_gradient"`` the scoring runs in
+    hooks during backward: ``score_time_s`` adds their time (``hook_seconds``) to the ``step()`` call's;
+    the plain steps keep the layer hooks attached (their backward hooks return at once), so it slightly
+    understates the cost. Returns ``step_time_s`` (without),
     ``scored_step_time_s`` (with), ``score_time_s`` (median time inside ``scorer.step``), ``overhead_fraction``
     (``scored / plain − 1``) with its 95 % bootstrap interval, and ``score_fraction`` (score time ÷ step time).
     """
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     images, labels = (
-        batch if batch is not None else (torch.rand(batch_size, 1, 28, 28), torch.randint(0, 10, (batch_size,)))
+        batch if batch is not None else (torch.rand(batch_size, *image_shape), torch.randint(0, 10, (batch_size,)))
     )
     per_example_loss = loss_fn or (lambda out, y: F.cross_entropy(out, y, reduction="none"))
     indices = torch.arange(labels.shape[0])
     scorer = SpikeAwareScorer(model, loss=loss, score=score, layer=layer)
     plain, scored, score_times = [], [], []
 
+    def hook_seconds() -> float:
+        return 0.0 if scorer.full_gradient is None else scorer.full_gradient.hook_seconds
+
     def one_step(scored_step: bool) -> None:
         start = time.perf_counter()
         outputs = outputs_of(model(images))
         per_example = per_example_loss(outputs, labels)
+        in_hooks = hook_seconds()
         if scored_step:
             before = time.perf_counter()
             total = scorer.step(indices, outputs, labels, per_example)
@@ -138,6 +145,8 @@ def measure_step_overhead(
             total = per_example.mean()
         optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if scored_step:
+            score_times[-1] += hook_seconds() - in_hooks
         optimizer.step()
         if reset is not None:
             reset(model)
@@ -164,25 +173,29 @@ def measure_step_overhead(
     }
 
 
-def time_loop_overhead(steps: int = 30, batch_size: int = 128, time_steps: int = 25) -> dict[str, dict[str, float]]:
+def time_loop_overhead(
+    steps: int = 30, batch_size: int = 128, time_steps: int = 25, score: str = "spike_aware"
+) -> dict[str, dict[str, float]]:
     """``measure_step_overhead`` on ``TimeLoopMLP`` with a spiking readout (spike-count loss) and a
     non-spiking one (mean logits, where ``loss="cross_entropy"`` takes the closed form)."""
     torch.manual_seed(0)
     spiking = TimeLoopMLP(time_steps, spiking_readout=True)
     mean_logits = TimeLoopMLP(time_steps, spiking_readout=False)
     return {
-        "time_loop_spiking": measure_step_overhead(spiking, lambda out: out.sum(0), steps, batch_size),
-        "time_loop_mean_logits": measure_step_overhead(mean_logits, lambda out: out, steps, batch_size),
+        "time_loop_spiking": measure_step_overhead(spiking, lambda out: out.sum(0), steps, batch_size, score=score),
+        "time_loop_mean_logits": measure_step_overhead(mean_logits, lambda out: out, steps, batch_size, score=score),
     }
 
 
-def spikingjelly_overhead(steps: int = 30, batch_size: int = 128, time_steps: int = 4) -> dict[str, dict[str, float]]:
+def spikingjelly_overhead(
+    steps: int = 30, batch_size: int = 128, time_steps: int = 4, score: str = "spike_aware"
+) -> dict[str, dict[str, float]]:
     """``measure_step_overhead`` on the spikingjelly ``MlpSNN`` and ``ConvSNN`` (multi-step, one readout call)."""
     from sadp_data.adapters.spikingjelly import ConvSNN, MlpSNN, reset
 
     torch.manual_seed(0)
     return {
-        name: measure_step_overhead(model, lambda out: out, steps, batch_size, reset=reset)
+        name: measure_step_overhead(model, lambda out: out, steps, batch_size, reset=reset, score=score)
         for name, model in (("mlp_snn", MlpSNN(time_steps=time_steps)), ("conv_snn", ConvSNN(time_steps=time_steps)))
     }
 
@@ -195,12 +208,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--only", choices=("time-loop", "spikingjelly"), default=None)
+    parser.add_argument("--score", choices=SCORE_VARIANTS, default="spike_aware")
     args = parser.parse_args()
     result: dict[str, dict[str, float]] = {}
     if args.only != "spikingjelly":
-        result.update(time_loop_overhead(args.steps, args.batch_size))
+        result.update(time_loop_overhead(args.steps, args.batch_size, score=args.score))
     if args.only != "time-loop":
-        result.update(spikingjelly_overhead(args.steps, args.batch_size))
+        result.update(spikingjelly_overhead(args.steps, args.batch_size, score=args.score))
     print(json.dumps(result, indent=2))
 
 

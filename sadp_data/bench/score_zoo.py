@@ -11,7 +11,7 @@ measures
   forward in training mode (batch-norm normalises with the held-out batch's statistics, so this is
   example ``i``'s term of the batch gradient; dropout masks are drawn from a fixed seed);
 * the readout's share of it, ``‖∂ℓ_i/∂θ_readout‖² / ‖∂ℓ_i/∂θ‖²`` (readout: the layer the scorer scores);
-* every variant of ``sadp_data.scorer.SCORE_VARIANTS``, each from its own ``SpikeAwareScorer(model,
+* every variant of ``sadp_data.scoring.scorer.SCORE_VARIANTS``, each from its own ``SpikeAwareScorer(model,
   score=v)`` used as a training loop uses it: forward (same seed, same batch), ``loss = scorer.step(...)``,
   ``loss.backward()``, then ``scorer.last_scores``;
 * Spearman and Pearson correlation of each variant with the exact norm, Spearman with a 95 % bootstrap

@@ -96,13 +96,15 @@ class ScoreTransfer:
         """Whether ``submit`` queues scores computed next to ``tensor`` (so their check may be deferred)."""
         return self._hooked and self.copy.defers(tensor)
 
-    def submit(self, indices: torch.Tensor, scores: torch.Tensor, check: torch.Tensor | None = None) -> None:
-        """Queue one batch's scores, stamped with the store's ``current_epoch`` now (the epoch they were
-        computed in, however late they are applied), and apply the earlier batches whose copies are done;
-        never waits for the device when ``defers(scores)`` (see the module)."""
+    def submit(
+        self, indices: torch.Tensor, scores: torch.Tensor, check: torch.Tensor | None = None, epoch: int | None = None
+    ) -> None:
+        """Queue one batch's scores, stamped with ``epoch`` (default the store's ``current_epoch`` now: the
+        epoch they were computed in, however late they are applied), and apply the earlier batches whose
+        copies are done; never waits for the device when ``defers(scores)`` (see the module)."""
         if self.store is None:
             return
-        epoch = self.store.current_epoch
+        epoch = self.store.current_epoch if epoch is None else epoch
         if self.exchange is not None:
             self.exchange.push(indices, scores, epoch)
             return

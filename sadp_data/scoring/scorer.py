@@ -1,22 +1,16 @@
-"""``SpikeAwareScorer``: per-example importance scores from tensors the forward pass already has.
+"""``SpikeAwareScorer``: per-example importance scores from tensors the training step already has.
 
-The score of example ``i`` is the exact norm of its loss gradient with respect to the classifier
-(readout) layer, weights and bias together (``docs/method.md`` §1):
+The default score of example ``i`` is the exact norm of its loss gradient with respect to the readout
+layer, weights and bias together (``docs/method.md`` §1, ``docs/score.md``):
 
     ‖∂ℓ_i/∂W‖² + ‖∂ℓ_i/∂b‖² = Σ_{t,t'} (δ_t·δ_t')(s_t·s_t') + ‖Σ_t δ_t‖²
 
-where ``s_t`` is the classifier's input at time step ``t`` (the spikes of the last hidden layer) and
-``δ_t = ∂ℓ_i/∂z_t`` the gradient at its output ``z_t``. For the common non-spiking readout
-``o = mean_t z_t``, ``δ_t = δ/T`` and this reduces to ``‖δ‖·sqrt(‖r̄‖² + 1)`` with ``r̄`` the
-firing-rate vector: binary spikes make ``‖r̄‖² ≤ spike count / T``, so silent examples get small
-scores. When the readout itself spikes (or any loss follows it), ``δ_t`` carries the surrogate
-derivative of the output neurons, so saturated examples with a large loss but no gradient score low.
-
-Cost: ``δ_t`` comes from one ``torch.autograd.grad`` of the summed per-example loss with respect to
-the classifier output only — a backward through the loss and readout, not the network — and the
-norm from two ``[B, T, T]`` Gram matrices. Nothing is recomputed and the model is untouched: a
-forward hook records the classifier's inputs and outputs while the model is in training mode with
-gradients enabled.
+with ``s_t`` the readout's input at time step ``t`` and ``δ_t = ∂ℓ_i/∂z_t`` the gradient at its output.
+For a non-spiking readout of mean logits it is ``‖δ‖·sqrt(‖r̄‖² + 1)`` (``r̄`` the firing rates), so silent
+examples score low; a spiking readout's ``δ_t`` carries the surrogate derivative, so saturated ones do.
+Cost: one ``torch.autograd.grad`` through the loss and readout only (none for cross-entropy on mean
+logits) and two ``[B, T, T]`` Gram matrices, from a forward hook; the model is untouched.
+``score="full_gradient"`` covers every linear, conv and batch-norm layer instead (``full_gradient.py``).
 """
 
 from __future__ import annotations
@@ -28,17 +22,27 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .._arguments import check_step_arguments
 from ..distributed import ScoreExchange, rank_and_world
 from ..store.table import ScoreTable
 from ._closed_form import cross_entropy_scores
 from ._mean_logit import MeanLogitForm
 from ._transfer import ScoreTransfer
-from .readout import TimeLayout, check_detected, detection_candidates, name_of, refuse_output, resolve_layer
+from .full_gradient import full_gradient_hooks, full_gradient_only
+from .readout import (
+    TimeLayout,
+    check_detected,
+    detection_candidates,
+    name_of,
+    readout_gradient_norm,
+    refuse_output,
+    resolve_layer,
+)
 
 _MAX_PENDING_CALLS = 4096
 
 #: The importance scores a ``SpikeAwareScorer`` can compute.
-SCORE_VARIANTS: tuple[str, ...] = ("spike_aware", "rate", "grad_bound", "loss")
+SCORE_VARIANTS: tuple[str, ...] = ("spike_aware", "rate", "grad_bound", "loss", "full_gradient")
 
 
 class SpikeAwareScorer:
@@ -59,14 +63,16 @@ class SpikeAwareScorer:
             neurons' surrogate derivative when the readout spikes; ``rate`` the firing-rate form
             ``‖δ‖·sqrt(1 + ‖r̄‖²)`` with ``δ`` the gradient at the outputs (equal to
             ``spike_aware`` for a non-spiking readout of mean logits, blind to output spiking);
-            ``grad_bound`` ``‖δ‖`` (Katharopoulos & Fleuret 2018); ``loss`` the loss itself.
+            ``grad_bound`` ``‖δ‖`` (Katharopoulos & Fleuret 2018); ``loss`` the loss itself;
+            ``full_gradient`` the exact gradient norm over every linear, conv and affine batch-norm layer,
+            read from the training's own backward (``scoring.full_gradient``; ``full_gradient_layers=k``:
+            the last ``k`` such layers only): scores reach the store when ``backward()`` ends.
         loss: ``"cross_entropy"`` declares that the per-example loss is plain cross-entropy on
             ``outputs`` with class-index targets: ``rate`` and ``grad_bound`` then use the closed
             form ``δ = softmax(outputs) − onehot(targets)`` (a fused numba.cuda kernel on GPU)
             instead of autograd, and so does ``spike_aware`` whenever the outputs are the time-mean
             of a biased linear readout's logits (then the two scores are equal; checked per batch, on
-            GPU when its scores are drained, see ``sadp_data.scoring._mean_logit``).
-            This removes the ``autograd.grad`` call, about 3 % of a step of the demo's MLP SNN.
+            GPU when drained, ``_mean_logit``): no ``autograd.grad`` call, about 3 % of a demo MLP step.
         sync_every: in a data-parallel run (``torch.distributed`` initialised, world size > 1), the
             scores of all ranks are all-gathered every ``sync_every`` steps and applied on every rank,
             so every rank's store mirror stays identical (``sadp_data.distributed.ScoreExchange``);
@@ -92,6 +98,7 @@ class SpikeAwareScorer:
         loss: str | None = None,
         sync_every: int = 1,
         time_axis: int | None = None,
+        full_gradient_layers: int | None = None,
     ) -> None:
         if time_axis not in (None, 0, 1):
             raise ValueError(f"time_axis must be None, 0 or 1, got {time_axis!r}")
@@ -101,6 +108,7 @@ class SpikeAwareScorer:
             raise ValueError(f"loss must be None or 'cross_entropy', got {loss!r}")
         self.score = score
         self.loss = loss
+        self.full_gradient = full_gradient_hooks(score, model, self._push, layer, full_gradient_layers, time_axis)
         self.model = model
         self.store = store
         self.exchange: ScoreExchange | None = None
@@ -120,7 +128,9 @@ class SpikeAwareScorer:
         self._unreadable: tuple[nn.Module, object] | None = None
         self.layer: nn.Module | None = None
         watched: list[nn.Module] = []
-        if layer is not None:
+        if self.full_gradient is not None:
+            candidates = []
+        elif layer is not None:
             candidates = [resolve_layer(model, layer)]
         else:
             candidates, watched = detection_candidates(model)
@@ -187,8 +197,7 @@ class SpikeAwareScorer:
                 scores = self.scores(loss_fn(outputs, targets), outputs, targets)
             if reset is not None:
                 reset(self.model)
-            self.last_scores = scores
-            self._transfer.submit(torch.as_tensor(indices), scores)
+            self._push(torch.as_tensor(indices), scores)
             count += int(scores.shape[0])
         return count
 
@@ -198,9 +207,13 @@ class SpikeAwareScorer:
         follows, e.g. a diagnostic probe between training steps, so the next ``step()`` scores its own batch.
         """
         self._calls.clear()
+        if self.full_gradient is not None:
+            self.full_gradient.discard_pending()
 
     def remove(self) -> None:
         """Remove the forward hooks (applying the scores still on their way first); the model is as it was."""
+        if self.full_gradient is not None:
+            self.full_gradient.remove()
         self._transfer.close()
         for handle in self._handles:
             handle.remove()
@@ -266,6 +279,8 @@ class SpikeAwareScorer:
         unknown = set(variants) - set(SCORE_VARIANTS)
         if unknown:
             raise ValueError(f"unknown score variants {sorted(unknown)}; choose from {SCORE_VARIANTS}")
+        if full_gradient_only(self.full_gradient, variants):
+            return {"full_gradient": self.full_gradient.compute(per_sample_loss)}, None
         needs_outputs = {"grad_bound", "rate"} & set(variants)
         needs_readout = {"spike_aware", "rate"} & set(variants)
         if needs_outputs and outputs is None:
@@ -323,7 +338,7 @@ class SpikeAwareScorer:
                     f"the classifier {type(self.layer).__name__} does not feed this loss; pass "
                     "layer=<the readout layer> to SpikeAwareScorer"
                 )
-            result["spike_aware"] = _readout_gradient_norm(
+            result["spike_aware"] = readout_gradient_norm(
                 self._layout.stack([x for x, _ in connected], batch),
                 self._layout.stack([g for _, g in connected], batch),
                 getattr(self.layer, "bias", None) is not None,
@@ -339,6 +354,11 @@ class SpikeAwareScorer:
                 if rate_sq is not None:
                     result["rate"] = delta_norm * torch.sqrt(1.0 + rate_sq)
         return {name: result[name] for name in variants}, check
+
+    def _push(self, indices: torch.Tensor, scores: torch.Tensor, epoch: int | None = None) -> None:
+        """Hand one batch's scores to the store through the transfer (``epoch``: the stamp taken at its step)."""
+        self.last_scores = scores
+        self._transfer.submit(indices, scores, None, epoch)
 
     def scores(
         self, per_sample_loss: torch.Tensor, outputs: torch.Tensor | None = None, targets: torch.Tensor | None = None
@@ -364,37 +384,17 @@ class SpikeAwareScorer:
         and always before the store is read, synchronised (the next epoch's plan), flushed (checkpoints) or
         closed (``sadp_data.scoring._transfer``); a data-parallel all-gather or ``PartitionedScoreStore`` route waits.
         """
-        if per_sample_loss.dim() == 0:
-            raise ValueError(
-                "per_sample_loss is a scalar: compute the loss with reduction='none' so each example "
-                "keeps its own value, e.g. F.cross_entropy(out, y, reduction='none')"
+        check_step_arguments(indices, outputs, targets, per_sample_loss, weights)
+        if self.full_gradient is None:
+            result, check = self._compute(per_sample_loss, outputs, targets, None, self._transfer.defers(outputs))
+            self.last_scores = result[self.score]
+            self._transfer.submit(indices, self.last_scores, check)
+        if weights is not None:
+            weights = weights.to(
+                per_sample_loss.device, per_sample_loss.dtype, non_blocking=weights.device.type == "cpu"
             )
-        batch = int(indices.shape[0])
-        if per_sample_loss.dim() != 1 or per_sample_loss.shape[0] != batch:
-            raise ValueError(
-                f"per_sample_loss must have shape [{batch}] (one value per index), got "
-                f"{list(per_sample_loss.shape)}; reduce the other dimensions, e.g. "
-                "F.mse_loss(out, target, reduction='none').mean(1)"
-            )
-        for name, tensor in (("outputs", outputs), ("targets", targets)):
-            if tensor.shape[0] != batch:
-                raise ValueError(f"{name} has {tensor.shape[0]} rows but there are {batch} indices")
-        if weights is not None and weights.shape != (batch,):
-            raise ValueError(f"weights must have shape [{batch}], got {list(weights.shape)}")
-        result, check = self._compute(per_sample_loss, outputs, targets, None, self._transfer.defers(outputs))
-        self.last_scores = result[self.score]
-        self._transfer.submit(indices, self.last_scores, check)
-        if weights is None:
-            return per_sample_loss.mean()
-        weights = weights.to(per_sample_loss.device, per_sample_loss.dtype, non_blocking=weights.device.type == "cpu")
-        return (per_sample_loss * weights).mean()
-
-
-def _readout_gradient_norm(spikes: torch.Tensor, deltas: torch.Tensor, has_bias: bool) -> torch.Tensor:
-    """``sqrt(Σ_{t,t'} (δ_t·δ_t')(s_t·s_t') [+ ‖Σ_t δ_t‖²])`` per example from ``[T, B, ·]`` inputs and output
-    gradients: the exact ‖∂ℓ/∂(W, b)‖."""
-    spikes, deltas = spikes.transpose(0, 1), deltas.transpose(0, 1)
-    norm2 = ((spikes @ spikes.transpose(1, 2)) * (deltas @ deltas.transpose(1, 2))).sum(dim=(1, 2))
-    if has_bias:
-        norm2 = norm2 + deltas.sum(dim=1).pow(2).sum(dim=1)
-    return norm2.clamp_min(0).sqrt().detach()
+        total = per_sample_loss.mean() if weights is None else (per_sample_loss * weights).mean()
+        if self.full_gradient is not None:
+            epoch = None if self.store is None else self.store.current_epoch
+            self.full_gradient.expect_backward(indices, weights, total, epoch)
+        return total
