@@ -41,11 +41,12 @@ def score_config(seeds: tuple[int, ...], parts: tuple[str, ...] = ("mlp", "conv"
     """The frontier's Fashion-MNIST parts, each with SADP (its default score) and SADP scored by
     ``full_gradient`` at ``KEEP_RATIOS`` on ``seeds``; full data is always trained."""
     variants = tuple(Variant(LABELS["full_gradient"], keep, (), score="full_gradient") for keep in KEEP_RATIOS)
-    chosen = []
-    for part in FrontierConfig.default(nmnist=False).parts:
-        if part.config.model in parts:
-            chosen.append(Part(part.name, part.config, ("sadp",), KEEP_RATIOS, seeds, variants))
-    return FrontierConfig(tuple(chosen), workers=1)
+    chosen = [
+        Part(part.name, part.config, ("sadp",), KEEP_RATIOS, seeds, variants)
+        for part in FrontierConfig.default(nmnist=False).parts
+        if part.config.model in parts
+    ]
+    return FrontierConfig(tuple(sorted(chosen, key=lambda part: part.config.model)), workers=1)  # conv first
 
 
 def paired_scores(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
