@@ -16,6 +16,10 @@ import pytest
 # Run numba.cuda kernels on the CPU simulator unless the caller chose otherwise (set before numba loads).
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# The shared helpers (``_docs``, ``_ranks``, ...) live here, beside test folders that mirror the package: test
+# files that run themselves in a subprocess (torchrun, rank workers) import them through PYTHONPATH.
+_TESTS = str(Path(__file__).resolve().parent)
+os.environ["PYTHONPATH"] = os.pathsep.join([_TESTS, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 # Read once, then taken out of the environment: code under test (``sadp-data bench``'s default N-MNIST
 # folder) must not pick up the developer's folder; tests name their folders explicitly.
