@@ -20,6 +20,7 @@ resume, the keep-ratio history) and ``store_update`` (the update kernel).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -97,7 +98,7 @@ class ScoreStore:
             flush_interval=self.flush_interval,
             persist=self.persist,
         )
-        self._mirror.before_exit_flush = self.drain
+        self._mirror.before_exit_flush = weakref.WeakMethod(self.drain)  # no cycle: the store frees its arrays
 
     @classmethod
     def create(

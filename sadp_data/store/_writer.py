@@ -60,8 +60,8 @@ class MirrorWriter:
         self.path = path
         self.persist = persist
         self.closed = False
-        #: Runs before the exit flush: the owning store's ``drain`` (updates still on their way).
-        self.before_exit_flush: Callable[[], None] | None = None
+        #: Runs before the exit flush: the owning store's ``drain`` (updates still on their way), held weakly.
+        self.before_exit_flush: weakref.WeakMethod[Callable[[], None]] | None = None
         #: The sidecar's zarr arrays, by name; looked up on every write round.
         self.arrays = arrays
         self.scores, self.seen, self.epochs = values["score"], values["seen"], values["epoch"]
@@ -309,8 +309,9 @@ def _track(writer: MirrorWriter) -> None:
 def _close_open() -> None:
     for writer in list(_OPEN):
         try:
-            if writer.before_exit_flush is not None and not writer.closed:
-                writer.before_exit_flush()
+            drain = None if writer.before_exit_flush is None else writer.before_exit_flush()
+            if drain is not None and not writer.closed:
+                drain()
             writer.close()
         except Exception as error:
             print(f"sadp-data: could not save scores to {writer.path} at exit: {error}", file=sys.stderr)

@@ -249,7 +249,7 @@ def test_both_stores_meet_the_score_table_protocol_member_by_member(tmp_path: Pa
     and the capabilities that replace class checks: a whole table has no rank region, a split one does."""
     import inspect
 
-    from sadp_data.score_table import RankRegion, ScoreTable
+    from sadp_data.store.table import RankRegion, ScoreTable
 
     from sadp_data.methods import get_method
 
