@@ -70,6 +70,7 @@ def test_a_position_outside_the_epoch_is_refused(store, position):
         SADPSampler(store, 0.5, epochs=5, seed=1).load_state_dict(state)
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_in_this_process_and_in_another_until_the_first_dies(tmp_path):
     import signal
     import subprocess
@@ -103,6 +104,7 @@ def test_a_second_writer_is_refused_in_this_process_and_in_another_until_the_fir
         holder.wait(timeout=30)
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_ranks_above_zero_opening_the_sidecar_for_writing_are_told_to_use_open_store(tmp_path):
     import subprocess
@@ -205,6 +207,7 @@ def test_reconverting_with_overwrite_replaces_everything_and_a_failure_leaves_th
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
 
 
+@pytest.mark.slow
 def test_a_conversion_killed_half_way_leaves_the_old_folder_whole_and_a_retry_succeeds(tmp_path):
     import signal
     import subprocess
@@ -316,6 +319,7 @@ def _rss_bytes() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
 
 
+@pytest.mark.slow
 def test_forwards_without_step_do_not_keep_their_graphs():
     pytest.importorskip("spikingjelly")
     import gc

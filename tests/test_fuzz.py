@@ -93,6 +93,7 @@ def test_nmnist_event_reader(tmp_path, data):
     assert (events["x"] < 34).all() and (events["y"] < 34).all() and (np.diff(events["t"]) >= 0).all()
 
 
+@pytest.mark.slow
 @FUZZ
 @given(text=st.text(max_size=80))
 def test_nmnist_label_lists(tmp_path, text):
@@ -200,6 +201,7 @@ def test_npz_sources(tmp_path, data):
     assert set(first) == {"x.npy", "y.cls"} and first["x.npy"].shape == (2,)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_sidecar_metadata(tmp_path, data):

@@ -16,6 +16,7 @@ pytest.importorskip("spikingjelly.activation_based")
 from sadp_data.adapters.spikingjelly import ConvSNN, reset
 
 
+@pytest.mark.slow
 def test_train_a_tiny_snn_through_the_whole_path(tmp_path: Path) -> None:
     train = FashionMNIST(split="train", limit=192)
     torch.manual_seed(0)
@@ -68,6 +69,7 @@ def test_idx_errors_name_the_file(tmp_path: Path) -> None:
         FashionMNIST(tmp_path)
 
 
+@pytest.mark.slow
 def test_demo_writes_the_documented_json(tmp_path: Path, capsys) -> None:
     from sadp_data.cli import main
 
@@ -129,6 +131,7 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path: Path, capsys) -> No
     assert "missing train-images-idx3-ubyte" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_kernels_writes_the_documented_json(tmp_path: Path) -> None:
     from sadp_data.bench.kernels import run_kernel_bench
 

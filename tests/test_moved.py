@@ -60,6 +60,7 @@ def test_an_old_name_warns_and_is_the_new_object(module: str, old: str, new: str
         target.no_such_name  # noqa: B018
 
 
+@pytest.mark.slow
 def test_the_new_paths_and_every_public_name_import_without_a_warning() -> None:
     """In a fresh interpreter (nothing imported yet), with deprecation warnings made errors."""
     code = (

@@ -27,6 +27,7 @@ def test_the_second_tier_is_the_modules_own_objects() -> None:
     assert sd.InfoBatch is not methods.InfoBatchBaseline
 
 
+@pytest.mark.slow
 def test_import_sadp_data_loads_fetch_only_when_fetch_options_is_used() -> None:
     code = (
         "import sys, sadp_data\n"

@@ -13,6 +13,7 @@ ROOT = README.parent
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 
+@pytest.mark.slow
 def test_the_quick_start_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     pytest.importorskip("spikingjelly")
     monkeypatch.chdir(tmp_path)  # it writes scores.zarr into the working folder

@@ -66,6 +66,7 @@ def _fresh(workdir: Path, source: str, served: tuple[Path, str] | None) -> Path:
     return workdir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["tensors", "shards", "http"])
 def test_sigkill_mid_epoch_then_resume_continues_the_identical_order(tmp_path: Path, source: str, request) -> None:
     """Through ``wrap`` over tensors, and through ``ScoredShards`` with 2 DataLoader workers over a local

@@ -115,6 +115,7 @@ def _script(workdir: Path) -> None:
     accelerator.end_training()
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_processes_train_disjoint_slices_through_prepare_and_resume(tmp_path: Path) -> None:
     pytest.importorskip("spikingjelly.activation_based")
@@ -173,6 +174,7 @@ def _small(num_replicas: int | None = None) -> tuple[TensorDataset, sd.SADPSampl
     return dataset, sampler
 
 
+@pytest.mark.slow
 def test_one_process_steps_at_every_epoch_end_and_resumes() -> None:
     accelerator = Accelerator(cpu=True, gradient_accumulation_steps=3)
     dataset, sampler = _small()

@@ -130,6 +130,7 @@ def test_a_mid_epoch_state_resumes_the_identical_remaining_order() -> None:
         InfoBatch(data, 4, seed=3).load_state_dict(state)
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_gloo_ranks_share_one_plan_and_one_score_table(tmp_path) -> None:
     from pathlib import Path

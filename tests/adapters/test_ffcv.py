@@ -202,6 +202,7 @@ def test_page_window_reads_pages_in_windows(tmp_path: Path) -> None:
         assert len(others) <= 1, (page, others)
 
 
+@pytest.mark.slow
 def test_the_documented_example_trains_the_demo_snn_from_a_beton(tmp_path: Path, monkeypatch) -> None:
     """docs/ffcv.md's example, run as written on a small .beton of 28x28 images."""
     snippet = doc_block("docs/ffcv.md", "# FFCV")

@@ -141,6 +141,7 @@ def _epoch(delivered: list[list[Any]], epoch: int) -> list[int]:
     return [index for e, batch in delivered if e == epoch for index in batch]
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_ddp_ranks_train_disjoint_slices_and_resume_mid_epoch(tmp_path: Path) -> None:
     pytest.importorskip("spikingjelly.activation_based")
@@ -412,6 +413,7 @@ def test_total_steps_counts_optimizer_steps_with_accumulation() -> None:
         callback.total_steps(accumulate_grad_batches=0)
 
 
+@pytest.mark.slow
 def test_the_documented_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # the snippet creates its sidecar in the working folder
     namespace = run_doc_block("docs/integrations.md", "## Lightning", {"__name__": "docs_lightning"})

@@ -42,6 +42,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
+@pytest.mark.slow
 def test_ray_tasks_write_the_serial_conversion_byte_for_byte(source, tmp_path) -> None:
     serial = write_shards(source, tmp_path / "serial", SHARD, progress=False)
     dataset = ray.data.from_items([source[i] for i in range(len(source))], override_num_blocks=3)
@@ -59,6 +60,7 @@ def _model() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(30, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
 
 
+@pytest.mark.slow
 def test_scoring_on_ray_actors_equals_an_in_process_rescore(source, tmp_path) -> None:
     x = torch.stack([torch.from_numpy(source[i]["x.npy"]).float() / 255 for i in range(N)])
     y = torch.tensor([source[i]["y.cls"] for i in range(N)])
@@ -80,6 +82,7 @@ def test_scoring_on_ray_actors_equals_an_in_process_rescore(source, tmp_path) ->
         score_with_ray(dataset, store, _model, inputs="x", targets="y", actors=0)
 
 
+@pytest.mark.slow
 def test_the_documented_snippet_runs(source, tmp_path, monkeypatch) -> None:
     from _docs import run_doc_block
 

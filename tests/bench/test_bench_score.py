@@ -9,6 +9,7 @@ pytest.importorskip("spikingjelly.activation_based")
 pytest.importorskip("scipy")
 
 
+@pytest.mark.slow
 def test_bench_score_quick_writes_the_documented_json(tmp_path: Path) -> None:
     from sadp_data.cli import main
 

@@ -33,6 +33,7 @@ def _check_targets(targets: dict) -> None:
         assert isinstance(entry["pass"], bool)
 
 
+@pytest.mark.slow
 def test_bench_store_quick_writes_its_json_into_a_folder(tmp_path: Path) -> None:
     assert main(["bench", "store", "--quick", "--no-progress", "--json", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "store.json").read_text())
@@ -90,6 +91,7 @@ def test_train_bench_json_shape_from_a_tiny_run() -> None:
     json.dumps(result)  # serialisable as is
 
 
+@pytest.mark.slow
 def test_train_bench_runs_nmnist_through_the_webdataset_adapter(synthetic_nmnist: Path) -> None:
     result = _tiny_train(("nmnist",), ("sadp",), synthetic_nmnist)
     _check_train_shape(result, ("nmnist",), ("sadp",))
@@ -327,6 +329,7 @@ def test_bench_loader_torch_backend_json_shape() -> None:
 SADP_AT_HALF = [("sadp", 0.5), ("sadp-obstore", 0.5), ("sadp-adaptive", 0.5)]
 
 
+@pytest.mark.slow
 @pytest.mark.remote
 def test_bench_loader_remote_json_shape(synthetic_nmnist: Path) -> None:
     """A tiny remote bench against moto and nginx: every pipeline per storage, the documented keys, and
@@ -405,6 +408,7 @@ def test_bench_one_suite_with_a_json_path_writes_that_file(tmp_path: Path) -> No
     assert sorted(path.name for path in tmp_path.iterdir()) == ["loader.json"]
 
 
+@pytest.mark.slow
 def test_quick_bench_of_every_suite_and_its_report(tmp_path: Path) -> None:
     """The CI smoke test of `sadp-data bench --quick` (every suite) and `bench report`; figures not asserted."""
     assert main(["bench", "--quick", "--no-progress", "--json", str(tmp_path)]) == 0

@@ -77,6 +77,7 @@ def _tiny_config() -> FrontierConfig:
     return FrontierConfig(tuple(parts), workers=2)
 
 
+@pytest.mark.slow
 def test_frontier_bench_writes_runs_summary_targets_and_report(tmp_path, synthetic_nmnist):
     result = run_frontier_bench(
         _tiny_config(),
@@ -198,6 +199,7 @@ def test_seeds_option_sets_the_grid_and_drops_the_contested_cells(monkeypatch, t
     assert all(p.seeds == (0, 1) and p.extra_seeds == () and p.variant_seeds == (0, 1) for p in config.parts)
 
 
+@pytest.mark.slow
 def test_cli_quick_frontier_writes_json_report_and_plots(tmp_path):
     from sadp_data.cli import main
 

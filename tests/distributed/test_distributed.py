@@ -26,6 +26,7 @@ def _launch(workdir: Path, world: int) -> list[dict]:
     return [json.loads((workdir / f"rank{rank}.json").read_text()) for rank in range(world)]
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_gloo_ranks_share_one_plan_and_one_score_table(tmp_path: Path) -> None:
     from sadp_data.sources.datasets import FashionMNIST

@@ -36,6 +36,7 @@ def test_records_widen_past_two_to_the_32() -> None:
     assert wide.itemsize == 20 and wide["index"] == np.dtype("<i8")
 
 
+@pytest.mark.slow
 def test_a_rank_allocates_at_most_20_bytes_per_owned_example_at_half_keep(monkeypatch: pytest.MonkeyPatch) -> None:
     """Replayed alone (as in ``test_partitioned_plan``), at keep 0.5 (about one pick per two owned
     examples) a rank's peak stays within 20 B per owned example: quantising holds 13 B (weights, capped

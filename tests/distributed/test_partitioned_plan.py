@@ -192,6 +192,7 @@ def test_shards_are_contiguous_runs_of_whole_sum_blocks(count: int, world: int) 
         partition_bounds(count, 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", [0.1, 0.5, 0.9])
 @pytest.mark.parametrize("count", [1, 5, 4096, 70_000, 300_000])
 def test_every_rank_gets_its_slice_of_the_single_process_plan(count: int, keep: float) -> None:
@@ -341,6 +342,7 @@ def allowance(shard: int, picks: int, count: int) -> int:
     return 16 * shard + max(80 * picks, 48 * GUESS_SAMPLE) + 64 * -(-count // WALK_BLOCK) + (256 << 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("count", "keep"), [(300_000, 0.1), (300_000, 0.9), (24 * SUM_BLOCK, 0.5)])
 def test_a_rank_allocates_for_its_shard_and_slice_not_for_the_table(tmp_path: Path, count: int, keep: float) -> None:
     """A rank's tracemalloc peak is bounded by what it owns, never by ``N``.
@@ -391,6 +393,7 @@ def test_a_rank_allocates_for_its_shard_and_slice_not_for_the_table(tmp_path: Pa
         assert received <= volume, f"rank {rank} received {received} bytes, more than {volume}"
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("world", [2, 4])
 def test_gloo_ranks_reading_only_their_shards(tmp_path: Path, world: int) -> None:
@@ -412,6 +415,7 @@ def test_gloo_ranks_reading_only_their_shards(tmp_path: Path, world: int) -> Non
         assert report["peak"] <= allowance(report["shard"], max(walked, owned, per_rank(size, world)), count)
 
 
+@pytest.mark.slow
 def test_the_scale_bench_runs_both_designs_and_finds_them_identical() -> None:
     from sadp_data.bench.scale import format_scale_table, run_scale_bench
 

@@ -65,6 +65,7 @@ def replicated(scores, tmp_path_factory) -> dict:
     return {"plans": plans, "resident": resident, "peak": peak}
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("world", [1, 2, 4])
 def test_ranks_plan_route_and_resume_from_their_regions_alone(tmp_path, scores, replicated, world) -> None:
@@ -101,6 +102,7 @@ def test_ranks_plan_route_and_resume_from_their_regions_alone(tmp_path, scores, 
         assert report["peak"] <= PEAK_PER_OWNED * report["owned"] + (2 << 20), report  # all of it scales as 1/W
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_a_malformed_call_and_a_lost_region_stop_every_rank_at_the_same_collective(tmp_path) -> None:
     run_ranks(Path(__file__).parents[1] / "workers" / "partition_faults_rank.py", 2, str(tmp_path), timeout=120)
@@ -249,9 +251,8 @@ def test_both_stores_meet_the_score_table_protocol_member_by_member(tmp_path: Pa
     and the capabilities that replace class checks: a whole table has no rank region, a split one does."""
     import inspect
 
-    from sadp_data.store.table import RankRegion, ScoreTable
-
     from sadp_data.methods import get_method
+    from sadp_data.store.table import RankRegion, ScoreTable
 
     members = _members(ScoreTable)
     assert {"rank_region", "check_sampler", "begin_epoch", "saved_snapshot", "update", "scores"} <= set(members)

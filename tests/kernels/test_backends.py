@@ -32,6 +32,7 @@ def _scores(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return scores, (rng.random(n) < 0.9).astype(np.uint32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 10, 300, 5000])
 def test_cuda_backend_is_bit_identical(n: int) -> None:
     scores, seen = _scores(n, n)
@@ -43,6 +44,7 @@ def test_cuda_backend_is_bit_identical(n: int) -> None:
             np.testing.assert_array_equal(got[1], expected[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 10, 1000, 150001, 1 << 20 | 77])
 def test_torch_backend_selects_and_weights_identically(n: int) -> None:
     scores, seen = _scores(n, n)
@@ -54,6 +56,7 @@ def test_torch_backend_selects_and_weights_identically(n: int) -> None:
         np.testing.assert_array_equal(got[1][b], expected[1][a])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("backend", "epochs"), [("torch", 2000), ("cuda", 300)])
 def test_backend_inclusion_frequencies_chi_square(backend: str, epochs: int) -> None:
     """Draw counts are Binomial(E, π_i): chi-square at α = 0.001 (fewer epochs on the slow simulator)."""

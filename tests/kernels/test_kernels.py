@@ -29,6 +29,7 @@ def test_numba_matches_reference_exactly(n: int, keep: float) -> None:
     np.testing.assert_array_equal(a_weights, b_weights)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [1 << 20 | 77, 3_000_001])
 @pytest.mark.parametrize("distribution", ["exponential", "lognormal", "sorted"])
 def test_numba_matches_reference_on_large_inputs(n: int, distribution: str) -> None:
@@ -138,6 +139,7 @@ def test_tiny_scores_are_handled() -> None:
     assert order.shape == (25,) and np.all(np.isfinite(weights))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_inclusion_frequencies_match_probabilities_chi_square(backend: str) -> None:
     """Over 4,000 epochs each example's draw count is Binomial(E, π_i); a chi-square test at α = 0.001."""

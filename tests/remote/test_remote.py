@@ -102,6 +102,7 @@ def _check_epoch(sampler, batches, x, y):
     ("workers", "client", "adaptive"),
     [(0, "fsspec", False), (2, "fsspec", False), (2, "obstore", False), (2, "fsspec", True)],
 )
+@pytest.mark.slow
 def test_s3_convert_then_read_every_kept_sample_once(s3, bucket, data, workers, client, adaptive):
     """With obstore in forked workers: this must run before any test reads through obstore in this
     process (obstore is not fork-safe, see the last test). ``adaptive``: reads planned from the

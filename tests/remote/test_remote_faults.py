@@ -184,6 +184,7 @@ def test_a_200_answer_to_a_range_request_yields_the_right_slice_and_is_counted(s
     assert 1 <= dataset.fetch_stats.full_responses <= len(ranged)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stalled", ["index.json", "offsets.npy", SHARDS[2]])
 def test_the_timeout_covers_the_index_files_and_the_shard_size_and_etag_requests(server, stalled):
     faulty, url, options, prefix = server

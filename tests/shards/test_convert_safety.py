@@ -168,6 +168,7 @@ def test_a_callable_source_that_returns_no_dataset_is_refused_by_spec(tmp_path: 
     assert main(["convert", "sadp_probe_sources:pairs", str(tmp_path / "pairs"), "--no-progress"]) == 0
 
 
+@pytest.mark.slow
 def test_overwrite_names_a_trainer_in_another_process(npz: Path, tmp_path: Path, capsys) -> None:
     import subprocess
     import sys

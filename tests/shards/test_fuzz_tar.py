@@ -165,6 +165,7 @@ def _ours(data: bytes, path: str) -> list[dict]:
 _GIST = re.compile(r"[0-9]+|'.*?'|\[.*?\]|\(.*?\)")
 
 
+@pytest.mark.slow
 @_settings(25)
 @given(data=shards())
 def test_indexed_samples_read_back_as_webdataset_reads_them_or_the_shard_is_refused(data):

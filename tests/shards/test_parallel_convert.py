@@ -90,6 +90,7 @@ def test_fashion_mnist_subset_is_byte_identical(tmp_path: Path) -> None:
     assert index.consecutive_shards and index.keys_are_indices
 
 
+@pytest.mark.slow
 def test_spawn_workers_give_the_same_bytes(npz: Path, serial: Path, tmp_path: Path) -> None:
     """The ``Source`` of an .npz pickles, so spawn workers (re-importing everything) work too."""
     from sadp_data.shards.parallel_convert import write_shards_parallel

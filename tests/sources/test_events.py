@@ -142,6 +142,7 @@ def test_convert_nmnist_round_trip(tmp_path: Path, nmnist: Path, frames: int | N
     sampler.store.close()
 
 
+@pytest.mark.slow
 def test_nmnist_demo_through_scored_shards(tmp_path: Path, synthetic_nmnist: Path) -> None:
     import json
 

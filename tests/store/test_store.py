@@ -161,6 +161,7 @@ _CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_store_survives_sigkill(tmp_path: Path) -> None:
     path = tmp_path / "s.zarr"
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(path)], stdout=subprocess.PIPE, text=True)
@@ -178,6 +179,7 @@ def test_store_survives_sigkill(tmp_path: Path) -> None:
         assert all(np.unique(chunk).size == 1 for chunk in chunks)
 
 
+@pytest.mark.slow
 def test_open_stores_are_flushed_at_exit(tmp_path: Path) -> None:
     path = tmp_path / "s.zarr"
     code = (
@@ -188,6 +190,7 @@ def test_open_stores_are_flushed_at_exit(tmp_path: Path) -> None:
     assert ScoreStore.open(path, "r").scores()[3] == 9.0
 
 
+@pytest.mark.slow
 def test_updates_still_in_flight_are_applied_before_the_exit_flush(tmp_path: Path) -> None:
     """A scorer's device-to-host copies wait in a drain hook: a script that ends without close() keeps them."""
     path = tmp_path / "s.zarr"
@@ -280,6 +283,7 @@ def test_a_snapshot_is_written_once_per_version_and_always_after_reopening(tmp_p
     np.testing.assert_array_equal(ScoreStore.open(path, "r").saved_snapshot().scores, other.scores)
 
 
+@pytest.mark.slow
 def test_the_writer_thread_lets_go_of_a_snapshot_once_it_is_written(tmp_path: Path) -> None:
     """After a flush nothing in the store holds the persisted snapshot (a copy of the whole table)."""
     import gc
