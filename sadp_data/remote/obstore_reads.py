@@ -11,8 +11,9 @@ Only the reads of shard bytes go through obstore; listing, sizes, ETags and uplo
 The fsspec ``storage_options`` of the common keys are translated to obstore's configuration
 (:func:`obstore_config`); any other key is refused by name rather than dropped, and a user can pass
 obstore's own settings with ``FetchOptions(client_options={...})`` (keyword arguments of
-``obstore.store.from_url``) instead. Timeouts and retries are this library's (``_requests``), as
-for fsspec: obstore's own retries are turned off and its request timeout set to the policy's, unless
+``obstore.store.from_url``) instead. Timeouts and retries are this library's (``fetch_requests``), as
+for fsspec: obstore's own retries are turned off and its request timeout is a backstop at twice the
+policy's (so the policy's timeout, which names itself in the error, always fires first), unless
 ``client_options`` set ``retry_config`` or ``client_options["timeout"]`` themselves. A server that
 ignores a Range header (obstore refuses its answer) is asked for the whole object instead.
 
@@ -127,9 +128,9 @@ def _store(
     key = (root, os.getpid(), repr((sorted(storage_options.items()), client_options, policy)))
     if key not in _stores:
         settings = dict(client_options) if client_options is not None else obstore_config(root, storage_options)
-        settings.setdefault("retry_config", {"max_retries": 0})  # retried by ``_requests.attempt``
+        settings.setdefault("retry_config", {"max_retries": 0})  # retried by ``fetch_requests.attempt``
         client = dict(settings.get("client_options") or {})
-        client.setdefault("timeout", timedelta(seconds=policy.timeout_s))
+        client.setdefault("timeout", timedelta(seconds=2 * policy.timeout_s))  # a backstop: the policy's fires first
         settings["client_options"] = client
         _stores[key] = from_url(root, **settings)
     return _stores[key]
