@@ -76,22 +76,14 @@ class GpuBenchSizes:
 
 def zoo_torchvision() -> str:
     """Make spikingjelly's model zoo importable; returns ``torchvision <version>`` or ``stub``."""
-    import types
-
-    import torch
-
     try:
         import torchvision
 
         return f"torchvision {torchvision.__version__}"
     except (ImportError, RuntimeError):
-        utils = types.ModuleType("torchvision.models.utils")
-        utils.load_state_dict_from_url = torch.hub.load_state_dict_from_url  # type: ignore[attr-defined]
-        models = types.ModuleType("torchvision.models")
-        models.utils = utils  # type: ignore[attr-defined]
-        package = types.ModuleType("torchvision")
-        package.models = models  # type: ignore[attr-defined]
-        sys.modules.update({"torchvision": package, "torchvision.models": models, utils.__name__: utils})
+        from sadp_data.bench.zoo_models import torchvision_stubs
+
+        sys.modules.update(torchvision_stubs())
         return "stub"
 
 

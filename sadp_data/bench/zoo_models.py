@@ -87,6 +87,19 @@ def per_example_ce(outputs: Tensor, targets: Tensor) -> Tensor:
 
 
 @contextmanager
+def torchvision_stubs() -> dict[str, types.ModuleType]:
+    """Stand-ins for ``torchvision``, ``torchvision.models`` and ``torchvision.models.utils``, for
+    ``sys.modules``: spikingjelly's zoo imports torchvision only for ``load_state_dict_from_url``, which
+    torch.hub provides under the same name."""
+    utils = types.ModuleType("torchvision.models.utils")
+    utils.load_state_dict_from_url = torch.hub.load_state_dict_from_url  # type: ignore[attr-defined]
+    models = types.ModuleType("torchvision.models")
+    models.utils = utils  # type: ignore[attr-defined]
+    package = types.ModuleType("torchvision")
+    package.models = models  # type: ignore[attr-defined]
+    return {"torchvision": package, "torchvision.models": models, utils.__name__: utils}
+
+
 def _torchvision_or_stub() -> Iterator[None]:
     """spikingjelly's model package imports torchvision only for ``load_state_dict_from_url`` (pretrained
     weights, unused here); where torchvision does not import, torch.hub's function of that name stands in
@@ -98,13 +111,7 @@ def _torchvision_or_stub() -> Iterator[None]:
     else:
         yield
         return
-    utils = types.ModuleType("torchvision.models.utils")
-    utils.load_state_dict_from_url = torch.hub.load_state_dict_from_url  # type: ignore[attr-defined]
-    models = types.ModuleType("torchvision.models")
-    models.utils = utils  # type: ignore[attr-defined]
-    package = types.ModuleType("torchvision")
-    package.models = models  # type: ignore[attr-defined]
-    stubs = {"torchvision": package, "torchvision.models": models, utils.__name__: utils}
+    stubs = torchvision_stubs()
     sys.modules.update(stubs)
     try:
         yield
