@@ -86,7 +86,6 @@ def per_example_ce(outputs: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(outputs, targets, reduction="none")
 
 
-@contextmanager
 def torchvision_stubs() -> dict[str, types.ModuleType]:
     """Stand-ins for ``torchvision``, ``torchvision.models`` and ``torchvision.models.utils``, for
     ``sys.modules``: spikingjelly's zoo imports torchvision only for ``load_state_dict_from_url``, which
@@ -100,6 +99,7 @@ def torchvision_stubs() -> dict[str, types.ModuleType]:
     return {"torchvision": package, "torchvision.models": models, utils.__name__: utils}
 
 
+@contextmanager
 def _torchvision_or_stub() -> Iterator[None]:
     """spikingjelly's model package imports torchvision only for ``load_state_dict_from_url`` (pretrained
     weights, unused here); where torchvision does not import, torch.hub's function of that name stands in
