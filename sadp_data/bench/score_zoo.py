@@ -156,7 +156,7 @@ def variant_scores(
     scores: dict[str, np.ndarray] = {}
     layer = None
     for variant in SCORE_VARIANTS:
-        scorer = SpikeAwareScorer(zoo.model, score=variant, layer=zoo.layer)
+        scorer = SpikeAwareScorer(zoo.model, score=variant, layer=_layer_for(variant, zoo))
         try:
             torch.manual_seed(seed)
             outputs = zoo.model(inputs)
@@ -173,6 +173,11 @@ def variant_scores(
     return scores, layer
 
 
+def _layer_for(variant: str, zoo: ZooModel) -> str | None:
+    """The model's ``layer=`` for the readout variants; ``full_gradient`` scores every layer and takes none."""
+    return None if variant == "full_gradient" else zoo.layer
+
+
 def step_shares(zoo: ZooModel, batch: tuple[torch.Tensor, torch.Tensor], config: ZooConfig) -> dict[str, dict]:
     """Per variant, the scorer's share of a training step (the steps move the model: restore its state after)."""
     shares = {}
@@ -187,7 +192,7 @@ def step_shares(zoo: ZooModel, batch: tuple[torch.Tensor, torch.Tensor], config:
             batch=batch,
             loss_fn=zoo.loss,
             score=variant,
-            layer=zoo.layer,
+            layer=_layer_for(variant, zoo),
             warmup=config.timing_warmup,
         )
         shares[variant] = {

@@ -88,6 +88,20 @@ def test_a_linear_readout_alone_is_ranked_exactly_and_holds_the_whole_gradient()
     assert stage["readout_share"]["median"] == pytest.approx(1.0)
 
 
+def test_a_model_scored_with_layer_gets_every_variant_and_the_full_gradient_equals_the_exact_norm() -> None:
+    """A zoo model that needs ``layer=`` for the readout scores (norse's LIFConvNet) must not pass it to
+    ``full_gradient``, which scores every layer and refuses ``layer=``."""
+    entry = _entry("named-readout", 32)
+    torch.manual_seed(0)
+    zoo = replace(entry.build(entry), layer="readout")
+    images, labels = synthetic_images(entry.input_shape, 10, 8, seed=3)
+    inputs = zoo.make_input(images, torch.Generator().manual_seed(3))
+    scores, layer = variant_scores(zoo, inputs, labels, seed=0)
+    assert set(scores) == set(SCORE_VARIANTS) and layer is zoo.model.readout
+    norms, _, _ = exact_gradient_norms(zoo, inputs, labels, layer, seed=0)
+    np.testing.assert_allclose(scores["full_gradient"], norms, rtol=1e-4)
+
+
 def test_a_library_that_does_not_import_is_skipped_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "snntorch", None)  # import snntorch raises ImportError
     config = replace(TINY, models=("snntorch_leaky_mlp",))
