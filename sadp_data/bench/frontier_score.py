@@ -71,8 +71,12 @@ def paired_scores(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 cell[f"{name}_mean"] = sum(values.values()) / len(seeds)
             for a, b in (("full_gradient", "spike_aware"), ("full_gradient", "full"), ("spike_aware", "full")):
                 differences = [accuracy[a][i] - accuracy[b][i] for i in seeds]
-                mean, half_width = t_interval(differences)
-                cell[f"{a}_minus_{b}"] = {"per_seed": differences, "mean": mean, "ci95_half_width": half_width}
+                mean, half_width = t_interval(differences)  # one seed: no interval (None), not a zero-width one
+                cell[f"{a}_minus_{b}"] = {
+                    "per_seed": differences,
+                    "mean": mean,
+                    "ci95_half_width": half_width if len(seeds) > 1 else None,
+                }
             for score, chosen in by_score.items():
                 cell[f"{score}_train_time_s"] = sum(chosen[i]["train_time_s"] for i in seeds) / len(seeds)
                 cell[f"{score}_examples_processed"] = sorted({chosen[i]["examples_processed"] for i in seeds})

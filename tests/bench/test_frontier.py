@@ -394,6 +394,8 @@ def test_the_score_study_pairs_each_score_with_full_data_per_seed_and_keep_ratio
     assert cell["spike_aware_minus_full"]["mean"] == pytest.approx(-0.5)
     assert cell["full_gradient_train_time_s"] == 12.0 and len(cell["spike_aware_examples_processed"]) == 1
     assert paired[f"{part}@0.7"]["full_gradient_minus_full"]["mean"] == pytest.approx(-0.58)
+    one_seed = paired_scores([run for run in runs if run["seed"] == 0])[f"{part}@0.5"]
+    assert one_seed["full_gradient_minus_spike_aware"]["ci95_half_width"] is None  # no interval from one seed
     conv, mlp = score_config((0, 1)).parts
     assert [spec.score for spec, _ in conv.specs(1)] == [None, "spike_aware", "spike_aware"] + ["full_gradient"] * 2
     assert mlp.config.train_size == 60000 and conv.config.train_size == 6000
