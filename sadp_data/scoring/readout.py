@@ -149,13 +149,3 @@ class TimeLayout:
         if self.time_axis == 1:
             return rows.reshape(batch, -1, rows.shape[-1]).transpose(0, 1)
         return rows.reshape(-1, batch, rows.shape[-1])
-
-
-def readout_gradient_norm(spikes: torch.Tensor, deltas: torch.Tensor, has_bias: bool) -> torch.Tensor:
-    """``sqrt(Σ_{t,t'} (δ_t·δ_t')(s_t·s_t') [+ ‖Σ_t δ_t‖²])`` per example from ``[T, B, ·]`` inputs and output
-    gradients: the exact ‖∂ℓ/∂(W, b)‖."""
-    spikes, deltas = spikes.transpose(0, 1), deltas.transpose(0, 1)
-    norm2 = ((spikes @ spikes.transpose(1, 2)) * (deltas @ deltas.transpose(1, 2))).sum(dim=(1, 2))
-    if has_bias:
-        norm2 = norm2 + deltas.sum(dim=1).pow(2).sum(dim=1)
-    return norm2.clamp_min(0).sqrt().detach()

@@ -9,7 +9,7 @@ with ``s_t`` the readout's input at time step ``t`` and ``δ_t = ∂ℓ_i/∂z_t
 For a non-spiking readout of mean logits it is ``‖δ‖·sqrt(‖r̄‖² + 1)`` (``r̄`` the firing rates), so silent
 examples score low; a spiking readout's ``δ_t`` carries the surrogate derivative, so saturated ones do.
 Cost: one ``torch.autograd.grad`` through the loss and readout only (none for cross-entropy on mean
-logits) and two ``[B, T, T]`` Gram matrices, from a forward hook; the model is untouched.
+logits) and two ``[B, T, T]`` Gram matrices or the ``[B, C, H]`` gradient (the cheaper), from hooks; model untouched.
 ``score="full_gradient"`` covers every linear, conv and batch-norm layer instead (``full_gradient.py``).
 """
 
@@ -29,12 +29,12 @@ from ._closed_form import cross_entropy_scores
 from ._mean_logit import MeanLogitForm
 from ._transfer import ScoreTransfer
 from .full_gradient import full_gradient_hooks, full_gradient_only
+from .gradient_norms import readout_gradient_norm
 from .readout import (
     TimeLayout,
     check_detected,
     detection_candidates,
     name_of,
-    readout_gradient_norm,
     refuse_output,
     resolve_layer,
 )

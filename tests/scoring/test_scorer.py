@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sadp_data import ScoreStore, SpikeAwareScorer
+from sadp_data.scoring.gradient_norms import readout_gradient_norm
 
 sj = pytest.importorskip("spikingjelly.activation_based")
 from spikingjelly.activation_based import functional, layer, neuron, surrogate  # noqa: E402
@@ -88,6 +89,21 @@ def test_score_equals_exact_readout_gradient_norm(model_factory, loss_fn) -> Non
     functional.reset_net(model)
     assert scorer.layer is readout
     np.testing.assert_allclose(scorer.last_scores.numpy(), expected, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize(("time_steps", "inputs", "classes"), [(4, 64, 10), (25, 100, 3)], ids=["ghost", "per-example"])
+def test_readout_gradient_norm_is_exact_in_both_forms(time_steps, inputs, classes) -> None:
+    """The ghost norm (``[T, T]`` Gram matrices) and the materialised per-example gradient, whichever
+    ``matrix_sq_norms`` picks for the shape, both equal ``‖Σ_t δ_t s_tᵀ‖² + ‖Σ_t δ_t‖²`` formed directly."""
+    generator = torch.Generator().manual_seed(0)
+    spikes = (torch.rand(time_steps, 7, inputs, generator=generator) > 0.7).float()
+    deltas = torch.randn(time_steps, 7, classes, generator=generator)
+    weight_grads = torch.einsum("tbc,tbh->bch", deltas, spikes)
+    expected = (weight_grads.pow(2).sum((1, 2)) + deltas.sum(0).pow(2).sum(1)).sqrt()
+    np.testing.assert_allclose(readout_gradient_norm(spikes, deltas, True).numpy(), expected.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        readout_gradient_norm(spikes, deltas, False).numpy(), weight_grads.pow(2).sum((1, 2)).sqrt().numpy(), rtol=1e-5
+    )
 
 
 def test_nonspiking_readout_matches_design_closed_form() -> None:
