@@ -10,8 +10,9 @@ the readout's logits).
 
 ``measure_step_overhead`` alternates steps with and without the scorer on the same model, the same
 batch and the same optimizer, so the load of a shared machine reaches both alike; the overhead is
-``median(with) / median(without) − 1``, with a bootstrap interval over steps. Run it as
-``python -m sadp_data.bench.score_overhead`` (JSON on stdout).
+``median(with) / median(without) − 1``, with a bootstrap interval over steps. ``zoo_overhead`` does the
+same for the zoo's networks with a Python time loop (snntorch, norse, spikingjelly single-step) at batch
+128. Run it as ``python -m sadp_data.bench.score_overhead [--only time-loop|spikingjelly|zoo]`` (JSON on stdout).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -200,22 +202,82 @@ def spikingjelly_overhead(
     }
 
 
-def main() -> None:
-    """Print the time-loop and spikingjelly overheads as JSON (threads: torch's default)."""
+#: The zoo's networks that call their readout once per time step from a Python loop.
+TIME_LOOP_ZOO: tuple[str, ...] = (
+    "plif_fashion_singlestep",
+    "snntorch_leaky_mlp",
+    "snntorch_conv",
+    "norse_sequential_mlp",
+    "norse_lif_convnet",
+)
+
+
+def zoo_overhead(
+    names: tuple[str, ...] = TIME_LOOP_ZOO, steps: int = 30, batch_size: int = 128, score: str = "spike_aware"
+) -> dict[str, dict[str, Any]]:
+    """``measure_step_overhead`` on networks of ``bench.zoo_models.ZOO`` at a training batch size, keyed ``zoo/<name>``.
+
+    The zoo bench times batch 16 and 6 steps, where the scorer's fixed per-step cost (a few Python calls
+    and one small ``autograd.grad``) dominates a tiny step; this times the batch the libraries' tutorials
+    train with, on the zoo's class-template images. A network whose library does not import gives
+    ``{"skipped": reason}``.
+    """
+    from sadp_data.bench.zoo_models import ZOO, synthetic_images
+
+    entries = {entry.name: entry for entry in ZOO}
+    result: dict[str, dict[str, Any]] = {}
+    for name in names:
+        entry = entries[name]
+        torch.manual_seed(0)
+        try:
+            built = entry.build(entry)
+        except ImportError as error:
+            result[f"zoo/{name}"] = {"skipped": f"{entry.library} does not import: {error}"}
+            continue
+        images, labels = synthetic_images(entry.input_shape, entry.classes, batch_size, seed=0)
+        inputs = built.make_input(images, torch.Generator().manual_seed(0))
+        figures = measure_step_overhead(
+            built.model,
+            lambda out: out,
+            steps,
+            batch=(inputs, labels),
+            loss_fn=built.loss,
+            reset=built.reset,
+            score=score,
+            layer=None if score == "full_gradient" else built.layer,
+        )
+        result[f"zoo/{name}"] = {"batch_size": batch_size, "time_steps": entry.time_steps, **figures}
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the time-loop, spikingjelly and time-loop zoo overheads as JSON (threads: torch's default);
+    ``--json PATH`` also writes ``{"command", "machine", "results"}`` there."""
     import argparse
+    import sys
+    from pathlib import Path
+
+    from sadp_data.bench.suite import machine_info
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--only", choices=("time-loop", "spikingjelly"), default=None)
+    parser.add_argument("--only", choices=("time-loop", "spikingjelly", "zoo"), default=None)
     parser.add_argument("--score", choices=SCORE_VARIANTS, default="spike_aware")
-    args = parser.parse_args()
-    result: dict[str, dict[str, float]] = {}
-    if args.only != "spikingjelly":
+    parser.add_argument("--json", type=Path, default=None, help="also write the results with the command and machine")
+    args = parser.parse_args(argv)
+    result: dict[str, dict[str, Any]] = {}
+    if args.only in (None, "time-loop"):
         result.update(time_loop_overhead(args.steps, args.batch_size, score=args.score))
-    if args.only != "time-loop":
+    if args.only in (None, "spikingjelly"):
         result.update(spikingjelly_overhead(args.steps, args.batch_size, score=args.score))
+    if args.only in (None, "zoo"):
+        result.update(zoo_overhead(steps=args.steps, batch_size=args.batch_size, score=args.score))
     print(json.dumps(result, indent=2))
+    if args.json is not None:
+        command = "python -m sadp_data.bench.score_overhead " + " ".join(sys.argv[1:] if argv is None else argv)
+        record = {"command": command.strip(), "machine": machine_info(), "results": result}
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
