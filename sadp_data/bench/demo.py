@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .harness import RunSpec, build_run, train_runs
-from .suite import machine_info, run_record
+from .machine import machine_info
+from .suite import run_record
 from .training_data import DemoConfig, prepare_data
 
 METHODS = ("full", "random", "sadp")

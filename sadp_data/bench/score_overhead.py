@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     import sys
     from pathlib import Path
 
-    from sadp_data.bench.suite import machine_info
+    from sadp_data.bench.machine import machine_info
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)

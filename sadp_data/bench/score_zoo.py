@@ -335,7 +335,7 @@ def run_zoo_bench(
 ) -> dict[str, Any]:
     """Measure every selected model of ``zoo`` (default ``ZOO``); the result's shape is in the module docstring.
 
-    ``machine`` (``bench.suite.machine_info()``) is recorded as given."""
+    ``machine`` (``bench.machine.machine_info()``) is recorded as given."""
     entries = selected(config, ZOO if zoo is None else zoo)
     print(
         f"bench score --zoo: {len(entries)} model(s), about {estimate_minutes(config, entries):.0f} min on 2 CPU cores"
