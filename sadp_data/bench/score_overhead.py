@@ -222,20 +222,18 @@ def zoo_overhead(
     train with, on the zoo's class-template images. A network whose library does not import gives
     ``{"skipped": reason}``.
     """
-    from sadp_data.bench.zoo_models import ZOO, synthetic_images
+    from sadp_data.bench.zoo_models import ZOO, build_or_skip, model_inputs, readout_layer
 
     entries = {entry.name: entry for entry in ZOO}
     result: dict[str, dict[str, Any]] = {}
     for name in names:
         entry = entries[name]
         torch.manual_seed(0)
-        try:
-            built = entry.build(entry)
-        except ImportError as error:
-            result[f"zoo/{name}"] = {"skipped": f"{entry.library} does not import: {error}"}
+        built = build_or_skip(entry)
+        if isinstance(built, str):
+            result[f"zoo/{name}"] = {"skipped": built}
             continue
-        images, labels = synthetic_images(entry.input_shape, entry.classes, batch_size, seed=0)
-        inputs = built.make_input(images, torch.Generator().manual_seed(0))
+        inputs, labels = model_inputs(entry, built, batch_size, seed=0)
         figures = measure_step_overhead(
             built.model,
             lambda out: out,
@@ -244,7 +242,7 @@ def zoo_overhead(
             loss_fn=built.loss,
             reset=built.reset,
             score=score,
-            layer=None if score == "full_gradient" else built.layer,
+            layer=readout_layer(score, built),
         )
         result[f"zoo/{name}"] = {"batch_size": batch_size, "time_steps": entry.time_steps, **figures}
     return result

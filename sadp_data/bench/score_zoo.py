@@ -52,7 +52,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from sadp_data.bench.score_overhead import measure_step_overhead
-from sadp_data.bench.zoo_models import ZOO, ZooEntry, ZooModel, synthetic_images
+from sadp_data.bench.zoo_models import ZOO, ZooEntry, ZooModel, build_or_skip, model_inputs, readout_layer
 from sadp_data.scoring.scorer import SCORE_VARIANTS, SpikeAwareScorer
 
 EXACT_NORM = (
@@ -156,7 +156,7 @@ def variant_scores(
     scores: dict[str, np.ndarray] = {}
     layer = None
     for variant in SCORE_VARIANTS:
-        scorer = SpikeAwareScorer(zoo.model, score=variant, layer=_layer_for(variant, zoo))
+        scorer = SpikeAwareScorer(zoo.model, score=variant, layer=readout_layer(variant, zoo))
         try:
             torch.manual_seed(seed)
             outputs = zoo.model(inputs)
@@ -173,11 +173,6 @@ def variant_scores(
     return scores, layer
 
 
-def _layer_for(variant: str, zoo: ZooModel) -> str | None:
-    """The model's ``layer=`` for the readout variants; ``full_gradient`` scores every layer and takes none."""
-    return None if variant == "full_gradient" else zoo.layer
-
-
 def step_shares(zoo: ZooModel, batch: tuple[torch.Tensor, torch.Tensor], config: ZooConfig) -> dict[str, dict]:
     """Per variant, the scorer's share of a training step (the steps move the model: restore its state after)."""
     shares = {}
@@ -192,7 +187,7 @@ def step_shares(zoo: ZooModel, batch: tuple[torch.Tensor, torch.Tensor], config:
             batch=batch,
             loss_fn=zoo.loss,
             score=variant,
-            layer=_layer_for(variant, zoo),
+            layer=readout_layer(variant, zoo),
             warmup=config.timing_warmup,
         )
         shares[variant] = {
@@ -204,18 +199,13 @@ def step_shares(zoo: ZooModel, batch: tuple[torch.Tensor, torch.Tensor], config:
     return shares
 
 
-def _model_inputs(entry: ZooEntry, zoo: ZooModel, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = synthetic_images(entry.input_shape, entry.classes, count, seed)
-    return zoo.make_input(images, torch.Generator().manual_seed(seed)), labels
-
-
 def train(entry: ZooEntry, zoo: ZooModel, config: ZooConfig) -> dict[str, float]:
     """``train_steps`` Adam steps on fresh synthetic batches (the model's tutorial learning rate where it has one,
     else ``config.learning_rate``); the mean training loss of the first and last three."""
     optimizer = torch.optim.Adam(zoo.model.parameters(), lr=zoo.learning_rate or config.learning_rate)
     losses = []
     for step in range(config.train_steps):
-        inputs, labels = _model_inputs(entry, zoo, config.batch_size, seed=10_000 + config.seed * 1000 + step)
+        inputs, labels = model_inputs(entry, zoo, config.batch_size, seed=10_000 + config.seed * 1000 + step)
         loss = zoo.loss(zoo.model(inputs), labels).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -245,7 +235,7 @@ def measure_stage(
     truth, share, mean_loss = exact_gradient_norms(zoo, inputs, labels, layer, config.seed)
     _restore(state)
     costs = (
-        step_shares(zoo, _model_inputs(entry, zoo, config.batch_size, seed=5000 + config.seed), config) if timed else {}
+        step_shares(zoo, model_inputs(entry, zoo, config.batch_size, seed=5000 + config.seed), config) if timed else {}
     )
     _restore(state)
     variants = {}
@@ -274,10 +264,9 @@ def measure_model(entry: ZooEntry, config: ZooConfig, bar: tqdm | None = None) -
     }
     started = time.perf_counter()
     torch.manual_seed(config.seed)
-    try:
-        zoo = entry.build(entry)
-    except ImportError as error:
-        record["skipped"] = f"{entry.library} does not import: {type(error).__name__}: {error}"
+    zoo = build_or_skip(entry)
+    if isinstance(zoo, str):
+        record["skipped"] = zoo
         return record
     zoo.model.train()
     record.update(
@@ -285,7 +274,7 @@ def measure_model(entry: ZooEntry, config: ZooConfig, bar: tqdm | None = None) -
         layer=zoo.layer,
         **({"note": zoo.note} if zoo.note else {}),
     )
-    held_out = _model_inputs(entry, zoo, config.examples, seed=20_000 + config.seed)
+    held_out = model_inputs(entry, zoo, config.examples, seed=20_000 + config.seed)
     stages: dict[str, Any] = {}
     for stage in STAGES:
         if stage == "trained":

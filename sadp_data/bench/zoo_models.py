@@ -67,6 +67,25 @@ def synthetic_images(shape: tuple[int, ...], classes: int, count: int, seed: int
     return 0.6 * patterns[labels] + 0.4 * noise, labels
 
 
+def model_inputs(entry: ZooEntry, built: ZooModel, count: int, seed: int) -> tuple[Tensor, Tensor]:
+    """``count`` synthetic examples for ``entry``, encoded as its network takes them (``make_input``), and labels."""
+    images, labels = synthetic_images(entry.input_shape, entry.classes, count, seed)
+    return built.make_input(images, torch.Generator().manual_seed(seed)), labels
+
+
+def readout_layer(variant: str, built: ZooModel) -> str | None:
+    """The model's ``layer=`` for the readout variants; ``full_gradient`` scores every layer and takes none."""
+    return None if variant == "full_gradient" else built.layer
+
+
+def build_or_skip(entry: ZooEntry) -> ZooModel | str:
+    """``entry`` built, or why it is skipped when its library does not import."""
+    try:
+        return entry.build(entry)
+    except ImportError as error:
+        return f"{entry.library} does not import: {type(error).__name__}: {error}"
+
+
 def repeat_over_time(time_steps: int) -> Callable[[Tensor, torch.Generator], Tensor]:
     """Direct encoding: the static image at every step, ``[T, B, ...]``."""
     return lambda images, generator: images.unsqueeze(0).repeat(time_steps, *([1] * images.dim()))
