@@ -7,15 +7,12 @@ uneven per-destination counts and the wrapped padding of tiny samples.
 
 from __future__ import annotations
 
-import tracemalloc
-from typing import Any
-
 import numpy as np
 import pytest
-from test_partitioned_plan import KEYS, RecordingComm, ReplayComm, assert_identical, random_table, run_ranks
+from test_partitioned_plan import assert_identical, random_table, recorded_comms, replayed_peak
 
 from sadp_data.distributed import _partition_shuffle as partition_shuffle
-from sadp_data.distributed.partitioned_plan import partition_bounds, partitioned_plan
+from sadp_data.distributed.partitioned_plan import partition_bounds
 from sadp_data.kernels import sample_size
 from sadp_data.kernels.reference import SUM_BLOCK
 
@@ -47,22 +44,7 @@ def test_a_rank_allocates_at_most_20_bytes_per_owned_example_at_half_keep(monkey
     count, world = 24 * SUM_BLOCK, 4
     scores, seen = random_table(count, seed=11)
     size = sample_size(count, 0.5)
-    bounds = partition_bounds(count, world)
-    comms: dict[int, RecordingComm] = {}
-
-    def work(rank: int, comm: Any) -> tuple[np.ndarray, np.ndarray]:
-        comms[rank] = comm
-        lo, hi = bounds[rank]
-        return partitioned_plan(scores[lo:hi], seen[lo:hi], count, size, 0.1, KEYS, rank, world, comm)
-
-    run_ranks(world, work, wrap=RecordingComm)
-    for rank, (lo, hi) in enumerate(bounds):
-        tracemalloc.start()
-        try:
-            partitioned_plan(
-                scores[lo:hi], seen[lo:hi], count, size, 0.1, KEYS, rank, world, ReplayComm(comms[rank].log)
-            )
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+    comms = recorded_comms(scores, seen, size, world)
+    for rank, (lo, hi) in enumerate(partition_bounds(count, world)):
+        peak = replayed_peak(scores, seen, size, rank, world, comms[rank])
         assert peak <= 20 * (hi - lo) + (256 << 10), f"rank {rank} allocated {peak} bytes for {hi - lo} examples"

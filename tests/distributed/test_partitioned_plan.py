@@ -127,6 +127,33 @@ def run_ranks(world: int, work: Callable[[int, Any], Any], *, wrap: Callable[[An
     return results
 
 
+def recorded_comms(scores: np.ndarray, seen: np.ndarray, size: int, world: int) -> list[RecordingComm]:
+    """Plan on ``world`` ranks (the table split by ``partition_bounds``), recording what each rank received."""
+    count = scores.shape[0]
+    bounds = partition_bounds(count, world)
+    comms: list[Any] = [None] * world
+
+    def work(rank: int, comm: Any) -> tuple[np.ndarray, np.ndarray]:
+        comms[rank] = comm
+        lo, hi = bounds[rank]
+        return partitioned_plan(scores[lo:hi], seen[lo:hi], count, size, 0.1, KEYS, rank, world, comm)
+
+    run_ranks(world, work, wrap=RecordingComm)
+    return comms
+
+
+def replayed_peak(scores: np.ndarray, seen: np.ndarray, size: int, rank: int, world: int, comm: RecordingComm) -> int:
+    """The tracemalloc peak of ``rank`` planning alone on a replay of the messages ``comm`` recorded."""
+    count = scores.shape[0]
+    lo, hi = partition_bounds(count, world)[rank]
+    tracemalloc.start()
+    try:
+        partitioned_plan(scores[lo:hi], seen[lo:hi], count, size, 0.1, KEYS, rank, world, ReplayComm(comm.log))
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def plan_sharded(
     scores: np.ndarray, seen: np.ndarray | None, size: int, smoothing: float, world: int, **run: Any
 ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -364,27 +391,13 @@ def test_a_rank_allocates_for_its_shard_and_slice_not_for_the_table(tmp_path: Pa
     mapped, mapped_seen = np.load(tmp_path / "scores.npy", mmap_mode="r"), np.load(tmp_path / "seen.npy", mmap_mode="r")
     size = sample_size(count, keep)
     bounds = partition_bounds(count, world)
-    comms: dict[int, RecordingComm] = {}
-
-    def work(rank: int, comm: Any) -> tuple[np.ndarray, np.ndarray]:
-        comms[rank] = comm
-        lo, hi = bounds[rank]
-        return partitioned_plan(mapped[lo:hi], mapped_seen[lo:hi], count, size, 0.1, KEYS, rank, world, comm)
-
-    run_ranks(world, work, wrap=RecordingComm)
+    comms = recorded_comms(mapped, mapped_seen, size, world)
     blocks = -(-count // WALK_BLOCK)
     for rank, ((lo, hi), (walked, owned)) in enumerate(
         zip(bounds, handled(scores, seen, size, 0.1, world), strict=True)
     ):
         bound = allowance(hi - lo, max(walked, owned, per_rank(size, world)), count)
-        tracemalloc.start()
-        try:
-            partitioned_plan(
-                mapped[lo:hi], mapped_seen[lo:hi], count, size, 0.1, KEYS, rank, world, ReplayComm(comms[rank].log)
-            )
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        peak = replayed_peak(mapped, mapped_seen, size, rank, world, comms[rank])
         assert peak <= bound, f"rank {rank} allocated {peak} bytes, more than {bound}"
         assert count < GUESS_SAMPLE * 16 or bound - peak < 8 * count, "the bound would not notice O(N) memory"
         received = comms[rank].inner.exchanged + comms[rank].inner.gathered
